@@ -1,0 +1,21 @@
+"""Networks only: the registry and its architectures. No files, no preprocessing here."""
+
+from drdemo.models._registry import (
+    CAM_RESHAPES,
+    FUNDUS_MEAN,
+    FUNDUS_STD,
+    ICDR_GRADES,
+    ModelDefaults,
+    count_parameters,
+    create_model,
+    get_submodule,
+    list_models,
+    model_defaults,
+    register_model,
+)
+from drdemo.models import medmamba, torchvision_models  # noqa: F401  (registers the builders)
+
+__all__ = [
+    "CAM_RESHAPES", "FUNDUS_MEAN", "FUNDUS_STD", "ICDR_GRADES", "ModelDefaults", "count_parameters",
+    "create_model", "get_submodule", "list_models", "model_defaults", "register_model",
+]

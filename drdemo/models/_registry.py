@@ -1,0 +1,100 @@
+"""Model registry in the style of timm: builders register by name with their default facts.
+
+Each entry's `ModelDefaults` says what a new checkpoint of that architecture starts from
+(input size, normalisation, Grad-CAM target). Once a checkpoint exists, its config.json is
+the source of truth and these defaults are not consulted again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+# The ICDR grades a DR model predicts, in class-index order.
+ICDR_GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
+
+# Channel statistics of colour fundus photographs (seed 000: the DR set MedMamba was trained
+# on). The default for new checkpoints until the training data's own statistics are measured.
+FUNDUS_MEAN = (0.416, 0.222, 0.076)
+FUNDUS_STD = (0.238, 0.132, 0.053)
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a new checkpoint of this architecture starts from."""
+
+    input_size: int
+    cam_target_layer: str
+    cam_reshape: str | None = None  # name in drdemo.models.CAM_RESHAPES, for non-NCHW features
+    mean: tuple[float, float, float] = FUNDUS_MEAN
+    std: tuple[float, float, float] = FUNDUS_STD
+    family: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_builders: dict[str, Callable[..., nn.Module]] = {}
+_defaults: dict[str, ModelDefaults] = {}
+
+
+def register_model(defaults: ModelDefaults) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder `fn(num_classes=..., **kwargs) -> nn.Module` under its name."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if fn.__name__ in _builders:
+            raise ValueError(f"model {fn.__name__!r} is registered twice")
+        _builders[fn.__name__] = fn
+        _defaults[fn.__name__] = defaults
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Registered architecture names, sorted."""
+    return sorted(_builders)
+
+
+def model_defaults(name: str) -> ModelDefaults:
+    """The registered defaults of architecture `name`."""
+    _check_known(name)
+    return _defaults[name]
+
+
+def create_model(name: str, num_classes: int = len(ICDR_GRADES), **kwargs) -> nn.Module:
+    """Build architecture `name` with freshly initialised weights (nothing is downloaded)."""
+    _check_known(name)
+    model = _builders[name](num_classes=num_classes, **kwargs)
+    model.default_cfg = {"architecture": name, "num_classes": num_classes, **_defaults[name].to_dict()}
+    return model
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    """Module at dotted `path` (e.g. 'layers.3'), with a message naming what exists if absent."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        top = ", ".join(name for name, _ in model.named_children())
+        raise ValueError(f"{type(model).__name__} has no submodule {path!r} (top level: {top})") from exc
+
+
+def _check_known(name: str) -> None:
+    if name not in _builders:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def bhwc_to_bchw(features: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM reshape for channels-last feature maps (MedMamba's stages)."""
+    return features.permute(0, 3, 1, 2)
+
+
+CAM_RESHAPES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"bhwc_to_bchw": bhwc_to_bchw}
