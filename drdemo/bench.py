@@ -1,0 +1,236 @@
+"""Benchmarks that report ratios measured in one run, so a noisy shared machine cancels out.
+
+    python -m drdemo.bench [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
+
+Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and
+the ratio to torchvision InceptionV3 timed in the same rounds (models are interleaved round
+by round); the selective scan's speedup over the sequential PyTorch loop and its error
+against the float64 oracle (also under stress); and MedMamba-T training throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from drdemo.models import count_parameters, create_model, list_models, model_defaults
+from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
+
+UNIT_MODEL = "inception_v3"
+README_START, README_END = "<!-- bench:models:start -->", "<!-- bench:models:end -->"
+
+
+def _median_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each fn, timed round-robin so load spikes hit all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_models(names: list[str], batch_sizes: tuple[int, ...], repeats: int) -> list[dict]:
+    """Forward latency per model and batch size, with the ratio to InceptionV3 of the same rounds."""
+    if UNIT_MODEL not in names:
+        names = [UNIT_MODEL, *names]
+    torch.manual_seed(0)
+    models = {name: create_model(name).eval() for name in names}
+    rows = []
+    for batch in batch_sizes:
+        inputs = {name: torch.randn(batch, 3, model_defaults(name).input_size, model_defaults(name).input_size)
+                  for name in names}
+
+        def forward(name: str) -> Callable[[], object]:
+            def run() -> object:
+                with torch.inference_mode():
+                    return models[name](inputs[name])
+            return run
+
+        times = _median_interleaved({name: forward(name) for name in names},
+                                    repeats if batch == 1 else max(3, repeats // 4))
+        for name in names:
+            rows.append({
+                "model": name, "batch": batch, "input_size": model_defaults(name).input_size,
+                "params_m": round(count_parameters(models[name]) / 1e6, 2),
+                "ms": round(times[name] * 1e3, 1), "vs_inception_v3": round(times[name] / times[UNIT_MODEL], 2),
+            })
+    return rows
+
+
+def _stress_inputs(generator: torch.Generator, batch: int, dim: int, length: int, d_state: int, groups: int,
+                   stress: bool) -> tuple[torch.Tensor, ...]:
+    """Inputs at MedMamba shapes; `stress` uses the issue's hard case (A = -exp(6U), large steps)."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    u = randn(batch, dim, length)
+    if stress:
+        A = -torch.exp(6 * torch.rand(dim, d_state, generator=generator))
+        delta = F.softplus(2 * randn(batch, dim, length) + 1)
+    else:
+        A = -torch.exp(torch.rand(dim, d_state, generator=generator) * 2.77)  # A in [-16, -1]
+        delta = F.softplus(randn(batch, dim, length) - 4)
+    B, C = randn(batch, groups, d_state, length), randn(batch, groups, d_state, length)
+    return u, delta, A, B, C, randn(dim)
+
+
+def bench_scan(repeats: int) -> dict:
+    """Fast path vs the sequential float32 loop at MedMamba-T's stage-1 shape; errors vs float64."""
+    generator = torch.Generator().manual_seed(0)
+    shape = dict(batch=1, dim=4 * 96, length=56 * 56, d_state=16, groups=4)
+    result: dict = {"shape": shape, "backend": scan_backend("cpu")}
+    for case in ("normal", "stress"):
+        u, delta, A, B, C, D = _stress_inputs(generator, **shape, stress=case == "stress")
+        oracle = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double())
+        fast = selective_scan(u, delta, A, B, C, D)
+        loop = selective_scan_ref(u, delta, A, B, C, D)
+        scale = oracle.abs().max().item()
+        result[f"{case}_max_error"] = float(f"{(fast.double() - oracle).abs().max().item() / scale:.3g}")
+        result[f"{case}_loop_max_error"] = float(f"{(loop.double() - oracle).abs().max().item() / scale:.3g}")
+    times = _median_interleaved({"fast": lambda: selective_scan(u, delta, A, B, C, D)}, repeats)
+    loop_times = _median_interleaved({"loop": lambda: selective_scan_ref(u, delta, A, B, C, D)}, 3, warmup=1)
+    result["fast_ms"] = round(times["fast"] * 1e3, 2)
+    result["loop_ms"] = round(loop_times["loop"] * 1e3, 1)
+    result["speedup"] = round(loop_times["loop"] / times["fast"], 1)
+
+    small = [t.double().requires_grad_() for t in _stress_inputs(generator, 2, 8, 11, 4, 2, stress=False)]
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    result["gradcheck"] = bool(torch.autograd.gradcheck(
+        lambda u, d, a, b, c, dd, db: selective_scan(u, d, a, b, c, dd, delta_bias=db, delta_softplus=True),
+        (*small, bias)))
+    return result
+
+
+def bench_training(repeats: int, batch: int = 8) -> dict:
+    """Forward + backward + SGD step images/s for MedMamba-T and InceptionV3, same rounds."""
+    torch.manual_seed(0)
+    setups = {}
+    for name in ("medmamba_t", UNIT_MODEL):
+        model = create_model(name).train()
+        size = model_defaults(name).input_size
+        images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step(model=model, images=images, labels=labels, optimizer=optimizer) -> None:
+            out = model(images)
+            logits = out.logits if hasattr(out, "logits") else out
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(logits, labels).backward()
+            optimizer.step()
+        setups[name] = step
+    times = _median_interleaved(setups, max(3, repeats // 4), warmup=1)
+    return {"batch": batch, **{f"{name}_img_per_s": round(batch / t, 1) for name, t in times.items()},
+            "medmamba_t_vs_inception_v3_time": round(times["medmamba_t"] / times[UNIT_MODEL], 2)}
+
+
+def environment() -> dict:
+    lib = cpu_kernel.load()
+    return {
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "scan_backend": scan_backend("cpu"),
+        "scan_kernel": str(cpu_kernel.library_path()) if lib is not None else cpu_kernel.unavailable_reason(),
+        "python": sys.version.split()[0],
+    }
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        f"Measured by `python -m drdemo.bench` ({env['threads']} threads, torch {env['torch']}, "
+        f"{env['cpu_capability']}, scan backend `{env['scan_backend']}`). Ratios are to torchvision "
+        f"InceptionV3 at 299 px timed in the same rounds.",
+        "",
+        "| model | input | params (M) | batch 1 (ms) | vs InceptionV3 | batch 8 (ms) | vs InceptionV3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_model: dict[str, dict[int, dict]] = {}
+    for row in report["models"]:
+        by_model.setdefault(row["model"], {})[row["batch"]] = row
+    for name, rows in by_model.items():
+        one, eight = rows.get(1), rows.get(8)
+        lines.append(
+            f"| {name} | {one['input_size']} | {one['params_m']} | {one['ms']} | {one['vs_inception_v3']}x | "
+            + (f"{eight['ms']} | {eight['vs_inception_v3']}x |" if eight else "- | - |"))
+    scan = report.get("scan")
+    if scan:
+        lines += ["", f"Selective scan at MedMamba-T stage 1 (384 channels, L = 3136, d_state 16): "
+                      f"{scan['fast_ms']} ms vs {scan['loop_ms']} ms for the sequential PyTorch loop "
+                      f"(**{scan['speedup']}x**); max error vs the float64 oracle {scan['normal_max_error']} "
+                      f"(stress case {scan['stress_max_error']}); gradcheck "
+                      f"{'passes' if scan['gradcheck'] else 'FAILS'}."]
+    train = report.get("training")
+    if train:
+        lines += ["", f"Training step (forward + backward + SGD, batch {train['batch']}): MedMamba-T "
+                      f"{train['medmamba_t_img_per_s']} img/s at 224 px, InceptionV3 "
+                      f"{train['inception_v3_img_per_s']} img/s at 299 px."]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, table: str) -> None:
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} section to update")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drdemo.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", nargs="?", default="models", choices=["models"],
+                        help="what to measure (default: models)")
+    parser.add_argument("--models", default=",".join(list_models()),
+                        help="comma-separated registry names (default: all)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds at batch 1 (default: 20)")
+    parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
+    parser.add_argument("--skip-scan", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--readme", type=Path, help="rewrite the benchmark section of this README")
+    args = parser.parse_args(argv)
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+
+    report: dict = {"environment": environment()}
+    print(json.dumps(report["environment"]), flush=True)
+    if not args.skip_scan:
+        report["scan"] = bench_scan(args.repeats)
+        print(json.dumps({"scan": report["scan"]}), flush=True)
+    report["models"] = bench_models(names, batch_sizes, args.repeats)
+    if not args.skip_training:
+        report["training"] = bench_training(args.repeats)
+    table = markdown(report)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.readme:
+        update_readme(args.readme, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
