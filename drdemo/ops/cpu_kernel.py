@@ -86,7 +86,10 @@ def cache_dir() -> Path:
 
 
 def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    """$CXX if set (and runnable), else the first of g++, c++, clang++ on PATH."""
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
 def library_path() -> Path | None:
