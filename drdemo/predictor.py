@@ -1,0 +1,57 @@
+"""A predictor owns one network and everything around it: preprocessing in, probabilities out.
+
+The network never sees a PIL image and the UI never sees a tensor (the segment-anything
+split): the UI hands a PIL image to `Predictor.predict` and gets plain Python values back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from drdemo.models import ICDR_GRADES, create_model, model_defaults
+from drdemo.preprocess import to_model_input
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model's answer for one image."""
+
+    probabilities: dict[str, float]  # class name -> probability, in class order
+    grade: int                       # index of the most probable class
+    grade_name: str
+    seconds: float                   # preprocessing + forward
+
+
+class Predictor:
+    """Preprocess an image the way `model` expects, run it, and return class probabilities."""
+
+    def __init__(self, model: torch.nn.Module, *, name: str, input_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], class_names: tuple[str, ...], trained: bool):
+        self.model = model.eval()
+        self.name = name
+        self.input_size = input_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.class_names = tuple(class_names)
+        self.trained = trained
+
+    @classmethod
+    def untrained(cls, architecture: str, seed: int = 0) -> "Predictor":
+        """Freshly initialised registry model (seeded, so answers repeat). Not a trained model."""
+        torch.manual_seed(seed)
+        defaults = model_defaults(architecture)
+        return cls(create_model(architecture, num_classes=len(ICDR_GRADES)), name=architecture,
+                   input_size=defaults.input_size, mean=defaults.mean, std=defaults.std,
+                   class_names=ICDR_GRADES, trained=False)
+
+    @torch.inference_mode()
+    def predict(self, image: Image.Image) -> Prediction:
+        start = time.perf_counter()
+        batch = to_model_input(image, self.input_size, self.mean, self.std)
+        probabilities = torch.softmax(self.model(batch).float(), dim=1)[0].tolist()
+        grade = max(range(len(probabilities)), key=probabilities.__getitem__)
+        return Prediction(probabilities=dict(zip(self.class_names, probabilities)), grade=grade,
+                          grade_name=self.class_names[grade], seconds=time.perf_counter() - start)

@@ -1,0 +1,56 @@
+"""The page: upload a fundus photo, see each model's probability for every ICDR grade."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import gradio as gr
+from drdemo.gate import ImageRejected, load_image
+from drdemo.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+TITLE = "drdemo: diabetic retinopathy grading with MedMamba and InceptionV3"
+NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and must not be used "
+                "to diagnose, grade or triage patients.")
+
+
+def _notice(predictors: Sequence[Predictor]) -> str:
+    untrained = [p.name for p in predictors if not p.trained]
+    if not untrained:
+        return f"**{NOT_A_DEVICE}**"
+    return (f"**The models on this page ({', '.join(untrained)}) are untrained: their weights are randomly "
+            f"initialised, so the probabilities below are meaningless.** Trained checkpoints will replace "
+            f"them. {NOT_A_DEVICE}")
+
+
+def build_demo(predictors: Sequence[Predictor]) -> gr.Blocks:
+    """One gr.Blocks page running every predictor on the uploaded image (API endpoint `/grade`)."""
+
+    def grade(upload: str | None):
+        if upload is None:
+            raise gr.Error("Upload a fundus photo first.")
+        try:
+            image = load_image(upload)
+        except ImageRejected as exc:
+            log.info("upload refused: %s", exc)
+            raise gr.Error(str(exc))
+        predictions = [p.predict(image) for p in predictors]
+        lines = [f"- **{p.name}**: {pred.grade_name} (grade {pred.grade}), {pred.seconds * 1000:.0f} ms"
+                 for p, pred in zip(predictors, predictions)]
+        return (image, *[pred.probabilities for pred in predictions], "\n".join(lines))
+
+    with gr.Blocks(title="drdemo") as demo:
+        gr.Markdown(f"# {TITLE}")
+        gr.Markdown(_notice(predictors), elem_id="notice")
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", type="filepath")
+                button = gr.Button("Grade", variant="primary")
+                shown = gr.Image(label="The image as the models received it", type="pil", interactive=False)
+            with gr.Column():
+                labels = [gr.Label(num_top_classes=5, label=p.name) for p in predictors]
+                summary = gr.Markdown()
+        button.click(grade, inputs=upload, outputs=[shown, *labels, summary], api_name="grade")
+    return demo
