@@ -246,10 +246,13 @@ def cross_scan_orders(height: int, width: int, device: str = "cpu") -> torch.Ten
     """(4, H*W) int32 positions visited by SS2D's four directions, as step -> position.
 
     0: row-major, 1: column-major, 2: row-major reversed, 3: column-major reversed.
+    Cached, so built as a normal tensor even when first asked for under inference_mode (an
+    inference tensor could not be saved for a later backward pass).
     """
-    grid = torch.arange(height * width, dtype=torch.int32).view(height, width)
-    rows, cols = grid.flatten(), grid.t().flatten()
-    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)]).contiguous().to(device)
+    with torch.inference_mode(False):
+        grid = torch.arange(height * width, dtype=torch.int32).view(height, width)
+        rows, cols = grid.flatten(), grid.t().flatten()
+        return torch.stack([rows, cols, rows.flip(0), cols.flip(0)]).contiguous().to(device)
 
 
 def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
