@@ -207,11 +207,15 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False):
-    """mamba_ssm.selective_scan_fn semantics on any device; see the module docstring."""
+    """mamba_ssm.selective_scan_fn semantics on any device; see the module docstring.
+
+    The CPU kernel serves variable (per-position) B and C; constant (dim, N) B or C and
+    complex A take the reference path.
+    """
     backend = scan_backend(u.device)
     if backend == "cuda":
         return _mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend == "torch" or B.dim() == 2 or C.dim() == 2 or A.is_complex():
+    if backend == "torch" or B.dim() == 2 or C.dim() == 2 or A.is_complex() or u.shape[2] == 0:
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     batch, dim, length = u.shape
@@ -273,16 +277,17 @@ def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
         return y.view(batch, height, width, dim)
 
     # Reference layout (official MedMamba): materialise the four sequences, scan, read back.
+    compute = torch.promote_types(x.dtype, torch.float32)
     order = cross_scan_orders(height, width, str(x.device)).long()
-    xs = x.reshape(batch, length, dim)[:, order].permute(0, 1, 3, 2)       # (batch, K, d, L)
     direction = torch.arange(K, device=x.device)[:, None]
-    ds = delta.reshape(batch, length, K, dim)[:, order, direction]          # (batch, K, L, d)
-    Bs = B.reshape(batch, length, K, N)[:, order, direction].transpose(2, 3)  # (batch, K, N, L)
+    xs = x.reshape(batch, length, dim)[:, order].transpose(2, 3)                # (batch, K, d, L)
+    ds = delta.reshape(batch, length, K, dim)[:, order, direction].transpose(2, 3)
+    Bs = B.reshape(batch, length, K, N)[:, order, direction].transpose(2, 3)    # (batch, K, N, L)
     Cs = C.reshape(batch, length, K, N)[:, order, direction].transpose(2, 3)
     ys = selective_scan(
-        xs.reshape(batch, K * dim, length).float(), ds.transpose(2, 3).reshape(batch, K * dim, length).float(),
-        A.reshape(K * dim, N).float(), Bs.float().contiguous(), Cs.float().contiguous(), D.reshape(-1).float(),
-        delta_bias=delta_bias.reshape(-1).float(), delta_softplus=True,
+        xs.reshape(batch, K * dim, length).to(compute), ds.reshape(batch, K * dim, length).to(compute),
+        A.reshape(K * dim, N).to(compute), Bs.to(compute).contiguous(), Cs.to(compute).contiguous(),
+        D.reshape(-1).to(compute), delta_bias=delta_bias.reshape(-1).to(compute), delta_softplus=True,
     ).view(batch, K, dim, length)
     y = ys.new_zeros(batch, dim, length)
     for k in range(K):
