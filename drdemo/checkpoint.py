@@ -1,0 +1,289 @@
+"""The checkpoint format: a folder that is also a Hugging Face Hub model repository.
+
+    model.safetensors   weights, float16 on disk, upcast to float32 on load (or sharded:
+                        model-0000N-of-0000M.safetensors + model.safetensors.index.json)
+    config.json         the one source of truth for what the model needs and is (CheckpointConfig)
+    README.md           the model card, with Hub YAML metadata
+
+Weights are only ever read from safetensors: pickle files (.bin/.pt/.pth/.pkl/.ckpt) can run
+arbitrary code when loaded and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults
+from drdemo.preprocess import RESAMPLING
+
+FORMAT = "drdemo-checkpoint/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+CARD_NAME = "README.md"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+HUB_FILE_PATTERNS = ["*.safetensors", INDEX_NAME, CONFIG_NAME, CARD_NAME]
+
+TASK_CLASS_NAMES = {
+    "icdr5": ICDR_GRADES,
+    "binary": ("No DR", "DR"),                      # any DR, grade >= 1 (the task of seed 000)
+    "referable": ("Non-referable", "Referable"),    # grade >= 2
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Contents of config.json. Everything the code needs to know about a checkpoint."""
+
+    architecture: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    task: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    cam_target_layer: str
+    cam_reshape: str | None = None
+    # What the image goes through before normalisation: RGB conversion, then a square resize.
+    preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic"})
+    referable_threshold: float = 0.5
+    provenance: dict = field(default_factory=dict)  # trained, data, recipe, seed, code_commit, ...
+    metrics: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    @classmethod
+    def for_architecture(cls, architecture: str, task: str = "icdr5", **overrides) -> "CheckpointConfig":
+        """A new checkpoint's config from the registry's defaults for `architecture`."""
+        if task not in TASK_CLASS_NAMES:
+            raise CheckpointError(f"unknown task {task!r}; choose from {', '.join(TASK_CLASS_NAMES)}")
+        defaults = model_defaults(architecture)
+        names = TASK_CLASS_NAMES[task]
+        values = dict(architecture=architecture, num_classes=len(names), class_names=names, task=task,
+                      input_size=defaults.input_size, mean=defaults.mean, std=defaults.std,
+                      cam_target_layer=defaults.cam_target_layer, cam_reshape=defaults.cam_reshape)
+        values.update(overrides)
+        return cls.from_dict(values, source="(new config)")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = CONFIG_NAME) -> "CheckpointConfig":
+        """Validate and build; every problem is reported with `source` and what to change."""
+        known = {f.name for f in fields(cls)}
+        required = {"architecture", "num_classes", "class_names", "task", "input_size", "mean", "std",
+                     "cam_target_layer"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise CheckpointError(f"{source}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        values["class_names"] = tuple(values["class_names"])
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        config = cls(**values)
+        config._validate(source)
+        return config
+
+    def _validate(self, source: str) -> None:
+        def fail(message: str) -> None:
+            raise CheckpointError(f"{source}: {message}")
+
+        if self.format != FORMAT:
+            fail(f"format {self.format!r} is not {FORMAT!r}")
+        if self.architecture not in list_models():
+            fail(f"architecture {self.architecture!r} is not a registered model; registered: "
+                 f"{', '.join(list_models())}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            fail(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if len(self.class_names) != self.num_classes:
+            fail(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        if self.task not in TASK_CLASS_NAMES:
+            fail(f"task {self.task!r} is not one of {', '.join(TASK_CLASS_NAMES)}")
+        if self.task != "icdr5" and self.num_classes != 2:
+            fail(f"task {self.task!r} is binary but num_classes is {self.num_classes}")
+        if not isinstance(self.input_size, int) or not 32 <= self.input_size <= 2048:
+            fail(f"input_size must be an integer in [32, 2048], got {self.input_size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+                fail(f"{name} must be three numbers (R, G, B), got {list(values)!r}")
+        if any(v <= 0 for v in self.std):
+            fail(f"std must be positive, got {list(self.std)!r}")
+        if not 0.0 < self.referable_threshold < 1.0:
+            fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
+        interpolation = self.preprocessing.get("interpolation", "bicubic")
+        if interpolation not in RESAMPLING or set(self.preprocessing) - {"interpolation"}:
+            fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}}}, got {self.preprocessing!r}")
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.provenance.get("trained", False))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("class_names", "mean", "std"):
+            data[name] = list(data[name])
+        return data
+
+
+def read_config(folder: Path) -> CheckpointConfig:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}: a checkpoint folder needs {WEIGHTS_NAME} and "
+                              f"{CONFIG_NAME} (see drdemo.checkpoint.save_checkpoint, or `python -m drdemo.hub "
+                              f"convert-official` for weights from the official MedMamba code)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return CheckpointConfig.from_dict(data, source=str(path))
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint; refuses folders that only offer pickles."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index} is not a safetensors index (needs a 'weight_map'): {exc}") from exc
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise CheckpointError(f"{index} lists shard(s) that are not in {folder}: {', '.join(absent)}")
+        return files
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder} has weights only in pickle format ({', '.join(pickles)}), which can run arbitrary code "
+            f"when loaded and is refused. Convert them once, in a place you trust: python -m drdemo.hub "
+            f"convert-official --weights {folder / pickles[0]} --variant <name> --out <folder>")
+    raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}")
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint, floating ones upcast to float32."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        try:
+            tensors = load_file(path)
+        except Exception as exc:  # safetensors raises its own error type for corrupt headers
+            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+        state.update({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return state
+
+
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def count_parameters(folder: Path) -> int:
+    """Number of parameters stored, BatchNorm statistics excluded (read from headers only)."""
+    total = 0
+    for path in weight_files(folder):
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                if not key.endswith(BUFFER_SUFFIXES):
+                    total += int(torch.Size(f.get_slice(key).get_shape()).numel())
+    return total
+
+
+def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The registry model of `config`, with `state` loaded strictly; mismatches explained."""
+    model = create_model(config.architecture, num_classes=config.num_classes)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = "; ".join(part for part in (
+            f"missing {len(missing)} key(s) e.g. {', '.join(missing[:3])}" if missing else "",
+            f"unexpected {len(unexpected)} key(s) e.g. {', '.join(unexpected[:3])}" if unexpected else "") if part)
+        raise CheckpointError(f"{source}: the weights are not a {config.architecture} state_dict ({detail}). "
+                              f"Check 'architecture' in {CONFIG_NAME}.")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            is_head = expected[key].shape[0] == config.num_classes != tensor.shape[0]
+            hint = (f"{CONFIG_NAME} says num_classes={config.num_classes} but these weights have a "
+                    f"{tensor.shape[0]}-class head: fix num_classes and class_names in {CONFIG_NAME}."
+                    if is_head else f"Check 'architecture' in {CONFIG_NAME}.")
+            raise CheckpointError(f"{source}: {key} has shape {list(tensor.shape)} but {config.architecture} "
+                                  f"expects {list(expected[key].shape)}. {hint}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def model_card(config: CheckpointConfig) -> str:
+    """README.md for the checkpoint: Hub YAML metadata, then what a reader must know."""
+    provenance, metrics = config.provenance, config.metrics
+    data = ModelCardData(
+        license="other", license_name="research-demo", library_name="pytorch", pipeline_tag="image-classification",
+        tags=["diabetic-retinopathy", "fundus", "medical-imaging", config.architecture, "safetensors", "drdemo"]
+        + (["synthetic-data"] if "synthetic" in str(provenance.get("data", "")).lower() else []),
+        metrics=sorted(metrics) or None,
+    )
+    metric_rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(metrics.items())) or "| (none) | - |"
+    trained = config.trained
+    body = f"""
+# {config.architecture} for diabetic retinopathy grading ({config.task})
+
+**Not a medical device.** This checkpoint belongs to a research demonstration. It must not be
+used to diagnose, grade, triage or refer patients.
+
+## Intended use
+Demonstrating and comparing models in the drdemo app: for each colour fundus photo, the
+probability of every class ({", ".join(config.class_names)}). "Referable" means ICDR grade 2 or
+above; the app calls an eye referable when that probability reaches {config.referable_threshold}.
+
+## Training data
+{provenance.get("data", "Not recorded.") if trained else "None: these weights are untrained (randomly initialised)."}
+
+Recipe: {provenance.get("recipe", "not recorded")}. Seed: {provenance.get("seed", "not recorded")}.
+Code commit: {provenance.get("code_commit", "not recorded")}.
+
+## Evaluation
+| metric | value |
+|---|---|
+{metric_rows}
+
+## Input
+RGB, resized to {config.input_size} x {config.input_size} ({config.preprocessing.get("interpolation", "bicubic")}),
+scaled to [0, 1], normalised with mean {list(config.mean)} and std {list(config.std)}.
+
+## Limitations
+Performance on real fundus photographs, other cameras, populations or image quality is unknown
+unless reported above on such data. Grad-CAM overlays show where the model looked, not why.
+
+## Loading
+```python
+from drdemo.hub import load_model
+loaded = load_model("<this repo id or folder>")
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Path,
+                    dtype: torch.dtype = torch.float16) -> Path:
+    """Write model.safetensors (floating tensors as `dtype`), config.json and README.md."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {key: (value.detach().to(dtype) if value.is_floating_point() else value.detach()).contiguous().cpu()
+             for key, value in model.state_dict().items()}
+    save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "drdemo": FORMAT})
+    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (folder / CARD_NAME).write_text(model_card(config))
+    return folder

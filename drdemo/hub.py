@@ -1,0 +1,232 @@
+"""The checkpoint store: load a checkpoint from a folder or a Hugging Face Hub repo, push one.
+
+    load_model("checkpoints/medmamba_t")                 # a local folder
+    load_model("org/drdemo-medmamba-t", revision="v1")   # a Hub repo, pinned to a tag/branch/commit
+
+Hub access is huggingface_hub's own (snapshot_download), so HF_ENDPOINT, HF_HOME /
+HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says: downloads land
+in the shared cache, a revision already cached loads with no network, and offline mode never
+touches the network. Only safetensors, config.json and the model card are ever downloaded.
+
+CLI:
+    python -m drdemo.hub push FOLDER --repo-id ORG/NAME [--revision BRANCH]
+    python -m drdemo.hub convert-official --weights FILE --variant medmamba_t --out FOLDER
+    python -m drdemo.hub info SOURCE [--revision REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
+from torch import nn
+
+from drdemo.checkpoint import (CARD_NAME, CONFIG_NAME, HUB_FILE_PATTERNS, TASK_CLASS_NAMES, CheckpointConfig,
+                               CheckpointError, build_model, count_parameters, read_config, read_weights,
+                               save_checkpoint, weight_files)
+from drdemo.models import create_model
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubUnavailable(CheckpointError):
+    """The Hub could not be reached (or offline mode is on) and the revision is not cached."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready to run, with the facts about it and where it came from."""
+
+    model: nn.Module
+    config: CheckpointConfig
+    source: str            # the folder or repo id asked for
+    folder: Path           # where the files are on disk (a Hub cache snapshot for repo ids)
+    revision: str | None   # the revision asked for (None: main, or a folder)
+    commit: str | None     # the Hub commit the files came from (None for a folder)
+
+    @property
+    def origin(self) -> str:
+        """One line for people: 'org/name @ 1a2b3c4' or the folder path."""
+        return f"{self.source} @ {self.commit[:7]}" if self.commit else str(self.folder)
+
+
+def is_repo_id(source: str) -> bool:
+    return bool(REPO_ID.match(source)) and not Path(source).exists()
+
+
+def fetch(source: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """Local folder of a checkpoint and its Hub commit (None for a folder); downloads if needed."""
+    if Path(source).is_dir():
+        if revision:
+            raise CheckpointError(f"{source} is a local folder; a revision ({revision}) only applies to Hub repos")
+        return Path(source), None
+    if not is_repo_id(source):
+        raise CheckpointError(f"{source!r} is neither a folder nor a Hub repo id like 'org/name'")
+    try:
+        folder = Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=HUB_FILE_PATTERNS))
+    except RepositoryNotFoundError as exc:
+        raise CheckpointError(f"no model repo {source!r} on {hub_constants.ENDPOINT} (or it is private and no "
+                              f"HF_TOKEN with access is set)") from exc
+    except RevisionNotFoundError as exc:
+        raise CheckpointError(f"model repo {source!r} has no revision {revision!r}") from exc
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        mode = "offline mode is on (HF_HUB_OFFLINE=1)" if hub_constants.HF_HUB_OFFLINE else \
+            f"{hub_constants.ENDPOINT} could not be reached"
+        raise HubUnavailable(
+            f"cannot load {source}{'@' + revision if revision else ''}: {mode} and it is not in the Hub cache "
+            f"({hub_constants.HF_HUB_CACHE}). Download it once while online (it then loads with HF_HUB_OFFLINE=1), "
+            f"or point the app at a local folder such as the bundled checkpoints/.") from exc
+    except HfHubHTTPError as exc:
+        raise HubUnavailable(f"cannot load {source} from {hub_constants.ENDPOINT}: {exc}") from exc
+    return folder, folder.name
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(source: str | Path, revision: str | None = None, device: str | torch.device = "auto") -> LoadedModel:
+    """Load a checkpoint from a folder or a Hub repo id; model in eval mode on `device`."""
+    source = str(source)
+    folder, commit = fetch(source, revision)
+    config = read_config(folder)
+    label = f"{source}@{commit[:7]}" if commit else str(folder)
+    model = build_model(config, read_weights(folder), label).to(resolve_device(device))
+    return LoadedModel(model=model, config=config, source=source, folder=folder, revision=revision, commit=commit)
+
+
+def push(folder: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
+         commit_message: str | None = None) -> str:
+    """Upload a checkpoint folder to a Hub model repo (created if needed); returns the commit id."""
+    folder = Path(folder)
+    config = read_config(folder)
+    build_model(config, read_weights(folder), str(folder))  # never publish a checkpoint that does not load
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                             allow_patterns=HUB_FILE_PATTERNS,
+                             commit_message=commit_message or f"Upload {config.architecture} checkpoint")
+    return info.oid
+
+
+def _code_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def convert_official(weights: str | Path, variant: str, out: str | Path, task: str | None = None) -> Path:
+    """Turn a state_dict saved by the official MedMamba train.py into a checkpoint folder.
+
+    Loaded with torch.load(weights_only=True), which refuses pickled code. The official script
+    resizes to 224 and normalises with mean = std = 0.5, so the config says so.
+    """
+    weights = Path(weights)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{weights}: no such file") from exc
+    except Exception as exc:  # torch raises UnpicklingError or RuntimeError for non-weights files
+        raise CheckpointError(f"{weights} is not a plain PyTorch state_dict (loaded with weights_only=True): {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{weights} does not hold a state_dict of tensors")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    if "head.weight" not in state:
+        raise CheckpointError(f"{weights} has no 'head.weight': not a MedMamba (VSSM) state_dict")
+    num_classes = state["head.weight"].shape[0]
+    task = task or {5: "icdr5", 2: "binary"}.get(num_classes)
+    if task is None or len(TASK_CLASS_NAMES[task]) != num_classes:
+        raise CheckpointError(f"{weights} has a {num_classes}-class head; drdemo checkpoints are 5 ICDR grades "
+                              f"(icdr5) or 2 classes (--task binary or referable)")
+    model = create_model(variant, num_classes=num_classes)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{weights} does not match {variant}: missing {result.missing_keys[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]} (check --variant)")
+    config = CheckpointConfig.for_architecture(
+        variant, task=task, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), preprocessing={"interpolation": "bilinear"},
+        provenance={"trained": True, "data": "unknown (converted from the official MedMamba training script's output)",
+                    "recipe": "official MedMamba train.py", "source_file": weights.name,
+                    "source_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                    "code_commit": _code_commit()})
+    return save_checkpoint(model, config, out)
+
+
+def describe(source: str, revision: str | None = None) -> str:
+    """Human-readable summary of a checkpoint, without building the network."""
+    folder, commit = fetch(source, revision)
+    config = read_config(folder)
+    files = weight_files(folder) + [folder / CONFIG_NAME] + ([folder / CARD_NAME] if (folder / CARD_NAME).exists() else [])
+    lines = [
+        f"source:       {source}" + (f" (revision {revision})" if revision else ""),
+        f"commit:       {commit or '(local folder)'}",
+        f"folder:       {folder}",
+        f"architecture: {config.architecture} ({count_parameters(folder) / 1e6:.2f} M parameters)",
+        f"task:         {config.task}; classes: {', '.join(config.class_names)}",
+        f"input:        {config.input_size} px, mean {list(config.mean)}, std {list(config.std)}, "
+        f"{config.preprocessing}",
+        f"trained:      {'yes' if config.trained else 'NO (random weights)'}; data: {config.provenance.get('data', '-')}",
+        f"metrics:      {config.metrics or '-'}",
+        "files:        " + ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.1f} MB)" for f in files),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drdemo.hub", description="drdemo checkpoint store")
+    commands = parser.add_subparsers(dest="command", required=True)
+    push_cmd = commands.add_parser("push", help="upload a checkpoint folder to a Hub model repo")
+    push_cmd.add_argument("folder", type=Path)
+    push_cmd.add_argument("--repo-id", required=True, help="ORG/NAME")
+    push_cmd.add_argument("--revision", help="branch to commit to (created from main if new)")
+    push_cmd.add_argument("--private", action="store_true")
+    convert = commands.add_parser("convert-official", help="convert an official MedMamba train.py state_dict")
+    convert.add_argument("--weights", type=Path, required=True)
+    convert.add_argument("--variant", required=True, choices=["medmamba_t", "medmamba_s", "medmamba_b"])
+    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--task", choices=sorted(TASK_CLASS_NAMES), help="default: from the head size")
+    info = commands.add_parser("info", help="describe a checkpoint folder or Hub repo")
+    info.add_argument("source")
+    info.add_argument("--revision")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "push":
+            if not REPO_ID.match(args.repo_id):
+                parser.error(f"--repo-id must look like ORG/NAME, got {args.repo_id!r}")
+            print(push(args.folder, args.repo_id, args.revision, args.private))
+        elif args.command == "convert-official":
+            folder = convert_official(args.weights, args.variant, args.out, args.task)
+            print(f"wrote {folder}")
+        else:
+            print(describe(args.source, args.revision))
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except HfHubHTTPError as exc:
+        print(f"error: the Hub refused the request: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
