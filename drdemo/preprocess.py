@@ -30,7 +30,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_model_input(image: Image.Image, input_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def to_model_input(image: Image.Image, input_size: int, mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bicubic") -> torch.Tensor:
     """(1, 3, input_size, input_size) float tensor, resized and normalised with the given statistics."""
-    image = to_rgb(image).resize((input_size, input_size), Image.Resampling.BICUBIC)
+    image = to_rgb(image).resize((input_size, input_size), RESAMPLING[interpolation])
     return TF.normalize(TF.to_tensor(image), list(mean), list(std)).unsqueeze(0)

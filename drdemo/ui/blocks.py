@@ -8,6 +8,7 @@ from typing import Sequence
 import gradio as gr
 from drdemo.gate import ImageRejected, load_image
 from drdemo.predictor import Predictor
+from drdemo.serving import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,13 @@ def _notice(predictors: Sequence[Predictor]) -> str:
             f"them. {NOT_A_DEVICE}")
 
 
-def build_demo(predictors: Sequence[Predictor]) -> gr.Blocks:
-    """One gr.Blocks page running every predictor on the uploaded image (API endpoint `/grade`)."""
+def _sources(served: Sequence[ServedModel]) -> str:
+    return "\n".join(f"- **{s.predictor.name}**: {'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
+
+
+def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
+    """One gr.Blocks page running every served model on the uploaded image (API endpoint `/grade`)."""
+    predictors = [s.predictor for s in served]
 
     def grade(upload: str | None):
         if upload is None:
@@ -44,6 +50,7 @@ def build_demo(predictors: Sequence[Predictor]) -> gr.Blocks:
     with gr.Blocks(title="drdemo") as demo:
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(_notice(predictors), elem_id="notice")
+        gr.Markdown(f"Models served:\n{_sources(served)}", elem_id="sources")
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", type="filepath")

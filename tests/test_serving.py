@@ -1,0 +1,81 @@
+"""Which checkpoint each app slot serves: settings precedence and the fallback chain."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from huggingface_hub import constants as hub_constants
+
+from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+from drdemo.models import create_model
+from drdemo.serving import SLOTS, load_settings, serve
+from hub_server import point_hub_at
+
+
+def write_checkpoint(folder, architecture="medmamba_t"):
+    torch.manual_seed(0)
+    save_checkpoint(create_model(architecture), CheckpointConfig.for_architecture(
+        architecture, provenance={"trained": False}), folder)
+    return folder
+
+
+def test_defaults_are_the_bundled_folders():
+    settings = {s.slot: s for s in load_settings(environ={})}
+    assert set(settings) == set(SLOTS) == {"medmamba", "inception"}
+    assert settings["medmamba"].source.endswith("checkpoints/medmamba_t") and settings["medmamba"].revision is None
+    assert settings["inception"].source.endswith("checkpoints/inception_v3")
+
+
+def test_toml_then_environment(tmp_path):
+    path = tmp_path / "drdemo.toml"
+    path.write_text('[models.medmamba]\nsource = "org/medmamba"\nrevision = "v1"\n'
+                    '[models.inception]\nsource = "org/inception"\n')
+    settings = {s.slot: s for s in load_settings(path, environ={"DRDEMO_INCEPTION_REVISION": "abc1234",
+                                                                 "DRDEMO_MEDMAMBA_SOURCE": "other/medmamba"})}
+    assert (settings["medmamba"].source, settings["medmamba"].revision) == ("other/medmamba", "v1")
+    assert (settings["inception"].source, settings["inception"].revision) == ("org/inception", "abc1234")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[models.vgg]\nsource = 'x/y'\n", "unknown model slot"),
+    ("[models\n", "not valid TOML"),
+])
+def test_bad_settings_file(tmp_path, content, message):
+    path = tmp_path / "drdemo.toml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_settings(path, environ={})
+
+
+def test_named_settings_file_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_settings(environ={"DRDEMO_SETTINGS": str(tmp_path / "nope.toml")})
+
+
+def _slot(tmp_path, **changes):
+    medmamba = next(s for s in load_settings(environ={}) if s.slot == "medmamba")
+    return replace(medmamba, **changes)
+
+
+def test_configured_folder_is_served(tmp_path):
+    folder = write_checkpoint(tmp_path / "mine")
+    served = serve(_slot(tmp_path, source=str(folder), bundled=tmp_path / "no-bundle"))
+    assert not served.fallback and served.status == str(folder)
+    assert served.predictor.input_size == 224 and not served.predictor.trained
+
+
+def test_unreachable_repo_falls_back_to_bundled(tmp_path, monkeypatch):
+    point_hub_at(monkeypatch, "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    bundled = write_checkpoint(tmp_path / "bundled")
+    monkeypatch.setattr("drdemo.serving.ROOT", tmp_path)
+    served = serve(_slot(tmp_path, source="org/medmamba", bundled=bundled))
+    assert served.fallback
+    assert "org/medmamba could not be loaded" in served.status and "serving the bundled bundled" in served.status
+
+
+def test_nothing_loadable_serves_untrained_and_says_so(tmp_path):
+    served = serve(_slot(tmp_path, source=str(tmp_path / "missing"), bundled=tmp_path / "also-missing"))
+    assert served.fallback and not served.predictor.trained
+    assert "UNTRAINED medmamba_t" in served.status and "neither a folder nor a Hub repo id" in served.status
