@@ -81,22 +81,27 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     return settings
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def serve(settings: SlotSettings) -> ServedModel:
     """Load the slot's configured checkpoint, else its bundled one, else an untrained model."""
-    try:
-        loaded = load_model(settings.source, settings.revision)
-        return ServedModel(settings.slot, Predictor.from_loaded(loaded), loaded.origin, fallback=False)
-    except CheckpointError as exc:
-        reason = str(exc)
-    log.warning("%s: %s", settings.slot, reason)
-    if settings.bundled.is_dir() and Path(settings.source) != settings.bundled:
+    candidates = [(settings.source, settings.revision)]
+    if Path(settings.source) != settings.bundled:
+        candidates.append((str(settings.bundled), None))
+    problems: list[str] = []
+    for source, revision in candidates:
+        if Path(source) == settings.bundled and not settings.bundled.is_dir():
+            problems.append(f"no bundled checkpoint at {_shown(settings.bundled)}")
+            continue
         try:
-            loaded = load_model(settings.bundled)
-            return ServedModel(settings.slot, Predictor.from_loaded(loaded),
-                               f"{settings.source} could not be loaded ({reason}); serving the bundled "
-                               f"{settings.bundled.relative_to(ROOT)} instead", fallback=True)
+            loaded = load_model(source, revision)
         except CheckpointError as exc:
-            reason = f"{reason}; the bundled checkpoint failed too: {exc}"
+            log.warning("%s: %s", settings.slot, exc)
+            problems.append(str(exc))
+            continue
+        status = loaded.origin if not problems else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead"
+        return ServedModel(settings.slot, Predictor.from_loaded(loaded), status, fallback=bool(problems))
     return ServedModel(settings.slot, Predictor.untrained(settings.architecture),
-                       f"no checkpoint could be loaded ({reason}); serving an UNTRAINED {settings.architecture}",
-                       fallback=True)
+                       f"{'; '.join(problems)}; serving an UNTRAINED {settings.architecture}", fallback=True)

@@ -26,7 +26,11 @@ def _free_port() -> int:
 def app_url(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    # MedMamba's slot points at a Hub repo that cannot be reached (nothing listens on the
+    # discard port) and no checkpoint is bundled yet: the page must say what it serves instead.
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+           "DRDEMO_MEDMAMBA_SOURCE": "drdemo/unreachable", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -61,9 +65,12 @@ def test_grade_endpoint_returns_both_models(app_url, tmp_path):
     assert "medmamba_t" in summary and "inception_v3" in summary and " ms" in summary
 
 
-def test_page_says_models_are_untrained(app_url):
+def test_page_says_models_are_untrained_and_where_they_come_from(app_url):
     page = urllib.request.urlopen(app_url + "config", timeout=10).read().decode()
     assert "untrained" in page and "not a medical device" in page
+    assert "cannot load drdemo/unreachable: http://127.0.0.1:9 could not be reached" in page
+    assert "no bundled checkpoint at checkpoints/medmamba_t; serving an UNTRAINED medmamba_t" in page
+    assert "no bundled checkpoint at checkpoints/inception_v3; serving an UNTRAINED inception_v3" in page
 
 
 def test_non_image_upload_gets_a_message_not_a_crash(app_url, tmp_path):
