@@ -180,14 +180,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"commitUrl": f"{self._url(repo_id)}/commit/{sha}", "commitOid": sha,
                          "success": True, "pullRequestUrl": None})
 
-    def _model_info(self, repo_id: str, revision: str) -> None:
+    def _snapshot(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
+        """(commit, files) of a repo at a revision, or None after answering 404 as the Hub does."""
         repo = self._repo(repo_id)
         if repo is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
+            self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
+            return None
         sha = repo.resolve(revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        files = repo.commits[sha]
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return None
+        return sha, repo.commits[sha]
+
+    def _model_info(self, repo_id: str, revision: str) -> None:
+        if (snapshot := self._snapshot(repo_id, revision)) is None:
+            return
+        sha, files = snapshot
         self._json(200, {
             "id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "disabled": False, "gated": False,
             "lastModified": "2026-01-01T00:00:00.000Z", "tags": [], "downloads": 0, "likes": 0,
@@ -195,25 +203,17 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        if (snapshot := self._snapshot(repo_id, revision)) is None:
+            return
         entries = [{"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                   for path, data in sorted(repo.commits[sha].items()) if path.startswith(prefix)]
+                   for path, data in sorted(snapshot[1].items()) if path.startswith(prefix)]
         self._json(200, entries)
 
     def _resolve(self, repo_id: str, revision: str, path: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", f"Repository {repo_id} not found")
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        data = repo.commits[sha].get(path)
-        if data is None:
+        if (snapshot := self._snapshot(repo_id, revision)) is None:
+            return
+        sha, files = snapshot
+        if (data := files.get(path)) is None:
             return self._error(404, "EntryNotFound", f"{path} does not exist at {revision}")
         etag = hashlib.sha256(data).hexdigest()
         self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{etag}"'}, "application/octet-stream")
