@@ -54,13 +54,13 @@ def bench_models(names: list[str], batch_sizes: tuple[int, ...], repeats: int) -
         inputs = {name: torch.randn(batch, 3, model_defaults(name).input_size, model_defaults(name).input_size)
                   for name in names}
 
-        def forward(name: str) -> Callable[[], object]:
+        def forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
             def run() -> object:
                 with torch.inference_mode():
-                    return models[name](inputs[name])
+                    return model(x)
             return run
 
-        times = _median_interleaved({name: forward(name) for name in names},
+        times = _median_interleaved({name: forward(models[name], inputs[name]) for name in names},
                                     repeats if batch == 1 else max(3, repeats // 4))
         for name in names:
             rows.append({

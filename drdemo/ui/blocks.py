@@ -41,7 +41,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
             image = load_image(upload)
         except ImageRejected as exc:
             log.info("upload refused: %s", exc)
-            raise gr.Error(str(exc))
+            raise gr.Error(str(exc)) from None
         predictions = [p.predict(image) for p in predictors]
         lines = [f"- **{p.name}**: {pred.grade_name} (grade {pred.grade}), {pred.seconds * 1000:.0f} ms"
                  for p, pred in zip(predictors, predictions)]
