@@ -55,9 +55,11 @@ class Predictor:
     @classmethod
     def untrained(cls, architecture: str, seed: int = 0) -> "Predictor":
         """Freshly initialised registry model (seeded, so answers repeat). Not a trained model."""
-        torch.manual_seed(seed)
+        with torch.random.fork_rng():  # seed the weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            model = create_model(architecture, num_classes=len(ICDR_GRADES))
         defaults = model_defaults(architecture)
-        return cls(create_model(architecture, num_classes=len(ICDR_GRADES)), name=architecture,
+        return cls(model, name=architecture,
                    input_size=defaults.input_size, mean=defaults.mean, std=defaults.std,
                    class_names=ICDR_GRADES, trained=False)
 
