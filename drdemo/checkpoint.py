@@ -216,7 +216,8 @@ def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source
                               f"Check 'architecture' in {CONFIG_NAME}.")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            is_head = expected[key].shape[0] == config.num_classes != tensor.shape[0]
+            is_head = (tensor.dim() > 0 and expected[key].dim() > 0
+                       and expected[key].shape[0] == config.num_classes != tensor.shape[0])
             hint = (f"{CONFIG_NAME} says num_classes={config.num_classes} but these weights have a "
                     f"{tensor.shape[0]}-class head: fix num_classes and class_names in {CONFIG_NAME}."
                     if is_head else f"Check 'architecture' in {CONFIG_NAME}.")
