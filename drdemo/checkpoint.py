@@ -56,8 +56,9 @@ class CheckpointConfig:
     std: tuple[float, float, float]
     cam_target_layer: str
     cam_reshape: str | None = None
-    # What the image goes through before normalisation: RGB conversion, then a square resize.
-    preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic"})
+    # What the image goes through before normalisation (drdemo.preprocess.prepare_image): RGB
+    # conversion, cropping to the field of view when crop_fov, then a square resize.
+    preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True})
     referable_threshold: float = 0.5
     provenance: dict = field(default_factory=dict)  # trained, data, recipe, seed, code_commit, ...
     metrics: dict = field(default_factory=dict)
@@ -91,6 +92,9 @@ class CheckpointConfig:
         values = dict(data)
         values["class_names"] = tuple(values["class_names"])
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        if isinstance(values.get("preprocessing"), dict):
+            # Written before cropping existed: a plain resize.
+            values["preprocessing"] = {"interpolation": "bicubic", "crop_fov": False, **values["preprocessing"]}
         config = cls(**values)
         config._validate(source)
         return config
@@ -122,9 +126,11 @@ class CheckpointConfig:
             fail(f"std must be positive, got {list(self.std)!r}")
         if not 0.0 < self.referable_threshold < 1.0:
             fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
-        interpolation = self.preprocessing.get("interpolation", "bicubic")
-        if interpolation not in RESAMPLING or set(self.preprocessing) - {"interpolation"}:
-            fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}}}, got {self.preprocessing!r}")
+        if (not isinstance(self.preprocessing, dict) or set(self.preprocessing) != {"interpolation", "crop_fov"}
+                or self.preprocessing["interpolation"] not in RESAMPLING
+                or not isinstance(self.preprocessing["crop_fov"], bool)):
+            fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}, 'crop_fov': true or false}}, "
+                 f"got {self.preprocessing!r}")
 
     @property
     def trained(self) -> bool:
@@ -261,7 +267,8 @@ Code commit: {provenance.get("code_commit", "not recorded")}.
 {metric_rows}
 
 ## Input
-RGB, resized to {config.input_size} x {config.input_size} ({config.preprocessing.get("interpolation", "bicubic")}),
+RGB, {"cropped to the field of view (black border removed, padded to a square), " if config.preprocessing["crop_fov"]
+      else ""}resized to {config.input_size} x {config.input_size} ({config.preprocessing["interpolation"]}),
 scaled to [0, 1], normalised with mean {list(config.mean)} and std {list(config.std)}.
 
 ## Limitations

@@ -163,7 +163,8 @@ def convert_official(weights: str | Path, variant: str, out: str | Path, task: s
         raise CheckpointError(f"{weights} does not match {variant}: missing {result.missing_keys[:3]}, "
                               f"unexpected {result.unexpected_keys[:3]} (check --variant)")
     config = CheckpointConfig.for_architecture(
-        variant, task=task, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), preprocessing={"interpolation": "bilinear"},
+        variant, task=task, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        preprocessing={"interpolation": "bilinear", "crop_fov": False},  # the official script: a plain resize
         provenance={"trained": True, "data": "unknown (converted from the official MedMamba training script's output)",
                     "recipe": "official MedMamba train.py", "source_file": weights.name,
                     "source_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),

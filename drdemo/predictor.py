@@ -35,7 +35,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, *, name: str, input_size: int, mean: tuple[float, ...],
                  std: tuple[float, ...], class_names: tuple[str, ...], trained: bool,
-                 interpolation: str = "bicubic"):
+                 interpolation: str = "bicubic", crop_fov: bool = True):
         self.model = model.eval()
         self.name = name
         self.input_size = input_size
@@ -43,6 +43,7 @@ class Predictor:
         self.class_names = tuple(class_names)
         self.trained = trained
         self.interpolation = interpolation
+        self.crop_fov = crop_fov
 
     @classmethod
     def from_loaded(cls, loaded: "LoadedModel") -> "Predictor":
@@ -50,7 +51,7 @@ class Predictor:
         config = loaded.config
         return cls(loaded.model, name=config.architecture, input_size=config.input_size, mean=config.mean,
                    std=config.std, class_names=config.class_names, trained=config.trained,
-                   interpolation=config.preprocessing.get("interpolation", "bicubic"))
+                   interpolation=config.preprocessing["interpolation"], crop_fov=config.preprocessing["crop_fov"])
 
     @classmethod
     def untrained(cls, architecture: str, seed: int = 0) -> "Predictor":
@@ -71,7 +72,7 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, image: Image.Image) -> Prediction:
         start = time.perf_counter()
-        batch = to_model_input(image, self.input_size, self.mean, self.std, self.interpolation)
+        batch = to_model_input(image, self.input_size, self.mean, self.std, self.interpolation, self.crop_fov)
         probabilities = torch.softmax(self.model(batch).float(), dim=1)[0].tolist()
         grade = max(range(len(probabilities)), key=probabilities.__getitem__)
         return Prediction(probabilities=dict(zip(self.class_names, probabilities)), grade=grade,

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from drdemo.preprocess import to_model_input, to_rgb
+from drdemo.preprocess import crop_to_fundus, field_of_view_box, prepare_image, to_model_input, to_rgb
 
 
 def test_exif_orientation_is_applied():
@@ -34,3 +34,57 @@ def test_normalisation_uses_the_given_statistics():
     assert batch.shape == (1, 3, 64, 64)
     expected = torch.tensor([(1 - 0.5) / 0.25, (0 - 0.5) / 0.5, (128 / 255 - 0.5) / 1.0])
     assert torch.allclose(batch[0, :, 32, 32], expected, atol=1e-5)
+
+
+def _fundus_like(size=(640, 480), centre=(330, 240), radius=200, colour=(180, 80, 40), background=(3, 2, 1)):
+    """A bright disc (the field of view) on a near-black, slightly noisy surround."""
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(0, 2, (size[1], size[0], 3)) + background, 0, 255)
+    yy, xx = np.mgrid[:size[1], :size[0]]
+    pixels[(xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2] = colour
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def test_field_of_view_box_finds_the_disc_within_a_probe_pixel():
+    left, top, right, bottom = field_of_view_box(_fundus_like())
+    tolerance = 640 / 256 + 1  # one pixel of the downscaled probe, plus rounding
+    assert abs(left - 130) <= tolerance and abs(right - 531) <= tolerance
+    assert abs(top - 40) <= tolerance and abs(bottom - 441) <= tolerance
+
+
+def test_crop_to_fundus_makes_the_disc_fill_a_square():
+    cropped = crop_to_fundus(_fundus_like())
+    assert abs(cropped.width - 401) <= 4 and cropped.width == cropped.height
+    centre = np.asarray(cropped)[cropped.height // 2, cropped.width // 2]
+    assert tuple(centre) == (180, 80, 40)
+
+
+def test_dark_photos_are_cropped_like_bright_ones():
+    bright = field_of_view_box(_fundus_like())
+    dark = field_of_view_box(_fundus_like(colour=(40, 18, 9)))
+    assert all(abs(a - b) <= 640 / 256 + 1 for a, b in zip(dark, bright))  # within one probe pixel
+
+
+def test_a_circle_clipped_at_top_and_bottom_is_padded_not_stretched():
+    clipped = _fundus_like(size=(700, 400), centre=(350, 200), radius=260)  # the field of view overflows vertically
+    cropped = crop_to_fundus(clipped)
+    assert cropped.width == cropped.height
+    array = np.asarray(cropped)
+    assert array[2, cropped.width // 2].max() < 20        # black padding above the clipped circle
+    assert tuple(array[cropped.height // 2, cropped.width // 2]) == (180, 80, 40)
+
+
+def test_images_without_a_border_and_blank_frames_are_only_padded():
+    borderless = Image.new("RGB", (300, 200), (150, 70, 30))
+    assert crop_to_fundus(borderless).size == (300, 300)
+    black = Image.new("RGB", (120, 90))
+    assert field_of_view_box(black) is None
+    assert crop_to_fundus(black).size == (120, 120)
+
+
+def test_prepare_image_crops_only_when_asked():
+    image = _fundus_like()
+    cropped = np.asarray(prepare_image(image, 64, crop_fov=True))
+    plain = np.asarray(prepare_image(image, 64, crop_fov=False))
+    assert cropped.shape == plain.shape == (64, 64, 3)
+    assert (cropped.max(axis=2) > 100).mean() > (plain.max(axis=2) > 100).mean() + 0.2
