@@ -65,7 +65,7 @@ class CheckpointConfig:
     format: str = FORMAT
 
     @classmethod
-    def for_architecture(cls, architecture: str, task: str = "icdr5", **overrides) -> "CheckpointConfig":
+    def for_architecture(cls, architecture: str, task: str = "icdr5", **overrides) -> CheckpointConfig:
         """A new checkpoint's config from the registry's defaults for `architecture`."""
         if task not in TASK_CLASS_NAMES:
             raise CheckpointError(f"unknown task {task!r}; choose from {', '.join(TASK_CLASS_NAMES)}")
@@ -78,7 +78,7 @@ class CheckpointConfig:
         return cls.from_dict(values, source="(new config)")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = CONFIG_NAME) -> "CheckpointConfig":
+    def from_dict(cls, data: dict, source: str = CONFIG_NAME) -> CheckpointConfig:
         """Validate and build; every problem is reported with `source` and what to change."""
         known = {f.name for f in fields(cls)}
         required = {"architecture", "num_classes", "class_names", "task", "input_size", "mean", "std",

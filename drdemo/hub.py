@@ -27,13 +27,29 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                    RepositoryNotFoundError, RevisionNotFoundError)
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from torch import nn
 
-from drdemo.checkpoint import (CARD_NAME, CONFIG_NAME, HUB_FILE_PATTERNS, TASK_CLASS_NAMES, CheckpointConfig,
-                               CheckpointError, build_model, count_parameters, read_config, read_weights,
-                               save_checkpoint, weight_files)
+from drdemo.checkpoint import (
+    CARD_NAME,
+    CONFIG_NAME,
+    HUB_FILE_PATTERNS,
+    TASK_CLASS_NAMES,
+    CheckpointConfig,
+    CheckpointError,
+    build_model,
+    count_parameters,
+    read_config,
+    read_weights,
+    save_checkpoint,
+    weight_files,
+)
 from drdemo.models import create_model
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -46,7 +46,7 @@ class Predictor:
         self.crop_fov = crop_fov
 
     @classmethod
-    def from_loaded(cls, loaded: "LoadedModel") -> "Predictor":
+    def from_loaded(cls, loaded: LoadedModel) -> Predictor:
         """From a checkpoint: every preprocessing fact comes from its config.json."""
         config = loaded.config
         return cls(loaded.model, name=config.architecture, input_size=config.input_size, mean=config.mean,
@@ -54,7 +54,7 @@ class Predictor:
                    interpolation=config.preprocessing["interpolation"], crop_fov=config.preprocessing["crop_fov"])
 
     @classmethod
-    def untrained(cls, architecture: str, seed: int = 0) -> "Predictor":
+    def untrained(cls, architecture: str, seed: int = 0) -> Predictor:
         """Freshly initialised registry model (seeded, so answers repeat). Not a trained model."""
         with torch.random.fork_rng():  # seed the weights without touching the caller's RNG
             torch.manual_seed(seed)

@@ -6,7 +6,8 @@ a model is always fed the way it was trained.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ def to_model_input(image: Image.Image, input_size: int, mean: Sequence[float], s
     return normalise(prepare_image(image, input_size, interpolation, crop_fov), mean, std).unsqueeze(0)
 
 
-def preprocess_kwargs(config: "CheckpointConfig") -> dict:
+def preprocess_kwargs(config: CheckpointConfig) -> dict:
     """The keyword arguments of `to_model_input` that a checkpoint's config.json fixes."""
     return dict(input_size=config.input_size, mean=config.mean, std=config.std,
                 interpolation=config.preprocessing["interpolation"], crop_fov=config.preprocessing["crop_fov"])

@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from drdemo.checkpoint import CheckpointError
 from drdemo.hub import load_model

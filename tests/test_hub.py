@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import HubServer, point_hub_at
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
@@ -18,7 +19,6 @@ from safetensors import safe_open
 from drdemo.checkpoint import CheckpointConfig, CheckpointError, read_weights, save_checkpoint
 from drdemo.hub import HubUnavailable, convert_official, load_model, push
 from drdemo.models import create_model
-from hub_server import HubServer, point_hub_at
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -17,8 +17,15 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from drdemo.models import (CAM_RESHAPES, ICDR_GRADES, count_parameters, create_model, get_submodule, list_models,
-                           model_defaults)
+from drdemo.models import (
+    CAM_RESHAPES,
+    ICDR_GRADES,
+    count_parameters,
+    create_model,
+    get_submodule,
+    list_models,
+    model_defaults,
+)
 from drdemo.models.medmamba import MedMamba
 
 FACTS = Path(__file__).parent / "facts"

@@ -15,7 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drdemo.ops import cpu_kernel, cross_scan_orders, scan_backend, selective_scan, selective_scan_2d, selective_scan_ref
+from drdemo.ops import (
+    cpu_kernel,
+    cross_scan_orders,
+    scan_backend,
+    selective_scan,
+    selective_scan_2d,
+    selective_scan_ref,
+)
 
 TOLERANCE = 1e-5
 ROOT = Path(__file__).resolve().parents[1]

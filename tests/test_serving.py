@@ -4,12 +4,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hub_server import point_hub_at
 from huggingface_hub import constants as hub_constants
 
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
 from drdemo.models import create_model
 from drdemo.serving import SLOTS, load_settings, serve
-from hub_server import point_hub_at
 
 
 def write_checkpoint(folder, architecture="medmamba_t"):

@@ -1,5 +1,6 @@
 """Networks only: the registry and its architectures. No files, no preprocessing here."""
 
+from drdemo.models import medmamba, torchvision_models  # noqa: F401  (registers the builders)
 from drdemo.models._registry import (
     CAM_RESHAPES,
     FUNDUS_MEAN,
@@ -13,7 +14,6 @@ from drdemo.models._registry import (
     model_defaults,
     register_model,
 )
-from drdemo.models import medmamba, torchvision_models  # noqa: F401  (registers the builders)
 
 __all__ = [
     "CAM_RESHAPES", "FUNDUS_MEAN", "FUNDUS_STD", "ICDR_GRADES", "ModelDefaults", "count_parameters",

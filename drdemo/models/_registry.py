@@ -7,8 +7,8 @@ the source of truth and these defaults are not consulted again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn

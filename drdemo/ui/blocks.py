@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import gradio as gr
+
 from drdemo.gate import ImageRejected, load_image
 from drdemo.predictor import Predictor
 from drdemo.serving import ServedModel
