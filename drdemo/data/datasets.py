@@ -1,0 +1,334 @@
+"""Public fundus data sets on disk -> a sorted list of `Sample`s, and a torch Dataset over them.
+
+Layouts, tried in this order by `detect_layout` (the first that fits wins):
+
+    synthetic    generator.json + labels.csv (image,level) + images/     drdemo.data.synthetic's output
+    eyepacs      a CSV with columns image,level (trainLabels.csv preferred); ids without extension,
+                 images in train/, images/ or the folder itself            Kaggle EyePACS 2015
+    aptos        a CSV with columns id_code,diagnosis (train.csv preferred); images in train_images/,
+                 images/ or the folder itself                              APTOS 2019
+    imagefolder  subfolders 0 .. 4 (any of them) named after the ICDR grade, images inside
+
+The patient id groups a person's two eyes so that a split never puts them in different parts:
+EyePACS-style ids `<patient>_left` / `<patient>_right` give `<patient>`; other ids are their own patient.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from drdemo.preprocess import to_rgb
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("synthetic", "eyepacs", "aptos", "imagefolder")
+NUM_GRADES = 5
+# Preference when one id has files with several extensions; compared case-insensitively.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+# task -> the lowest grade counted as positive (None: the grade itself is the class).
+TASK_THRESHOLDS: dict[str, int | None] = {"icdr5": None, "binary": 1, "referable": 2}
+
+_EYE_SUFFIX = re.compile(r"^(?P<patient>.+)_(?:left|right)$", re.IGNORECASE)
+_INTEGER = re.compile(r"^[+-]?\d+$")
+_GENERATOR_FILE = "generator.json"
+_SYNTHETIC_CSV = "labels.csv"
+
+
+class DatasetError(ValueError):
+    """A data folder that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One graded fundus image."""
+
+    image_id: str
+    path: Path
+    grade: int
+    patient: str
+
+
+@dataclass(frozen=True)
+class _CsvLayout:
+    id_column: str
+    label_column: str
+    preferred_csv: str
+    image_dirs: tuple[str, ...]  # searched in this order; "." is the data folder itself
+
+
+_CSV_LAYOUTS = {
+    "synthetic": _CsvLayout("image", "level", _SYNTHETIC_CSV, ("images",)),
+    "eyepacs": _CsvLayout("image", "level", "trainLabels.csv", ("train", "images", ".")),
+    "aptos": _CsvLayout("id_code", "diagnosis", "train.csv", ("train_images", "images", ".")),
+}
+
+_NEEDS = {
+    "synthetic": f"{_GENERATOR_FILE} from drdemo.data.synthetic, {_SYNTHETIC_CSV} (image,level) and images/",
+    "eyepacs": "a CSV with columns image,level (e.g. trainLabels.csv) and the images in train/, images/ or the folder",
+    "aptos": "a CSV with columns id_code,diagnosis (e.g. train.csv) and the images in train_images/, images/ "
+             "or the folder",
+    "imagefolder": "subfolders named 0 to 4 (the ICDR grade) holding the images",
+}
+
+
+def patient_of(image_id: str) -> str:
+    """The patient an image belongs to: `10_left` and `10_right` -> `10`; other ids are their own patient."""
+    match = _EYE_SUFFIX.match(image_id)
+    return match.group("patient") if match else image_id
+
+
+def task_target(grade: int, task: str) -> int:
+    """The class index of an ICDR grade for a task: icdr5 -> the grade, binary -> grade >= 1, referable -> >= 2."""
+    if task not in TASK_THRESHOLDS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_THRESHOLDS)}")
+    threshold = TASK_THRESHOLDS[task]
+    return int(grade) if threshold is None else int(grade >= threshold)
+
+
+def num_classes(task: str) -> int:
+    """How many classes a task has (5 for icdr5, 2 otherwise)."""
+    if task not in TASK_THRESHOLDS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_THRESHOLDS)}")
+    return NUM_GRADES if TASK_THRESHOLDS[task] is None else 2
+
+
+def class_counts(samples: Iterable[Sample], task: str) -> list[int]:
+    """Samples per class of `task` (zeros included), for class weights and reports."""
+    counts = [0] * num_classes(task)
+    for sample in samples:
+        counts[task_target(sample.grade, task)] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+def _csv_header(path: Path) -> list[str] | None:
+    """The lower-cased, stripped column names of a CSV, or None when it cannot be read."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            row = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return [name.strip().lower() for name in row] if row else None
+
+
+def _find_csv(root: Path, layout: _CsvLayout) -> Path | None:
+    """The CSV of `root` that has the layout's two columns; the layout's usual file name first."""
+    candidates = sorted(p for p in root.glob("*.csv") if p.is_file())
+    candidates.sort(key=lambda p: p.name != layout.preferred_csv)  # stable: preferred name, then by name
+    for path in candidates:
+        header = _csv_header(path)
+        if header and layout.id_column in header and layout.label_column in header:
+            return path
+    return None
+
+
+def _is_synthetic(root: Path) -> bool:
+    return (root / _GENERATOR_FILE).is_file() and (root / _SYNTHETIC_CSV).is_file()
+
+
+def _grade_dirs(root: Path) -> list[Path]:
+    return [root / str(grade) for grade in range(NUM_GRADES) if (root / str(grade)).is_dir()]
+
+
+def _check_root(root: Path | str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder; pass the folder that holds the data set")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; pass the folder that holds the data set, not a file in it")
+    return root
+
+
+def _describe_entry(path: Path) -> str:
+    if path.is_dir():
+        return path.name + "/"
+    if path.suffix.lower() == ".csv":
+        header = _csv_header(path)
+        return f"{path.name} (columns {','.join(header)})" if header else f"{path.name} (unreadable or empty)"
+    return path.name
+
+
+def _describe_contents(root: Path) -> str:
+    entries = sorted(os.listdir(root))
+    if not entries:
+        return "the folder is empty"
+    shown = [_describe_entry(root / name) for name in entries[:12]]
+    more = f" and {len(entries) - 12} more" if len(entries) > 12 else ""
+    return "found " + ", ".join(shown) + more
+
+
+def detect_layout(root: Path | str) -> str:
+    """Which of `LAYOUTS` a data folder follows; precedence synthetic > eyepacs > aptos > imagefolder."""
+    root = _check_root(root)
+    if _is_synthetic(root):
+        return "synthetic"
+    for name in ("eyepacs", "aptos"):
+        if _find_csv(root, _CSV_LAYOUTS[name]) is not None:
+            return name
+    if _grade_dirs(root):
+        return "imagefolder"
+    needs = "; ".join(f"{name}: {what}" for name, what in _NEEDS.items())
+    raise DatasetError(f"{root}: no known data set layout ({_describe_contents(root)}). Each layout needs - {needs}")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _image_index(folder: Path) -> dict[str, Path]:
+    """stem -> path of the images directly in `folder`; the preferred extension wins a tie."""
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    index: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: (rank.get(os.path.splitext(e.name)[1].lower(), 99), e.name)):
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in rank and entry.is_file() and stem not in index:
+                index[stem] = Path(entry.path)
+    return index
+
+
+def _parse_grade(text: str | None, where: str) -> int:
+    if text is None or not _INTEGER.match(text.strip()):
+        raise DatasetError(f"{where}: grade {text!r} is not an integer; ICDR grades are 0 to 4")
+    grade = int(text.strip())
+    if not 0 <= grade < NUM_GRADES:
+        raise DatasetError(f"{where}: grade {grade} is outside 0 to 4 (the ICDR scale); fix or remove the row")
+    return grade
+
+
+def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int]]:
+    """(image id, grade) rows of a labels CSV, checked: integer grades 0-4, no empty or duplicate ids."""
+    rows: list[tuple[str, int]] = []
+    first_line: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip().lower() for name in next(reader, [])]
+            if layout.id_column not in header or layout.label_column not in header:
+                raise DatasetError(f"{path}: needs columns {layout.id_column},{layout.label_column}; "
+                                   f"the header is {','.join(header) or '(empty)'}")
+            id_at, label_at = header.index(layout.id_column), header.index(layout.label_column)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue  # blank line
+                where = f"{path}, line {reader.line_num}"
+                if len(row) <= max(id_at, label_at):
+                    raise DatasetError(f"{where}: {len(row)} fields, expected {len(header)} as in the header")
+                image_id = row[id_at].strip()
+                if _is_image(image_id):
+                    image_id = os.path.splitext(image_id)[0]  # tolerate `10_left.jpeg` for `10_left`
+                if not image_id:
+                    raise DatasetError(f"{where}: empty {layout.id_column}")
+                grade = _parse_grade(row[label_at], where)
+                if image_id in first_line:
+                    raise DatasetError(f"{where}: duplicate id {image_id!r} (first on line {first_line[image_id]}); "
+                                       "each image must be listed once")
+                first_line[image_id] = reader.line_num
+                rows.append((image_id, grade))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read the labels CSV ({exc}); it must be UTF-8 text with a header "
+                           f"row {layout.id_column},{layout.label_column}") from exc
+    return rows
+
+
+def _load_csv_layout(root: Path, name: str) -> list[Sample]:
+    layout = _CSV_LAYOUTS[name]
+    csv_path = root / _SYNTHETIC_CSV if name == "synthetic" else _find_csv(root, layout)
+    if csv_path is None:  # an unreadable file of the usual name: let _read_labels say what is wrong with it
+        csv_path = root / layout.preferred_csv
+    if not csv_path.is_file():
+        raise DatasetError(f"{root}: not a {name} data set; it needs {_NEEDS[name]}")
+    rows = _read_labels(csv_path, layout)
+    folders = [root if d == "." else root / d for d in layout.image_dirs]
+    indexes = [_image_index(folder) for folder in folders if folder.is_dir()]
+    samples, missing = [], []
+    for image_id, grade in rows:
+        path = next((index[image_id] for index in indexes if image_id in index), None)
+        if path is None:
+            missing.append(image_id)
+        else:
+            samples.append(Sample(image_id, path, grade, patient_of(image_id)))
+    if missing:
+        looked = ", ".join(str(f) for f in folders)
+        raise DatasetError(f"{csv_path}: {len(missing)} listed image(s) not found, e.g. "
+                           f"{', '.join(missing[:3])}; looked for <id>{{{','.join(IMAGE_EXTENSIONS)}}} in {looked}")
+    unlisted = sum(len(index) for index in indexes) - len(samples)
+    if unlisted > 0:
+        log.info("%s: ignoring %d image(s) not listed in %s", root, unlisted, csv_path.name)
+    return samples
+
+
+def _load_imagefolder(root: Path) -> list[Sample]:
+    grade_names = {str(grade) for grade in range(NUM_GRADES)}
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in grade_names
+                    and not p.name.startswith("."))
+    if others:
+        raise DatasetError(f"{root}: subfolders {', '.join(others)} are not ICDR grades; an image-folder data set "
+                           "has only subfolders 0 to 4 - move or remove the others")
+    samples: list[Sample] = []
+    seen: dict[str, Path] = {}
+    for folder in _grade_dirs(root):
+        for path in sorted(p for p in folder.iterdir() if _is_image(p.name) and p.is_file()):
+            if path.stem in seen:
+                raise DatasetError(f"{seen[path.stem]} and {path}: the same image id {path.stem!r} twice; "
+                                   "ids must be unique")
+            seen[path.stem] = path
+            samples.append(Sample(path.stem, path, int(folder.name), patient_of(path.stem)))
+    return samples
+
+
+def load_samples(root: Path | str, layout: str | None = None) -> list[Sample]:
+    """Every graded image of a data folder, sorted by image id; `layout` None detects it."""
+    root = _check_root(root)
+    if layout is None:
+        layout = detect_layout(root)
+    elif layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    samples = _load_imagefolder(root) if layout == "imagefolder" else _load_csv_layout(root, layout)
+    if not samples:
+        raise DatasetError(f"{root}: the {layout} data set has no images; it needs {_NEEDS[layout]}")
+    return sorted(samples, key=lambda s: s.image_id)
+
+
+# ---------------------------------------------------------------------------------------------- torch
+
+def open_image(path: Path | str) -> Image.Image:
+    """An upright RGB image from a file, fully read; a file that cannot be decoded raises DatasetError."""
+    try:
+        with Image.open(path) as image:
+            rgb = to_rgb(image)
+            rgb.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{path}: cannot read the image ({exc}); replace the file or remove it "
+                           "from the labels") from exc
+    return rgb
+
+
+class FundusDataset(Dataset):
+    """(transform(RGB image), class index) per sample; `.targets` holds every class index, for samplers."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None, task: str = "icdr5"):
+        num_classes(task)  # an unknown task fails here, not at the first item
+        self.samples = list(samples)
+        self.transform = transform
+        self.task = task
+        self.targets = [task_target(sample.grade, task) for sample in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        image = open_image(self.samples[index].path)
+        return (self.transform(image) if self.transform is not None else image), self.targets[index]
