@@ -1,0 +1,297 @@
+"""Evaluate a checkpoint on a graded data folder: metrics, per-image predictions and two plots.
+
+    python -m drdemo.evaluate --checkpoint FOLDER_OR_REPO [--revision R] --data DIR --out OUT
+        [--batch-size 16] [--workers 0] [--limit N] [--split split.json --part test]
+
+writes OUT/metrics.json (drdemo.metrics.grading_metrics, plus where the checkpoint and the data
+came from and how fast it ran), OUT/predictions.csv (one row per image), OUT/confusion_matrix.png
+and OUT/roc.png. Images are preprocessed exactly as the checkpoint's config.json says
+(drdemo.preprocess.preprocess_kwargs), the same path the app and training use.
+
+`evaluate(loaded, samples)` is the reusable part (the training loop calls it for validation);
+the CLI adds loading, the files and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from drdemo.checkpoint import CheckpointError
+from drdemo.data import LAYOUTS, DatasetError, FundusDataset, Sample, detect_layout, load_samples, load_split
+from drdemo.hub import LoadedModel, load_model
+from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
+from drdemo.preprocess import preprocess_kwargs, to_model_input
+
+METRICS_NAME = "metrics.json"
+PREDICTIONS_NAME = "predictions.csv"
+CONFUSION_NAME = "confusion_matrix.png"
+ROC_NAME = "roc.png"
+QUESTION_LABELS = {"referable": "Referable (grade \u2265 2)", "any_dr": "Any DR (grade \u2265 1)"}
+
+
+class EvaluateError(ValueError):
+    """Arguments that cannot be evaluated (output path, split part, limit); the message says the fix."""
+
+
+def _image_tensor(image: Image.Image, **kwargs) -> torch.Tensor:
+    """(3, H, W): `to_model_input` without the batch dimension (a module-level function, so DataLoader
+    workers can pickle it)."""
+    return to_model_input(image, **kwargs)[0]
+
+
+def probability_column(class_name: str) -> str:
+    """CSV column of a class probability: 'Mild NPDR' -> 'prob_mild_npdr'."""
+    return "prob_" + re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_")
+
+
+def predict_probabilities(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,
+                          progress: bool = True) -> np.ndarray:
+    """(n, C) float64 class probabilities of `samples`, in order, preprocessed as the checkpoint says."""
+    if not samples:
+        raise EvaluateError("no samples to evaluate")
+    if batch_size < 1 or workers < 0:
+        raise EvaluateError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
+    model = loaded.model
+    device = next(model.parameters()).device
+    transform = partial(_image_tensor, **preprocess_kwargs(loaded.config))
+    loader = DataLoader(FundusDataset(samples, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    chunks = []
+    modes = {module: module.training for module in model.modules()}  # per module: training may freeze some
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(samples), unit="img", desc="evaluate", disable=not progress,
+                                          file=sys.stderr) as bar:
+            for images, _ in loader:
+                logits = model(images.to(device, non_blocking=True))
+                # float64 softmax: a confident model's 1 - P(No DR) still ranks eyes by their tiny differences
+                chunks.append(torch.softmax(logits.cpu().double(), dim=1).numpy())
+                bar.update(len(images))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return np.concatenate(chunks)
+
+
+def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """Run `loaded` over `samples`: (grading_metrics + seconds + images_per_second, one row per image).
+
+    `loaded` is a drdemo.hub.LoadedModel, or anything with its `.model` and `.config` (a model being
+    trained); every module's train/eval mode is restored afterwards. The rows are those
+    of predictions.csv: image_id, grade, target (the task's class), prob_<class> for each class,
+    predicted, predicted_name, then referable_probability / any_dr_probability where the task
+    defines them (drdemo.metrics.task_probabilities).
+    """
+    config = loaded.config
+    start = time.perf_counter()
+    probabilities = predict_probabilities(loaded, samples, batch_size, workers, progress)
+    seconds = time.perf_counter() - start
+    grades = np.array([sample.grade for sample in samples])
+    metrics = grading_metrics(grades, probabilities, config.task, config.class_names,
+                              referable_threshold=config.referable_threshold)
+    metrics["seconds"] = round(seconds, 3)
+    metrics["images_per_second"] = round(len(samples) / seconds, 3) if seconds > 0 else None
+
+    targets = task_targets(grades, config.task)
+    derived = task_probabilities(probabilities, config.task)
+    columns = [probability_column(name) for name in config.class_names]
+    rows = []
+    for i, sample in enumerate(samples):
+        predicted = int(probabilities[i].argmax())
+        row = {"image_id": sample.image_id, "grade": int(sample.grade), "target": int(targets[i])}
+        row.update({column: float(p) for column, p in zip(columns, probabilities[i])})
+        row.update(predicted=predicted, predicted_name=config.class_names[predicted])
+        row.update({f"{question}_probability": float(scores[i]) for question, scores in derived.items()})
+        rows.append(row)
+    return metrics, rows
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def write_predictions(path: Path, rows: Sequence[dict]) -> Path:
+    """predictions.csv; probabilities at full precision, so every metric can be recomputed from the file."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot_confusion_matrix(metrics: dict, path: Path, title: str) -> Path:
+    """Counts in each cell, colour = share of the true class (rows sum to 1), class names on the axes."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas for files
+
+    counts = np.array(metrics["confusion_matrix"])
+    support = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    names = metrics["class_names"]
+    fig = Figure(figsize=(0.9 * len(names) + 3.0, 0.75 * len(names) + 2.4), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), [f"{name} ({n})" for name, n in zip(names, support[:, 0])])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (images)")
+    ax.set_title(f"{title}\naccuracy {metrics['accuracy']:.3f}, QWK {metrics['qwk']:.3f}, n = {metrics['n']}",
+                 fontsize=10)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_roc(metrics: dict, rows: Sequence[dict], path: Path, title: str) -> Path:
+    """ROC of each screening question the task defines, AUC in the legend, the operating point marked."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    undefined = []
+    grades = np.array([row["grade"] for row in rows])
+    for question, label in QUESTION_LABELS.items():
+        column = f"{question}_probability"
+        if column not in rows[0]:
+            continue
+        if metrics.get(f"{question}_auc") is None:
+            undefined.append(label)
+            continue
+        truth = grades >= DERIVED_MIN_GRADE[question]
+        fpr, tpr, _ = roc_curve(truth, np.array([row[column] for row in rows]))
+        line, = ax.plot(fpr, tpr, linewidth=2,
+                        label=f"{label}: AUC {metrics[f'{question}_auc']:.3f} ({int(truth.sum())}/{len(rows)} positive)")
+        ax.plot(1 - metrics[f"{question}_specificity"], metrics[f"{question}_sensitivity"], "o",
+                color=line.get_color(), label=f"  at threshold {metrics[f'{question}_threshold']:g}")
+    if undefined:
+        ax.text(0.5, 0.35, "ROC undefined (one class only):\n" + "\n".join(undefined), ha="center", va="center")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m drdemo.evaluate",
+                                     description="evaluate a checkpoint on a graded fundus data folder")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id (ORG/NAME)")
+    parser.add_argument("--revision", help="Hub branch, tag or commit (repo ids only)")
+    parser.add_argument("--data", type=Path, required=True, help="data set folder (layout detected)")
+    parser.add_argument("--layout", choices=LAYOUTS, help="data set layout (default: detected)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, predictions.csv and plots")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N images (by image id)")
+    parser.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split")
+    parser.add_argument("--part", help="part of --split to evaluate (default: test)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    return parser
+
+
+def select_samples(args: argparse.Namespace) -> tuple[list[Sample], str]:
+    """The samples the arguments ask for, and the data set's layout."""
+    layout = args.layout or detect_layout(args.data)
+    samples = load_samples(args.data, layout)
+    if args.split is not None:
+        part = args.part or "test"
+        parts = load_split(args.split, samples)
+        if part not in parts:
+            raise EvaluateError(f"{args.split} has no part {part!r} (it has {', '.join(parts)}); pass --part NAME")
+        samples = parts[part]
+        if not samples:
+            raise EvaluateError(f"part {part!r} of {args.split} is empty; pass another --part")
+    if args.limit is not None:
+        samples = samples[:args.limit]
+    return samples, layout
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Everything the CLI does; returns the metrics written."""
+    if args.out.exists() and not args.out.is_dir():
+        raise EvaluateError(f"--out {args.out} is a file; give a folder (it is created if needed)")
+    if args.part is not None and args.split is None:
+        raise EvaluateError("--part needs --split (a split JSON from python -m drdemo.data.split)")
+    if args.limit is not None and args.limit < 1:
+        raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    samples, layout = select_samples(args)
+    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
+    config = loaded.config
+    print(f"evaluating {config.architecture} ({config.task}) from {loaded.origin} on {len(samples)} images "
+          f"of {args.data}", file=sys.stderr)
+    grading, rows = evaluate(loaded, samples, batch_size=args.batch_size, workers=args.workers)
+
+    metrics = {
+        "checkpoint": {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
+                       "architecture": config.architecture, "task": config.task, "trained": config.trained},
+        "data": {"root": str(args.data.resolve()), "layout": layout, "n": len(samples),
+                 "split": str(args.split.resolve()) if args.split else None,
+                 "part": (args.part or "test") if args.split else None, "limit": args.limit},
+        "device": str(next(loaded.model.parameters()).device),
+        **grading,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_predictions(args.out / PREDICTIONS_NAME, rows)
+    title = f"{config.architecture} ({config.task}) on {args.data.name}"
+    plot_confusion_matrix(metrics, args.out / CONFUSION_NAME, title)
+    plot_roc(metrics, rows, args.out / ROC_NAME, title)
+    return metrics
+
+
+def _summary(metrics: dict) -> str:
+    parts = [f"accuracy {metrics['accuracy']:.3f}", f"QWK {metrics['qwk']:.3f}"]
+    for question in QUESTION_LABELS:
+        if f"{question}_auc" in metrics:
+            auc = metrics[f"{question}_auc"]
+            parts.append(f"{question} AUC {'undefined' if auc is None else f'{auc:.3f}'}")
+    return ", ".join(parts) + f" ({metrics['n']} images, {metrics['images_per_second']} img/s)"
+
+
+def _message(exc: Exception) -> str:
+    """The error's own message; for one raised in a DataLoader worker, its last line (not the traceback)."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        text = [line for line in text.splitlines() if line.strip()][-1].split(": ", 1)[-1]
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        metrics = run(args)
+    except (CheckpointError, DatasetError, MetricsError, EvaluateError, OSError) as exc:
+        print(f"error: {_message(exc)}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {_summary(metrics)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Grading metrics: what a DR model is judged by, from true ICDR grades and class probabilities.
+
+Quadratic weighted kappa (QWK) is the headline number of DR grading (the EyePACS competition's
+metric): a grade 4 called 0 costs sixteen times a grade 1 called 0. Screening asks a simpler
+question, refer or not (ICDR grade >= 2), answered by sensitivity, specificity and ROC AUC of
+the referable probability; any-DR (grade >= 1) likewise where the task gives it.
+
+Everything returned is a plain Python int, float, str, list, dict or None, so it goes straight
+into json.dumps. The training loop calls `grading_metrics` every epoch: numpy and scikit-learn
+only, no plotting, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
+
+NUM_GRADES = 5  # ICDR 0..4
+TASK_NUM_CLASSES = {"icdr5": NUM_GRADES, "binary": 2, "referable": 2}
+# Lowest ICDR grade that counts as positive for each derived screening question.
+DERIVED_MIN_GRADE = {"any_dr": 1, "referable": 2}
+
+
+class MetricsError(ValueError):
+    """Inputs that cannot be scored (shapes, grades or probabilities); the message says which."""
+
+
+def quadratic_weighted_kappa(labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray,
+                             num_classes: int) -> float:
+    """Cohen's kappa with quadratic weights over classes 0..num_classes-1.
+
+    Degenerate case: when every label and every prediction is one and the same class, observed
+    and chance disagreement are both zero and kappa is 0/0. We return 1.0 (the raters agree on
+    every sample) rather than NaN, so the value stays a JSON number and a model that matches
+    every label never scores below one that does not. If the labels are all one class but the
+    predictions vary, kappa is defined (0 or below) and returned as is.
+    """
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if labels.shape != predictions.shape or labels.ndim != 1:
+        raise MetricsError(f"labels and predictions must be 1-D and the same length, got shapes "
+                           f"{labels.shape} and {predictions.shape}")
+    if labels.size == 0:
+        raise MetricsError("cannot score zero samples")
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.min() < 0 or values.max() >= num_classes:
+            raise MetricsError(f"{name} must be class indices in 0..{num_classes - 1}, got values "
+                               f"{values.min()}..{values.max()}")
+    if np.unique(np.concatenate([labels, predictions])).size == 1:
+        return 1.0
+    return float(cohen_kappa_score(labels, predictions, weights="quadratic", labels=list(range(num_classes))))
+
+
+def task_targets(grades: np.ndarray, task: str) -> np.ndarray:
+    """Class index of each ICDR grade under `task` (vectorised drdemo.data.task_target)."""
+    grades = np.asarray(grades)
+    if task == "icdr5":
+        return grades.astype(np.int64)
+    if task == "binary":
+        return (grades >= 1).astype(np.int64)
+    if task == "referable":
+        return (grades >= 2).astype(np.int64)
+    raise MetricsError(f"unknown task {task!r}; choose from {', '.join(TASK_NUM_CLASSES)}")
+
+
+def task_probabilities(probabilities: np.ndarray, task: str) -> dict[str, np.ndarray]:
+    """The screening probabilities a task's class probabilities define.
+
+    icdr5: any_dr = 1 - P(No DR) (as a sum of grades 1-4, so it stays in [0, 1]) and
+    referable = P(2) + P(3) + P(4). binary (No DR, DR): any_dr only, since it cannot tell grade 1
+    from grade 2. referable (Non-referable, Referable): referable only.
+    """
+    probabilities = _check_probabilities(probabilities, task)
+    if task == "icdr5":
+        return {"any_dr": probabilities[:, 1:].sum(axis=1), "referable": probabilities[:, 2:].sum(axis=1)}
+    if task == "binary":
+        return {"any_dr": probabilities[:, 1].copy()}
+    return {"referable": probabilities[:, 1].copy()}
+
+
+def grading_metrics(grades: Sequence[int] | np.ndarray, probabilities: np.ndarray, task: str,
+                    class_names: Sequence[str], referable_threshold: float = 0.5,
+                    any_dr_threshold: float = 0.5) -> dict:
+    """Every number we report for a model on a set of images.
+
+    `grades` are true ICDR grades 0-4; `probabilities` are the model's (n, C) class probabilities
+    for `task`. accuracy, qwk, the confusion matrix (rows = true class) and per-class recall are
+    on the task's own classes (grades for icdr5, 0/1 targets otherwise). For each screening
+    question the task defines (see `task_probabilities`): ROC AUC, and sensitivity/specificity
+    calling positive when the probability reaches the threshold. A value that the data cannot
+    define (AUC with one class present, recall of an absent class) is None, with a line in `notes`.
+    """
+    grades = np.asarray(grades)
+    probabilities = _check_probabilities(probabilities, task)
+    if grades.ndim != 1 or len(grades) != len(probabilities):
+        raise MetricsError(f"grades must be 1-D with one grade per row of probabilities, got shapes {grades.shape} "
+                           f"and {probabilities.shape}")
+    if not np.issubdtype(grades.dtype, np.integer) or grades.min() < 0 or grades.max() >= NUM_GRADES:
+        raise MetricsError(f"grades must be integer ICDR grades 0..{NUM_GRADES - 1}, got {grades.dtype} values "
+                           f"{grades.min()}..{grades.max()}")
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != probabilities.shape[1]:
+        raise MetricsError(f"{len(class_names)} class names for {probabilities.shape[1]} probability columns")
+    for name, value in (("referable_threshold", referable_threshold), ("any_dr_threshold", any_dr_threshold)):
+        if not 0.0 < value < 1.0:
+            raise MetricsError(f"{name} must be in (0, 1), got {value!r}")
+
+    num_classes = probabilities.shape[1]
+    targets = task_targets(grades, task)
+    predicted = probabilities.argmax(axis=1)
+    notes: list[str] = []
+    matrix = confusion_matrix(targets, predicted, labels=list(range(num_classes)))
+    support = matrix.sum(axis=1)
+    recall = {}
+    for index, name in enumerate(class_names):
+        recall[name] = float(matrix[index, index] / support[index]) if support[index] else None
+    absent = [name for name, value in recall.items() if value is None]
+    if absent:
+        notes.append(f"per_class_recall: no true samples of {', '.join(absent)}")
+    if np.unique(np.concatenate([targets, predicted])).size == 1:
+        notes.append(f"qwk: every true and predicted class is {class_names[int(targets[0])]!r}; kappa is 0/0, "
+                     f"reported as 1.0")
+
+    result: dict = {
+        "n": len(grades),
+        "task": task,
+        "class_names": class_names,
+        "accuracy": float(np.mean(targets == predicted)),
+        "qwk": quadratic_weighted_kappa(targets, predicted, num_classes),
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "per_class_recall": recall,
+        "grade_counts": np.bincount(grades, minlength=NUM_GRADES).astype(int).tolist(),
+    }
+    thresholds = {"any_dr": any_dr_threshold, "referable": referable_threshold}
+    for question, scores in task_probabilities(probabilities, task).items():
+        result.update(_screening_metrics(question, grades >= DERIVED_MIN_GRADE[question], scores,
+                                         thresholds[question], notes))
+    result["notes"] = notes
+    return result
+
+
+def _screening_metrics(question: str, truth: np.ndarray, scores: np.ndarray, threshold: float,
+                       notes: list[str]) -> dict:
+    """AUC, sensitivity and specificity of one yes/no screening question, keys prefixed by it."""
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    called = scores >= threshold
+    if positives and negatives:
+        auc = float(roc_auc_score(truth, scores))
+    else:
+        auc = None
+        notes.append(f"{question}_auc: only {'positive' if positives else 'negative'} samples "
+                     f"(grade {'>=' if positives else '<'} {DERIVED_MIN_GRADE[question]}), ROC AUC is undefined")
+    sensitivity = float((called & truth).sum() / positives) if positives else None
+    specificity = float((~called & ~truth).sum() / negatives) if negatives else None
+    if sensitivity is None:
+        notes.append(f"{question}_sensitivity: no positive samples")
+    if specificity is None:
+        notes.append(f"{question}_specificity: no negative samples")
+    return {f"{question}_auc": auc, f"{question}_sensitivity": sensitivity,
+            f"{question}_specificity": specificity, f"{question}_threshold": float(threshold),
+            f"{question}_positives": positives}
+
+
+def _check_probabilities(probabilities: np.ndarray, task: str) -> np.ndarray:
+    if task not in TASK_NUM_CLASSES:
+        raise MetricsError(f"unknown task {task!r}; choose from {', '.join(TASK_NUM_CLASSES)}")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    expected = TASK_NUM_CLASSES[task]
+    if probabilities.ndim != 2 or probabilities.shape[1] != expected:
+        raise MetricsError(f"task {task!r} needs probabilities of shape (n, {expected}), got {probabilities.shape}")
+    if len(probabilities) == 0:
+        raise MetricsError("cannot score zero samples")
+    if not np.isfinite(probabilities).all():
+        raise MetricsError("probabilities contain NaN or inf (did training diverge?)")
+    return probabilities

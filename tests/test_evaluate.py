@@ -1,0 +1,157 @@
+"""The evaluation CLI end to end on a tiny checkpoint and an eight-image EyePACS-layout folder."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from sklearn.metrics import roc_auc_score
+
+from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+from drdemo.data import load_samples, save_split, split_samples
+from drdemo.evaluate import evaluate, main
+from drdemo.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+GRADES = [0, 0, 1, 2, 3, 4, 2, 0]
+ARCHITECTURE = "resnet50"  # the quickest registry model to build; 64 px inputs keep the forward pass short
+
+
+def write_eyepacs(folder: Path, grades=GRADES) -> Path:
+    """trainLabels.csv + train/<patient>_<eye>.jpeg: a bright disc on black, a different colour per image."""
+    (folder / "train").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = ["image,level"]
+    for i, grade in enumerate(grades):
+        image_id = f"{i // 2:05d}_{'left' if i % 2 == 0 else 'right'}"
+        image = Image.new("RGB", (96, 80))
+        ImageDraw.Draw(image).ellipse((10, 2, 86, 78), fill=tuple(int(v) for v in rng.integers(60, 220, 3)))
+        image.save(folder / "train" / f"{image_id}.jpeg")
+        lines.append(f"{image_id},{grade}")
+    (folder / "trainLabels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny inputs run fastest on one thread, which also escapes OpenMP spin-waits on cores shared with others."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    torch.manual_seed(0)
+    config = CheckpointConfig.for_architecture(ARCHITECTURE, input_size=64)
+    save_checkpoint(create_model(ARCHITECTURE, num_classes=config.num_classes), config, root / "checkpoint")
+    return SimpleNamespace(root=root, checkpoint=root / "checkpoint", data=write_eyepacs(root / "data"))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_writes_consistent_metrics_predictions_and_plots(workspace):
+    out = workspace.root / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "drdemo.evaluate", "--checkpoint", str(workspace.checkpoint), "--data",
+         str(workspace.data), "--out", str(out), "--batch-size", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "QWK" in result.stdout
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"] == {"source": str(workspace.checkpoint), "revision": None, "commit": None,
+                                     "architecture": ARCHITECTURE, "task": "icdr5", "trained": False}
+    assert metrics["data"]["layout"] == "eyepacs" and metrics["data"]["n"] == metrics["n"] == len(GRADES)
+    assert metrics["seconds"] > 0 and metrics["images_per_second"] > 0
+    assert metrics["grade_counts"] == np.bincount(GRADES, minlength=5).tolist()
+    for key in ("accuracy", "qwk", "confusion_matrix", "per_class_recall", "referable_auc", "referable_sensitivity",
+                "referable_specificity", "any_dr_auc", "any_dr_sensitivity", "any_dr_specificity", "notes"):
+        assert key in metrics
+
+    rows = read_csv(out / "predictions.csv")
+    assert [row["image_id"] for row in rows] == sorted(row["image_id"] for row in rows)
+    assert [int(row["grade"]) for row in rows] == GRADES  # ids sort in the order they were written
+    probability_columns = ["prob_no_dr", "prob_mild_npdr", "prob_moderate_npdr", "prob_severe_npdr",
+                           "prob_proliferative_dr"]
+    probabilities = np.array([[float(row[c]) for c in probability_columns] for row in rows])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    predicted = np.array([int(row["predicted"]) for row in rows])
+    assert (predicted == probabilities.argmax(axis=1)).all()
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == np.array(GRADES)))
+    confusion = np.zeros((5, 5), dtype=int)
+    np.add.at(confusion, (np.array(GRADES), predicted), 1)
+    assert metrics["confusion_matrix"] == confusion.tolist()
+    referable = np.array([float(row["referable_probability"]) for row in rows])
+    np.testing.assert_allclose(referable, probabilities[:, 2:].sum(axis=1), atol=1e-6)
+    assert metrics["referable_auc"] == pytest.approx(roc_auc_score(np.array(GRADES) >= 2, referable))
+
+    for name in ("confusion_matrix.png", "roc.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+            image.verify()
+
+
+def test_split_part_and_limit(workspace, capsys):
+    samples = load_samples(workspace.data)
+    split = save_split(workspace.root / "split.json", split_samples(samples, {"train": 0.5, "val": 0.5}),
+                       "eyepacs", seed=0)
+    val_ids = json.loads(split.read_text())["parts"]["val"]
+    out = workspace.root / "out_split"
+    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(workspace.data), "--out", str(out),
+                 "--split", str(split), "--part", "val", "--limit", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["data"]["part"] == "val" and metrics["data"]["limit"] == 2
+    assert [row["image_id"] for row in read_csv(out / "predictions.csv")] == sorted(val_ids)[:2]
+
+
+def test_evaluate_binary_model_in_training_mode(workspace):
+    """What the training loop does: a model being trained, a binary task; its mode is given back."""
+    config = CheckpointConfig.for_architecture(ARCHITECTURE, task="binary", input_size=64)
+    model = create_model(ARCHITECTURE, num_classes=2).train()
+    model.bn1.eval()  # a frozen layer stays frozen
+    samples = load_samples(workspace.data)
+    metrics, rows = evaluate(SimpleNamespace(model=model, config=config), samples, batch_size=4, progress=False)
+    assert model.training and model.layer1.training and not model.bn1.training
+    assert metrics["task"] == "binary" and metrics["n"] == len(samples)
+    assert len(metrics["confusion_matrix"]) == 2 and "any_dr_auc" in metrics and "referable_auc" not in metrics
+    assert set(rows[0]) == {"image_id", "grade", "target", "prob_no_dr", "prob_dr", "predicted", "predicted_name",
+                            "any_dr_probability"}
+    assert [row["target"] for row in rows] == [int(g >= 1) for g in GRADES]
+    assert metrics["accuracy"] == pytest.approx(np.mean([r["target"] == r["predicted"] for r in rows]))
+
+
+def test_errors_exit_2_with_a_message(workspace, tmp_path, capsys):
+    def run(*extra: str, checkpoint=workspace.checkpoint, data=workspace.data, out=tmp_path / "out") -> str:
+        code = main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err
+        return err
+
+    assert "neither a folder nor a Hub repo" in run(checkpoint=tmp_path / "no" / "such" / "checkpoint")
+    assert "no such folder" in run(data=tmp_path / "missing")
+    (tmp_path / "a_file").write_text("x")
+    assert "is a file" in run(out=tmp_path / "a_file")
+    assert "--part needs --split" in run("--part", "val")
+    samples = load_samples(workspace.data)
+    split = save_split(tmp_path / "split.json", {"train": samples}, "eyepacs", seed=0)
+    assert "no part 'test'" in run("--split", str(split))
+    assert "--limit" in run("--limit", "0")
+
+    broken = write_eyepacs(tmp_path / "broken", grades=[0, 2])
+    (broken / "train" / "00000_right.jpeg").write_bytes(b"not a jpeg")
+    assert "cannot read the image" in run(data=broken)
+    assert not (tmp_path / "out" / "metrics.json").exists()
