@@ -1,0 +1,178 @@
+"""Training: the loss goes down, an interrupted run resumes exactly, DDP runs with 2 gloo processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from drdemo import train
+from drdemo.checkpoint import read_config
+from drdemo.data.augment import Augmentation
+from drdemo.train import Distributed, EpochSampler, class_weights, lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _eyepacs_folder(root: Path, patients: int, seed: int = 0) -> Path:
+    """A tiny EyePACS-layout set where referable eyes (grade 2) carry bright yellow blobs."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True)
+    rows = ["image,level"]
+    for patient in range(patients):
+        for eye in ("left", "right"):
+            grade = int(rng.choice([0, 2]))
+            image = Image.new("RGB", (96, 96))
+            draw = ImageDraw.Draw(image)
+            draw.ellipse((6, 6, 90, 90), fill=(int(rng.integers(120, 180)), 60, 30))
+            if grade:
+                for _ in range(6):
+                    x, y = rng.integers(25, 70, size=2)
+                    draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=(240, 230, 90))
+            image.save(root / "train" / f"{patient}_{eye}.jpeg", quality=95)
+            rows.append(f"{patient}_{eye},{grade}")
+    (root / "trainLabels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return _eyepacs_folder(tmp_path_factory.mktemp("eyepacs"), patients=20)
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "medmamba_t", "--data", str(data), "--out", str(out), "--img-size", "64",
+            "--batch-size", "8", "--workers", "0", "--threads", "2", *extra]
+
+
+def _no_augmentation(monkeypatch) -> None:
+    monkeypatch.setitem(train.PRESETS, "drdemo", train.Recipe(augmentation=Augmentation()))
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(step, 100, 10, "cosine", 0.01) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] == pytest.approx(0.01, abs=1e-3)
+    assert lr_factor(50, 100, 0, "constant", 0.01) == 1.0
+
+
+def test_epoch_sampler_shards_one_permutation_and_resumes_mid_epoch():
+    ranks = [EpochSampler(20, 3, seed=1, dist_info=Distributed(rank=r, world_size=2)) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(4)
+    shards = [list(s) for s in ranks]
+    assert all(len(s) == 9 for s in shards)             # 10 per rank, cut to 3 whole batches
+    assert not set(shards[0]) & set(shards[1])          # the ranks see different images
+    ranks[0].set_epoch(4, start_batch=2)
+    assert list(ranks[0]) == shards[0][6:]              # resuming skips the batches already seen
+    ranks[1].set_epoch(5)
+    assert list(ranks[1]) != shards[1]                  # a new epoch, a new order
+
+
+def test_class_weights_balance_the_label_counts(tiny_data):
+    from drdemo.data import load_samples
+    samples = load_samples(tiny_data)
+    weights = class_weights(samples, "icdr5")
+    counts = np.bincount([s.grade for s in samples], minlength=5)
+    assert weights[1] == 0 and weights[3] == 0 and weights[4] == 0     # absent grades
+    assert float(weights[0] * counts[0]) == pytest.approx(float(weights[2] * counts[2]))
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_data, tmp_path, monkeypatch):
+    _no_augmentation(monkeypatch)
+    out = tmp_path / "run"
+    assert train.main(_args(tiny_data, out, "--epochs", "6", "--lr", "2e-3", "--warmup-epochs", "0.5",
+                            "--task", "referable")) == 0
+    epochs = [json.loads(line) for line in (out / "training" / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if r["event"] == "epoch"]
+    assert len(epochs) == 6
+    assert epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]
+    assert min(r["val_loss"] for r in epochs) < math.log(2)  # better than chance on held-out patients
+    config = read_config(out)
+    assert config.task == "referable" and config.input_size == 64 and config.trained
+    assert config.preprocessing == {"interpolation": "bicubic", "crop_fov": True}
+    assert "python -m drdemo.train --model medmamba_t" in config.provenance["command"]
+    assert config.metrics["val_qwk"] == pytest.approx(max(r["val_qwk"] for r in epochs), abs=1e-4)
+    assert (out / "README.md").read_text().count("val_qwk") >= 1
+    assert (out / "training" / "curves.png").stat().st_size > 1000
+    split = json.loads((out / "training" / "split.json").read_text())["parts"]
+    patients = [{i.split("_")[0] for i in ids} for ids in split.values()]
+    assert not patients[0] & patients[1]                 # a patient's two eyes stay in one part
+
+
+def test_an_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
+    """Interrupt mid-epoch, resume: the weights equal those of a run that was never interrupted."""
+    _no_augmentation(monkeypatch)
+    extra = ("--epochs", "2", "--save-every-minutes", "0")   # 0: save the state after every step
+    straight = tmp_path / "straight"
+    assert train.main(_args(tiny_data, straight, *extra)) == 0
+
+    calls = {"n": 0}
+    original_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_then_crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 6 of 8: the middle of the second epoch
+            raise KeyboardInterrupt
+        return original_clip(*args, **kwargs)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(train.nn.utils, "clip_grad_norm_", clip_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(_args(tiny_data, interrupted, *extra))
+    monkeypatch.setattr(train.nn.utils, "clip_grad_norm_", original_clip)
+    state = torch.load(interrupted / "training" / "state.pt", weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 1, 5)
+
+    assert train.main(_args(tiny_data, interrupted, *extra, "--resume")) == 0
+    final = {name: torch.load(run / "training" / "state.pt", weights_only=True)["model"]
+             for name, run in (("straight", straight), ("resumed", interrupted))}
+    for key, value in final["straight"].items():
+        torch.testing.assert_close(final["resumed"][key], value, rtol=0, atol=1e-6, msg=key)
+    assert load_file(interrupted / "model.safetensors").keys() == load_file(straight / "model.safetensors").keys()
+
+
+def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "drdemo.train", *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+
+    bad_size = run(*_args(tiny_data, tmp_path / "a", "--img-size", "8"))
+    assert bad_size.returncode == 2 and "--img-size must be in [64, 1024]" in bad_size.stderr
+    no_run = run(*_args(tiny_data, tmp_path / "b", "--resume"))
+    assert no_run.returncode == 2 and "no run to continue" in no_run.stderr and "Traceback" not in no_run.stderr
+    occupied = tmp_path / "c"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    refused = run(*_args(tiny_data, occupied))
+    assert refused.returncode == 2 and "is not empty" in refused.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_data = run(*_args(empty, tmp_path / "d"))
+    assert no_data.returncode == 2 and no_data.stderr.startswith("error:") and "Traceback" not in no_data.stderr
+
+
+def test_torchrun_trains_with_two_gloo_processes(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "drdemo.train",
+         *_args(tiny_data, out, "--epochs", "1", "--batch-size", "4", "--threads", "1")],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr
+    config = read_config(out)
+    assert config.provenance["processes"] == 2
+    assert config.provenance["command"].startswith("torchrun --nproc_per_node 2 -m drdemo.train --model medmamba_t")
+    log = [json.loads(line) for line in (out / "training" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["event"] == "epoch"] == [1]     # written once, by rank 0
