@@ -33,7 +33,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from drdemo.checkpoint import TASK_CLASS_NAMES, CheckpointConfig, save_checkpoint
+from drdemo.checkpoint import (
+    TASK_CLASS_NAMES,
+    CheckpointConfig,
+    CheckpointError,
+    read_config,
+    read_weights,
+    save_checkpoint,
+)
 from drdemo.data import DatasetError, FundusDataset, Sample, class_counts, load_samples, split_samples
 from drdemo.data.augment import DRDEMO_AUGMENTATION, PAPER_AUGMENTATION, Augmentation, eval_transform, train_transform
 from drdemo.models import create_model, list_models, model_defaults
@@ -212,6 +219,7 @@ class RunOptions:
     amp: bool = True
     save_every_minutes: float = 10.0
     stats_images: int = 400
+    init_from: Path | None = None
     command: str = ""
 
 
@@ -250,7 +258,10 @@ class Trainer:
         self.val_loader = DataLoader(self.val_set, batch_size=recipe.batch_size, shuffle=False,
                                      num_workers=options.workers)
 
-        self.model = create_model(options.model, num_classes=len(TASK_CLASS_NAMES[options.task])).to(self.device)
+        self.model = create_model(options.model, num_classes=len(TASK_CLASS_NAMES[options.task]))
+        if options.init_from is not None and not options.resume:
+            self._initialise_from(options.init_from)
+        self.model = self.model.to(self.device)
         self.network = (nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.enabled else self.model)
@@ -324,9 +335,15 @@ class Trainer:
         if options.resume:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
             return CheckpointConfig.from_dict(json.loads(state["config"]), source=str(self.state_path))
-        from drdemo.data.stats import channel_stats
-        mean, std = channel_stats(self.parts["train"], input_size=input_size, limit=options.stats_images,
-                                  seed=options.seed)
+        if options.init_from is not None:  # keep the statistics the weights were trained with
+            try:
+                mean, std = read_config(options.init_from).mean, read_config(options.init_from).std
+            except CheckpointError as exc:
+                raise TrainingError(f"--init-from: {exc}") from exc
+        else:
+            from drdemo.data.stats import channel_stats
+            mean, std = channel_stats(self.parts["train"], input_size=input_size, limit=options.stats_images,
+                                      seed=options.seed)
         recipe = asdict(self.recipe)
         recipe["preset"] = options.preset
         return CheckpointConfig.for_architecture(
@@ -337,6 +354,22 @@ class Trainer:
                         "recipe": json.dumps(recipe, default=str), "seed": options.seed,
                         "command": options.command, "code_commit": _code_commit(),
                         "torch": torch.__version__, "device": self.device.type, "processes": self.dist.world_size})
+
+    def _initialise_from(self, folder: Path) -> None:
+        """Start from a saved checkpoint's weights (fine-tuning, or going on with a run whose state.pt
+        is gone): a new optimiser and schedule, the same architecture, task and input statistics."""
+        try:
+            source = read_config(folder)
+            state = read_weights(folder)
+        except CheckpointError as exc:
+            raise TrainingError(f"--init-from: {exc}") from exc
+        if (source.architecture, source.task) != (self.options.model, self.options.task):
+            raise TrainingError(f"--init-from {folder} is a {source.architecture} ({source.task}) checkpoint, not "
+                                f"{self.options.model} ({self.options.task})")
+        self.model.load_state_dict(state, strict=True)
+        provenance = dict(self.config.provenance, initialised_from=str(folder),
+                          initialised_from_provenance=json.dumps(source.provenance))
+        self.config = replace(self.config, provenance=provenance)
 
     # -- state
 
@@ -550,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
     parser.add_argument("--save-every-minutes", type=float, default=10.0)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--init-from", type=Path, help="start from this checkpoint folder's weights (new optimiser)")
     return parser
 
 
@@ -595,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
                          img_size=args.img_size, seed=args.seed, val_fraction=args.val_fraction,
                          val_data=args.val_data, workers=args.workers, limit=args.limit, resume=args.resume,
                          device=args.device, amp=not args.no_amp, save_every_minutes=args.save_every_minutes,
-                         command=command)
+                         init_from=args.init_from, command=command)
     try:
         trainer = Trainer(options, recipe_from_args(args))
         trainer.run()

@@ -176,3 +176,16 @@ def test_torchrun_trains_with_two_gloo_processes(tiny_data, tmp_path):
     assert config.provenance["command"].startswith("torchrun --nproc_per_node 2 -m drdemo.train --model medmamba_t")
     log = [json.loads(line) for line in (out / "training" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log if r["event"] == "epoch"] == [1]     # written once, by rank 0
+
+
+def test_init_from_starts_at_a_saved_checkpoint(tiny_data, tmp_path, monkeypatch):
+    _no_augmentation(monkeypatch)
+    first = tmp_path / "first"
+    assert train.main(_args(tiny_data, first, "--epochs", "1")) == 0
+    second = tmp_path / "second"
+    assert train.main(_args(tiny_data, second, "--epochs", "1", "--init-from", str(first))) == 0
+    config, source = read_config(second), read_config(first)
+    assert (config.mean, config.std) == (source.mean, source.std)
+    assert config.provenance["initialised_from"] == str(first)
+    wrong_task = train.main(_args(tiny_data, tmp_path / "third", "--task", "binary", "--init-from", str(first)))
+    assert wrong_task == 2
