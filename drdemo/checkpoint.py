@@ -136,6 +136,11 @@ class CheckpointConfig:
     def trained(self) -> bool:
         return bool(self.provenance.get("trained", False))
 
+    @property
+    def trained_on_synthetic_data(self) -> bool:
+        """True when the training data description names our synthetic generator (or any synthetic set)."""
+        return self.trained and "synthetic" in str(self.provenance.get("data", "")).lower()
+
     def to_dict(self) -> dict:
         data = asdict(self)
         for name in ("class_names", "mean", "std"):
@@ -239,7 +244,7 @@ def model_card(config: CheckpointConfig) -> str:
     data = ModelCardData(
         license="other", license_name="research-demo", library_name="pytorch", pipeline_tag="image-classification",
         tags=["diabetic-retinopathy", "fundus", "medical-imaging", config.architecture, "safetensors", "drdemo"]
-        + (["synthetic-data"] if "synthetic" in str(provenance.get("data", "")).lower() else []),
+        + (["synthetic-data"] if config.trained_on_synthetic_data else []),
         metrics=sorted(metrics) or None,
     )
     metric_rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(metrics.items())) or "| (none) | - |"
@@ -260,7 +265,7 @@ above; the app calls an eye referable when that probability reaches {config.refe
 
 Recipe: {provenance.get("recipe", "not recorded")}. Seed: {provenance.get("seed", "not recorded")}.
 Code commit: {provenance.get("code_commit", "not recorded")}.
-
+{_how_it_was_made(provenance)}
 ## Evaluation
 | metric | value |
 |---|---|
@@ -282,6 +287,43 @@ loaded = load_model("<this repo id or folder>")
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _how_it_was_made(provenance: dict) -> str:
+    """The exact commands behind the weights and the reported metrics, where recorded."""
+    steps = [(label, provenance[key]) for label, key in (
+        ("Data", "data_command"), ("Training", "command"), ("Evaluation", "evaluation_command")) if provenance.get(key)]
+    if not steps:
+        return ""
+    lines = "\n".join(f"# {label}\n{command}" for label, command in steps)
+    evaluated_on = f"\nMetrics prefixed test_ were measured on: {provenance['evaluation_data']}\n" if provenance.get(
+        "evaluation_data") else ""
+    return f"\n### How it was made\n```bash\n{lines}\n```\n{evaluated_on}"
+
+
+TEST_METRICS = ("qwk", "accuracy", "referable_auc", "referable_sensitivity", "referable_specificity", "any_dr_auc",
+                "any_dr_sensitivity", "any_dr_specificity")
+
+
+def record_evaluation(folder: str | Path, metrics: dict, data_description: str, command: str) -> CheckpointConfig:
+    """Write an evaluation's headline numbers (as test_*) and how they were measured into the
+    checkpoint's config.json, and rewrite its model card: the card then reports held-out results,
+    not only the validation numbers training chose the epoch by."""
+    folder = Path(folder)
+    config = read_config(folder)
+    recorded = {key: value for key, value in config.metrics.items() if not key.startswith("test_")}
+    recorded.update({f"test_{name}": round(float(metrics[name]), 4) for name in TEST_METRICS
+                     if metrics.get(name) is not None})
+    for index, (name, recall) in enumerate(metrics.get("per_class_recall", {}).items()):
+        if recall is not None:
+            recorded[f"test_recall_{index}_{name.lower().replace(' ', '_')}"] = round(float(recall), 4)
+    recorded["test_n"] = int(metrics["n"])
+    provenance = dict(config.provenance, evaluation_data=data_description, evaluation_command=command)
+    config = CheckpointConfig.from_dict({**config.to_dict(), "metrics": recorded, "provenance": provenance},
+                                        source=str(folder / CONFIG_NAME))
+    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (folder / CARD_NAME).write_text(model_card(config))
+    return config
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Path,

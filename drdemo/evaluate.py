@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from drdemo.checkpoint import CheckpointError
+from drdemo.checkpoint import CheckpointError, record_evaluation
 from drdemo.data import LAYOUTS, DatasetError, FundusDataset, Sample, detect_layout, load_samples, load_split
 from drdemo.hub import LoadedModel, load_model
 from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
@@ -209,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split")
     parser.add_argument("--part", help="part of --split to evaluate (default: test)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the results (as test_* metrics) into the checkpoint folder's config.json and "
+                             "model card; local checkpoint folders only")
     return parser
 
 
@@ -239,6 +243,8 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
         raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    if args.record and not Path(args.checkpoint).is_dir():
+        raise EvaluateError(f"--record writes into a local checkpoint folder; {args.checkpoint} is not one")
     samples, layout = select_samples(args)
     loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
     config = loaded.config
@@ -261,7 +267,20 @@ def run(args: argparse.Namespace) -> dict:
     title = f"{config.architecture} ({config.task}) on {args.data.name}"
     plot_confusion_matrix(metrics, args.out / CONFUSION_NAME, title)
     plot_roc(metrics, rows, args.out / ROC_NAME, title)
+    if args.record:
+        record_evaluation(args.checkpoint, metrics, _describe(args.data, layout, len(samples)),
+                          "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv))
     return metrics
+
+
+def _describe(root: Path, layout: str, n: int) -> str:
+    """One line naming the evaluation images; for our generator, enough to make them again."""
+    generator = root / "generator.json"
+    if layout == "synthetic" and generator.is_file():
+        info = json.loads(generator.read_text())
+        return (f"{n} synthetic images (drdemo.data.synthetic version {info.get('version')}, seed {info.get('seed')}, "
+                f"{info.get('size')} px, {info.get('class_balance')} grade balance), a seed not used for training")
+    return f"{n} images of the {layout} data set at {root.name}"
 
 
 def _summary(metrics: dict) -> str:
@@ -284,6 +303,7 @@ def _message(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         metrics = run(args)
     except (CheckpointError, DatasetError, MetricsError, EvaluateError, OSError) as exc:

@@ -35,7 +35,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, *, name: str, input_size: int, mean: tuple[float, ...],
                  std: tuple[float, ...], class_names: tuple[str, ...], trained: bool,
-                 interpolation: str = "bicubic", crop_fov: bool = True):
+                 interpolation: str = "bicubic", crop_fov: bool = True, synthetic_training_data: bool = False):
         self.model = model.eval()
         self.name = name
         self.input_size = input_size
@@ -44,6 +44,7 @@ class Predictor:
         self.trained = trained
         self.interpolation = interpolation
         self.crop_fov = crop_fov
+        self.synthetic_training_data = synthetic_training_data
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> Predictor:
@@ -51,7 +52,8 @@ class Predictor:
         config = loaded.config
         return cls(loaded.model, name=config.architecture, input_size=config.input_size, mean=config.mean,
                    std=config.std, class_names=config.class_names, trained=config.trained,
-                   interpolation=config.preprocessing["interpolation"], crop_fov=config.preprocessing["crop_fov"])
+                   interpolation=config.preprocessing["interpolation"], crop_fov=config.preprocessing["crop_fov"],
+                   synthetic_training_data=config.trained_on_synthetic_data)
 
     @classmethod
     def untrained(cls, architecture: str, seed: int = 0) -> Predictor:

@@ -188,6 +188,16 @@ def _code_commit() -> str:
         return "unknown"
 
 
+def _data_command(root: Path) -> str | None:
+    """The generator command that makes `root` again, byte for byte, when it is a synthetic set."""
+    generator = root / "generator.json"
+    if not generator.is_file():
+        return None
+    info = json.loads(generator.read_text())
+    return (f"python -m drdemo.data.synthetic --out {shlex.quote(root.name)} --n {info['n']} --seed {info['seed']} "
+            f"--size {info['size']} --class-balance {info['class_balance']}")
+
+
 def _describe_data(root: Path, layout: str, parts: dict[str, list[Sample]]) -> str:
     sizes = ", ".join(f"{len(v)} {k}" for k, v in parts.items())
     generator = root / "generator.json"
@@ -351,6 +361,7 @@ class Trainer:
             mean=tuple(round(float(v), 5) for v in mean), std=tuple(round(float(v), 5) for v in std),
             preprocessing={"interpolation": "bicubic", "crop_fov": True},
             provenance={"trained": True, "data": _describe_data(options.data, self.layout, self.parts),
+                        "data_command": _data_command(options.data) if self.layout == "synthetic" else None,
                         "recipe": json.dumps(recipe, default=str), "seed": options.seed,
                         "command": options.command, "code_commit": _code_commit(),
                         "torch": torch.__version__, "device": self.device.type, "processes": self.dist.world_size})

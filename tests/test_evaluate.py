@@ -155,3 +155,24 @@ def test_errors_exit_2_with_a_message(workspace, tmp_path, capsys):
     (broken / "train" / "00000_right.jpeg").write_bytes(b"not a jpeg")
     assert "cannot read the image" in run(data=broken)
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_record_writes_test_metrics_into_the_checkpoint_and_its_card(workspace, tmp_path):
+    import shutil
+
+    from drdemo.checkpoint import read_config
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(workspace.checkpoint, checkpoint)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out), "--record"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = read_config(checkpoint)
+    assert config.metrics["test_qwk"] == pytest.approx(metrics["qwk"], abs=1e-4)
+    assert config.metrics["test_n"] == len(GRADES)
+    assert config.metrics["test_recall_0_no_dr"] == pytest.approx(metrics["per_class_recall"]["No DR"], abs=1e-4)
+    assert "images of the eyepacs data set" in config.provenance["evaluation_data"]
+    assert config.provenance["evaluation_command"].startswith("python -m drdemo.evaluate --checkpoint")
+    card = (checkpoint / "README.md").read_text()
+    assert "test_qwk" in card and "### How it was made" in card and "# Evaluation\npython -m drdemo.evaluate" in card
+    refused = main(["--checkpoint", "org/remote", "--data", str(workspace.data), "--out", str(out), "--record"])
+    assert refused == 2

@@ -20,6 +20,11 @@ NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and m
 
 def _notice(predictors: Sequence[Predictor]) -> str:
     untrained = [p.name for p in predictors if not p.trained]
+    synthetic = [p.name for p in predictors if p.synthetic_training_data]
+    if synthetic and not untrained:
+        return (f"**The models on this page ({', '.join(synthetic)}) were trained only on synthetic fundus images "
+                f"made by this project's generator, not on patient photographs: their grades on real photos are not "
+                f"validated.** {NOT_A_DEVICE}")
     if not untrained:
         return f"**{NOT_A_DEVICE}**"
     return (f"**The models on this page ({', '.join(untrained)}) are untrained: their weights are randomly "
