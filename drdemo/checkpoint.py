@@ -56,6 +56,7 @@ class CheckpointConfig:
     std: tuple[float, float, float]
     cam_target_layer: str
     cam_reshape: str | None = None
+    cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.explain.CAM_METHODS)
     # What the image goes through before normalisation (drdemo.preprocess.prepare_image): RGB
     # conversion, cropping to the field of view when crop_fov, then a square resize.
     preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True})
@@ -124,6 +125,9 @@ class CheckpointConfig:
                 fail(f"{name} must be three numbers (R, G, B), got {list(values)!r}")
         if any(v <= 0 for v in self.std):
             fail(f"std must be positive, got {list(self.std)!r}")
+        from drdemo.explain import CAM_METHODS
+        if self.cam_method not in CAM_METHODS:
+            fail(f"cam_method {self.cam_method!r} is not one of {', '.join(CAM_METHODS)}")
         if not 0.0 < self.referable_threshold < 1.0:
             fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
         if (not isinstance(self.preprocessing, dict) or set(self.preprocessing) != {"interpolation", "crop_fov"}

@@ -31,8 +31,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
 from drdemo.checkpoint import CheckpointError, record_evaluation
 from drdemo.data import LAYOUTS, DatasetError, FundusDataset, Sample, detect_layout, load_samples, load_split
+from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.hub import LoadedModel, load_model
 from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
 from drdemo.preprocess import preprocess_kwargs, to_model_input
@@ -41,6 +43,8 @@ METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
 CONFUSION_NAME = "confusion_matrix.png"
 ROC_NAME = "roc.png"
+CAM_METRICS_NAME = "cam_metrics.json"
+CAM_GRID_NAME = "cam_grid.png"
 QUESTION_LABELS = {"referable": "Referable (grade \u2265 2)", "any_dr": "Any DR (grade \u2265 1)"}
 
 
@@ -210,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split")
     parser.add_argument("--part", help="part of --split to evaluate (default: test)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    parser.add_argument("--cam", action="store_true",
+                        help="also score CAM methods against the lesion masks (synthetic layout): cam_metrics.json")
+    parser.add_argument("--cam-methods", nargs="+", default=list(CAM_METHODS), metavar="METHOD",
+                        help=f"CAM methods to score (default: all of {', '.join(CAM_METHODS)})")
+    parser.add_argument("--cam-limit", type=int, default=50, help="images of grade >= 1 to score CAMs on")
+    parser.add_argument("--road-limit", type=int, default=20,
+                        help="of those, how many also get the (slow) ROAD perturbation score")
     parser.add_argument("--record", action="store_true",
                         help="write the results (as test_* metrics) into the checkpoint folder's config.json and "
                              "model card; local checkpoint folders only")
@@ -239,6 +250,9 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluateError(f"--out {args.out} is a file; give a folder (it is created if needed)")
     if args.part is not None and args.split is None:
         raise EvaluateError("--part needs --split (a split JSON from python -m drdemo.data.split)")
+    if args.cam and (args.cam_limit < 1 or args.road_limit < 0):
+        raise EvaluateError(f"--cam-limit must be >= 1 and --road-limit >= 0, got {args.cam_limit} and "
+                            f"{args.road_limit}")
     if args.limit is not None and args.limit < 1:
         raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
@@ -262,11 +276,20 @@ def run(args: argparse.Namespace) -> dict:
         **grading,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     write_predictions(args.out / PREDICTIONS_NAME, rows)
     title = f"{config.architecture} ({config.task}) on {args.data.name}"
     plot_confusion_matrix(metrics, args.out / CONFUSION_NAME, title)
     plot_roc(metrics, rows, args.out / ROC_NAME, title)
+    if args.cam:
+        cam_metrics, cases = evaluate_cams(loaded, args.data, samples, args.cam_methods, config.cam_method,
+                                           limit=args.cam_limit, road_limit=args.road_limit)
+        cam_metrics["checkpoint"] = metrics["checkpoint"]
+        (args.out / CAM_METRICS_NAME).write_text(json.dumps(cam_metrics, indent=2, allow_nan=False) + "\n",
+                                                 encoding="utf-8")
+        plot_cam_grid(cases, args.out / CAM_GRID_NAME, f"{config.architecture}: where each CAM method looks")
+        metrics["cam"] = {"pointing_game": cam_metrics["pointing_game"], "default_method": config.cam_method,
+                          "file": CAM_METRICS_NAME}
+    (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     if args.record:
         record_evaluation(args.checkpoint, metrics, _describe(args.data, layout, len(samples)),
                           "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv))
@@ -306,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         metrics = run(args)
-    except (CheckpointError, DatasetError, MetricsError, EvaluateError, OSError) as exc:
+    except (CheckpointError, DatasetError, MetricsError, EvaluateError, CamEvaluationError, ExplainError,
+            OSError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {_summary(metrics)}")

@@ -67,6 +67,16 @@ def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int] | None:
             int(np.ceil((cols[-1] + 1) * scale_x)), int(np.ceil((rows[-1] + 1) * scale_y)))
 
 
+def _fundus_geometry(image: Image.Image) -> tuple[tuple[int, int, int, int], int, tuple[int, int]]:
+    """(crop box, square side, paste offset) that `crop_to_fundus` applies to `image`."""
+    box = field_of_view_box(image)
+    if box is None or (box[2] - box[0]) * (box[3] - box[1]) < 0.05 * image.width * image.height:
+        box = (0, 0, image.width, image.height)  # nothing that looks like a field of view: keep it all
+    width, height = box[2] - box[0], box[3] - box[1]
+    side = max(width, height)
+    return box, side, ((side - width) // 2, (side - height) // 2)
+
+
 def crop_to_fundus(image: Image.Image) -> Image.Image:
     """The field of view, cropped from its black surround and padded with black to a square.
 
@@ -74,16 +84,11 @@ def crop_to_fundus(image: Image.Image) -> Image.Image:
     bottom, or no border at all); cropping makes the retina fill the model input the same way for
     all of them. Padding rather than stretching keeps the disc and vessels round.
     """
-    box = field_of_view_box(image)
-    if box is not None:
-        left, top, right, bottom = box
-        if (right - left) * (bottom - top) >= 0.05 * image.width * image.height:  # else: not a field of view
-            image = image.crop(box)
-    side = max(image.size)
-    if image.width == image.height:
+    box, side, offset = _fundus_geometry(image)
+    if box == (0, 0, image.width, image.height) and image.width == image.height:
         return image
     square = Image.new(image.mode, (side, side), 0)
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    square.paste(image.crop(box), offset)
     return square
 
 
@@ -94,6 +99,24 @@ def prepare_image(image: Image.Image, input_size: int, interpolation: str = "bic
     if crop_fov:
         image = crop_to_fundus(image)
     return image.resize((input_size, input_size), RESAMPLING[interpolation])
+
+
+def prepare_mask(mask: np.ndarray, image: Image.Image, input_size: int, crop_fov: bool = True) -> np.ndarray:
+    """A boolean mask drawn on `image`, moved through the same crop, pad and resize as
+    `prepare_image(image, ...)`, so it lines up with the model input (and its CAM) pixel for pixel."""
+    if mask.shape != (image.height, image.width):
+        raise ValueError(f"mask shape {mask.shape} does not match the image ({image.height}, {image.width})")
+    layer = Image.fromarray(mask.astype(np.uint8) * 255)
+    image = to_rgb(image)
+    if image.size != layer.size:  # EXIF rotation changed the image: masks are drawn on stored pixels
+        raise ValueError("the image carries an EXIF rotation; draw masks on the upright image")
+    if crop_fov:
+        box, side, offset = _fundus_geometry(image)
+        square = Image.new("L", (side, side), 0)
+        square.paste(layer.crop(box), offset)
+        layer = square
+    # Area averaging keeps a lesion smaller than one output pixel as a faint value instead of dropping it.
+    return np.asarray(layer.resize((input_size, input_size), Image.Resampling.BOX)) > 0
 
 
 def normalise(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

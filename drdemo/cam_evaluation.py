@@ -1,0 +1,161 @@
+"""Does each CAM method point at the lesions? Scores over a data set with lesion masks.
+
+For every image of grade >= 1 (up to a limit), each method explains the model's predicted class
+(what the app shows by default) and is scored with `drdemo.cam_metrics` against the union of the
+image's lesion masks, moved through the model's preprocessing. A smooth random map is scored the
+same way as the baseline every method must beat. `python -m drdemo.evaluate --cam` writes the
+result as cam_metrics.json and a grid of examples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam.metrics.road import ROADCombined
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tqdm import tqdm
+
+from drdemo.cam_metrics import energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
+from drdemo.data import Sample, open_image
+from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, Explainer, overlay
+from drdemo.preprocess import prepare_image, prepare_mask, preprocess_kwargs, to_model_input
+
+DEFAULT_ROAD_PERCENTILES = (20, 40, 60, 80)
+RANDOM_BASELINE = "random"
+
+
+class CamEvaluationError(ValueError):
+    """The data cannot be used to score CAMs (no lesion masks, no images with lesions)."""
+
+
+def lesion_union(root: Path, image_id: str) -> np.ndarray:
+    """All lesion types of one synthetic image as one boolean mask at the image's stored size."""
+    from drdemo.data.synthetic import read_lesion_masks
+    masks = read_lesion_masks(root, image_id)
+    return np.logical_or.reduce(list(masks.values()))
+
+
+def evaluate_cams(loaded, root: Path, samples: Sequence[Sample], methods: Sequence[str], default_method: str,
+                  limit: int | None = 50, road_limit: int | None = 20,
+                  road_percentiles: Sequence[int] = DEFAULT_ROAD_PERCENTILES, seed: int = 0,
+                  grid_cases: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Scores per method and for the random baseline, and the first `grid_cases` cases for a figure.
+
+    ROAD needs a sparse linear solve per image and percentile, so it runs on the first `road_limit`
+    images only; the pointing games use all `limit` images.
+    """
+    unknown = [m for m in methods if m not in CAM_METHODS]
+    if unknown:
+        raise CamEvaluationError(f"unknown CAM method(s) {', '.join(unknown)}; choose from {', '.join(CAM_METHODS)}")
+    if not (root / "masks").is_dir():
+        raise CamEvaluationError(f"{root} has no masks/ folder: --cam needs lesion masks, which only the synthetic "
+                                 f"layout (python -m drdemo.data.synthetic) provides")
+    with_lesions = [s for s in samples if s.grade >= 1][:limit]
+    if not with_lesions:
+        raise CamEvaluationError("no image of grade >= 1 to score CAMs on")
+    with torch.random.fork_rng():  # ROAD's imputation noise: seeded, without touching the caller's RNG
+        torch.manual_seed(seed)
+        return _score(loaded, root, with_lesions, methods, default_method, road_limit, road_percentiles,
+                      np.random.default_rng(seed), grid_cases, progress)
+
+
+def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence[str], default_method: str,
+           road_limit: int | None, road_percentiles: Sequence[int], rng: np.random.Generator, grid_cases: int,
+           progress: bool) -> tuple[dict, list[dict]]:
+    config, model = loaded.config, loaded.model
+    kwargs = preprocess_kwargs(config)
+    explainer = Explainer.for_checkpoint(model, config)
+    tolerance = pointing_tolerance(config.input_size)
+    road = ROADCombined(percentiles=list(road_percentiles))
+    names = [*methods, RANDOM_BASELINE]
+    scores: dict[str, dict[str, list]] = {m: {"pointing": [], "energy": [], "road": [], "flat": []} for m in names}
+    area_shares, cases = [], []
+    started = time.perf_counter()
+    for index, sample in enumerate(tqdm(with_lesions, desc="CAM faithfulness", disable=not progress)):
+        image = open_image(sample.path)
+        batch = to_model_input(image, **kwargs)
+        mask = prepare_mask(lesion_union(root, sample.image_id), image, config.input_size, kwargs["crop_fov"])
+        area_shares.append(float(mask.mean()))
+        maps = {}
+        predicted = None
+        for method in methods:
+            explanation = explainer.explain(batch, method=method, target=predicted)
+            predicted = explanation.target  # every method explains the same (predicted) class
+            maps[method] = explanation.heatmap
+        maps[RANDOM_BASELINE] = random_map(mask.shape, rng)
+        for name in names:
+            heatmap = maps[name]
+            scores[name]["pointing"].append(pointing_hit(heatmap, mask, tolerance))
+            scores[name]["energy"].append(energy_share(heatmap, mask))
+            scores[name]["flat"].append(is_flat(heatmap))
+            if road_limit is None or index < road_limit:
+                with torch.no_grad():
+                    scores[name]["road"].append(float(road(batch, heatmap[None], [ClassifierOutputTarget(predicted)],
+                                                           model)[0]))
+        if len(cases) < grid_cases:
+            cases.append({"image_id": sample.image_id, "grade": sample.grade, "predicted": predicted,
+                          "image": prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"]),
+                          "mask": mask, "maps": {m: maps[m] for m in methods}})
+
+    def summary(name: str) -> dict:
+        values = scores[name]
+        return {"pointing_game": float(np.mean(values["pointing"])),
+                "energy_pointing_game": float(np.mean(values["energy"])),
+                "road_combined": float(np.mean(values["road"])) if values["road"] else None,
+                "flat_maps": int(np.sum(values["flat"]))}
+
+    per_method = {m: summary(m) for m in methods}
+    baseline = summary(RANDOM_BASELINE)
+    notes = [f"{m}: ROAD {per_method[m]['road_combined']:.4f} is not better than the random map's "
+             f"{baseline['road_combined']:.4f}" for m in methods
+             if per_method[m]["road_combined"] is not None and baseline["road_combined"] is not None
+             and per_method[m]["road_combined"] <= baseline["road_combined"]]
+    result = {
+        "default_method": default_method,
+        "pointing_game": per_method[default_method]["pointing_game"] if default_method in per_method else None,
+        "target": "the model's predicted class",
+        "n_images": len(with_lesions),
+        "n_images_road": min(len(with_lesions), road_limit) if road_limit is not None else len(with_lesions),
+        "pointing_tolerance_px": tolerance,
+        "input_size": config.input_size,
+        "road_percentiles": list(road_percentiles),
+        "mask_area_share": float(np.mean(area_shares)),
+        "methods": per_method,
+        "random_baseline": baseline,
+        "best_pointing_method": max(methods, key=lambda m: (per_method[m]["pointing_game"],
+                                                             per_method[m]["energy_pointing_game"])),
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return result, cases
+
+
+def plot_cam_grid(cases: Sequence[dict], path: Path, title: str) -> Path:
+    """Rows of: the model input, its lesion mask, and each method's overlay."""
+    from matplotlib.figure import Figure
+
+    methods = list(cases[0]["maps"]) if cases else []
+    columns = 2 + len(methods)
+    figure = Figure(figsize=(2.2 * columns, 2.3 * max(1, len(cases)) + 0.4))
+    axes = figure.subplots(max(1, len(cases)), columns, squeeze=False)
+    for row, case in enumerate(cases):
+        image: Image.Image = case["image"]
+        tinted = np.asarray(image, dtype=np.float32).copy()
+        tinted[case["mask"]] = 0.4 * tinted[case["mask"]] + 0.6 * np.array([0, 255, 255])
+        panels = [(image, f"{case['image_id']} (grade {case['grade']})"),
+                  (Image.fromarray(tinted.astype(np.uint8)), "lesion mask"),
+                  *[(overlay(image, case["maps"][m], 0.5), CAM_METHOD_NAMES[m]) for m in methods]]
+        for column, (panel, label) in enumerate(panels):
+            axis = axes[row][column]
+            axis.imshow(panel)
+            axis.set_title(label, fontsize=8)
+            axis.axis("off")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    return path

@@ -1,0 +1,98 @@
+"""Where a model looked: class activation maps through pytorch-grad-cam, and their overlays.
+
+The network stays a plain nn.Module: the CAM hooks are attached for one call and removed again,
+the target layer and its reshape come from the checkpoint's config.json, and drawing the overlay
+happens here, outside the network. One forward and one backward pass give both the class
+probabilities and the map (`Explanation.probabilities` comes from the same forward pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from drdemo.models import CAM_RESHAPES, get_submodule
+
+if TYPE_CHECKING:
+    from drdemo.checkpoint import CheckpointConfig
+
+# Name shown to people -> pytorch-grad-cam class. EigenCAM needs no gradients (and no target class).
+CAM_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "hirescam": HiResCAM,
+    "eigencam": EigenCAM,
+}
+CAM_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
+                    "layercam": "LayerCAM", "hirescam": "HiResCAM", "eigencam": "EigenCAM"}
+
+
+class ExplainError(ValueError):
+    """A CAM request that cannot be served (unknown method, layer or class)."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    probabilities: np.ndarray   # (classes,) softmax of the same forward pass that made the map
+    heatmap: np.ndarray         # (H, W) float32 in [0, 1], at the model input's resolution
+    target: int                 # the class whose score the map explains
+    method: str
+
+
+class Explainer:
+    """CAMs of one model at one layer. Thread-unsafe like the model itself: one call at a time."""
+
+    @classmethod
+    def for_checkpoint(cls, model: nn.Module, config: CheckpointConfig) -> Explainer:
+        """Target layer, reshape and classes as the checkpoint's config.json states them."""
+        return cls(model, config.cam_target_layer, config.cam_reshape, config.num_classes)
+
+    def __init__(self, model: nn.Module, target_layer: str, reshape: str | None, num_classes: int):
+        self.model, self.num_classes = model, num_classes
+        try:
+            self.layer = get_submodule(model, target_layer)
+        except ValueError as exc:
+            raise ExplainError(str(exc)) from exc
+        if reshape is not None and reshape not in CAM_RESHAPES:
+            raise ExplainError(f"unknown CAM reshape {reshape!r}; known: {', '.join(CAM_RESHAPES)}")
+        self.reshape = CAM_RESHAPES[reshape] if reshape else None
+
+    def explain(self, batch: torch.Tensor, method: str = "gradcam", target: int | None = None) -> Explanation:
+        """Map for the single image in `batch` (1, 3, H, W); `target` None explains the top class."""
+        if method not in CAM_METHODS:
+            raise ExplainError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+        if batch.dim() != 4 or batch.shape[0] != 1:
+            raise ExplainError(f"explain takes one image as a (1, 3, H, W) batch, got {tuple(batch.shape)}")
+        if target is not None and not 0 <= target < self.num_classes:
+            raise ExplainError(f"class {target} does not exist; the model has {self.num_classes} classes")
+        with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=[self.layer],
+                                                      reshape_transform=self.reshape) as cam:
+            targets = None if target is None else [ClassifierOutputTarget(int(target))]
+            maps = cam(input_tensor=batch, targets=targets)
+            logits = cam.outputs.detach().float()
+        probabilities = torch.softmax(logits.double(), dim=1)[0].numpy()
+        chosen = int(probabilities.argmax()) if target is None else int(target)
+        return Explanation(probabilities=probabilities, heatmap=np.nan_to_num(maps[0]).astype(np.float32),
+                           target=chosen, method=method)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Image.Image:
+    """The heatmap as a jet colour map over `image` (resized to the map), `opacity` in [0, 1]."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ExplainError(f"opacity must be in [0, 1], got {opacity}")
+    height, width = heatmap.shape
+    base = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    colours = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)
+    colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB).astype(np.float32)
+    # A plain alpha blend (pytorch-grad-cam's show_cam_on_image rescales the result, brightening the photo).
+    return Image.fromarray(np.round((1.0 - opacity) * base + opacity * colours).astype(np.uint8))

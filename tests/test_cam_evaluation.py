@@ -1,0 +1,78 @@
+"""`python -m drdemo.evaluate --cam` end to end on a tiny synthetic set and an untrained tiny-input model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drdemo.cam_evaluation import lesion_union
+from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+from drdemo.data import load_samples
+from drdemo.data.synthetic import write_dataset
+from drdemo.evaluate import main
+from drdemo.models import create_model
+from drdemo.preprocess import prepare_mask
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cam")
+    data = write_dataset(root / "data", n=6, seed=3, size=160, workers=1, progress=False)
+    torch.manual_seed(0)
+    config = CheckpointConfig.for_architecture("medmamba_t", input_size=64, cam_method="gradcam++")
+    checkpoint = save_checkpoint(create_model("medmamba_t", num_classes=5), config, root / "checkpoint")
+    return root, Path(data), checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cam_run_scores_every_method_against_the_random_baseline(workspace):
+    root, data, checkpoint = workspace
+    out = root / "out"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--cam",
+                 "--cam-methods", "gradcam", "gradcam++", "eigencam", "--cam-limit", "3", "--road-limit", "1"]) == 0
+    cams = json.loads((out / "cam_metrics.json").read_text())
+    assert set(cams["methods"]) == {"gradcam", "gradcam++", "eigencam"}
+    assert cams["default_method"] == "gradcam++"
+    assert cams["pointing_game"] == cams["methods"]["gradcam++"]["pointing_game"]
+    with_lesions = [s for s in load_samples(data) if s.grade >= 1]
+    assert cams["n_images"] == min(3, len(with_lesions)) and cams["n_images_road"] == 1
+    for scores in [*cams["methods"].values(), cams["random_baseline"]]:
+        assert 0.0 <= scores["pointing_game"] <= 1.0 and 0.0 <= scores["energy_pointing_game"] <= 1.0
+        assert isinstance(scores["road_combined"], float)
+    assert 0 < cams["mask_area_share"] < 1 and cams["pointing_tolerance_px"] == 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cam"]["pointing_game"] == cams["pointing_game"]
+    with Image.open(out / "cam_grid.png") as grid:
+        assert grid.format == "PNG" and grid.width > 500
+
+
+def test_masks_follow_the_models_crop_and_resize(workspace):
+    _, data, _ = workspace
+    sample = next(s for s in load_samples(data) if s.grade >= 2)
+    with Image.open(sample.path) as image:
+        image.load()
+        union = lesion_union(data, sample.image_id)
+        moved = prepare_mask(union, image, 64, crop_fov=True)
+    assert moved.shape == (64, 64) and moved.any()
+    # every lesion pixel lies inside the field of view, which the crop keeps: nothing is lost at the border
+    assert moved.mean() >= 0.5 * union.mean()
+
+
+def test_cam_needs_lesion_masks(workspace, tmp_path, capsys):
+    root, data, checkpoint = workspace
+    plain = tmp_path / "plain"
+    (plain / "train").mkdir(parents=True)
+    Image.fromarray(np.full((80, 80, 3), 120, np.uint8)).save(plain / "train" / "1_left.jpeg")
+    (plain / "trainLabels.csv").write_text("image,level\n1_left,2\n")
+    assert main(["--checkpoint", str(checkpoint), "--data", str(plain), "--out", str(tmp_path / "o"), "--cam"]) == 2
+    assert "needs lesion masks" in capsys.readouterr().err

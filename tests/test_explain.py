@@ -1,0 +1,80 @@
+"""CAMs: they find what a model reacts to, come from the same forward pass as the probabilities,
+and leave no hooks behind."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from drdemo.explain import CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.models import create_model
+
+
+def _bright_spot_detector() -> nn.Module:
+    """Class 1 scores how much bright red there is; a conv layer marks where it is."""
+    conv = nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0        # channel 0: the red value
+        conv.weight[1, 2, 1, 1] = 1.0        # channel 1: the blue value
+        conv.bias.fill_(-0.5)
+    head = nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        head.bias.zero_()
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def _image_with_spot(row: int, col: int, size: int = 32) -> torch.Tensor:
+    image = torch.zeros(1, 3, size, size)
+    image[0, 0, row - 2:row + 3, col - 2:col + 3] = 1.0
+    return image
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_every_method_points_at_the_spot_the_model_reacts_to(method):
+    explainer = Explainer(_bright_spot_detector(), "1", None, num_classes=2)  # after the ReLU
+    explanation = explainer.explain(_image_with_spot(8, 22), method=method, target=1)
+    assert explanation.heatmap.shape == (32, 32) and explanation.heatmap.dtype == np.float32
+    assert 0.0 <= explanation.heatmap.min() and explanation.heatmap.max() <= 1.0
+    row, col = np.unravel_index(explanation.heatmap.argmax(), explanation.heatmap.shape)
+    assert abs(row - 8) <= 2 and abs(col - 22) <= 2, (method, row, col)
+
+
+def test_probabilities_come_from_the_same_forward_pass_and_hooks_are_removed():
+    torch.manual_seed(0)
+    model = create_model("medmamba_t", num_classes=5).eval()
+    batch = torch.randn(1, 3, 64, 64)
+    explainer = Explainer(model, "layers.3", "bhwc_to_bchw", num_classes=5)
+    explanation = explainer.explain(batch)
+    with torch.inference_mode():
+        expected = torch.softmax(model(batch).double(), dim=1)[0].numpy()
+    np.testing.assert_allclose(explanation.probabilities, expected, atol=1e-6)
+    assert explanation.target == int(expected.argmax()) and explanation.heatmap.shape == (64, 64)
+    assert not any(module._forward_hooks for module in model.modules())
+    chosen = explainer.explain(batch, target=4)
+    assert chosen.target == 4
+
+
+def test_bad_requests_are_refused_with_a_message():
+    model = _bright_spot_detector()
+    with pytest.raises(ExplainError, match="unknown CAM method"):
+        Explainer(model, "0", None, 2).explain(_image_with_spot(8, 8), method="magic")
+    with pytest.raises(ExplainError, match="class 7 does not exist"):
+        Explainer(model, "0", None, 2).explain(_image_with_spot(8, 8), target=7)
+    with pytest.raises(ExplainError, match="no submodule"):
+        Explainer(model, "9", None, 2)
+    with pytest.raises(ExplainError, match="one image"):
+        Explainer(model, "0", None, 2).explain(torch.zeros(2, 3, 16, 16))
+
+
+def test_overlay_blends_at_the_maps_resolution():
+    image = Image.new("RGB", (100, 80), (200, 100, 50))
+    heatmap = np.zeros((40, 40), np.float32)
+    heatmap[10, 10] = 1.0
+    assert overlay(image, heatmap, opacity=0.0).size == (40, 40)
+    assert np.asarray(overlay(image, heatmap, opacity=0.0))[0, 0].tolist() == [200, 100, 50]
+    assert np.asarray(overlay(image, heatmap, opacity=1.0))[10, 10].tolist() != [200, 100, 50]
+    with pytest.raises(ExplainError, match="opacity"):
+        overlay(image, heatmap, opacity=1.5)
