@@ -80,7 +80,7 @@ class Explainer:
             targets = None if target is None else [ClassifierOutputTarget(int(target))]
             maps = cam(input_tensor=batch, targets=targets)
             logits = cam.outputs.detach().float()
-        probabilities = torch.softmax(logits.double(), dim=1)[0].numpy()
+        probabilities = torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
         chosen = int(probabilities.argmax()) if target is None else int(target)
         return Explanation(probabilities=probabilities, heatmap=np.nan_to_num(maps[0]).astype(np.float32),
                            target=chosen, method=method)

@@ -1,7 +1,9 @@
-"""A predictor owns one network and everything around it: preprocessing in, probabilities out.
+"""A predictor owns one network and everything around it: preprocessing in, answers out.
 
 The network never sees a PIL image and the UI never sees a tensor (the segment-anything
-split): the UI hands a PIL image to `Predictor.predict` and gets plain Python values back.
+split): the UI hands a PIL image to `Predictor.predict` or `Predictor.analyse` and gets plain
+Python values, numpy maps and PIL images back. Every preprocessing fact comes from the
+checkpoint's config.json (`Predictor.config`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,22 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
 
-from drdemo.models import ICDR_GRADES, create_model, model_defaults
-from drdemo.preprocess import to_model_input
+from drdemo.checkpoint import CheckpointConfig
+from drdemo.explain import Explainer
+from drdemo.metrics import task_probabilities
+from drdemo.models import ICDR_GRADES, create_model
+from drdemo.preprocess import normalise, prepare_image
 
 if TYPE_CHECKING:
     from drdemo.hub import LoadedModel
+
+# Test-time augmentation: the eight symmetries of the square (a fundus photo has no canonical
+# orientation), as (transpose, horizontal flip, vertical flip).
+TTA_VIEWS = [(t, h, v) for t in (False, True) for h in (False, True) for v in (False, True)]
 
 
 @dataclass(frozen=True)
@@ -27,33 +37,55 @@ class Prediction:
     probabilities: dict[str, float]  # class name -> probability, in class order
     grade: int                       # index of the most probable class
     grade_name: str
-    seconds: float                   # preprocessing + forward
+    seconds: float                   # preprocessing + forward (+ backward for a CAM)
+    referable_probability: float | None = None   # P(grade >= 2), where the task defines it
+    referable: bool | None = None                  # referable_probability >= the threshold used
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A prediction with what the app shows around it."""
+
+    prediction: Prediction
+    model_view: Image.Image                  # the image as the model received it (cropped, resized)
+    heatmap: np.ndarray | None = None        # (H, W) in [0, 1] over model_view, when a CAM was asked for
+    cam_method: str | None = None
+    cam_target: int | None = None            # the class the map explains
+    spread: dict[str, float] | None = None   # test-time augmentation: class name -> std of its probability
+    views: int = 1
 
 
 class Predictor:
-    """Preprocess an image the way `model` expects, run it, and return class probabilities."""
+    """Preprocess an image the way the checkpoint says, run the model, return probabilities (and a CAM)."""
 
-    def __init__(self, model: torch.nn.Module, *, name: str, input_size: int, mean: tuple[float, ...],
-                 std: tuple[float, ...], class_names: tuple[str, ...], trained: bool,
-                 interpolation: str = "bicubic", crop_fov: bool = True, synthetic_training_data: bool = False):
+    def __init__(self, model: torch.nn.Module, config: CheckpointConfig):
         self.model = model.eval()
-        self.name = name
-        self.input_size = input_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.class_names = tuple(class_names)
-        self.trained = trained
-        self.interpolation = interpolation
-        self.crop_fov = crop_fov
-        self.synthetic_training_data = synthetic_training_data
+        self.config = config
+        self.explainer = Explainer.for_checkpoint(self.model, config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return self.config.architecture
+
+    @property
+    def trained(self) -> bool:
+        return self.config.trained
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel) -> Predictor:
-        """From a checkpoint: every preprocessing fact comes from its config.json."""
-        config = loaded.config
-        return cls(loaded.model, name=config.architecture, input_size=config.input_size, mean=config.mean,
-                   std=config.std, class_names=config.class_names, trained=config.trained,
-                   interpolation=config.preprocessing["interpolation"], crop_fov=config.preprocessing["crop_fov"],
-                   synthetic_training_data=config.trained_on_synthetic_data)
+        return cls(loaded.model, loaded.config)
 
     @classmethod
     def untrained(cls, architecture: str, seed: int = 0) -> Predictor:
@@ -61,21 +93,62 @@ class Predictor:
         with torch.random.fork_rng():  # seed the weights without touching the caller's RNG
             torch.manual_seed(seed)
             model = create_model(architecture, num_classes=len(ICDR_GRADES))
-        defaults = model_defaults(architecture)
-        return cls(model, name=architecture,
-                   input_size=defaults.input_size, mean=defaults.mean, std=defaults.std,
-                   class_names=ICDR_GRADES, trained=False)
+        return cls(model, CheckpointConfig.for_architecture(architecture, provenance={"trained": False}))
 
     def warm_up(self) -> None:
-        """One prediction on a blank image, so the first user does not pay for kernel builds
-        and first-call allocations."""
-        self.predict(Image.new("RGB", (self.input_size, self.input_size)))
+        """One analysis with a CAM on a blank image, so the first user does not pay for kernel
+        builds and first-call allocations."""
+        self.analyse(Image.new("RGB", (self.input_size, self.input_size)), cam_method=self.config.cam_method)
 
-    @torch.inference_mode()
-    def predict(self, image: Image.Image) -> Prediction:
+    def model_view(self, image: Image.Image) -> Image.Image:
+        """`image` cropped and resized exactly as the model receives it."""
+        preprocessing = self.config.preprocessing
+        return prepare_image(image, self.input_size, preprocessing["interpolation"], preprocessing["crop_fov"])
+
+    def predict(self, image: Image.Image, referable_threshold: float | None = None) -> Prediction:
+        return self.analyse(image, referable_threshold=referable_threshold).prediction
+
+    def analyse(self, image: Image.Image, cam_method: str | None = None, cam_target: int | None = None,
+                tta: bool = False, referable_threshold: float | None = None) -> Analysis:
+        """Probabilities for `image`; with `cam_method`, the CAM from the same forward pass
+        (plus one backward); with `tta`, the spread of the probabilities over eight symmetric views."""
         start = time.perf_counter()
-        batch = to_model_input(image, self.input_size, self.mean, self.std, self.interpolation, self.crop_fov)
-        probabilities = torch.softmax(self.model(batch).float(), dim=1)[0].tolist()
-        grade = max(range(len(probabilities)), key=probabilities.__getitem__)
-        return Prediction(probabilities=dict(zip(self.class_names, probabilities)), grade=grade,
-                          grade_name=self.class_names[grade], seconds=time.perf_counter() - start)
+        view = self.model_view(image)
+        batch = normalise(view, self.config.mean, self.config.std).unsqueeze(0).to(self.device)
+        heatmap = target = None
+        if cam_method is not None:
+            explanation = self.explainer.explain(batch, method=cam_method, target=cam_target)
+            probabilities, heatmap, target = explanation.probabilities, explanation.heatmap, explanation.target
+        else:
+            with torch.inference_mode():
+                probabilities = torch.softmax(self.model(batch).double(), dim=1)[0].cpu().numpy()
+        spread = None
+        if tta:
+            with torch.inference_mode():
+                views = torch.cat([_symmetry(batch, *v) for v in TTA_VIEWS])
+                all_probabilities = torch.softmax(self.model(views).double(), dim=1).cpu().numpy()
+            probabilities = all_probabilities.mean(axis=0)
+            spread = dict(zip(self.class_names, all_probabilities.std(axis=0).tolist()))
+        prediction = self._prediction(probabilities, time.perf_counter() - start, referable_threshold)
+        return Analysis(prediction=prediction, model_view=view, heatmap=heatmap, cam_method=cam_method,
+                        cam_target=target, spread=spread, views=len(TTA_VIEWS) if tta else 1)
+
+    def _prediction(self, probabilities: np.ndarray, seconds: float, threshold: float | None) -> Prediction:
+        threshold = self.config.referable_threshold if threshold is None else threshold
+        grade = int(np.argmax(probabilities))
+        referable = task_probabilities(probabilities[None], self.config.task).get("referable")
+        referable_probability = None if referable is None else float(referable[0])
+        return Prediction(probabilities=dict(zip(self.class_names, map(float, probabilities))), grade=grade,
+                          grade_name=self.class_names[grade], seconds=seconds,
+                          referable_probability=referable_probability,
+                          referable=None if referable_probability is None else referable_probability >= threshold)
+
+
+def _symmetry(batch: torch.Tensor, transpose: bool, flip_horizontal: bool, flip_vertical: bool) -> torch.Tensor:
+    if transpose:
+        batch = batch.transpose(2, 3)
+    if flip_horizontal:
+        batch = batch.flip(3)
+    if flip_vertical:
+        batch = batch.flip(2)
+    return batch

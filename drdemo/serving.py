@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drdemo.checkpoint import CheckpointError
-from drdemo.hub import load_model
+from drdemo.hub import load_model, resolve_device
 from drdemo.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,11 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     return settings
 
 
+def serving_device() -> str:
+    """Where the models run: $DRDEMO_DEVICE (cpu, cuda, cuda:1, ...) or auto (CUDA when present)."""
+    return os.environ.get("DRDEMO_DEVICE", "auto")
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
@@ -96,12 +101,14 @@ def serve(settings: SlotSettings) -> ServedModel:
             problems.append(f"no bundled checkpoint at {_shown(settings.bundled)}")
             continue
         try:
-            loaded = load_model(source, revision)
+            loaded = load_model(source, revision, device=serving_device())
         except CheckpointError as exc:
             log.warning("%s: %s", settings.slot, exc)
             problems.append(str(exc))
             continue
         status = loaded.origin if not problems else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead"
         return ServedModel(settings.slot, Predictor.from_loaded(loaded), status, fallback=bool(problems))
-    return ServedModel(settings.slot, Predictor.untrained(settings.architecture),
+    untrained = Predictor.untrained(settings.architecture)
+    untrained.model.to(resolve_device(serving_device()))
+    return ServedModel(settings.slot, untrained,
                        f"{'; '.join(problems)}; serving an UNTRAINED {settings.architecture}", fallback=True)

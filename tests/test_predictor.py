@@ -1,0 +1,63 @@
+"""The predictor: config-driven preprocessing, probabilities and CAM from one pass, referral, test-time augmentation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drdemo.checkpoint import CheckpointConfig
+from drdemo.models import create_model
+from drdemo.predictor import Predictor
+from drdemo.preprocess import to_model_input
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    config = CheckpointConfig.for_architecture("medmamba_t", input_size=64, referable_threshold=0.3,
+                                               provenance={"trained": True, "data": "synthetic test"})
+    return Predictor(create_model("medmamba_t", num_classes=5), config)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    pixels = np.zeros((120, 160, 3), np.uint8)
+    yy, xx = np.mgrid[:120, :160]
+    disc = (xx - 80) ** 2 + (yy - 60) ** 2 < 55 ** 2
+    pixels[disc] = rng.integers(60, 200, (disc.sum(), 3))
+    return Image.fromarray(pixels)
+
+
+def test_probabilities_follow_the_checkpoint_preprocessing(predictor, photo):
+    prediction = predictor.predict(photo)
+    kwargs = dict(input_size=64, mean=predictor.config.mean, std=predictor.config.std, crop_fov=True)
+    with torch.inference_mode():
+        expected = torch.softmax(predictor.model(to_model_input(photo, **kwargs)).double(), 1)[0].numpy()
+    np.testing.assert_allclose(list(prediction.probabilities.values()), expected, atol=1e-6)
+    assert prediction.grade == int(expected.argmax()) and prediction.grade_name == predictor.class_names[prediction.grade]
+    assert prediction.referable_probability == pytest.approx(expected[2:].sum())
+    assert prediction.referable == (expected[2:].sum() >= 0.3)                  # the config's threshold
+    assert predictor.predict(photo, referable_threshold=0.99).referable is False
+
+
+def test_a_cam_comes_with_the_same_probabilities(predictor, photo):
+    plain = predictor.analyse(photo)
+    explained = predictor.analyse(photo, cam_method="gradcam", cam_target=1)
+    np.testing.assert_allclose(list(explained.prediction.probabilities.values()),
+                               list(plain.prediction.probabilities.values()), atol=1e-6)
+    assert explained.heatmap.shape == (64, 64) and explained.cam_target == 1 and explained.cam_method == "gradcam"
+    assert explained.model_view.size == (64, 64) and plain.heatmap is None
+
+
+def test_test_time_augmentation_reports_the_spread_over_eight_views(predictor, photo):
+    analysis = predictor.analyse(photo, tta=True)
+    assert analysis.views == 8 and set(analysis.spread) == set(predictor.class_names)
+    assert all(0 <= s < 0.5 for s in analysis.spread.values())
+    assert sum(analysis.prediction.probabilities.values()) == pytest.approx(1.0)
+
+
+def test_untrained_predictors_say_so_and_repeat_their_answers(photo):
+    first, second = Predictor.untrained("resnet50", seed=3), Predictor.untrained("resnet50", seed=3)
+    assert not first.trained and first.config.provenance == {"trained": False}
+    assert first.predict(photo).probabilities == second.predict(photo).probabilities
