@@ -1,11 +1,11 @@
-"""The app, over real HTTP: start app.py, call /grade with gradio_client, read the page."""
+"""The app over real HTTP: app.py runs on 127.0.0.1 (fixture in conftest.py), gradio_client calls
+/grade, /compare and /batch, and a corpus of bad uploads gets specific answers without taking it down."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
+import csv
+import io
+import struct
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,70 +13,159 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from drdemo.data.synthetic import generate_fundus
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+GRADES = {"No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR"}
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    # MedMamba's slot points at a Hub repo that cannot be reached (nothing listens on the
-    # discard port) and no checkpoint is bundled yet: the page must say what it serves instead.
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "DRDEMO_MEDMAMBA_SOURCE": "drdemo/unreachable", "HF_ENDPOINT": "http://127.0.0.1:9",
-           "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"app.py did not answer within 120 s:\n{log.read_text()}")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
-def test_grade_endpoint_returns_both_models(app_url, tmp_path):
-    path = tmp_path / "photo.png"
-    Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8)).save(path)
-    shown, medmamba, inception, summary = Client(app_url, verbose=False).predict(handle_file(str(path)),
-                                                                                 api_name="/grade")
-    assert Image.open(shown).size == (400, 300)
-    for label in (medmamba, inception):
-        confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
-        assert set(confidences) == {"No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR"}
-        assert abs(sum(confidences.values()) - 1) < 1e-4
-        assert label["label"] == max(confidences, key=confidences.get)
-    assert "medmamba_t" in summary and "inception_v3" in summary and " ms" in summary
+@pytest.fixture(scope="module")
+def fundus(tmp_path_factory) -> Image.Image:
+    return Image.fromarray(generate_fundus(5, 2, size=384).image)
 
 
-def test_page_says_models_are_untrained_and_where_they_come_from(app_url):
+def _save(image: Image.Image, path: Path, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def _probabilities(label: dict) -> dict[str, float]:
+    confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert set(confidences) == GRADES
+    assert abs(sum(confidences.values()) - 1) < 1e-4
+    assert label["label"] == max(confidences, key=confidences.get)
+    return confidences
+
+
+def test_grade_takes_just_an_image(client, fundus, tmp_path):
+    label, pair, text = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/grade")
+    _probabilities(label)
+    original, overlay = (Image.open(p) for p in pair)
+    assert original.size == overlay.size and original.width >= 192
+    assert np.abs(np.asarray(original, float) - np.asarray(overlay, float)).mean() > 5  # the heat map is drawn
+    assert "ICDR grade" in text and "P(grade 2 or worse)" in text and " ms" in text
+
+
+def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
+    path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
+    _, pair, text = client.predict(path, "inception", "eigencam", "4", 0.0, 0.05, True, api_name="/grade")
+    assert "inception_v3" in text and 'EigenCAM for "Proliferative DR"' in text and "threshold 5%" in text
+    assert "over 8 flips/rotations" in text
+    original, overlay = (np.asarray(Image.open(p), float) for p in pair)
+    assert np.abs(original - overlay).max() <= 1   # opacity 0: the overlay is the image itself
+
+
+def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path):
+    first, second, cam_first, cam_second, text = client.predict(
+        handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/compare")
+    _probabilities(first)
+    _probabilities(second)
+    assert Image.open(cam_first).size[0] > 0 and Image.open(cam_second).size[0] > 0
+    assert ("Same grade" in text or "Different grades" in text) and "Largest probability difference" in text
+    assert "medmamba_t" in text and "inception_v3" in text
+
+
+def test_batch_grades_a_zip_and_explains_refusals(client, fundus, tmp_path):
+    import zipfile
+    archive = tmp_path / "clinic.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("a.jpeg", _encode(fundus, "JPEG"))
+        bundle.writestr("b.png", _encode(fundus.rotate(90), "PNG"))
+        bundle.writestr("broken.jpeg", b"\xff\xd8\xff\xe0 not really")
+    csv_path, gallery, summary = client.predict([handle_file(str(archive))], api_name="/batch")
+    rows = list(csv.DictReader(open(csv_path, newline="")))
+    assert [r["file"] for r in rows] == ["clinic.zip/a.jpeg", "clinic.zip/b.png", "clinic.zip/broken.jpeg"]
+    assert rows[0]["medmamba_t_grade_name"] in GRADES and rows[1]["inception_v3_grade_name"] in GRADES
+    assert rows[2]["notes"].startswith("refused:") and rows[2]["medmamba_t_grade"] == ""
+    assert "Graded 2 of 3 images; 1 refused" in summary and len(gallery) >= 2
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png_bomb(path: Path, side: int = 20000) -> Path:
+    """A valid 1-bit PNG header declaring side x side pixels, with a tiny compressed body (never allocated here)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    row = b"\0" + b"\0" * (side // 8)
+    body = zlib.compress(row * 64, 9)  # only the first rows: enough for the header to be read
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def _bad_corpus(tmp_path: Path, fundus: Image.Image) -> list[tuple[str, Path, str]]:
+    """(case, file, what the refusal must say)."""
+    empty = tmp_path / "empty.jpeg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    truncated = tmp_path / "truncated.jpeg"
+    truncated.write_bytes(_encode(fundus, "JPEG")[:3000])
+    tiny = _save(fundus.resize((40, 40)), tmp_path / "tiny.png")
+    rng = np.random.default_rng(0)
+    sky = np.zeros((300, 400, 3), np.uint8)
+    sky[:150] = np.linspace([90, 150, 230], [170, 210, 250], 150)[:, None, :]   # blue sky
+    sky[150:] = (rng.normal([60, 140, 50], 25, (150, 400, 3))).clip(0, 255)    # green grass
+    landscape = _save(Image.fromarray(sky), tmp_path / "holiday.jpeg")
+    blank = _save(Image.new("RGB", (500, 400), (255, 255, 255)), tmp_path / "blank.png")
+    return [
+        ("empty", empty, "empty"),
+        ("not an image", text, "not an image"),
+        ("truncated", truncated, "truncated"),
+        ("too small", tiny, "too small"),
+        ("decompression bomb", _png_bomb(tmp_path / "bomb.png"), "megapixels"),
+        ("landscape photo", landscape, "does not look like a fundus photo"),
+        ("blank frame", blank, "does not look like a fundus photo"),
+    ]
+
+
+def test_bad_uploads_get_specific_messages_and_the_app_stays_up(client, fundus, tmp_path):
+    for case, path, message in _bad_corpus(tmp_path, fundus):
+        with pytest.raises(Exception, match=message) as refused:
+            client.predict(handle_file(str(path)), api_name="/grade")
+        assert "Traceback" not in str(refused.value), case
+    label, _, _ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
+    _probabilities(label)
+
+
+def test_awkward_but_valid_fundus_files_are_graded(client, fundus, tmp_path):
+    rotated = fundus.rotate(90, expand=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cases = {
+        "exif-rotated.jpeg": _encode(rotated, "JPEG", exif=exif.tobytes()),
+        "cmyk.jpeg": _encode(fundus.convert("CMYK"), "JPEG"),
+        "rgba.png": _encode(fundus.convert("RGBA"), "PNG"),
+        "palette.png": _encode(fundus.quantize(256), "PNG"),
+        "png-named.jpg": _encode(fundus, "PNG"),
+        "camera-file.jpeg": _encode(fundus.resize((3000, 3000)), "JPEG", quality=85),
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        label, _, text = client.predict(handle_file(str(path)), api_name="/grade")
+        _probabilities(label)
+        assert "ICDR grade" in text, name
+
+
+def test_page_says_what_it_serves_and_that_it_is_not_a_device(app_url):
     page = urllib.request.urlopen(app_url + "config", timeout=10).read().decode()
-    assert "untrained" in page and "not a medical device" in page
+    assert "not a medical device" in page
     assert "cannot load drdemo/unreachable: http://127.0.0.1:9 could not be reached" in page
-    assert "no bundled checkpoint at checkpoints/medmamba_t; serving an UNTRAINED medmamba_t" in page
-    assert "no bundled checkpoint at checkpoints/inception_v3; serving an UNTRAINED inception_v3" in page
-
-
-def test_non_image_upload_gets_a_message_not_a_crash(app_url, tmp_path):
-    path = tmp_path / "notes.png"
-    path.write_text("this is not an image")
-    with pytest.raises(Exception, match="not an image file this app can read"):
-        Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/grade")
-    # The app is still up and answering.
-    assert urllib.request.urlopen(app_url, timeout=10).status == 200
+    if (ROOT / "checkpoints" / "medmamba_t" / "model.safetensors").is_file():
+        assert "serving the bundled checkpoints/medmamba_t instead" in page
+        assert "trained only on synthetic fundus images" in page
+    else:
+        assert "no bundled checkpoint at checkpoints/medmamba_t; serving an UNTRAINED medmamba_t" in page
+        assert "untrained" in page
+    for tab in ("Grade", "Compare", "Batch", "About"):
+        assert f'"label": "{tab}"' in page or f'"label":"{tab}"' in page

@@ -1,69 +1,236 @@
-"""The page: upload a fundus photo, see each model's probability for every ICDR grade."""
+"""The page: Grade, Compare, Batch and About tabs over the served models.
+
+Every upload goes through the image gate first; the handlers hand PIL images to predictors and
+turn their analyses into Gradio values with `drdemo.ui.views`. The named API endpoints `/grade`
+and `/compare` take just an image; every other input has a default.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
-from drdemo.gate import ImageRejected, load_image
+from drdemo import batch as batch_grading
+from drdemo.checkpoint import model_card
+from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, ExplainError
+from drdemo.gate import ImageRejected, check_upload
 from drdemo.predictor import Predictor
 from drdemo.serving import ServedModel
+from drdemo.ui import views
 
 log = logging.getLogger(__name__)
 
 TITLE = "drdemo: diabetic retinopathy grading with MedMamba and InceptionV3"
 NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and must not be used "
                 "to diagnose, grade or triage patients.")
+DEFAULT_METHOD = "default"
+PREDICTED = "predicted"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+UPLOAD_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"]
+# Uploads and outputs Gradio keeps on disk are deleted after this many seconds (checked as often).
+CACHE_SECONDS = 300
+
+try:  # ZeroGPU Spaces: a GPU is attached only inside functions decorated with spaces.GPU
+    import spaces
+    _on_gpu = spaces.GPU
+except ImportError:
+    def _on_gpu(function: Callable) -> Callable:
+        return function
 
 
 def _notice(predictors: Sequence[Predictor]) -> str:
     untrained = [p.name for p in predictors if not p.trained]
-    synthetic = [p.name for p in predictors if p.synthetic_training_data]
-    if synthetic and not untrained:
+    synthetic = [p.name for p in predictors if p.config.trained_on_synthetic_data]
+    if untrained:
+        return (f"**The models on this page ({', '.join(untrained)}) are untrained: their weights are randomly "
+                f"initialised, so the probabilities below are meaningless.** {NOT_A_DEVICE}")
+    if synthetic:
         return (f"**The models on this page ({', '.join(synthetic)}) were trained only on synthetic fundus images "
                 f"made by this project's generator, not on patient photographs: their grades on real photos are not "
                 f"validated.** {NOT_A_DEVICE}")
-    if not untrained:
-        return f"**{NOT_A_DEVICE}**"
-    return (f"**The models on this page ({', '.join(untrained)}) are untrained: their weights are randomly "
-            f"initialised, so the probabilities below are meaningless.** Trained checkpoints will replace "
-            f"them. {NOT_A_DEVICE}")
+    return f"**{NOT_A_DEVICE}**"
 
 
 def _sources(served: Sequence[ServedModel]) -> str:
     return "\n".join(f"- **{s.predictor.name}**: {'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
 
 
-def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
-    """One gr.Blocks page running every served model on the uploaded image (API endpoint `/grade`)."""
-    predictors = [s.predictor for s in served]
+def _admit(path: str | Path | None) -> tuple[Image.Image, list[str]]:
+    """The gate: an upright RGB image that looks like a fundus photo, and the notes to show with it."""
+    if path is None:
+        raise ImageRejected("Upload a fundus photo first.")
+    result = check_upload(path)
+    return result.image, list(result.notes)
 
-    def grade(upload: str | None):
-        if upload is None:
-            raise gr.Error("Upload a fundus photo first.")
+
+def _user_errors(function: Callable) -> Callable:
+    """Refusals become a message on the page; anything unexpected is logged and summarised, never a traceback."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
         try:
-            image = load_image(upload)
-        except ImageRejected as exc:
-            log.info("upload refused: %s", exc)
+            return function(*args, **kwargs)
+        except (ImageRejected, ExplainError, batch_grading.BatchError) as exc:
+            log.info("request refused: %s", exc)
             raise gr.Error(str(exc)) from None
-        predictions = [p.predict(image) for p in predictors]
-        lines = [f"- **{p.name}**: {pred.grade_name} (grade {pred.grade}), {pred.seconds * 1000:.0f} ms"
-                 for p, pred in zip(predictors, predictions)]
-        return (image, *[pred.probabilities for pred in predictions], "\n".join(lines))
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("request failed")
+            raise gr.Error("Something went wrong while analysing this image; the error was logged. "
+                           "Try another image, or report it if it keeps happening.") from None
+    return wrapper
 
-    with gr.Blocks(title="drdemo") as demo:
+
+def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
+    """The whole page. `served` lists the models in slot order (MedMamba, then InceptionV3)."""
+    by_slot = {s.slot: s.predictor for s in served}
+    predictors = [s.predictor for s in served]
+    model_choices = [(f"{p.name} ({slot})", slot) for slot, p in by_slot.items()]
+    method_choices = [("Default for the model", DEFAULT_METHOD)] + [(CAM_METHOD_NAMES[m], m) for m in CAM_METHODS]
+    largest = max(predictors, key=lambda p: p.config.num_classes)
+    target_choices = [("Predicted class", PREDICTED)] + [(f"{i}: {name}", str(i))
+                                                          for i, name in enumerate(largest.class_names)]
+
+    def method_for(predictor: Predictor, method: str) -> str:
+        return predictor.config.cam_method if method in (None, DEFAULT_METHOD) else method
+
+    @_user_errors
+    @_on_gpu
+    def grade(upload, slot="medmamba", method=DEFAULT_METHOD, target=PREDICTED, opacity=0.5, threshold=0.5,
+              tta=False):
+        image, notes = _admit(upload)
+        if slot not in by_slot:
+            raise gr.Error(f"unknown model {slot!r}; choose one of {', '.join(by_slot)}")
+        predictor = by_slot[slot]
+        cam_target = None if target in (None, PREDICTED) else int(target)
+        analysis = predictor.analyse(image, cam_method=method_for(predictor, method), cam_target=cam_target,
+                                     tta=bool(tta), referable_threshold=float(threshold))
+        text = views.verdict(analysis, predictor.name, predictor.class_names, float(threshold))
+        note = views.gate_note(notes)
+        return (views.label_value(analysis), views.overlay_pair(analysis, float(opacity)),
+                text + (f"\n\n{note}" if note else ""))
+
+    @_user_errors
+    @_on_gpu
+    def compare(upload, method=DEFAULT_METHOD, opacity=0.5, threshold=0.5):
+        image, notes = _admit(upload)
+        first, second = predictors[0], predictors[1]
+        analyses = [p.analyse(image, cam_method=method_for(p, method), referable_threshold=float(threshold))
+                    for p in (first, second)]
+        texts = [views.verdict(a, p.name, p.class_names, float(threshold)) for a, p in zip(analyses, (first, second))]
+        line = views.agreement(analyses[0], analyses[1], (first.name, second.name))
+        note = views.gate_note(notes)
+        return (views.label_value(analyses[0]), views.label_value(analyses[1]),
+                views.overlay_pair(analyses[0], float(opacity))[1], views.overlay_pair(analyses[1], float(opacity))[1],
+                "\n\n".join([line, *texts] + ([note] if note else [])))
+
+    @_user_errors
+    @_on_gpu
+    def grade_batch(files, threshold=0.5, progress=gr.Progress()):
+        if not files:
+            raise gr.Error("Upload image files or a zip archive first.")
+        paths = [getattr(f, "name", f) for f in files]
+        with tempfile.TemporaryDirectory(prefix="drdemo-batch-") as workdir:
+            items = batch_grading.collect(paths, Path(workdir))
+            results = batch_grading.grade(items, predictors, _admit, referable_threshold=float(threshold),
+                                          progress=lambda share, text: progress(share, desc=text))
+        out = Path(tempfile.mkdtemp(prefix="drdemo-csv-")) / f"drdemo_batch_{time.strftime('%Y%m%d_%H%M%S')}.csv"
+        batch_grading.write_csv(results, predictors, out)
+        most, least = batch_grading.extremes(results, predictors[0].name)
+        gallery = [(r.thumbnail, f"most confident: {r.name}: {r.predictions[predictors[0].name].grade_name}")
+                   for r in most]
+        gallery += [(r.thumbnail, f"least confident: {r.name}: {r.predictions[predictors[0].name].grade_name}")
+                    for r in least if r not in most]
+        refused = sum(1 for r in results if not r.predictions)
+        summary = (f"Graded {len(results) - refused} of {len(results)} images"
+                   + (f"; {refused} refused (reasons in the CSV's notes column)" if refused else "")
+                   + f". Gallery: the most and least confident answers of {predictors[0].name}.")
+        return str(out), gallery, summary
+
+    examples = sorted(str(p) for p in (ASSETS / "examples").glob("*.jpeg"))
+    with gr.Blocks(title="drdemo", delete_cache=(CACHE_SECONDS, CACHE_SECONDS), analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(_notice(predictors), elem_id="notice")
-        gr.Markdown(f"Models served:\n{_sources(served)}", elem_id="sources")
-        with gr.Row():
-            with gr.Column():
-                upload = gr.File(label="Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", type="filepath")
-                button = gr.Button("Grade", variant="primary")
-                shown = gr.Image(label="The image as the models received it", type="pil", interactive=False)
-            with gr.Column():
-                labels = [gr.Label(num_top_classes=5, label=p.name) for p in predictors]
-                summary = gr.Markdown()
-        button.click(grade, inputs=upload, outputs=[shown, *labels, summary], api_name="grade")
+        with gr.Accordion("Models served", open=any(s.fallback for s in served)):
+            gr.Markdown(_sources(served), elem_id="sources")
+        with gr.Tabs():
+            with gr.Tab("Grade", id="grade"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        upload = gr.File(label="Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", type="filepath",
+                                         file_types=UPLOAD_TYPES)
+                        model = gr.Dropdown(model_choices, value=model_choices[0][1], label="Model")
+                        method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
+                        target = gr.Dropdown(target_choices, value=PREDICTED, label="Heat map explains")
+                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
+                        threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05,
+                                              label="Referral threshold: refer when P(grade ≥ 2) reaches")
+                        tta = gr.Checkbox(False, label="Test-time augmentation (8 flips/rotations: shows how stable "
+                                                       "the answer is, 8x slower)")
+                        button = gr.Button("Grade", variant="primary")
+                        if examples:
+                            gr.Examples(examples, inputs=upload,
+                                        label="Synthetic examples (made by drdemo's generator, not patients)")
+                    with gr.Column(scale=2):
+                        label = gr.Label(num_top_classes=5, label="Probability of each grade")
+                        verdict = gr.Markdown(elem_id="verdict")
+                        slider = gr.ImageSlider(label="What the model saw | heat map", type="pil",
+                                                interactive=False)
+                inputs = [upload, model, method, target, opacity, threshold, tta]
+                button.click(grade, inputs=inputs, outputs=[label, slider, verdict], api_name="grade",
+                             concurrency_id="models")
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        c_upload = gr.File(label="Colour fundus photo", type="filepath", file_types=UPLOAD_TYPES)
+                        c_method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
+                        c_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
+                        c_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Referral threshold")
+                        c_button = gr.Button("Compare both models", variant="primary")
+                        if examples:
+                            gr.Examples(examples, inputs=c_upload, label="Synthetic examples")
+                    with gr.Column(scale=2):
+                        agreement = gr.Markdown(elem_id="agreement")
+                        with gr.Row():
+                            with gr.Column():
+                                c_label_a = gr.Label(num_top_classes=5, label=predictors[0].name)
+                                c_cam_a = gr.Image(label=f"{predictors[0].name}: heat map", type="pil")
+                            with gr.Column():
+                                c_label_b = gr.Label(num_top_classes=5, label=predictors[1].name)
+                                c_cam_b = gr.Image(label=f"{predictors[1].name}: heat map", type="pil")
+                c_button.click(compare, inputs=[c_upload, c_method, c_opacity, c_threshold],
+                               outputs=[c_label_a, c_label_b, c_cam_a, c_cam_b, agreement], api_name="compare",
+                               concurrency_id="models")
+            with gr.Tab("Batch", id="batch"):
+                b_files = gr.File(label=f"Images or a zip archive (up to {batch_grading.MAX_IMAGES} images)",
+                                  file_count="multiple", type="filepath", file_types=[*UPLOAD_TYPES, ".zip"])
+                b_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Referral threshold")
+                b_button = gr.Button("Grade all", variant="primary")
+                b_summary = gr.Markdown()
+                b_csv = gr.File(label="Results (CSV)")
+                b_gallery = gr.Gallery(label="Most and least confident", columns=4, height="auto")
+                b_button.click(grade_batch, inputs=[b_files, b_threshold], outputs=[b_csv, b_gallery, b_summary],
+                               api_name="batch", concurrency_id="models")
+            with gr.Tab("About", id="about"):
+                gr.Markdown(_about(served))
     return demo
+
+
+def _about(served: Sequence[ServedModel]) -> str:
+    sections = [f"## What this is\n\n{NOT_A_DEVICE} The demo models were trained on synthetic fundus images made "
+                f"by this project's generator, because no labelled fundus data set could be used where it was "
+                f"built; how they behave on real photographs is unknown.",
+                "## ICDR grades\n\n" + views.grades_table(),
+                "## Models served\n\n" + _sources(served)]
+    for model in served:
+        card = model_card(model.predictor.config)
+        body = card.split("\n---\n", 1)[1] if card.startswith("---") else card
+        sections.append(f"## Model card: {model.predictor.name}\n\n" + body.replace("\n# ", "\n### "))
+    return "\n\n".join(sections)

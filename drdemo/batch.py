@@ -1,0 +1,142 @@
+"""Grade many images at once: a zip or a list of files in, one CSV row per image out.
+
+Zip archives are read member by member into a private temporary folder with bounded sizes and
+counts (no path from inside the archive is ever used as a path on disk), every image goes
+through the same gate as a single upload, and an image that is refused becomes a row saying
+why instead of stopping the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from drdemo.gate import MAX_BYTES, ImageRejected, load_image
+from drdemo.predictor import Prediction, Predictor
+
+MAX_IMAGES = 200
+MAX_ARCHIVE_TOTAL_BYTES = 2 * 1024**3
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+class BatchError(ValueError):
+    """A batch that cannot be run at all (nothing to grade, too many files, a broken archive)."""
+
+
+@dataclass
+class BatchItem:
+    name: str                                    # as the user knows it: file name, or archive/member
+    path: Path
+    predictions: dict[str, Prediction] = field(default_factory=dict)   # model name -> prediction
+    notes: list[str] = field(default_factory=list)                    # gate refusals and quality notes
+    thumbnail: Image.Image | None = None
+
+
+def collect(paths: Sequence[str | Path], workdir: Path) -> list[tuple[str, Path]]:
+    """(display name, file) for every image among `paths`, zip archives expanded into `workdir`."""
+    items: list[tuple[str, Path]] = []
+    total = 0
+    for path in map(Path, paths):
+        if zipfile.is_zipfile(path):
+            for name, member_path, size in _extract(path, workdir, len(items)):
+                total += size
+                if total > MAX_ARCHIVE_TOTAL_BYTES:
+                    raise BatchError(f"{path.name}: the archives hold more than "
+                                     f"{MAX_ARCHIVE_TOTAL_BYTES // 1024**3} GB of images")
+                items.append((name, member_path))
+        else:
+            items.append((path.name, path))
+        if len(items) > MAX_IMAGES:
+            raise BatchError(f"more than {MAX_IMAGES} images in one batch; split it into smaller batches")
+    if not items:
+        raise BatchError("no images found: upload image files or a zip archive of them")
+    return items
+
+
+def _extract(archive: Path, workdir: Path, already: int) -> Iterator[tuple[str, Path, int]]:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()
+                       and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES
+                       and not Path(m.filename).name.startswith(".")]          # macOS ._ resource forks
+            if already + len(members) > MAX_IMAGES:
+                raise BatchError(f"{archive.name} holds {len(members)} images; at most {MAX_IMAGES} per batch")
+            for index, member in enumerate(members):
+                if member.file_size > MAX_BYTES:
+                    raise BatchError(f"{archive.name}/{member.filename}: {member.file_size / 2**20:.0f} MB "
+                                     f"uncompressed, over the {MAX_BYTES // 2**20} MB limit per image")
+                target = workdir / f"{already + index:04d}{Path(member.filename).suffix.lower()}"
+                with bundle.open(member) as source, open(target, "wb") as sink:
+                    sink.write(source.read(MAX_BYTES + 1))   # never more than the limit, whatever the header says
+                yield f"{archive.name}/{member.filename}", target, member.file_size
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError) as exc:  # RuntimeError: encrypted members
+        raise BatchError(f"{archive.name}: the archive cannot be read ({exc})") from exc
+
+
+def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], admit: Callable[[Path], tuple],
+          referable_threshold: float | None = None,
+          progress: Callable[[float, str], None] | None = None) -> list[BatchItem]:
+    """Run every model on every admitted image. `admit(path)` returns (image, notes) or raises ImageRejected."""
+    results = []
+    for index, (name, path) in enumerate(items):
+        if progress is not None:
+            progress(index / len(items), f"{index + 1}/{len(items)}: {name}")
+        item = BatchItem(name=name, path=path)
+        try:
+            image, notes = admit(path)
+        except ImageRejected as exc:
+            item.notes.append(f"refused: {exc}")
+            results.append(item)
+            continue
+        item.notes.extend(notes)
+        for predictor in predictors:
+            item.predictions[predictor.name] = predictor.predict(image, referable_threshold=referable_threshold)
+        item.thumbnail = predictors[0].model_view(image) if predictors else None
+        results.append(item)
+    if progress is not None:
+        progress(1.0, "done")
+    return results
+
+
+def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], path: Path) -> Path:
+    """One row per image: every model's class probabilities, grade and referral, and the gate's notes."""
+    columns = ["file"]
+    for predictor in predictors:
+        prefix = predictor.name
+        columns += [f"{prefix}_p_{_slug(c)}" for c in predictor.class_names]
+        columns += [f"{prefix}_grade", f"{prefix}_grade_name", f"{prefix}_referable_probability",
+                    f"{prefix}_referable"]
+    columns += ["notes"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for item in results:
+            row = {"file": item.name, "notes": " | ".join(item.notes)}
+            for predictor in predictors:
+                prediction = item.predictions.get(predictor.name)
+                if prediction is None:
+                    continue
+                prefix = predictor.name
+                row.update({f"{prefix}_p_{_slug(c)}": f"{p:.6f}" for c, p in prediction.probabilities.items()})
+                row.update({f"{prefix}_grade": prediction.grade, f"{prefix}_grade_name": prediction.grade_name,
+                            f"{prefix}_referable_probability": "" if prediction.referable_probability is None
+                            else f"{prediction.referable_probability:.6f}",
+                            f"{prefix}_referable": "" if prediction.referable is None else prediction.referable})
+            writer.writerow(row)
+    return path
+
+
+def extremes(results: Sequence[BatchItem], model: str, count: int = 4) -> tuple[list[BatchItem], list[BatchItem]]:
+    """The `count` most and least confident graded images for `model` (top-class probability)."""
+    graded = [r for r in results if model in r.predictions]
+    graded.sort(key=lambda r: max(r.predictions[model].probabilities.values()), reverse=True)
+    return graded[:count], graded[::-1][:count]
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")

@@ -1,0 +1,40 @@
+"""A real browser (Debian's chromium driven by Playwright) uploads a fundus photo and reads the answer."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from drdemo.data.synthetic import generate_fundus
+
+CHROMIUM = os.environ.get("DRDEMO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium); Playwright cannot "
+                                              "download its own browser here")
+def test_upload_grade_and_screenshot(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = tmp_path / "fundus.jpeg"
+    Image.fromarray(generate_fundus(11, 3, size=384).image).save(photo, quality=92)
+    screenshot = Path(os.environ.get("DRDEMO_SCREENSHOT", tmp_path / "screenshot.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            expect(page.get_by_text("not a medical device", exact=False).first).to_be_visible(timeout=30_000)
+            page.locator("input[type=file]").first.set_input_files(str(photo))
+            page.get_by_role("button", name="Grade", exact=True).click()
+            verdict = page.locator("#verdict")
+            expect(verdict).to_contain_text("probability", timeout=120_000)
+            expect(verdict).to_contain_text("ms")
+            assert any(name in verdict.inner_text() for name in
+                       ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR"))
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    with Image.open(screenshot) as image:
+        assert image.width >= 1000 and image.height >= 600

@@ -1,0 +1,62 @@
+"""What the page says, from plain analyses: grades, referral, agreement between the models."""
+
+import numpy as np
+from PIL import Image
+
+from drdemo.predictor import Analysis, Prediction
+from drdemo.ui import views
+
+GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
+
+
+def _analysis(probabilities, referable_probability=None, threshold=0.5, heatmap=None, spread=None, seconds=0.05):
+    grade = int(np.argmax(probabilities))
+    prediction = Prediction(probabilities=dict(zip(GRADES, probabilities)), grade=grade, grade_name=GRADES[grade],
+                            seconds=seconds, referable_probability=referable_probability,
+                            referable=None if referable_probability is None else referable_probability >= threshold)
+    return Analysis(prediction=prediction, model_view=Image.new("RGB", (32, 32), (150, 60, 30)), heatmap=heatmap,
+                    cam_method="gradcam" if heatmap is not None else None, cam_target=grade if heatmap is not None
+                    else None, spread=spread, views=8 if spread else 1)
+
+
+def test_verdict_names_the_grade_the_referral_and_the_map():
+    heatmap = np.zeros((32, 32), np.float32)
+    text = views.verdict(_analysis([0.05, 0.05, 0.6, 0.2, 0.1], 0.9, heatmap=heatmap), "medmamba_t", GRADES, 0.5)
+    assert "**medmamba_t: Moderate NPDR** (ICDR grade 2, probability 60%)" in text
+    assert "**Referable**: P(grade 2 or worse) = 90%, threshold 50%." in text
+    assert 'Grad-CAM for "Moderate NPDR"' in text and "not why" in text
+    low = views.verdict(_analysis([0.7, 0.2, 0.05, 0.03, 0.02], 0.1), "inception_v3", GRADES, 0.5)
+    assert "Not referable: P(grade 2 or worse) = 10%" in low and "Heat map" not in low
+
+
+def test_test_time_augmentation_spread_is_reported_and_flagged_when_large():
+    steady = views.verdict(_analysis([0.9, 0.1, 0, 0, 0], spread={g: 0.02 for g in GRADES}), "m", GRADES, 0.5)
+    shaky = views.verdict(_analysis([0.5, 0.5, 0, 0, 0], spread={g: 0.2 for g in GRADES}), "m", GRADES, 0.5)
+    assert "over 8 flips/rotations" in steady and "±2%" in steady and "unstable" not in steady
+    assert "±20%" in shaky and "unstable" in shaky
+
+
+def test_agreement_line():
+    a = _analysis([0.1, 0.1, 0.7, 0.05, 0.05], 0.8)
+    b = _analysis([0.1, 0.1, 0.3, 0.4, 0.1], 0.8)
+    c = _analysis([0.8, 0.1, 0.05, 0.03, 0.02], 0.1)
+    same_referral = views.agreement(a, b, ("medmamba_t", "inception_v3"))
+    assert "**Different grades**: medmamba_t says Moderate NPDR, inception_v3 says Severe NPDR." in same_referral
+    assert "**Same referral**" in same_referral and "Largest probability difference: 40% (Moderate NPDR)" in \
+        same_referral
+    assert "**Different referral**" in views.agreement(a, c, ("x", "y"))
+    assert "**Same grade**" in views.agreement(a, a, ("x", "y"))
+
+
+def test_overlay_pair_without_a_map_shows_the_input_twice():
+    analysis = _analysis([1, 0, 0, 0, 0])
+    first, second = views.overlay_pair(analysis, 0.5)
+    assert first is second is analysis.model_view
+    heated = _analysis([1, 0, 0, 0, 0], heatmap=np.ones((32, 32), np.float32))
+    original, overlaid = views.overlay_pair(heated, 0.5)
+    assert original.size == overlaid.size and np.asarray(original).tolist() != np.asarray(overlaid).tolist()
+
+
+def test_grades_table_lists_every_grade():
+    table = views.grades_table()
+    assert all(name in table for name in GRADES) and "Referable" in table
