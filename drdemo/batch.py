@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from drdemo.gate import MAX_BYTES, ImageRejected, load_image
+from drdemo.gate import MAX_BYTES, ImageRejected
 from drdemo.predictor import Prediction, Predictor
 
 MAX_IMAGES = 200

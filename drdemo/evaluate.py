@@ -181,7 +181,8 @@ def plot_roc(metrics: dict, rows: Sequence[dict], path: Path, title: str) -> Pat
         truth = grades >= DERIVED_MIN_GRADE[question]
         fpr, tpr, _ = roc_curve(truth, np.array([row[column] for row in rows]))
         line, = ax.plot(fpr, tpr, linewidth=2,
-                        label=f"{label}: AUC {metrics[f'{question}_auc']:.3f} ({int(truth.sum())}/{len(rows)} positive)")
+                        label=f"{label}: AUC {metrics[f'{question}_auc']:.3f} "
+                              f"({int(truth.sum())}/{len(rows)} positive)")
         ax.plot(1 - metrics[f"{question}_specificity"], metrics[f"{question}_sensitivity"], "o",
                 color=line.get_color(), label=f"  at threshold {metrics[f'{question}_threshold']:g}")
     if undefined:

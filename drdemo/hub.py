@@ -160,7 +160,8 @@ def convert_official(weights: str | Path, variant: str, out: str | Path, task: s
     except FileNotFoundError as exc:
         raise CheckpointError(f"{weights}: no such file") from exc
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError for non-weights files
-        raise CheckpointError(f"{weights} is not a plain PyTorch state_dict (loaded with weights_only=True): {exc}") from exc
+        raise CheckpointError(f"{weights} is not a plain PyTorch state_dict (loaded with weights_only=True): "
+                              f"{exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -192,7 +193,8 @@ def describe(source: str, revision: str | None = None) -> str:
     """Human-readable summary of a checkpoint, without building the network."""
     folder, commit = fetch(source, revision)
     config = read_config(folder)
-    files = weight_files(folder) + [folder / CONFIG_NAME] + ([folder / CARD_NAME] if (folder / CARD_NAME).exists() else [])
+    card = [folder / CARD_NAME] if (folder / CARD_NAME).exists() else []
+    files = weight_files(folder) + [folder / CONFIG_NAME] + card
     lines = [
         f"source:       {source}" + (f" (revision {revision})" if revision else ""),
         f"commit:       {commit or '(local folder)'}",
@@ -201,7 +203,8 @@ def describe(source: str, revision: str | None = None) -> str:
         f"task:         {config.task}; classes: {', '.join(config.class_names)}",
         f"input:        {config.input_size} px, mean {list(config.mean)}, std {list(config.std)}, "
         f"{config.preprocessing}",
-        f"trained:      {'yes' if config.trained else 'NO (random weights)'}; data: {config.provenance.get('data', '-')}",
+        f"trained:      {'yes' if config.trained else 'NO (random weights)'}; "
+        f"data: {config.provenance.get('data', '-')}",
         f"metrics:      {config.metrics or '-'}",
         "files:        " + ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.1f} MB)" for f in files),
     ]

@@ -106,7 +106,8 @@ def serve(settings: SlotSettings) -> ServedModel:
             log.warning("%s: %s", settings.slot, exc)
             problems.append(str(exc))
             continue
-        status = loaded.origin if not problems else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead"
+        status = (loaded.origin if not problems
+                  else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead")
         return ServedModel(settings.slot, Predictor.from_loaded(loaded), status, fallback=bool(problems))
     untrained = Predictor.untrained(settings.architecture)
     untrained.model.to(resolve_device(serving_device()))

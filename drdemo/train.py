@@ -286,7 +286,8 @@ class Trainer:
         self.total_steps = recipe.epochs * self.steps_per_epoch
         warmup = round(recipe.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.total_steps, warmup, recipe.schedule, recipe.min_lr_ratio))
+            self.optimizer,
+            lambda step: lr_factor(step, self.total_steps, warmup, recipe.schedule, recipe.min_lr_ratio))
         self.autocast_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                                else torch.float16) if (self.device.type == "cuda" and options.amp) else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)

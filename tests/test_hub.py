@@ -176,7 +176,8 @@ def _edit_config(folder: Path, **changes) -> None:
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(num_classes=2, class_names=["No DR", "DR"], task="binary"), r"num_classes=2 but these weights have a 5-class head"),
+    (dict(num_classes=2, class_names=["No DR", "DR"], task="binary"),
+     r"num_classes=2 but these weights have a 5-class head"),
     (dict(architecture="medmamba_xl"), r"architecture 'medmamba_xl' is not a registered model"),
     (dict(architecture="resnet50", cam_target_layer="layer4", cam_reshape=None), r"not a resnet50 state_dict"),
     (dict(class_names=["a", "b"]), r"class_names has 2 names but num_classes is 5"),

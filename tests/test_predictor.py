@@ -35,7 +35,8 @@ def test_probabilities_follow_the_checkpoint_preprocessing(predictor, photo):
     with torch.inference_mode():
         expected = torch.softmax(predictor.model(to_model_input(photo, **kwargs)).double(), 1)[0].numpy()
     np.testing.assert_allclose(list(prediction.probabilities.values()), expected, atol=1e-6)
-    assert prediction.grade == int(expected.argmax()) and prediction.grade_name == predictor.class_names[prediction.grade]
+    assert prediction.grade == int(expected.argmax())
+    assert prediction.grade_name == predictor.class_names[prediction.grade]
     assert prediction.referable_probability == pytest.approx(expected[2:].sum())
     assert prediction.referable == (expected[2:].sum() >= 0.3)                  # the config's threshold
     assert predictor.predict(photo, referable_threshold=0.99).referable is False

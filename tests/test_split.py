@@ -145,7 +145,7 @@ def test_cli_writes_a_split(tmp_path, capsys):
 
 def test_cli_as_a_module_exits_2_on_bad_data(tmp_path):
     result = subprocess.run([sys.executable, "-m", "drdemo.data.split", "--data", str(tmp_path / "missing"),
-                             "--out", str(tmp_path / "split.json")], cwd=ROOT, capture_output=True, text=True, check=False,
-                            timeout=120)
+                             "--out", str(tmp_path / "split.json")],
+                            cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and "no such folder" in result.stderr

@@ -42,7 +42,8 @@ class Augmentation:
             steps.append(T.RandomVerticalFlip())
         if self.rotation_degrees or self.scale != (1.0, 1.0) or self.translate:
             # fill 0: what rotates in from outside is the camera's black surround.
-            steps.append(T.RandomAffine(self.rotation_degrees, translate=(self.translate, self.translate) if self.translate else None,
+            translate = (self.translate, self.translate) if self.translate else None
+            steps.append(T.RandomAffine(self.rotation_degrees, translate=translate,
                                         scale=self.scale, interpolation=T.InterpolationMode.BILINEAR, fill=0))
         if self.blur_probability:
             blur = T.GaussianBlur(self.blur_kernel, sigma=self.blur_sigma)

@@ -159,5 +159,6 @@ def run(kernel: str, params: ScanParams, dtype: torch.dtype) -> None:
     fn = getattr(lib, f"scan_{kernel}_{'f64' if dtype == torch.float64 else 'f32'}")
     code = fn(ctypes.byref(params), torch.get_num_threads())
     if code:
-        raise RuntimeError({1: "selective scan kernel: invalid parameters (d_state over 64?)",
-                            2: "selective scan kernel: out of memory"}.get(code, f"selective scan kernel failed ({code})"))
+        messages = {1: "selective scan kernel: invalid parameters (d_state over 64?)",
+                    2: "selective scan kernel: out of memory"}
+        raise RuntimeError(messages.get(code, f"selective scan kernel failed ({code})"))

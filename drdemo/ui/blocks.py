@@ -133,7 +133,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
 
     @_user_errors
     @_on_gpu
-    def grade_batch(files, threshold=0.5, progress=gr.Progress()):
+    def grade_batch(files, threshold=0.5, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
         if not files:
             raise gr.Error("Upload image files or a zip archive first.")
         paths = [getattr(f, "name", f) for f in files]
