@@ -141,7 +141,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
             items = batch_grading.collect(paths, Path(workdir))
             results = batch_grading.grade(items, predictors, _admit, referable_threshold=float(threshold),
                                           progress=lambda share, text: progress(share, desc=text))
-        out = Path(tempfile.mkdtemp(prefix="drdemo-csv-")) / f"drdemo_batch_{time.strftime('%Y%m%d_%H%M%S')}.csv"
+        out = _output_folder() / f"drdemo_batch_{time.strftime('%Y%m%d_%H%M%S')}_{time.monotonic_ns()}.csv"
         batch_grading.write_csv(results, predictors, out)
         most, least = batch_grading.extremes(results, predictors[0].name)
         gallery = [(r.thumbnail, f"most confident: {r.name}: {r.predictions[predictors[0].name].grade_name}")
@@ -221,6 +221,17 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about(served))
     return demo
+
+
+def _output_folder() -> Path:
+    """Where batch CSVs wait for Gradio to serve them; files older than CACHE_SECONDS are deleted here."""
+    folder = Path(tempfile.gettempdir()) / "drdemo-outputs"
+    folder.mkdir(exist_ok=True)
+    cutoff = time.time() - CACHE_SECONDS
+    for old in folder.iterdir():
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+    return folder
 
 
 def _about(served: Sequence[ServedModel]) -> str:
