@@ -293,10 +293,31 @@ loaded = load_model("<this repo id or folder>")
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
 
 
+def _training_stages(provenance: dict) -> list[dict]:
+    """The training runs behind the weights, first to last: a run started with --init-from records
+    the provenance of the checkpoint it started from, which may itself have been warm-started."""
+    stages = [provenance]
+    while stages[0].get("initialised_from_provenance"):
+        try:
+            stages.insert(0, json.loads(stages[0]["initialised_from_provenance"]))
+        except (TypeError, json.JSONDecodeError):
+            break
+    return stages
+
+
 def _how_it_was_made(provenance: dict) -> str:
     """The exact commands behind the weights and the reported metrics, where recorded."""
-    steps = [(label, provenance[key]) for label, key in (
-        ("Data", "data_command"), ("Training", "command"), ("Evaluation", "evaluation_command")) if provenance.get(key)]
+    stages = _training_stages(provenance)
+    data_commands = list(dict.fromkeys(s["data_command"] for s in stages if s.get("data_command")))
+    steps = [("Data", command) for command in data_commands]
+    for number, stage in enumerate(stages, 1):
+        if stage.get("command"):
+            label = "Training" if len(stages) == 1 else f"Training, stage {number} of {len(stages)}"
+            seconds = stage.get("training_seconds")
+            steps.append((label + (f" ({seconds / 60:.0f} min on {stage.get('device', '?')})" if seconds else ""),
+                          stage["command"]))
+    if provenance.get("evaluation_command"):
+        steps.append(("Evaluation", provenance["evaluation_command"]))
     if not steps:
         return ""
     lines = "\n".join(f"# {label}\n{command}" for label, command in steps)
