@@ -1,11 +1,13 @@
 """Benchmarks that report ratios measured in one run, so a noisy shared machine cancels out.
 
     python -m drdemo.bench [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
+    python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
 
 Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and
 the ratio to torchvision InceptionV3 timed in the same rounds (models are interleaved round
 by round); the selective scan's speedup over the sequential PyTorch loop and its error
 against the float64 oracle (also under stress); and MedMamba-T training throughput.
+The `app` suite measures the running app end to end (see drdemo.bench_app).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from drdemo import bench_app
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
 
@@ -181,25 +184,27 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, table: str) -> None:
+def update_readme(path: Path, table: str, start: str = README_START, end: str = README_END) -> None:
     text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{path} has no {README_START} ... {README_END} section to update")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} section to update")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drdemo.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="models", choices=["models"],
-                        help="what to measure (default: models)")
+    parser.add_argument("suite", nargs="?", default="models", choices=["models", "app"],
+                        help="models: bare networks; app: app.py end to end over HTTP (default: models)")
     parser.add_argument("--models", default=",".join(list_models()),
                         help="comma-separated registry names (default: all)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed rounds at batch 1 (default: 20)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default: 20 for models, 10 for app)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--load-clients", type=int, default=4, help="app: concurrent clients (default: 4)")
+    parser.add_argument("--load-requests", type=int, default=25, help="app: requests per client (default: 25)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--readme", type=Path, help="rewrite the benchmark section of this README")
     args = parser.parse_args(argv)
@@ -208,8 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(list_models()))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats is None:
+        args.repeats = 10 if args.suite == "app" else 20
+    for name in ("repeats", "load_clients", "load_requests"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.readme is not None:
+        markers = {"models": (README_START, README_END), "app": (bench_app.README_START, bench_app.README_END)}[
+            args.suite]
+        if not args.readme.is_file() or not all(m in args.readme.read_text() for m in markers):
+            parser.error(f"--readme {args.readme} has no {markers[0]} ... {markers[1]} section to update")
+    if args.suite == "app":
+        return _main_app(args)
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
@@ -229,6 +244,22 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2))
     if args.readme:
         update_readme(args.readme, table)
+    return 0
+
+
+def _main_app(args: argparse.Namespace) -> int:
+    try:
+        report = bench_app.bench_app(args.repeats, args.load_clients, args.load_requests)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    table = bench_app.markdown(report)
+    print(json.dumps(report["targets"], indent=2))
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.readme:
+        update_readme(args.readme, table, bench_app.README_START, bench_app.README_END)
     return 0
 
 

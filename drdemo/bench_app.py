@@ -1,0 +1,363 @@
+"""End-to-end benchmark of the running app, as users feel it: HTTP in, probabilities and heat maps out.
+
+    python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
+
+Starts app.py on 127.0.0.1 and measures in one run: cold start (process start to the first answered
+/grade); /grade and /compare latency over real HTTP with gradio_client, interleaved round by round with
+a bare torchvision InceptionV3 forward at 299 px (the unit, so results are ratios that a noisy machine
+cancels out); the app's resident memory (steady, peak, before and after the load phase); and a bounded
+load phase of concurrent clients on loopback with error, lost-request and throughput counts and the
+app's CPU use (the queue should keep it near the core count, not above).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
+README_START, README_END = "<!-- bench:app:start -->", "<!-- bench:app:end -->"
+GRADE_NAMES = {"No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR"}
+REQUEST_TIMEOUT_S = 300
+
+
+class BadAnswer(Exception):
+    """The app answered, but not with what the endpoint promises."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_memory_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of a process in MiB, from /proc (Linux)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    after_name = stat.rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def check_label(label: dict) -> str:
+    """The grade a gr.Label value names, after checking it holds five probabilities that sum to 1."""
+    confidences = {c["label"]: c["confidence"] for c in label.get("confidences", [])}
+    if set(confidences) != GRADE_NAMES:
+        raise BadAnswer(f"label has classes {sorted(confidences)}, not the five ICDR grades")
+    if abs(sum(confidences.values()) - 1) > 1e-3:
+        raise BadAnswer(f"probabilities sum to {sum(confidences.values()):.4f}")
+    return label["label"]
+
+
+def check_answer(endpoint: str, answer: tuple) -> None:
+    """Raise BadAnswer unless `answer` has the shape `endpoint` documents, with image files that exist."""
+    if endpoint == "/grade":
+        label, pair, text = answer
+        check_label(label)
+        images = list(pair)
+    elif endpoint == "/compare":
+        label_a, label_b, cam_a, cam_b, text = answer
+        check_label(label_a)
+        check_label(label_b)
+        images = [cam_a, cam_b]
+    else:
+        raise ValueError(f"unknown endpoint {endpoint}")
+    if not text or not all(isinstance(p, str) and Path(p).is_file() for p in images):
+        raise BadAnswer(f"{endpoint} answered without its text or heat map images")
+
+
+@dataclass
+class AppProcess:
+    """app.py started by the benchmark, with the moment it was started."""
+
+    process: subprocess.Popen
+    url: str
+    started: float
+    log: Path
+
+    def memory_mb(self) -> tuple[float, float]:
+        return process_memory_mb(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_app(workdir: Path, extra_env: dict[str, str] | None = None) -> AppProcess:
+    """Start app.py on a free loopback port, analytics off, its temporary files under `workdir`."""
+    port = _free_port()
+    log = workdir / "app.log"
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio"), **(extra_env or {})}
+    with open(log, "w") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    return AppProcess(process, f"http://127.0.0.1:{port}/", started, log)
+
+
+def wait_until_serving(app: AppProcess, timeout_s: float = 300) -> float:
+    """Seconds from process start until the page answers; raises with the app's log if it never does."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if app.process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {app.process.returncode}:\n{app.log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(app.url, timeout=2)
+            return time.perf_counter() - app.started
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s:\n{app.log.read_text()[-3000:]}")
+
+
+def _client(url: str):
+    from gradio_client import Client
+    return Client(url, verbose=False)
+
+
+def call(client, endpoint: str, image: Path) -> float:
+    """Seconds one request takes over HTTP, answer checked."""
+    from gradio_client import handle_file
+    start = time.perf_counter()
+    answer = client.predict(handle_file(str(image)), api_name=endpoint)
+    seconds = time.perf_counter() - start
+    check_answer(endpoint, answer)
+    return seconds
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    requests_per_client: int
+    ok: int = 0
+    errors: list[str] = field(default_factory=list)
+    lost: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def submitted(self) -> int:
+        return self.clients * self.requests_per_client
+
+    def summary(self) -> dict:
+        return {"clients": self.clients, "requests_per_client": self.requests_per_client,
+                "submitted": self.submitted, "ok": self.ok, "errors": len(self.errors), "lost": self.lost,
+                "error_messages": sorted(set(self.errors))[:5], "seconds": round(self.seconds, 1),
+                "requests_per_second": round(self.ok / self.seconds, 3) if self.seconds else None,
+                "latency_p50_s": _percentile(self.latencies, 50), "latency_p95_s": _percentile(self.latencies, 95)}
+
+
+def load_phase(url: str, images: list[Path], clients: int, requests_per_client: int,
+               endpoints: tuple[str, ...] = ("/grade", "/compare")) -> LoadResult:
+    """`clients` concurrent gradio_client sessions, each sending its requests one after another,
+    cycling through `endpoints` and `images`. A request that never comes back is counted lost."""
+    from gradio_client import handle_file
+    result = LoadResult(clients, requests_per_client)
+    lock = threading.Lock()
+
+    def session(index: int) -> None:
+        client = _client(url)
+        for n in range(requests_per_client):
+            endpoint = endpoints[(index + n) % len(endpoints)]
+            image = images[(index * requests_per_client + n) % len(images)]
+            start = time.perf_counter()
+            try:
+                job = client.submit(handle_file(str(image)), api_name=endpoint)
+                answer = job.result(timeout=REQUEST_TIMEOUT_S)
+                check_answer(endpoint, answer)
+            except TimeoutError:
+                with lock:
+                    result.lost += 1
+            except Exception as exc:  # every failure is counted and reported, none stops the phase
+                with lock:
+                    result.errors.append(f"{endpoint}: {type(exc).__name__}: {exc}"[:300])
+            else:
+                with lock:
+                    result.ok += 1
+                    result.latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(session, range(clients)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = int(rank), min(int(rank) + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 4)
+
+
+def _unit_forward() -> Callable[[], float]:
+    """Seconds of one bare torchvision InceptionV3 forward at 299 px, batch 1 (the unit of every ratio)."""
+    torch.manual_seed(0)
+    model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
+    x = torch.randn(1, 3, 299, 299)
+
+    def run() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model(x)
+        return time.perf_counter() - start
+    for _ in range(2):
+        run()
+    return run
+
+
+def large_upload(workdir: Path, source: Path, size: tuple[int, int] = (4000, 3000)) -> Path:
+    """A camera-sized JPEG (12 MP) made from an example, to time the decode/downscale path."""
+    from PIL import Image
+    path = workdir / "camera_4000x3000.jpeg"
+    with Image.open(source) as image:
+        image.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(path, quality=92)
+    return path
+
+
+class _MemoryWatch:
+    """Samples the app's RSS every `interval` seconds on a thread; `.peak_mb` is the largest seen."""
+
+    def __init__(self, app: AppProcess, interval: float = 0.2):
+        self.app, self.interval, self.peak_mb = app, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.app.memory_mb()[0])
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_app(repeats: int = 10, load_clients: int = 4, load_requests: int = 25,
+              extra_env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> dict:
+    """The whole measurement; see the module docstring."""
+    images = sorted(EXAMPLES.glob("*.jpeg"))
+    if not images:
+        raise RuntimeError(f"no example images in {EXAMPLES}")
+    report: dict = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="drdemo-bench-") as tmp:
+        workdir = Path(tmp)
+        camera_file = large_upload(workdir, images[0])
+        app = start_app(workdir, extra_env)
+        try:
+            page_s = wait_until_serving(app)
+            client = _client(app.url)
+            call(client, "/grade", images[0])
+            report["cold_start_s"] = round(time.perf_counter() - app.started, 2)
+            report["page_ready_s"] = round(page_s, 2)
+            log(f"cold start {report['cold_start_s']} s (page after {report['page_ready_s']} s)")
+            unit = _unit_forward()
+            samples: dict[str, list[float]] = {"unit": [], "/grade": [], "/compare": [], "camera_grade": []}
+            for round_ in range(repeats):
+                image = images[round_ % len(images)]
+                samples["unit"].append(unit())
+                samples["/grade"].append(call(client, "/grade", image))
+                samples["/compare"].append(call(client, "/compare", image))
+                samples["camera_grade"].append(call(client, "/grade", camera_file))
+            unit_ms = statistics.median(samples["unit"]) * 1e3
+            latency = {}
+            for name in ("/grade", "/compare", "camera_grade"):
+                p50, p95 = _percentile(samples[name], 50) * 1e3, _percentile(samples[name], 95) * 1e3
+                latency[name] = {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+                                 "p50_vs_inception": round(p50 / unit_ms, 2)}
+            report["unit_inception_v3_ms"] = round(unit_ms, 1)
+            report["latency"] = latency
+            log(f"latency {latency} (unit {unit_ms:.1f} ms)")
+            report["steady_rss_mb"] = round(app.memory_mb()[0], 1)
+            cpu_before, wall_before = app.cpu_seconds(), time.perf_counter()
+            with _MemoryWatch(app) as watch:
+                result = load_phase(app.url, images, load_clients, load_requests)
+            cores_used = (app.cpu_seconds() - cpu_before) / (time.perf_counter() - wall_before)
+            rss_after, peak = app.memory_mb()
+            report["load"] = {**result.summary(), "app_cpu_cores_used": round(cores_used, 2),
+                              "rss_before_mb": report["steady_rss_mb"], "rss_after_mb": round(rss_after, 1),
+                              "rss_peak_during_mb": round(watch.peak_mb, 1),
+                              "rss_growth_percent": round(100 * (rss_after / report["steady_rss_mb"] - 1), 1)}
+            report["peak_rss_mb"] = round(peak, 1)
+            log(f"load {report['load']}")
+            report["still_answers"] = bool(call(client, "/grade", images[-1]))
+        finally:
+            app.stop()
+    report["targets"] = targets(report)
+    return report
+
+
+def targets(report: dict) -> dict:
+    """Each target of the issue, met or not, from the measured numbers."""
+    latency, load = report["latency"], report["load"]
+    return {
+        "compare_p50_le_5x_inception": latency["/compare"]["p50_vs_inception"] <= 5,
+        "grade_p50_le_2_5x_inception": latency["/grade"]["p50_vs_inception"] <= 2.5,
+        "cold_start_lt_15s": report["cold_start_s"] < 15,
+        "rss_lt_2_5gb_under_load": report["peak_rss_mb"] < 2560,
+        "rss_growth_lt_10_percent": load["rss_growth_percent"] < 10,
+        "load_without_errors_or_losses": load["errors"] == 0 and load["lost"] == 0,
+        "queue_keeps_cpu_within_cores": load["app_cpu_cores_used"] <= (report["cpu_count"] or 1) * 1.05,
+    }
+
+
+def markdown(report: dict) -> str:
+    latency, load = report["latency"], report["load"]
+    unit = report["unit_inception_v3_ms"]
+    lines = [
+        f"Measured by `python -m drdemo.bench app` ({report['cpu_count']} CPUs, torch {report['torch']}): app.py on "
+        f"127.0.0.1, requests through gradio_client, interleaved with a bare torchvision InceptionV3 forward at "
+        f"299 px ({unit} ms, the unit).",
+        "",
+        "| path | p50 (ms) | p95 (ms) | p50 vs InceptionV3 forward |",
+        "|---|---|---|---|",
+        f"| `/grade` (MedMamba-T, probabilities + Grad-CAM, 512 px JPEG) | {latency['/grade']['p50_ms']} | "
+        f"{latency['/grade']['p95_ms']} | {latency['/grade']['p50_vs_inception']}x |",
+        f"| `/grade`, 4000x3000 camera JPEG | {latency['camera_grade']['p50_ms']} | "
+        f"{latency['camera_grade']['p95_ms']} | {latency['camera_grade']['p50_vs_inception']}x |",
+        f"| `/compare` (both models, both CAMs) | {latency['/compare']['p50_ms']} | {latency['/compare']['p95_ms']} | "
+        f"{latency['/compare']['p50_vs_inception']}x |",
+        "",
+        f"Cold start (process start to first answered `/grade`): {report['cold_start_s']} s. Memory: "
+        f"{report['steady_rss_mb']} MB steady, {report['peak_rss_mb']} MB peak. Load: {load['clients']} clients x "
+        f"{load['requests_per_client']} requests (alternating `/grade` and `/compare`): {load['ok']} answered, "
+        f"{load['errors']} errors, {load['lost']} lost, {load['requests_per_second']} requests/s, p50 "
+        f"{load['latency_p50_s']} s, app CPU {load['app_cpu_cores_used']} cores; RSS {load['rss_before_mb']} -> "
+        f"{load['rss_after_mb']} MB over those {load['submitted']} requests ({load['rss_growth_percent']:+}%).",
+    ]
+    return "\n".join(lines)
