@@ -1,13 +1,15 @@
 """Benchmarks that report ratios measured in one run, so a noisy shared machine cancels out.
 
     python -m drdemo.bench [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
+    python -m drdemo.bench inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme README.md]
     python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
 
 Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and
 the ratio to torchvision InceptionV3 timed in the same rounds (models are interleaved round
 by round); the selective scan's speedup over the sequential PyTorch loop and its error
 against the float64 oracle (also under stress); and MedMamba-T training throughput.
-The `app` suite measures the running app end to end (see drdemo.bench_app).
+The `inference` suite tries inference options on the bundled checkpoints (drdemo.bench_inference);
+the `app` suite measures the running app end to end (drdemo.bench_app).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drdemo import bench_app
+from drdemo import bench_app, bench_inference
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
 
@@ -195,14 +197,17 @@ def update_readme(path: Path, table: str, start: str = README_START, end: str = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drdemo.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="models", choices=["models", "app"],
-                        help="models: bare networks; app: app.py end to end over HTTP (default: models)")
+    parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app"],
+                        help="models: bare networks; inference: options such as int8 and torch.compile on "
+                             "the checkpoints; app: app.py end to end over HTTP (default: models)")
     parser.add_argument("--models", default=",".join(list_models()),
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default: 20 for models, 10 for app)")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default: 1,8)")
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--checkpoints", help="inference: comma-separated checkpoint folders (default: bundled)")
+    parser.add_argument("--images", type=int, default=100, help="inference: images whose grades must not change")
     parser.add_argument("--load-clients", type=int, default=4, help="app: concurrent clients (default: 4)")
     parser.add_argument("--load-requests", type=int, default=25, help="app: requests per client (default: 25)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -215,16 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
     if args.repeats is None:
         args.repeats = 10 if args.suite == "app" else 20
-    for name in ("repeats", "load_clients", "load_requests"):
+    for name in ("repeats", "load_clients", "load_requests", "images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.readme is not None:
-        markers = {"models": (README_START, README_END), "app": (bench_app.README_START, bench_app.README_END)}[
-            args.suite]
+        markers = {"models": (README_START, README_END), "app": (bench_app.README_START, bench_app.README_END),
+                   "inference": (bench_inference.README_START, bench_inference.README_END)}[args.suite]
         if not args.readme.is_file() or not all(m in args.readme.read_text() for m in markers):
             parser.error(f"--readme {args.readme} has no {markers[0]} ... {markers[1]} section to update")
     if args.suite == "app":
         return _main_app(args)
+    if args.suite == "inference":
+        return _main_inference(args, parser)
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
@@ -244,6 +251,23 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2))
     if args.readme:
         update_readme(args.readme, table)
+    return 0
+
+
+def _main_inference(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    folders = ([Path(f.strip()) for f in args.checkpoints.split(",") if f.strip()] if args.checkpoints
+               else list(bench_inference.DEFAULT_CHECKPOINTS))
+    missing = [str(f) for f in folders if not (f / "config.json").is_file()]
+    if missing:
+        parser.error(f"not a checkpoint folder (no config.json): {', '.join(missing)}")
+    images = bench_inference.agreement_images(args.images)
+    rows = [row for folder in folders for row in bench_inference.bench_checkpoint(folder, images, args.repeats)]
+    table = bench_inference.markdown(rows, torch.get_num_threads())
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    if args.readme:
+        update_readme(args.readme, table, bench_inference.README_START, bench_inference.README_END)
     return 0
 
 
