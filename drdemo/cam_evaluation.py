@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from drdemo.cam_metrics import energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import Sample, open_image
-from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, Explainer, overlay
+from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, Explainer, ExplainError, overlay
 from drdemo.preprocess import prepare_image, prepare_mask, preprocess_kwargs, to_model_input
 
 DEFAULT_ROAD_PERCENTILES = (20, 40, 60, 80)
@@ -43,8 +43,10 @@ def lesion_union(root: Path, image_id: str) -> np.ndarray:
 def evaluate_cams(loaded, root: Path, samples: Sequence[Sample], methods: Sequence[str], default_method: str,
                   limit: int | None = 50, road_limit: int | None = 20,
                   road_percentiles: Sequence[int] = DEFAULT_ROAD_PERCENTILES, seed: int = 0,
-                  grid_cases: int = 4, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Scores per method and for the random baseline, and the first `grid_cases` cases for a figure.
+                  grid_cases: int = 4, progress: bool = True,
+                  layers: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
+    """Scores per method (at each of `layers`, default the checkpoint's CAM layer) and for the random
+    baseline, and the first `grid_cases` cases for a figure.
 
     ROAD needs a sparse linear solve per image and percentile, so it runs on the first `road_limit`
     images only; the pointing games use all `limit` images.
@@ -52,6 +54,14 @@ def evaluate_cams(loaded, root: Path, samples: Sequence[Sample], methods: Sequen
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown:
         raise CamEvaluationError(f"unknown CAM method(s) {', '.join(unknown)}; choose from {', '.join(CAM_METHODS)}")
+    config = loaded.config
+    layers = list(dict.fromkeys(layers or [config.cam_target_layer]))
+    explainers = {}
+    for layer in layers:
+        try:
+            explainers[layer] = Explainer(loaded.model, layer, config.cam_reshape, config.num_classes)
+        except ExplainError as exc:
+            raise CamEvaluationError(f"--cam-layers: {exc}") from exc
     if not (root / "masks").is_dir():
         raise CamEvaluationError(f"{root} has no masks/ folder: --cam needs lesion masks, which only the synthetic "
                                  f"layout (python -m drdemo.data.synthetic) provides")
@@ -60,20 +70,20 @@ def evaluate_cams(loaded, root: Path, samples: Sequence[Sample], methods: Sequen
         raise CamEvaluationError("no image of grade >= 1 to score CAMs on")
     with torch.random.fork_rng():  # ROAD's imputation noise: seeded, without touching the caller's RNG
         torch.manual_seed(seed)
-        return _score(loaded, root, with_lesions, methods, default_method, road_limit, road_percentiles,
+        return _score(loaded, root, with_lesions, methods, default_method, explainers, road_limit, road_percentiles,
                       np.random.default_rng(seed), grid_cases, progress)
 
 
 def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence[str], default_method: str,
-           road_limit: int | None, road_percentiles: Sequence[int], rng: np.random.Generator, grid_cases: int,
-           progress: bool) -> tuple[dict, list[dict]]:
+           explainers: dict[str, Explainer], road_limit: int | None, road_percentiles: Sequence[int],
+           rng: np.random.Generator, grid_cases: int, progress: bool) -> tuple[dict, list[dict]]:
     config, model = loaded.config, loaded.model
     kwargs = preprocess_kwargs(config)
-    explainer = Explainer.for_checkpoint(model, config)
     tolerance = pointing_tolerance(config.input_size)
     road = ROADCombined(percentiles=list(road_percentiles))
-    names = [*methods, RANDOM_BASELINE]
-    scores: dict[str, dict[str, list]] = {m: {"pointing": [], "energy": [], "road": [], "flat": []} for m in names}
+    default_layer = config.cam_target_layer if config.cam_target_layer in explainers else next(iter(explainers))
+    keys = [(layer, method) for layer in explainers for method in methods] + [(None, RANDOM_BASELINE)]
+    scores: dict[tuple, dict[str, list]] = {k: {"pointing": [], "energy": [], "road": [], "flat": []} for k in keys}
     area_shares, cases = [], []
     started = time.perf_counter()
     for index, sample in enumerate(tqdm(with_lesions, desc="CAM faithfulness", disable=not progress)):
@@ -83,40 +93,49 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
         area_shares.append(float(mask.mean()))
         maps = {}
         predicted = None
-        for method in methods:
-            explanation = explainer.explain(batch, method=method, target=predicted)
-            predicted = explanation.target  # every method explains the same (predicted) class
-            maps[method] = explanation.heatmap
-        maps[RANDOM_BASELINE] = random_map(mask.shape, rng)
-        for name in names:
-            heatmap = maps[name]
-            scores[name]["pointing"].append(pointing_hit(heatmap, mask, tolerance))
-            scores[name]["energy"].append(energy_share(heatmap, mask))
-            scores[name]["flat"].append(is_flat(heatmap))
+        for layer, explainer in explainers.items():
+            for method in methods:
+                explanation = explainer.explain(batch, method=method, target=predicted)
+                predicted = explanation.target  # every method explains the same (predicted) class
+                maps[layer, method] = explanation.heatmap
+        maps[None, RANDOM_BASELINE] = random_map(mask.shape, rng)
+        for key in keys:
+            heatmap = maps[key]
+            scores[key]["pointing"].append(pointing_hit(heatmap, mask, tolerance))
+            scores[key]["energy"].append(energy_share(heatmap, mask))
+            scores[key]["flat"].append(is_flat(heatmap))
             if road_limit is None or index < road_limit:
                 with torch.no_grad():
-                    scores[name]["road"].append(float(road(batch, heatmap[None], [ClassifierOutputTarget(predicted)],
-                                                           model)[0]))
+                    scores[key]["road"].append(float(road(batch, heatmap[None], [ClassifierOutputTarget(predicted)],
+                                                          model)[0]))
         if len(cases) < grid_cases:
             cases.append({"image_id": sample.image_id, "grade": sample.grade, "predicted": predicted,
                           "image": prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"]),
-                          "mask": mask, "maps": {m: maps[m] for m in methods}})
+                          "mask": mask, "maps": {m: maps[default_layer, m] for m in methods}})
 
-    def summary(name: str) -> dict:
-        values = scores[name]
+    def summary(key: tuple) -> dict:
+        values = scores[key]
         return {"pointing_game": float(np.mean(values["pointing"])),
                 "energy_pointing_game": float(np.mean(values["energy"])),
                 "road_combined": float(np.mean(values["road"])) if values["road"] else None,
                 "flat_maps": int(np.sum(values["flat"]))}
 
-    per_method = {m: summary(m) for m in methods}
-    baseline = summary(RANDOM_BASELINE)
-    notes = [f"{m}: ROAD {per_method[m]['road_combined']:.4f} is not better than the random map's "
-             f"{baseline['road_combined']:.4f}" for m in methods
-             if per_method[m]["road_combined"] is not None and baseline["road_combined"] is not None
-             and per_method[m]["road_combined"] <= baseline["road_combined"]]
+    by_layer = {layer: {m: summary((layer, m)) for m in methods} for layer in explainers}
+    per_method = by_layer[default_layer]
+    baseline = summary((None, RANDOM_BASELINE))
+    notes = [f"{m} at {layer}: ROAD {row['road_combined']:.4f} is not better than the random map's "
+             f"{baseline['road_combined']:.4f}" for layer, table in by_layer.items() for m, row in table.items()
+             if row["road_combined"] is not None and baseline["road_combined"] is not None
+             and row["road_combined"] <= baseline["road_combined"]]
+
+    def rank(pair: tuple[str, str]) -> tuple[float, float]:
+        layer, method = pair
+        return by_layer[layer][method]["pointing_game"], by_layer[layer][method]["energy_pointing_game"]
+
+    best_layer, best_method = max(((layer, m) for layer in by_layer for m in methods), key=rank)
     result = {
         "default_method": default_method,
+        "default_layer": default_layer,
         "pointing_game": per_method[default_method]["pointing_game"] if default_method in per_method else None,
         "target": "the model's predicted class",
         "n_images": len(with_lesions),
@@ -126,9 +145,10 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
         "road_percentiles": list(road_percentiles),
         "mask_area_share": float(np.mean(area_shares)),
         "methods": per_method,
+        "layers": by_layer,
         "random_baseline": baseline,
-        "best_pointing_method": max(methods, key=lambda m: (per_method[m]["pointing_game"],
-                                                             per_method[m]["energy_pointing_game"])),
+        "best_pointing_method": max(methods, key=lambda m: rank((default_layer, m))),
+        "best": {"layer": best_layer, "method": best_method, **by_layer[best_layer][best_method]},
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -12,7 +12,7 @@ arbitrary code when loaded and are refused.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -61,6 +61,9 @@ class CheckpointConfig:
     # conversion, cropping to the field of view when crop_fov, then a square resize.
     preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True})
     referable_threshold: float = 0.5
+    # How well each CAM method points at lesions ("test") and how the default method and layer were
+    # chosen ("selection"), written by `python -m drdemo.evaluate --cam --record / --choose-cam-default`.
+    cam_evaluation: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)  # trained, data, recipe, seed, code_commit, ...
     metrics: dict = field(default_factory=dict)
     format: str = FORMAT
@@ -275,6 +278,7 @@ Code commit: {provenance.get("code_commit", "not recorded")}.
 |---|---|
 {metric_rows}
 
+{_explanations(config)}
 ## Input
 RGB, {"cropped to the field of view (black border removed, padded to a square), " if config.preprocessing["crop_fov"]
       else ""}resized to {config.input_size} x {config.input_size} ({config.preprocessing["interpolation"]}),
@@ -291,6 +295,42 @@ loaded = load_model("<this repo id or folder>")
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _explanations(config: CheckpointConfig) -> str:
+    """The CAM table: how often each method's peak falls on a lesion, against a random map."""
+    from drdemo.explain import CAM_METHOD_NAMES as CAM_METHOD_LABELS
+    test, selection = config.cam_evaluation.get("test"), config.cam_evaluation.get("selection")
+    if not test:
+        return ""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [f"| {CAM_METHOD_LABELS.get(name, name)}{' (default)' if name == config.cam_method else ''} | "
+            f"{cell(v['pointing_game'])} | {cell(v['energy_pointing_game'])} | {cell(v['road_combined'])} |"
+            for name, v in test["methods"].items()]
+    baseline = test["random_baseline"]
+    rows.append(f"| random map (baseline) | {cell(baseline['pointing_game'])} | "
+                f"{cell(baseline['energy_pointing_game'])} | {cell(baseline['road_combined'])} |")
+    chosen = (f" The default ({CAM_METHOD_LABELS.get(selection['method'], selection['method'])} at "
+              f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}."
+              if selection else "")
+    notes = "".join(f"\n- {note}" for note in test.get("notes", []))
+    return f"""
+## Explanations (Grad-CAM)
+Does the heat map point at the lesions? Measured with the lesion masks of {test['n_images']} synthetic images
+of grade 1-4 ({test['data']}), layer `{test['layer']}`, explaining {test['target']}. Pointing game: share of
+images whose heat map peak lies on a lesion (within {test['pointing_tolerance_px']} px at {test['input_size']}
+px); energy share: share of the map's mass on lesions (lesions cover {100 * test['mask_area_share']:.1f}% of the
+image); ROAD (higher is more faithful): how much removing the most-highlighted pixels first hurts the
+prediction compared with removing the least-highlighted first ({test['n_images_road']} images).{chosen}
+
+| method | pointing game | energy share | ROAD |
+|---|---|---|---|
+{chr(10).join(rows)}
+{notes}
+"""
 
 
 def _training_stages(provenance: dict) -> list[dict]:
@@ -344,11 +384,47 @@ def record_evaluation(folder: str | Path, metrics: dict, data_description: str, 
             recorded[f"test_recall_{index}_{name.lower().replace(' ', '_')}"] = round(float(recall), 4)
     recorded["test_n"] = int(metrics["n"])
     provenance = dict(config.provenance, evaluation_data=data_description, evaluation_command=command)
-    config = CheckpointConfig.from_dict({**config.to_dict(), "metrics": recorded, "provenance": provenance},
-                                        source=str(folder / CONFIG_NAME))
+    return _write(folder, replace(config, metrics=recorded, provenance=provenance))
+
+
+def _rounded(scores: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()}
+
+
+def _write(folder: Path, config: CheckpointConfig) -> CheckpointConfig:
+    config = CheckpointConfig.from_dict(config.to_dict(), source=str(folder / CONFIG_NAME))
     (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     (folder / CARD_NAME).write_text(model_card(config))
     return config
+
+
+def record_cam_evaluation(folder: str | Path, cam_metrics: dict, data_description: str,
+                          command: str) -> CheckpointConfig:
+    """Write how well each CAM method (at the checkpoint's layer) points at lesions into config.json
+    and the model card, which the app's About tab shows."""
+    folder = Path(folder)
+    config = read_config(folder)
+    copied = ("target", "n_images", "n_images_road", "pointing_tolerance_px", "input_size")
+    test = {"data": data_description, "command": command, "layer": cam_metrics["default_layer"],
+            **{key: cam_metrics[key] for key in copied}, "mask_area_share": round(cam_metrics["mask_area_share"], 4),
+            "methods": {m: _rounded(v) for m, v in cam_metrics["methods"].items()},
+            "random_baseline": _rounded(cam_metrics["random_baseline"]), "notes": cam_metrics["notes"]}
+    return _write(folder, replace(config, cam_evaluation={**config.cam_evaluation, "test": test}))
+
+
+def choose_cam_default(folder: str | Path, cam_metrics: dict, data_description: str, command: str) -> CheckpointConfig:
+    """Make the best-pointing (layer, method) of `cam_metrics` the checkpoint's default CAM, and say
+    in config.json what it was chosen on. Choose on images other than those the card reports."""
+    folder = Path(folder)
+    config = read_config(folder)
+    best = cam_metrics["best"]
+    selection = {"data": data_description, "command": command, "layer": best["layer"], "method": best["method"],
+                 "rule": "highest pointing game, then energy share",
+                 "pointing_game": {layer: {m: round(v["pointing_game"], 4) for m, v in table.items()}
+                                   for layer, table in cam_metrics["layers"].items()}}
+    evaluation = {key: value for key, value in config.cam_evaluation.items() if key != "test"}
+    return _write(folder, replace(config, cam_method=best["method"], cam_target_layer=best["layer"],
+                                  cam_evaluation={**evaluation, "selection": selection}))
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Path,

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
-from drdemo.checkpoint import CheckpointError, record_evaluation
+from drdemo.checkpoint import CheckpointError, choose_cam_default, record_cam_evaluation, record_evaluation
 from drdemo.data import LAYOUTS, DatasetError, FundusDataset, Sample, detect_layout, load_samples, load_split
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.hub import LoadedModel, load_model
@@ -222,9 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cam-limit", type=int, default=50, help="images of grade >= 1 to score CAMs on")
     parser.add_argument("--road-limit", type=int, default=20,
                         help="of those, how many also get the (slow) ROAD perturbation score")
+    parser.add_argument("--cam-layers", nargs="+", metavar="LAYER",
+                        help="target layers to score the CAM methods at (default: the checkpoint's cam_target_layer)")
     parser.add_argument("--record", action="store_true",
-                        help="write the results (as test_* metrics) into the checkpoint folder's config.json and "
-                             "model card; local checkpoint folders only")
+                        help="write the results (as test_* metrics, and with --cam the CAM table) into the "
+                             "checkpoint folder's config.json and model card; local checkpoint folders only")
+    parser.add_argument("--choose-cam-default", action="store_true",
+                        help="with --cam: make the best-pointing method and layer the checkpoint's default CAM "
+                             "(run it on images other than the ones --record reports); local folders only")
     return parser
 
 
@@ -258,8 +263,11 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
         raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
-    if args.record and not Path(args.checkpoint).is_dir():
-        raise EvaluateError(f"--record writes into a local checkpoint folder; {args.checkpoint} is not one")
+    for flag, wanted in (("--record", args.record), ("--choose-cam-default", args.choose_cam_default)):
+        if wanted and not Path(args.checkpoint).is_dir():
+            raise EvaluateError(f"{flag} writes into a local checkpoint folder; {args.checkpoint} is not one")
+    if (args.choose_cam_default or args.cam_layers) and not args.cam:
+        raise EvaluateError("--choose-cam-default and --cam-layers need --cam")
     samples, layout = select_samples(args)
     loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
     config = loaded.config
@@ -283,17 +291,26 @@ def run(args: argparse.Namespace) -> dict:
     plot_roc(metrics, rows, args.out / ROC_NAME, title)
     if args.cam:
         cam_metrics, cases = evaluate_cams(loaded, args.data, samples, args.cam_methods, config.cam_method,
-                                           limit=args.cam_limit, road_limit=args.road_limit)
+                                           limit=args.cam_limit, road_limit=args.road_limit, layers=args.cam_layers)
         cam_metrics["checkpoint"] = metrics["checkpoint"]
         (args.out / CAM_METRICS_NAME).write_text(json.dumps(cam_metrics, indent=2, allow_nan=False) + "\n",
                                                  encoding="utf-8")
         plot_cam_grid(cases, args.out / CAM_GRID_NAME, f"{config.architecture}: where each CAM method looks")
         metrics["cam"] = {"pointing_game": cam_metrics["pointing_game"], "default_method": config.cam_method,
+                          "default_layer": cam_metrics["default_layer"], "best": cam_metrics["best"],
                           "file": CAM_METRICS_NAME}
     (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    command = "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
+    description = _describe(args.data, layout, len(samples))
     if args.record:
-        record_evaluation(args.checkpoint, metrics, _describe(args.data, layout, len(samples)),
-                          "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv))
+        record_evaluation(args.checkpoint, metrics, description, command)
+        if args.cam:
+            record_cam_evaluation(args.checkpoint, cam_metrics, description, command)
+    if args.choose_cam_default:
+        best = cam_metrics["best"]
+        choose_cam_default(args.checkpoint, cam_metrics, description, command)
+        print(f"default CAM of {args.checkpoint} is now {best['method']} at {best['layer']} "
+              f"(pointing game {best['pointing_game']:.3f})", file=sys.stderr)
     return metrics
 
 

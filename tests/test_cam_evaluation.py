@@ -1,6 +1,7 @@
 """`python -m drdemo.evaluate --cam` end to end on a tiny synthetic set and an untrained tiny-input model."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,11 @@ import torch
 from PIL import Image
 
 from drdemo.cam_evaluation import lesion_union
-from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+from drdemo.checkpoint import CheckpointConfig, read_config, save_checkpoint
 from drdemo.data import load_samples
 from drdemo.data.synthetic import write_dataset
 from drdemo.evaluate import main
+from drdemo.explain import CAM_METHOD_NAMES
 from drdemo.models import create_model
 from drdemo.preprocess import prepare_mask
 
@@ -76,3 +78,42 @@ def test_cam_needs_lesion_masks(workspace, tmp_path, capsys):
     (plain / "trainLabels.csv").write_text("image,level\n1_left,2\n")
     assert main(["--checkpoint", str(checkpoint), "--data", str(plain), "--out", str(tmp_path / "o"), "--cam"]) == 2
     assert "needs lesion masks" in capsys.readouterr().err
+
+
+def test_layers_are_compared_and_the_best_becomes_the_default(workspace, tmp_path):
+    root, data, checkpoint = workspace
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint, folder)
+    out = tmp_path / "choose"
+    layers = ["layers.3", "layers.2.blocks.1"]
+    assert main(["--checkpoint", str(folder), "--data", str(data), "--out", str(out), "--cam", "--cam-methods",
+                 "gradcam", "eigencam", "--cam-layers", *layers, "--cam-limit", "3", "--road-limit", "0",
+                 "--choose-cam-default"]) == 0
+    cams = json.loads((out / "cam_metrics.json").read_text())
+    assert set(cams["layers"]) == set(layers)
+    assert all(set(table) == {"gradcam", "eigencam"} for table in cams["layers"].values())
+    best = cams["best"]
+    assert best["pointing_game"] == max(v["pointing_game"] for t in cams["layers"].values() for v in t.values())
+    config = read_config(folder)
+    assert (config.cam_target_layer, config.cam_method) == (best["layer"], best["method"])
+    selection = config.cam_evaluation["selection"]
+    assert selection["pointing_game"][best["layer"]][best["method"]] == round(best["pointing_game"], 4)
+    assert "test" not in config.cam_evaluation         # chosen here, so nothing is reported on these images
+
+    assert main(["--checkpoint", str(folder), "--data", str(data), "--out", str(tmp_path / "test"), "--cam",
+                 "--cam-methods", "gradcam", "eigencam", "--cam-limit", "3", "--road-limit", "1", "--record"]) == 0
+    test = read_config(folder).cam_evaluation["test"]
+    assert test["layer"] == best["layer"] and set(test["methods"]) == {"gradcam", "eigencam"}
+    card = (folder / "README.md").read_text()
+    assert "## Explanations (Grad-CAM)" in card and "| random map (baseline) |" in card
+    assert f"{CAM_METHOD_NAMES[best['method']]} (default) |" in card and "was chosen by the pointing game" in card
+
+
+def test_cam_options_need_cam_and_a_real_layer(workspace, tmp_path, capsys):
+    root, data, checkpoint = workspace
+    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "a"),
+                 "--choose-cam-default"]) == 2
+    assert "need --cam" in capsys.readouterr().err
+    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "b"), "--cam",
+                 "--cam-layers", "layers.9"]) == 2
+    assert "--cam-layers" in capsys.readouterr().err
