@@ -245,13 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     report["models"] = bench_models(names, batch_sizes, args.repeats)
     if not args.skip_training:
         report["training"] = bench_training(args.repeats)
-    table = markdown(report)
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    if args.readme:
-        update_readme(args.readme, table)
-    return 0
+    return _publish(args, report, markdown(report), (README_START, README_END))
 
 
 def _main_inference(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -262,13 +256,8 @@ def _main_inference(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(f"not a checkpoint folder (no config.json): {', '.join(missing)}")
     images = bench_inference.agreement_images(args.images)
     rows = [row for folder in folders for row in bench_inference.bench_checkpoint(folder, images, args.repeats)]
-    table = bench_inference.markdown(rows, torch.get_num_threads())
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    if args.readme:
-        update_readme(args.readme, table, bench_inference.README_START, bench_inference.README_END)
-    return 0
+    return _publish(args, rows, bench_inference.markdown(rows, torch.get_num_threads()),
+                    (bench_inference.README_START, bench_inference.README_END))
 
 
 def _main_app(args: argparse.Namespace) -> int:
@@ -277,13 +266,17 @@ def _main_app(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    table = bench_app.markdown(report)
     print(json.dumps(report["targets"], indent=2))
+    return _publish(args, report, bench_app.markdown(report), (bench_app.README_START, bench_app.README_END))
+
+
+def _publish(args: argparse.Namespace, report: dict | list, table: str, markers: tuple[str, str]) -> int:
+    """Print the table; keep the report as JSON and rewrite the README section where asked."""
     print(table)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.readme:
-        update_readme(args.readme, table, bench_app.README_START, bench_app.README_END)
+        update_readme(args.readme, table, *markers)
     return 0
 
 
