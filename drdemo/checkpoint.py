@@ -313,18 +313,21 @@ def _explanations(config: CheckpointConfig) -> str:
     baseline = test["random_baseline"]
     rows.append(f"| random map (baseline) | {cell(baseline['pointing_game'])} | "
                 f"{cell(baseline['energy_pointing_game'])} | {cell(baseline['road_combined'])} |")
-    chosen = (f" The default ({CAM_METHOD_LABELS.get(selection['method'], selection['method'])} at "
-              f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}."
+    chosen = (f"\nThe default ({CAM_METHOD_LABELS.get(selection['method'], selection['method'])} at "
+              f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}.\n"
               if selection else "")
     notes = "".join(f"\n- {note}" for note in test.get("notes", []))
     return f"""
 ## Explanations (Grad-CAM)
-Does the heat map point at the lesions? Measured with the lesion masks of {test['n_images']} synthetic images
-of grade 1-4 ({test['data']}), layer `{test['layer']}`, explaining {test['target']}. Pointing game: share of
-images whose heat map peak lies on a lesion (within {test['pointing_tolerance_px']} px at {test['input_size']}
-px); energy share: share of the map's mass on lesions (lesions cover {100 * test['mask_area_share']:.1f}% of the
-image); ROAD (higher is more faithful): how much removing the most-highlighted pixels first hurts the
-prediction compared with removing the least-highlighted first ({test['n_images_road']} images).{chosen}
+Does the heat map point at the lesions? Measured with the lesion masks of the first {test['n_images']} images
+of grade 1-4 of: {test['data']}. Layer `{test['layer']}`; each map explains {test['target']}.
+
+- Pointing game: share of images whose heat map peak lies on a lesion (within
+  {test['pointing_tolerance_px']} px at {test['input_size']} px).
+- Energy share: share of the map's mass on lesions (lesions cover {100 * test['mask_area_share']:.1f}% of the image).
+- ROAD (higher is more faithful; first {test['n_images_road']} images): how much more the prediction drops when
+  the most-highlighted pixels are removed first than when the least-highlighted are.
+{chosen}
 
 | method | pointing game | energy share | ROAD |
 |---|---|---|---|
