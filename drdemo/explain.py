@@ -75,15 +75,30 @@ class Explainer:
             raise ExplainError(f"explain takes one image as a (1, 3, H, W) batch, got {tuple(batch.shape)}")
         if target is not None and not 0 <= target < self.num_classes:
             raise ExplainError(f"class {target} does not exist; the model has {self.num_classes} classes")
-        with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=[self.layer],
-                                                      reshape_transform=self.reshape) as cam:
-            targets = None if target is None else [ClassifierOutputTarget(int(target))]
-            maps = cam(input_tensor=batch, targets=targets)
-            logits = cam.outputs.detach().float()
+        # Registered before the CAM's own hooks, so it runs first on the target layer's output.
+        graph_start = self.layer.register_forward_hook(_start_graph_here)
+        try:
+            with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=[self.layer],
+                                                          reshape_transform=self.reshape) as cam:
+                targets = None if target is None else [ClassifierOutputTarget(int(target))]
+                maps = cam(input_tensor=batch, targets=targets)
+                logits = cam.outputs.detach().float()
+        finally:
+            graph_start.remove()
         probabilities = torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
         chosen = int(probabilities.argmax()) if target is None else int(target)
         return Explanation(probabilities=probabilities, heatmap=np.nan_to_num(maps[0]).astype(np.float32),
                            target=chosen, method=method)
+
+
+def _start_graph_here(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """With frozen weights (a served model), make the target layer's output the leaf of the autograd
+    graph: backward then stops at this layer and computes no weight gradients, which cuts a CAM's
+    cost to little more than one forward pass. The map is the same: it needs only the gradient of
+    the score with respect to this output."""
+    if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.detach().requires_grad_()
+    return None
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Image.Image:

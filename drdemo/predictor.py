@@ -59,7 +59,7 @@ class Predictor:
     """Preprocess an image the way the checkpoint says, run the model, return probabilities (and a CAM)."""
 
     def __init__(self, model: torch.nn.Module, config: CheckpointConfig):
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)  # served, never trained: a CAM's backward skips weights
         self.config = config
         self.explainer = Explainer.for_checkpoint(self.model, config)
 

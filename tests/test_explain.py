@@ -57,6 +57,23 @@ def test_probabilities_come_from_the_same_forward_pass_and_hooks_are_removed():
     assert chosen.target == 4
 
 
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam"])
+def test_frozen_weights_give_the_same_map_without_weight_gradients(method):
+    """A served model's weights are frozen: backward then stops at the target layer (half the cost),
+    and the map must not change."""
+    torch.manual_seed(0)
+    model = create_model("medmamba_t", num_classes=5).eval()
+    batch = torch.randn(1, 3, 64, 64)
+    full = Explainer(model, "layers.1.blocks.1", "bhwc_to_bchw", num_classes=5).explain(batch, method=method)
+    model.zero_grad(set_to_none=True)
+    model.requires_grad_(False)
+    frozen = Explainer(model, "layers.1.blocks.1", "bhwc_to_bchw", num_classes=5).explain(batch, method=method)
+    np.testing.assert_allclose(frozen.heatmap, full.heatmap, atol=1e-6)
+    np.testing.assert_allclose(frozen.probabilities, full.probabilities, atol=1e-9)
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(module._forward_hooks for module in model.modules())
+
+
 def test_bad_requests_are_refused_with_a_message():
     model = _bright_spot_detector()
     with pytest.raises(ExplainError, match="unknown CAM method"):
