@@ -19,7 +19,7 @@ from PIL import Image
 from drdemo.checkpoint import CheckpointConfig
 from drdemo.explain import Explainer
 from drdemo.metrics import task_probabilities
-from drdemo.models import ICDR_GRADES, create_model
+from drdemo.models import ICDR_GRADES, create_model, model_defaults
 from drdemo.preprocess import normalise, prepare_image
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, config: CheckpointConfig):
         self.model = model.eval().requires_grad_(False)  # served, never trained: a CAM's backward skips weights
+        if model_defaults(config.architecture).channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.config = config
         self.explainer = Explainer.for_checkpoint(self.model, config)
 

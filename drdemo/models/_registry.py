@@ -32,6 +32,9 @@ class ModelDefaults:
     mean: tuple[float, float, float] = FUNDUS_MEAN
     std: tuple[float, float, float] = FUNDUS_STD
     family: str = ""
+    # Serve with channels-last weights: measured faster on CPU by `python -m drdemo.bench inference`
+    # with no grade changed (InceptionV3 0.78x); left off where it gained nothing (MedMamba-T 1.03x).
+    channels_last: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

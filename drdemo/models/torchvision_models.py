@@ -13,7 +13,7 @@ from torchvision import models as tv
 from drdemo.models._registry import ModelDefaults, register_model
 
 
-@register_model(ModelDefaults(input_size=299, cam_target_layer="Mixed_7c", family="inception"))
+@register_model(ModelDefaults(input_size=299, cam_target_layer="Mixed_7c", family="inception", channels_last=True))
 def inception_v3(num_classes: int = 5, aux_logits: bool = True, **kwargs) -> nn.Module:
     """InceptionV3 at 299 px. The auxiliary head only runs in training mode (torchvision
     returns (logits, aux_logits) there, plain logits in eval mode)."""
