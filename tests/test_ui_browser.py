@@ -51,7 +51,7 @@ def test_upload_grade_and_screenshot(app_url, tmp_path):
         assert image.width >= 1000 and image.height >= 600
 
 
-if __name__ == "__main__":  # python tests/test_ui_browser.py assets/screenshot.png: the README's screenshot
+if __name__ == "__main__":  # PYTHONPATH=. python tests/test_ui_browser.py assets/screenshot.png
     import sys
     import tempfile
 
