@@ -290,6 +290,7 @@ def run(args: argparse.Namespace) -> dict:
     plot_confusion_matrix(metrics, args.out / CONFUSION_NAME, title)
     plot_roc(metrics, rows, args.out / ROC_NAME, title)
     if args.cam:
+        loaded.model.requires_grad_(False)  # a CAM needs no weight gradients: backward stops at its layer
         cam_metrics, cases = evaluate_cams(loaded, args.data, samples, args.cam_methods, config.cam_method,
                                            limit=args.cam_limit, road_limit=args.road_limit, layers=args.cam_layers)
         cam_metrics["checkpoint"] = metrics["checkpoint"]
