@@ -246,6 +246,8 @@ class Trainer:
         self.training_dir = options.out / "training"
         self.state_path = self.training_dir / STATE_NAME
         self._check_out_folder()
+        if self.dist.enabled:  # every rank has seen --out as it was before rank 0 starts writing into it
+            dist.barrier()
         torch.manual_seed(options.seed + self.dist.rank)
 
         self.parts, self.layout = self._load_parts()
