@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from drdemo import bench_app, bench_inference
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
+from drdemo.train import main_logits
 
 UNIT_MODEL = "inception_v3"
 README_START, README_END = "<!-- bench:models:start -->", "<!-- bench:models:end -->"
@@ -131,8 +132,7 @@ def bench_training(repeats: int, batch: int = 8) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
         def step(model=model, images=images, labels=labels, optimizer=optimizer) -> None:
-            out = model(images)
-            logits = out.logits if hasattr(out, "logits") else out
+            logits = main_logits(model(images))
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(logits, labels).backward()
             optimizer.step()

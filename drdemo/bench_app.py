@@ -26,13 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
+
+from drdemo.models import ICDR_GRADES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"
 README_START, README_END = "<!-- bench:app:start -->", "<!-- bench:app:end -->"
-GRADE_NAMES = {"No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR"}
 REQUEST_TIMEOUT_S = 300
 
 
@@ -65,7 +67,7 @@ def process_cpu_seconds(pid: int) -> float:
 def check_label(label: dict) -> str:
     """The grade a gr.Label value names, after checking it holds five probabilities that sum to 1."""
     confidences = {c["label"]: c["confidence"] for c in label.get("confidences", [])}
-    if set(confidences) != GRADE_NAMES:
+    if set(confidences) != set(ICDR_GRADES):
         raise BadAnswer(f"label has classes {sorted(confidences)}, not the five ICDR grades")
     if abs(sum(confidences.values()) - 1) > 1e-3:
         raise BadAnswer(f"probabilities sum to {sum(confidences.values()):.4f}")
@@ -213,12 +215,7 @@ def load_phase(url: str, images: list[Path], clients: int, requests_per_client: 
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = int(rank), min(int(rank) + 1, len(ordered) - 1)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (rank - low), 4)
+    return round(float(np.percentile(values, q)), 4) if values else None
 
 
 def _unit_forward() -> Callable[[], float]:
