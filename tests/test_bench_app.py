@@ -56,7 +56,7 @@ def test_percentile_interpolates():
 
 def _report(**changes) -> dict:
     latency = {name: {"p50_ms": 100.0, "p95_ms": 120.0, "p50_vs_inception": ratio}
-               for name, ratio in (("/grade", 2.0), ("/compare", 4.0), ("camera_grade", 2.2))}
+               for name, ratio in (("/grade", 2.0), ("/compare", 4.0), ("camera_grade", 2.2), ("refused_grade", 0.6))}
     load = {"clients": 4, "requests_per_client": 25, "submitted": 100, "ok": 100, "errors": 0, "lost": 0,
             "requests_per_second": 2.0, "latency_p50_s": 1.5, "app_cpu_cores_used": 1.9, "rss_before_mb": 900.0,
             "rss_after_mb": 950.0, "rss_growth_percent": 5.6}
@@ -82,6 +82,8 @@ def test_markdown_reports_every_measured_number():
     table = bench_app.markdown(_report())
     assert "| `/compare` (both models, both CAMs) | 100.0 | 120.0 | 4.0x |" in table
     assert "100 answered, 0 errors, 0 lost" in table and "(+5.6%)" in table
+    assert "| `/grade` refused by the gate (no model work: the HTTP, upload and queue floor) | 100.0 | 120.0 | 0.6x |" \
+        in table
 
 
 def test_app_suite_readme_without_its_section_is_refused(tmp_path, capsys):
@@ -104,3 +106,10 @@ def test_short_load_phase_answers_everything_correctly(app_url):
     assert summary["errors"] == 0, summary["error_messages"]
     assert (summary["ok"], summary["lost"], summary["submitted"]) == (6, 0, 6)
     assert len(result.latencies) == 6
+
+
+def test_refused_request_is_timed_only_when_the_gate_refuses_it(app_url, tmp_path):
+    client = bench_app._client(app_url)
+    assert bench_app.call_refused(client, bench_app.non_fundus_upload(tmp_path)) > 0
+    with pytest.raises(bench_app.BadAnswer, match="instead of refusing it"):
+        bench_app.call_refused(client, EXAMPLES[0])
