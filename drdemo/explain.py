@@ -49,8 +49,14 @@ class Explanation:
     method: str
 
 
+LAYER_SEPARATOR = "+"
+
+
 class Explainer:
-    """CAMs of one model at one layer. Thread-unsafe like the model itself: one call at a time."""
+    """CAMs of one model at one target layer, or at several joined by "+" (e.g. "Mixed_6e+Mixed_7c":
+    pytorch-grad-cam scales each layer's map to [0, 1] and averages them, so a coarse late layer
+    chooses the region and a finer earlier one sharpens it). Thread-unsafe like the model itself:
+    one call at a time."""
 
     @classmethod
     def for_checkpoint(cls, model: nn.Module, config: CheckpointConfig) -> Explainer:
@@ -60,7 +66,7 @@ class Explainer:
     def __init__(self, model: nn.Module, target_layer: str, reshape: str | None, num_classes: int):
         self.model, self.num_classes = model, num_classes
         try:
-            self.layer = get_submodule(model, target_layer)
+            self.layers = [get_submodule(model, path) for path in target_layer.split(LAYER_SEPARATOR)]
         except ValueError as exc:
             raise ExplainError(str(exc)) from exc
         if reshape is not None and reshape not in CAM_RESHAPES:
@@ -75,16 +81,17 @@ class Explainer:
             raise ExplainError(f"explain takes one image as a (1, 3, H, W) batch, got {tuple(batch.shape)}")
         if target is not None and not 0 <= target < self.num_classes:
             raise ExplainError(f"class {target} does not exist; the model has {self.num_classes} classes")
-        # Registered before the CAM's own hooks, so it runs first on the target layer's output.
-        graph_start = self.layer.register_forward_hook(_start_graph_here)
+        # Registered before the CAM's own hooks, so they run first on each target layer's output.
+        graph_starts = [layer.register_forward_hook(_start_graph_here) for layer in self.layers]
         try:
-            with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=[self.layer],
+            with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=self.layers,
                                                           reshape_transform=self.reshape) as cam:
                 targets = None if target is None else [ClassifierOutputTarget(int(target))]
                 maps = cam(input_tensor=batch, targets=targets)
                 logits = cam.outputs.detach().float()
         finally:
-            graph_start.remove()
+            for hook in graph_starts:
+                hook.remove()
         probabilities = torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
         chosen = int(probabilities.argmax()) if target is None else int(target)
         return Explanation(probabilities=probabilities, heatmap=np.nan_to_num(maps[0]).astype(np.float32),
@@ -95,7 +102,8 @@ def _start_graph_here(module: nn.Module, inputs: tuple, output: torch.Tensor) ->
     """With frozen weights (a served model), make the target layer's output the leaf of the autograd
     graph: backward then stops at this layer and computes no weight gradients, which cuts a CAM's
     cost to little more than one forward pass. The map is the same: it needs only the gradient of
-    the score with respect to this output."""
+    the score with respect to this output. With several target layers only the first one run starts
+    the graph (the later ones' outputs already require grad), so every layer still gets its gradient."""
     if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and not output.requires_grad:
         return output.detach().requires_grad_()
     return None

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import nn
 
 from drdemo.explain import CAM_METHODS, Explainer, ExplainError, overlay
@@ -57,21 +58,39 @@ def test_probabilities_come_from_the_same_forward_pass_and_hooks_are_removed():
     assert chosen.target == 4
 
 
+@pytest.mark.parametrize("layer", ["layers.1.blocks.1", "layers.1.blocks.1+layers.3"])
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam"])
-def test_frozen_weights_give_the_same_map_without_weight_gradients(method):
-    """A served model's weights are frozen: backward then stops at the target layer (half the cost),
-    and the map must not change."""
+def test_frozen_weights_give_the_same_map_without_weight_gradients(method, layer):
+    """A served model's weights are frozen: backward then stops at the (first) target layer (half the
+    cost), and the map must not change."""
     torch.manual_seed(0)
     model = create_model("medmamba_t", num_classes=5).eval()
     batch = torch.randn(1, 3, 64, 64)
-    full = Explainer(model, "layers.1.blocks.1", "bhwc_to_bchw", num_classes=5).explain(batch, method=method)
+    full = Explainer(model, layer, "bhwc_to_bchw", num_classes=5).explain(batch, method=method)
     model.zero_grad(set_to_none=True)
     model.requires_grad_(False)
-    frozen = Explainer(model, "layers.1.blocks.1", "bhwc_to_bchw", num_classes=5).explain(batch, method=method)
+    frozen = Explainer(model, layer, "bhwc_to_bchw", num_classes=5).explain(batch, method=method)
     np.testing.assert_allclose(frozen.heatmap, full.heatmap, atol=1e-6)
     np.testing.assert_allclose(frozen.probabilities, full.probabilities, atol=1e-9)
     assert all(p.grad is None for p in model.parameters())
     assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_joined_layers_average_each_layers_own_map():
+    """"A+B" is pytorch-grad-cam's multi-layer CAM: the rescaled mean of each layer's [0, 1] map (up to
+    the ~1% its per-layer rescaling before upsampling leaves), so the earlier layer, where the frozen
+    graph starts, must still get its gradient."""
+    torch.manual_seed(0)
+    model = create_model("medmamba_t", num_classes=5).eval().requires_grad_(False)
+    batch = torch.randn(1, 3, 64, 64)
+    single = [Explainer(model, layer, "bhwc_to_bchw", 5).explain(batch, method="gradcam", target=2).heatmap
+              for layer in ("layers.1.blocks.1", "layers.3")]
+    joined = Explainer(model, "layers.1.blocks.1+layers.3", "bhwc_to_bchw", 5).explain(batch, method="gradcam",
+                                                                                         target=2).heatmap
+    assert min(np.abs(joined - single[0]).max(), np.abs(joined - single[1]).max()) > 0.2
+    np.testing.assert_allclose(joined, scale_cam_image(np.mean(single, axis=0)[None])[0], atol=0.02)
+    with pytest.raises(ExplainError, match="no submodule 'layers.9'"):
+        Explainer(model, "layers.1+layers.9", "bhwc_to_bchw", 5)
 
 
 def test_bad_requests_are_refused_with_a_message():
