@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--road-limit", type=int, default=20,
                         help="of those, how many also get the (slow) ROAD perturbation score")
     parser.add_argument("--cam-layers", nargs="+", metavar="LAYER",
-                        help="target layers to score the CAM methods at (default: the checkpoint's cam_target_layer)")
+                        help="target layers to score the CAM methods at (default: the checkpoint's cam_target_layer); "
+                             "join layers with '+' to average their maps, e.g. Mixed_6e+Mixed_7c")
     parser.add_argument("--record", action="store_true",
                         help="write the results (as test_* metrics, and with --cam the CAM table) into the "
                              "checkpoint folder's config.json and model card; local checkpoint folders only")
