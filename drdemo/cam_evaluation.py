@@ -2,8 +2,10 @@
 
 For every image of grade >= 1 (up to a limit), each method explains the model's predicted class
 (what the app shows by default) and is scored with `drdemo.cam_metrics` against the union of the
-image's lesion masks, moved through the model's preprocessing. A smooth random map is scored the
-same way as the baseline every method must beat. `python -m drdemo.evaluate --cam` writes the
+image's lesion masks, moved through the model's preprocessing. The pointing game is also reported
+on the images the model itself grades as diseased (predicted class other than 0): where it answers
+"No DR", its map shows evidence for health, which has no reason to sit on a lesion. A smooth random
+map is scored the same way as the baseline every method must beat. `python -m drdemo.evaluate --cam` writes the
 result as cam_metrics.json and a grid of examples.
 """
 
@@ -84,7 +86,7 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
     default_layer = config.cam_target_layer if config.cam_target_layer in explainers else next(iter(explainers))
     keys = [(layer, method) for layer in explainers for method in methods] + [(None, RANDOM_BASELINE)]
     scores: dict[tuple, dict[str, list]] = {k: {"pointing": [], "energy": [], "road": [], "flat": []} for k in keys}
-    area_shares, cases = [], []
+    area_shares, graded_dr, cases = [], [], []
     started = time.perf_counter()
     for index, sample in enumerate(tqdm(with_lesions, desc="CAM faithfulness", disable=not progress)):
         image = open_image(sample.path)
@@ -98,6 +100,7 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
                 explanation = explainer.explain(batch, method=method, target=predicted)
                 predicted = explanation.target  # every method explains the same (predicted) class
                 maps[layer, method] = explanation.heatmap
+        graded_dr.append(predicted != 0)
         maps[None, RANDOM_BASELINE] = random_map(mask.shape, rng)
         for key in keys:
             heatmap = maps[key]
@@ -115,7 +118,9 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
 
     def summary(key: tuple) -> dict:
         values = scores[key]
+        hits_when_graded_dr = np.asarray(values["pointing"], dtype=float)[np.asarray(graded_dr, dtype=bool)]
         return {"pointing_game": float(np.mean(values["pointing"])),
+                "pointing_game_graded_dr": float(hits_when_graded_dr.mean()) if len(hits_when_graded_dr) else None,
                 "energy_pointing_game": float(np.mean(values["energy"])),
                 "road_combined": float(np.mean(values["road"])) if values["road"] else None,
                 "flat_maps": int(np.sum(values["flat"]))}
@@ -139,6 +144,7 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
         "pointing_game": per_method[default_method]["pointing_game"] if default_method in per_method else None,
         "target": "the model's predicted class",
         "n_images": len(with_lesions),
+        "n_images_graded_dr": int(np.sum(graded_dr)),
         "n_images_road": min(len(with_lesions), road_limit) if road_limit is not None else len(with_lesions),
         "pointing_tolerance_px": tolerance,
         "input_size": config.input_size,

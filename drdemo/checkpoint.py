@@ -308,11 +308,14 @@ def _explanations(config: CheckpointConfig) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     rows = [f"| {CAM_METHOD_LABELS.get(name, name)}{' (default)' if name == config.cam_method else ''} | "
-            f"{cell(v['pointing_game'])} | {cell(v['energy_pointing_game'])} | {cell(v['road_combined'])} |"
+            f"{cell(v['pointing_game'])} | {cell(v.get('pointing_game_graded_dr'))} | "
+            f"{cell(v['energy_pointing_game'])} | {cell(v['road_combined'])} |"
             for name, v in test["methods"].items()]
     baseline = test["random_baseline"]
     rows.append(f"| random map (baseline) | {cell(baseline['pointing_game'])} | "
+                f"{cell(baseline.get('pointing_game_graded_dr'))} | "
                 f"{cell(baseline['energy_pointing_game'])} | {cell(baseline['road_combined'])} |")
+    graded, healthy = test.get("n_images_graded_dr"), config.class_names[0]
     chosen = (f"\nThe default ({CAM_METHOD_LABELS.get(selection['method'], selection['method'])} at "
               f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}.\n"
               if selection else "")
@@ -323,14 +326,15 @@ Does the heat map point at the lesions? Measured with the lesion masks of the fi
 of grade 1-4 of: {test['data']}. Layer `{test['layer']}`; each map explains {test['target']}.
 
 - Pointing game: share of images whose heat map peak lies on a lesion (within
-  {test['pointing_tolerance_px']} px at {test['input_size']} px).
+  {test['pointing_tolerance_px']} px at {test['input_size']} px); also on the {"-" if graded is None else graded}
+  of them the model does not grade "{healthy}" (where it does, its map shows evidence for that class instead).
 - Energy share: share of the map's mass on lesions (lesions cover {100 * test['mask_area_share']:.1f}% of the image).
 - ROAD (higher is more faithful; first {test['n_images_road']} images): how much more the prediction drops when
   the most-highlighted pixels are removed first than when the least-highlighted are.
 {chosen}
 
-| method | pointing game | energy share | ROAD |
-|---|---|---|---|
+| method | pointing game | pointing game, not graded "{healthy}" | energy share | ROAD |
+|---|---|---|---|---|
 {chr(10).join(rows)}
 {notes}
 """
@@ -407,7 +411,7 @@ def record_cam_evaluation(folder: str | Path, cam_metrics: dict, data_descriptio
     and the model card, which the app's About tab shows."""
     folder = Path(folder)
     config = read_config(folder)
-    copied = ("target", "n_images", "n_images_road", "pointing_tolerance_px", "input_size")
+    copied = ("target", "n_images", "n_images_graded_dr", "n_images_road", "pointing_tolerance_px", "input_size")
     test = {"data": data_description, "command": command, "layer": cam_metrics["default_layer"],
             **{key: cam_metrics[key] for key in copied}, "mask_area_share": round(cam_metrics["mask_area_share"], 4),
             "methods": {m: _rounded(v) for m, v in cam_metrics["methods"].items()},

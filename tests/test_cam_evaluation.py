@@ -1,5 +1,6 @@
 """`python -m drdemo.evaluate --cam` end to end on a tiny synthetic set and an untrained tiny-input model."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -54,6 +55,17 @@ def test_cam_run_scores_every_method_against_the_random_baseline(workspace):
     assert 0 < cams["mask_area_share"] < 1 and cams["pointing_tolerance_px"] == 4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cam"]["pointing_game"] == cams["pointing_game"]
+    # The CAM's forward pass grades as evaluate's does: the images it calls diseased are the same.
+    rows = csv.DictReader((out / "predictions.csv").read_text().splitlines())
+    predicted = {row["image_id"]: int(row["predicted"]) for row in rows}
+    assert cams["n_images_graded_dr"] == sum(predicted[s.image_id] != 0 for s in with_lesions[:3])
+    for scores in cams["methods"].values():
+        if cams["n_images_graded_dr"] == 0:
+            assert scores["pointing_game_graded_dr"] is None
+        elif cams["n_images_graded_dr"] == cams["n_images"]:
+            assert scores["pointing_game_graded_dr"] == scores["pointing_game"]
+        else:
+            assert 0.0 <= scores["pointing_game_graded_dr"] <= 1.0
     with Image.open(out / "cam_grid.png") as grid:
         assert grid.format == "PNG" and grid.width > 500
 
@@ -107,6 +119,7 @@ def test_layers_are_compared_and_the_best_becomes_the_default(workspace, tmp_pat
     card = (folder / "README.md").read_text()
     assert "## Explanations (Grad-CAM)" in card and "| random map (baseline) |" in card
     assert f"{CAM_METHOD_NAMES[best['method']]} (default) |" in card and "was chosen by the pointing game" in card
+    assert '| pointing game, not graded "No DR" |' in card and test["n_images_graded_dr"] <= test["n_images"]
 
 
 def test_cam_options_need_cam_and_a_real_layer(workspace, tmp_path, capsys):
