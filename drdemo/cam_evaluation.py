@@ -5,8 +5,8 @@ For every image of grade >= 1 (up to a limit), each method explains the model's 
 image's lesion masks, moved through the model's preprocessing. The pointing game is also reported
 on the images the model itself grades as diseased (predicted class other than 0): where it answers
 "No DR", its map shows evidence for health, which has no reason to sit on a lesion. A smooth random
-map is scored the same way as the baseline every method must beat. `python -m drdemo.evaluate --cam` writes the
-result as cam_metrics.json and a grid of examples.
+map is scored the same way as the baseline every method must beat. `python -m drdemo.evaluate --cam`
+writes the result as cam_metrics.json and a grid of examples.
 """
 
 from __future__ import annotations
