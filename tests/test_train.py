@@ -193,3 +193,31 @@ def test_init_from_starts_at_a_saved_checkpoint(tiny_data, tmp_path, monkeypatch
     assert card.index(first_command + "\n") < card.index(second_command)
     wrong_task = train.main(_args(tiny_data, tmp_path / "third", "--task", "binary", "--init-from", str(first)))
     assert wrong_task == 2
+
+
+def test_inception_trains_with_its_auxiliary_head_in_channels_last_and_serves(tmp_path, monkeypatch):
+    """The InceptionV3 path: the auxiliary loss, channels-last layout, a contiguous checkpoint that serves."""
+    from drdemo.hub import load_model
+    from drdemo.predictor import Predictor
+
+    _no_augmentation(monkeypatch)
+    seen_formats, auxiliary_losses = [], []
+    original_loss = train.Trainer._loss
+
+    def recording_loss(self, output, targets):
+        seen_formats.append(self.model.Conv2d_1a_3x3.conv.weight.is_contiguous(memory_format=torch.channels_last))
+        auxiliary_losses.append(output.aux_logits is not None)
+        return original_loss(self, output, targets)
+
+    monkeypatch.setattr(train.Trainer, "_loss", recording_loss)
+    data = _eyepacs_folder(tmp_path / "data", patients=6, seed=1)
+    out = tmp_path / "inception"
+    assert train.main(["--model", "inception_v3", "--data", str(data), "--out", str(out), "--batch-size", "4",
+                       "--epochs", "1", "--workers", "0", "--threads", "2", "--task", "referable"]) == 0
+    assert seen_formats and all(seen_formats) and all(auxiliary_losses)
+    loaded = load_model(out)
+    assert loaded.config.architecture == "inception_v3" and loaded.config.input_size == 299
+    image = Image.open(next((data / "train").iterdir()))
+    probabilities = Predictor(loaded.model, loaded.config).predict(image).probabilities
+    assert list(probabilities) == list(loaded.config.class_names)
+    assert sum(probabilities.values()) == pytest.approx(1.0)
