@@ -189,12 +189,13 @@ def _code_commit() -> str:
 
 
 def _data_command(root: Path) -> str | None:
-    """The generator command that makes `root` again, byte for byte, when it is a synthetic set."""
+    """The generator command that makes `root` again, byte for byte, when it is a synthetic set; its
+    --out is `root` as the training command names it, so the card's commands run one after another."""
     generator = root / "generator.json"
     if not generator.is_file():
         return None
     info = json.loads(generator.read_text())
-    return (f"python -m drdemo.data.synthetic --out {shlex.quote(root.name)} --n {info['n']} --seed {info['seed']} "
+    return (f"python -m drdemo.data.synthetic --out {shlex.quote(str(root))} --n {info['n']} --seed {info['seed']} "
             f"--size {info['size']} --class-balance {info['class_balance']}")
 
 

@@ -221,3 +221,21 @@ def test_inception_trains_with_its_auxiliary_head_in_channels_last_and_serves(tm
     probabilities = Predictor(loaded.model, loaded.config).predict(image).probabilities
     assert list(probabilities) == list(loaded.config.class_names)
     assert sum(probabilities.values()) == pytest.approx(1.0)
+
+
+def test_the_recorded_data_command_remakes_the_training_folder(tmp_path, monkeypatch):
+    """The card's data command names the folder as the training command does and remakes it byte for byte."""
+    import shlex
+
+    from drdemo.data import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    assert synthetic.main(["--out", "data/synth", "--n", "3", "--seed", "7", "--size", "128"]) == 0
+    command = shlex.split(train._data_command(Path("data/synth")))
+    assert command[:3] == ["python", "-m", "drdemo.data.synthetic"]
+    assert command[command.index("--out") + 1] == "data/synth"
+    command[command.index("--out") + 1] = "again"
+    assert synthetic.main(command[3:]) == 0
+    made = sorted(p.relative_to("data/synth") for p in Path("data/synth").rglob("*") if p.is_file())
+    assert made and made == sorted(p.relative_to("again") for p in Path("again").rglob("*") if p.is_file())
+    assert all((Path("data/synth") / p).read_bytes() == (Path("again") / p).read_bytes() for p in made)
