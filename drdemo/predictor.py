@@ -60,8 +60,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, config: CheckpointConfig):
         self.model = model.eval().requires_grad_(False)  # served, never trained: a CAM's backward skips weights
-        if model_defaults(config.architecture).channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.model.to(memory_format=model_defaults(config.architecture).memory_format)
         self.config = config
         self.explainer = Explainer.for_checkpoint(self.model, config)
 

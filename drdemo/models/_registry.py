@@ -32,9 +32,15 @@ class ModelDefaults:
     mean: tuple[float, float, float] = FUNDUS_MEAN
     std: tuple[float, float, float] = FUNDUS_STD
     family: str = ""
-    # Serve with channels-last weights: measured faster on CPU by `python -m drdemo.bench inference`
-    # with no grade changed (InceptionV3 0.78x); left off where it gained nothing (MedMamba-T 1.03x).
+    # Serve and train with channels-last weights: measured faster on CPU by `python -m drdemo.bench
+    # inference` with no grade changed (InceptionV3 0.78x; a training step 0.75x); left off where it
+    # gained nothing (MedMamba-T 1.03x).
     channels_last: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout the predictor and the trainer put weights and inputs in."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def to_dict(self) -> dict:
         return asdict(self)
