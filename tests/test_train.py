@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ from safetensors.torch import load_file
 
 from drdemo import train
 from drdemo.checkpoint import read_config
+from drdemo.data import synthetic
 from drdemo.data.augment import Augmentation
+from drdemo.hub import load_model
+from drdemo.predictor import Predictor
 from drdemo.train import Distributed, EpochSampler, class_weights, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,9 +201,6 @@ def test_init_from_starts_at_a_saved_checkpoint(tiny_data, tmp_path, monkeypatch
 
 def test_inception_trains_with_its_auxiliary_head_in_channels_last_and_serves(tmp_path, monkeypatch):
     """The InceptionV3 path: the auxiliary loss, channels-last layout, a contiguous checkpoint that serves."""
-    from drdemo.hub import load_model
-    from drdemo.predictor import Predictor
-
     _no_augmentation(monkeypatch)
     seen_formats, auxiliary_losses = [], []
     original_loss = train.Trainer._loss
@@ -225,10 +226,6 @@ def test_inception_trains_with_its_auxiliary_head_in_channels_last_and_serves(tm
 
 def test_the_recorded_data_command_remakes_the_training_folder(tmp_path, monkeypatch):
     """The card's data command names the folder as the training command does and remakes it byte for byte."""
-    import shlex
-
-    from drdemo.data import synthetic
-
     monkeypatch.chdir(tmp_path)
     assert synthetic.main(["--out", "data/synth", "--n", "3", "--seed", "7", "--size", "128"]) == 0
     command = shlex.split(train._data_command(Path("data/synth")))
