@@ -344,11 +344,15 @@ def _training_stages(provenance: dict) -> list[dict]:
     """The training runs behind the weights, first to last: a run started with --init-from records
     the provenance of the checkpoint it started from, which may itself have been warm-started."""
     stages = [provenance]
-    while stages[0].get("initialised_from_provenance"):
-        try:
-            stages.insert(0, json.loads(stages[0]["initialised_from_provenance"]))
-        except (TypeError, json.JSONDecodeError):
+    while earlier := stages[0].get("initialised_from_provenance"):
+        if isinstance(earlier, str):  # written as a JSON string before drdemo 2026-11-25
+            try:
+                earlier = json.loads(earlier)
+            except json.JSONDecodeError:
+                break
+        if not isinstance(earlier, dict):
             break
+        stages.insert(0, earlier)
     return stages
 
 

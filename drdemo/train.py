@@ -384,7 +384,7 @@ class Trainer:
                                 f"{self.options.model} ({self.options.task})")
         self.model.load_state_dict(state, strict=True)
         provenance = dict(self.config.provenance, initialised_from=str(folder),
-                          initialised_from_provenance=json.dumps(source.provenance))
+                          initialised_from_provenance=source.provenance)
         self.config = replace(self.config, provenance=provenance)
 
     # -- state

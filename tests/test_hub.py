@@ -16,7 +16,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 
-from drdemo.checkpoint import CheckpointConfig, CheckpointError, read_weights, save_checkpoint
+from drdemo.checkpoint import CheckpointConfig, CheckpointError, model_card, read_weights, save_checkpoint
 from drdemo.hub import HubUnavailable, convert_official, load_model, push
 from drdemo.models import create_model
 
@@ -249,3 +249,16 @@ def test_cli_push_and_info_through_environment_variables(hub, tmp_path):
     assert missing.returncode == 1 and "offline mode is on" in missing.stderr and "Traceback" not in missing.stderr
     bad = cli("push", str(tmp_path / "ckpt"), "--repo-id", "not a repo")
     assert bad.returncode == 2 and "ORG/NAME" in bad.stderr
+
+
+def test_card_lists_every_training_stage_also_when_an_older_stage_was_stored_as_a_json_string():
+    """Checkpoints warm-started before 2026-11-25 carry the earlier stage's provenance as a JSON string."""
+    first = {"trained": True, "command": "python -m drdemo.train --out runs/a"}
+    second = {"trained": True, "command": "python -m drdemo.train --out runs/b --init-from runs/a",
+              "initialised_from_provenance": json.dumps(first)}
+    third = {"trained": True, "data": "synthetic", "command": "python -m drdemo.train --out runs/c --init-from runs/b",
+             "initialised_from_provenance": second}
+    card = model_card(CheckpointConfig.for_architecture("resnet50", provenance=third))
+    positions = [card.index(f"# Training, stage {n} of 3\n{stage['command']}\n") for n, stage in
+                 enumerate((first, second, third), 1)]
+    assert positions == sorted(positions)

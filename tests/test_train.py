@@ -191,6 +191,7 @@ def test_init_from_starts_at_a_saved_checkpoint(tiny_data, tmp_path, monkeypatch
     config, source = read_config(second), read_config(first)
     assert (config.mean, config.std) == (source.mean, source.std)
     assert config.provenance["initialised_from"] == str(first)
+    assert config.provenance["initialised_from_provenance"] == source.provenance  # nested as is, not a string
     card = (second / "README.md").read_text()      # both runs' commands, in order, so the card reproduces it
     first_command, second_command = source.provenance["command"], config.provenance["command"]
     assert "# Training, stage 1 of 2" in card and "# Training, stage 2 of 2" in card
