@@ -381,10 +381,13 @@ TEST_METRICS = ("qwk", "accuracy", "referable_auc", "referable_sensitivity", "re
                 "any_dr_sensitivity", "any_dr_specificity")
 
 
-def record_evaluation(folder: str | Path, metrics: dict, data_description: str, command: str) -> CheckpointConfig:
+def record_evaluation(folder: str | Path, metrics: dict, data_description: str, command: str,
+                      cam_metrics: dict | None = None) -> CheckpointConfig:
     """Write an evaluation's headline numbers (as test_*) and how they were measured into the
     checkpoint's config.json, and rewrite its model card: the card then reports held-out results,
-    not only the validation numbers training chose the epoch by."""
+    not only the validation numbers training chose the epoch by. With `cam_metrics`, also how well
+    each CAM method (at the checkpoint's layer) points at lesions, which the app's About tab shows.
+    One write of config.json and the card for both."""
     folder = Path(folder)
     config = read_config(folder)
     recorded = {key: value for key, value in config.metrics.items() if not key.startswith("test_")}
@@ -395,7 +398,11 @@ def record_evaluation(folder: str | Path, metrics: dict, data_description: str, 
             recorded[f"test_recall_{index}_{name.lower().replace(' ', '_')}"] = round(float(recall), 4)
     recorded["test_n"] = int(metrics["n"])
     provenance = dict(config.provenance, evaluation_data=data_description, evaluation_command=command)
-    return _write(folder, replace(config, metrics=recorded, provenance=provenance))
+    config = replace(config, metrics=recorded, provenance=provenance)
+    if cam_metrics is not None:
+        config = replace(config, cam_evaluation={**config.cam_evaluation,
+                                                 "test": _cam_test_record(cam_metrics, data_description, command)})
+    return _write(folder, config)
 
 
 def _rounded(scores: dict) -> dict:
@@ -409,18 +416,12 @@ def _write(folder: Path, config: CheckpointConfig) -> CheckpointConfig:
     return config
 
 
-def record_cam_evaluation(folder: str | Path, cam_metrics: dict, data_description: str,
-                          command: str) -> CheckpointConfig:
-    """Write how well each CAM method (at the checkpoint's layer) points at lesions into config.json
-    and the model card, which the app's About tab shows."""
-    folder = Path(folder)
-    config = read_config(folder)
+def _cam_test_record(cam_metrics: dict, data_description: str, command: str) -> dict:
     copied = ("target", "n_images", "n_images_graded_dr", "n_images_road", "pointing_tolerance_px", "input_size")
-    test = {"data": data_description, "command": command, "layer": cam_metrics["default_layer"],
+    return {"data": data_description, "command": command, "layer": cam_metrics["default_layer"],
             **{key: cam_metrics[key] for key in copied}, "mask_area_share": round(cam_metrics["mask_area_share"], 4),
             "methods": {m: _rounded(v) for m, v in cam_metrics["methods"].items()},
             "random_baseline": _rounded(cam_metrics["random_baseline"]), "notes": cam_metrics["notes"]}
-    return _write(folder, replace(config, cam_evaluation={**config.cam_evaluation, "test": test}))
 
 
 def choose_cam_default(folder: str | Path, cam_metrics: dict, data_description: str, command: str) -> CheckpointConfig:

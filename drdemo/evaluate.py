@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
-from drdemo.checkpoint import CheckpointError, choose_cam_default, record_cam_evaluation, record_evaluation
+from drdemo.checkpoint import CheckpointError, choose_cam_default, record_evaluation
 from drdemo.data import LAYOUTS, DatasetError, FundusDataset, Sample, detect_layout, load_samples, load_split
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.hub import LoadedModel, load_model
@@ -305,9 +305,7 @@ def run(args: argparse.Namespace) -> dict:
     command = "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
     description = _describe(args.data, layout, len(samples))
     if args.record:
-        record_evaluation(args.checkpoint, metrics, description, command)
-        if args.cam:
-            record_cam_evaluation(args.checkpoint, cam_metrics, description, command)
+        record_evaluation(args.checkpoint, metrics, description, command, cam_metrics if args.cam else None)
     if args.choose_cam_default:
         best = cam_metrics["best"]
         choose_cam_default(args.checkpoint, cam_metrics, description, command)

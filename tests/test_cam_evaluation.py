@@ -114,7 +114,9 @@ def test_layers_are_compared_and_the_best_becomes_the_default(workspace, tmp_pat
 
     assert main(["--checkpoint", str(folder), "--data", str(data), "--out", str(tmp_path / "test"), "--cam",
                  "--cam-methods", "gradcam", "eigencam", "--cam-limit", "3", "--road-limit", "1", "--record"]) == 0
-    test = read_config(folder).cam_evaluation["test"]
+    recorded = read_config(folder)
+    test = recorded.cam_evaluation["test"]
+    assert "test_qwk" in recorded.metrics          # grading and CAM numbers land in the one write
     assert test["layer"] == best["layer"] and set(test["methods"]) == {"gradcam", "eigencam"}
     card = (folder / "README.md").read_text()
     assert "## Explanations (Grad-CAM)" in card and "| random map (baseline) |" in card
