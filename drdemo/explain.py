@@ -33,6 +33,9 @@ CAM_METHODS = {
     "hirescam": HiResCAM,
     "eigencam": EigenCAM,
 }
+# Maps that do not depend on the class asked for: EigenCAM shows the layer's strongest activation
+# pattern (its first principal component), so it says where the features respond, not which grade they support.
+CLASS_INDEPENDENT_METHODS = frozenset({"eigencam"})
 CAM_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
                     "layercam": "LayerCAM", "hirescam": "HiResCAM", "eigencam": "EigenCAM"}
 

@@ -53,8 +53,8 @@ def test_grade_takes_just_an_image(client, fundus, tmp_path):
 
 def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
-    _, pair, text = client.predict(path, "inception", "eigencam", "4", 0.0, 0.05, True, api_name="/grade")
-    assert "inception_v3" in text and 'EigenCAM for "Proliferative DR"' in text and "threshold 5%" in text
+    _, pair, text = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
+    assert "inception_v3" in text and 'HiResCAM for "Proliferative DR"' in text and "threshold 5%" in text
     assert "over 8 flips/rotations" in text
     original, overlay = (np.asarray(Image.open(p), float) for p in pair)
     assert np.abs(original - overlay).max() <= 1   # opacity 0: the overlay is the image itself

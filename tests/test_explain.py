@@ -8,7 +8,7 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import nn
 
-from drdemo.explain import CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.explain import CAM_METHODS, CLASS_INDEPENDENT_METHODS, Explainer, ExplainError, overlay
 from drdemo.models import create_model
 
 
@@ -41,6 +41,16 @@ def test_every_method_points_at_the_spot_the_model_reacts_to(method):
     assert 0.0 <= explanation.heatmap.min() and explanation.heatmap.max() <= 1.0
     row, col = np.unravel_index(explanation.heatmap.argmax(), explanation.heatmap.shape)
     assert abs(row - 8) <= 2 and abs(col - 22) <= 2, (method, row, col)
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_only_the_methods_named_class_independent_give_one_map_for_every_class(method):
+    """The page says so for these methods; for the others the class asked for must change the map."""
+    image = _image_with_spot(8, 22)
+    image[0, 2, 20:26, 4:10] = 1.0                  # a blue spot: evidence for class 0, the red one for class 1
+    explainer = Explainer(_bright_spot_detector(), "1", None, num_classes=2)
+    maps = [explainer.explain(image, method=method, target=t).heatmap for t in (0, 1)]
+    assert np.allclose(maps[0], maps[1]) == (method in CLASS_INDEPENDENT_METHODS)
 
 
 def test_probabilities_come_from_the_same_forward_pass_and_hooks_are_removed():

@@ -9,13 +9,14 @@ from drdemo.ui import views
 GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
 
 
-def _analysis(probabilities, referable_probability=None, threshold=0.5, heatmap=None, spread=None, seconds=0.05):
+def _analysis(probabilities, referable_probability=None, threshold=0.5, heatmap=None, spread=None, seconds=0.05,
+              cam_method="gradcam"):
     grade = int(np.argmax(probabilities))
     prediction = Prediction(probabilities=dict(zip(GRADES, probabilities)), grade=grade, grade_name=GRADES[grade],
                             seconds=seconds, referable_probability=referable_probability,
                             referable=None if referable_probability is None else referable_probability >= threshold)
     return Analysis(prediction=prediction, model_view=Image.new("RGB", (32, 32), (150, 60, 30)), heatmap=heatmap,
-                    cam_method="gradcam" if heatmap is not None else None, cam_target=grade if heatmap is not None
+                    cam_method=cam_method if heatmap is not None else None, cam_target=grade if heatmap is not None
                     else None, spread=spread, views=8 if spread else 1)
 
 
@@ -27,6 +28,10 @@ def test_verdict_names_the_grade_the_referral_and_the_map():
     assert 'Grad-CAM for "Moderate NPDR"' in text and "not why" in text
     low = views.verdict(_analysis([0.7, 0.2, 0.05, 0.03, 0.02], 0.1), "inception_v3", GRADES, 0.5)
     assert "Not referable: P(grade 2 or worse) = 10%" in low and "Heat map" not in low
+    eigen = views.verdict(_analysis([0.05, 0.05, 0.6, 0.2, 0.1], 0.9, heatmap=heatmap, cam_method="eigencam"),
+                          "inception_v3", GRADES, 0.5)
+    assert "EigenCAM: where the model's features respond" in eigen and "same whichever grade" in eigen
+    assert '"Moderate NPDR"' not in eigen           # it names no class it would not depend on
 
 
 def test_test_time_augmentation_spread_is_reported_and_flagged_when_large():

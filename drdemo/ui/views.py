@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from drdemo.explain import CAM_METHOD_NAMES, overlay
+from drdemo.explain import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS, overlay
 from drdemo.predictor import Analysis
 
 ICDR_MEANINGS = (
@@ -45,7 +45,11 @@ def verdict(analysis: Analysis, model_name: str, class_names: Sequence[str], thr
         decision = "**Referable**" if prediction.referable else "Not referable"
         lines.append(f"{decision}: P(grade 2 or worse) = {prediction.referable_probability:.0%}, "
                      f"threshold {threshold:.0%}.")
-    if analysis.cam_method is not None:
+    if analysis.cam_method in CLASS_INDEPENDENT_METHODS:
+        lines.append(f"Heat map: {CAM_METHOD_NAMES[analysis.cam_method]}: where the model's features respond most "
+                     f"strongly. It is the same whichever grade is asked for, so it does not show evidence for "
+                     f"one grade over another.")
+    elif analysis.cam_method is not None:
         lines.append(f"Heat map: {CAM_METHOD_NAMES[analysis.cam_method]} for "
                      f"\"{class_names[analysis.cam_target]}\": where the model found evidence for that class, "
                      f"not why.")
