@@ -300,6 +300,7 @@ loaded = load_model("<this repo id or folder>")
 def _explanations(config: CheckpointConfig) -> str:
     """The CAM table: how often each method's peak falls on a lesion, against a random map."""
     from drdemo.explain import CAM_METHOD_NAMES as CAM_METHOD_LABELS
+    from drdemo.explain import CLASS_INDEPENDENT_METHODS
     test, selection = config.cam_evaluation.get("test"), config.cam_evaluation.get("selection")
     if not test:
         return ""
@@ -320,10 +321,14 @@ def _explanations(config: CheckpointConfig) -> str:
               f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}.\n"
               if selection else "")
     notes = "".join(f"\n- {note}" for note in test.get("notes", []))
+    independent = [CAM_METHOD_LABELS.get(m, m) for m in test["methods"] if m in CLASS_INDEPENDENT_METHODS]
+    targets = (f"each map explains {test['target']}" if not independent else
+               f"each map explains {test['target']}, except {' and '.join(independent)}, which shows where the "
+               f"layer responds most strongly whatever the class")
     return f"""
 ## Explanations (Grad-CAM)
 Does the heat map point at the lesions? Measured with the lesion masks of the first {test['n_images']} images
-of grade 1-4 of: {test['data']}. Layer `{test['layer']}`; each map explains {test['target']}.
+of grade 1-4 of: {test['data']}. Layer `{test['layer']}`; {targets}.
 
 - Pointing game: share of images whose heat map peak lies on a lesion (within
   {test['pointing_tolerance_px']} px at {test['input_size']} px); also on the {"-" if graded is None else graded}

@@ -120,6 +120,7 @@ def test_layers_are_compared_and_the_best_becomes_the_default(workspace, tmp_pat
     assert test["layer"] == best["layer"] and set(test["methods"]) == {"gradcam", "eigencam"}
     card = (folder / "README.md").read_text()
     assert "## Explanations (Grad-CAM)" in card and "| random map (baseline) |" in card
+    assert "except EigenCAM, which shows where the layer responds most strongly whatever the class" in card
     assert f"{CAM_METHOD_NAMES[best['method']]} (default) |" in card and "was chosen by the pointing game" in card
     assert '| pointing game, not graded "No DR" |' in card and test["n_images_graded_dr"] <= test["n_images"]
 
