@@ -2,6 +2,7 @@
 
 import pytest
 from PIL import Image
+from real_data import IDRID_GRADING, needs_real_data
 
 from drdemo.checkpoint import TASK_CLASS_NAMES
 from drdemo.data import (
@@ -273,3 +274,89 @@ def test_corrupt_image_names_the_file(tmp_path):
     dataset = FundusDataset(load_samples(tmp_path), transform=None)
     with pytest.raises(DatasetError, match="a.png: cannot read the image"):
         dataset[0]
+
+
+# ---------------------------------------------------------------------------------------------- IDRiD
+
+IDRID_TRAIN_CSV = ("Image name,Retinopathy grade,Risk of macular edema ,,,,,,,,,\r\n"
+                   "IDRiD_001,3,2,,,,,,,,,\r\nIDRiD_002,0,0,,,,,,,,,\r\nIDRiD_003,2,1,,,,,,,,,\r\n\r\n")
+IDRID_TEST_CSV = "Image name,Retinopathy grade,Risk of macular edema \r\nIDRiD_001,4,0\r\nIDRiD_002,1,0\r\n"
+
+
+def make_idrid(root, train_csv=IDRID_TRAIN_CSV, test_csv=IDRID_TEST_CSV):
+    """IDRiD's disease grading folder as published: numbered folders, CRLF CSVs with a trailing-space header
+    and (training) nine empty trailing columns and a blank last line."""
+    labels = root / "2. Groundtruths"
+    labels.mkdir(parents=True)
+    (labels / "a. IDRiD_Disease Grading_Training Labels.csv").write_bytes(train_csv.encode())
+    (labels / "b. IDRiD_Disease Grading_Testing Labels.csv").write_bytes(test_csv.encode())
+    for folder, ids in (("a. Training Set", ("001", "002", "003")), ("b. Testing Set", ("001", "002"))):
+        for number in ids:
+            _image(root / "1. Original Images" / folder / f"IDRiD_{number}.jpg")
+    (root / "CC-BY-4.0.txt").write_text("licence")
+    return root
+
+
+def test_idrid_layout_is_detected_and_its_parts_load_apart(tmp_path):
+    root = make_idrid(tmp_path / "B. Disease Grading")
+    assert detect_layout(root) == "idrid"
+    train = load_samples(root, part="train")
+    assert [(s.image_id, s.grade) for s in train] == [("IDRiD_001", 3), ("IDRiD_002", 0), ("IDRiD_003", 2)]
+    assert all(s.path.parent.name == "a. Training Set" and s.patient == s.image_id for s in train)
+    test = load_samples(root, part="test")
+    assert [(s.image_id, s.grade, s.path.parent.name) for s in test] == [
+        ("IDRiD_001", 4, "b. Testing Set"), ("IDRiD_002", 1, "b. Testing Set")]
+
+
+def test_idrid_needs_a_part_so_test_photos_never_slip_into_training(tmp_path):
+    root = make_idrid(tmp_path / "grading")
+    with pytest.raises(DatasetError, match="official split: choose part train or test"):
+        load_samples(root)
+    with pytest.raises(DatasetError, match="choose part train or test"):
+        load_samples(root, part="val")
+    with pytest.raises(DatasetError, match="no official parts"):
+        load_samples(make_eyepacs(tmp_path / "eyepacs"), part="train")
+
+
+def test_idrid_missing_photo_and_bad_grade_are_named(tmp_path):
+    root = make_idrid(tmp_path / "grading")
+    (root / "1. Original Images" / "a. Training Set" / "IDRiD_002.jpg").unlink()
+    with pytest.raises(DatasetError, match="1 listed image.*IDRiD_002"):
+        load_samples(root, part="train")
+    bad = make_idrid(tmp_path / "bad", test_csv="Image name,Retinopathy grade,Risk of macular edema \r\nIDRiD_001,7,0\r\n")
+    with pytest.raises(DatasetError, match="grade 7 is outside 0 to 4"):
+        load_samples(bad, part="test")
+
+
+def test_idrid_parent_and_segmentation_folders_say_which_folder_to_pass(tmp_path):
+    make_idrid(tmp_path / "idrid" / "B. Disease Grading")
+    with pytest.raises(DatasetError, match="B. Disease Grading"):
+        detect_layout(tmp_path / "idrid")
+    segmentation = tmp_path / "A. Segmentation"
+    (segmentation / "1. Original Images").mkdir(parents=True)
+    (segmentation / "2. All Segmentation Groundtruths").mkdir()
+    with pytest.raises(DatasetError, match="lesion masks but no grades"):
+        detect_layout(segmentation)
+
+
+def test_ungraded_photos_leave_vessel_and_field_of_view_masks_out(tmp_path):
+    from drdemo.data import load_photos
+    drive = tmp_path / "drive"
+    for part in ("training", "testing"):
+        _image(drive / part / "images" / f"21_{part}.png")
+        _image(drive / part / "mask" / f"21_{part}_mask.png")
+        _image(drive / part / "1st_manual" / "21_manual1.png")
+    chase = tmp_path / "chase"
+    for name in ("Image_01L.jpg", "Image_01L_1stHO.png", "Image_01L_2ndHO.png", "Image_01R.jpg"):
+        _image(chase / name)
+    assert [s.image_id for s in load_photos(drive)] == ["testing/images/21_testing", "training/images/21_training"]
+    assert [s.image_id for s in load_photos(chase)] == ["Image_01L", "Image_01R"]
+    assert all(s.grade == -1 for s in load_photos(chase))
+    with pytest.raises(DatasetError, match="no photos"):
+        load_photos(tmp_path / "drive" / "training" / "mask")
+
+
+@needs_real_data
+def test_the_real_idrid_files_load_as_published():
+    counts = {part: class_counts(load_samples(IDRID_GRADING, part=part), "icdr5") for part in ("train", "test")}
+    assert counts == {"train": [134, 20, 136, 74, 49], "test": [34, 5, 32, 19, 13]}

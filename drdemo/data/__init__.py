@@ -10,13 +10,16 @@ import importlib
 
 __all__ = [
     "LAYOUTS",
+    "PARTS",
     "DatasetError",
     "FundusDataset",
     "Sample",
     "channel_stats",
+    "check_part",
     "class_counts",
     "detect_layout",
     "load_samples",
+    "load_photos",
     "load_split",
     "num_classes",
     "open_image",

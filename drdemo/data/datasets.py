@@ -7,7 +7,13 @@ Layouts, tried in this order by `detect_layout` (the first that fits wins):
                  images in train/, images/ or the folder itself            Kaggle EyePACS 2015
     aptos        a CSV with columns id_code,diagnosis (train.csv preferred); images in train_images/,
                  images/ or the folder itself                              APTOS 2019
+    idrid        IDRiD's "B. Disease Grading" folder: 1. Original Images/{a. Training Set,b. Testing Set}/
+                 and 2. Groundtruths/*.csv (Image name,Retinopathy grade,...; the header's trailing
+                 space and the empty trailing columns as published)          IDRiD 2018
     imagefolder  subfolders 0 .. 4 (any of them) named after the ICDR grade, images inside
+
+A layout with an official split (IDRiD's training and testing sets) has `PARTS`; `load_samples`
+then needs `part` ("train" or "test"), so no caller mixes test photos into training by default.
 
 The patient id groups a person's two eyes so that a split never puts them in different parts:
 EyePACS-style ids `<patient>_left` / `<patient>_right` give `<patient>`; other ids are their own patient.
@@ -30,7 +36,14 @@ from drdemo.preprocess import to_rgb
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("synthetic", "eyepacs", "aptos", "imagefolder")
+LAYOUTS = ("synthetic", "idrid", "eyepacs", "aptos", "imagefolder")
+# What CC BY 4.0 asks us to print wherever IDRiD photos, or weights trained on them, are shown.
+IDRID_ATTRIBUTION = ("Prasanna Porwal, Samiksha Pachade, Ravi Kamble, Manesh Kokare, Girish Deshmukh, Vivek "
+                     "Sahasrabuddhe, Fabrice Meriaudeau, \"Indian Diabetic Retinopathy Image Dataset (IDRiD)\", IEEE "
+                     "Dataport, 2018, doi:10.21227/H25W98, licensed CC BY 4.0 "
+                     "(https://creativecommons.org/licenses/by/4.0/).")
+# Official parts of the layouts that have them: part -> the word naming it in folder and CSV names.
+PARTS: dict[str, dict[str, str]] = {"idrid": {"train": "training", "test": "testing"}}
 NUM_GRADES = 5
 # Preference when one id has files with several extensions; compared case-insensitively.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
@@ -40,6 +53,9 @@ TASK_THRESHOLDS: dict[str, int | None] = {"icdr5": None, "binary": 1, "referable
 _EYE_SUFFIX = re.compile(r"^(?P<patient>.+)_(?:left|right)$", re.IGNORECASE)
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _GENERATOR_FILE = "generator.json"
+_IDRID_IMAGES = "1. Original Images"
+_IDRID_LABELS = "2. Groundtruths"
+_IDRID_SEGMENTATION_LABELS = "2. All Segmentation Groundtruths"
 _SYNTHETIC_CSV = "labels.csv"
 
 
@@ -69,6 +85,7 @@ _CSV_LAYOUTS = {
     "synthetic": _CsvLayout("image", "level", _SYNTHETIC_CSV, ("images",)),
     "eyepacs": _CsvLayout("image", "level", "trainLabels.csv", ("train", "images", ".")),
     "aptos": _CsvLayout("id_code", "diagnosis", "train.csv", ("train_images", "images", ".")),
+    "idrid": _CsvLayout("image name", "retinopathy grade", "", ()),  # files found per part, see _idrid_files
 }
 
 _NEEDS = {
@@ -76,6 +93,8 @@ _NEEDS = {
     "eyepacs": "a CSV with columns image,level (e.g. trainLabels.csv) and the images in train/, images/ or the folder",
     "aptos": "a CSV with columns id_code,diagnosis (e.g. train.csv) and the images in train_images/, images/ "
              "or the folder",
+    "idrid": f"IDRiD's disease grading folder ('B. Disease Grading'): {_IDRID_IMAGES}/ with the training and "
+             f"testing image folders, and {_IDRID_LABELS}/ with their CSVs (Image name,Retinopathy grade)",
     "imagefolder": "subfolders named 0 to 4 (the ICDR grade) holding the images",
 }
 
@@ -167,11 +186,30 @@ def _describe_contents(root: Path) -> str:
     return "found " + ", ".join(shown) + more
 
 
+def _is_idrid_grading(root: Path) -> bool:
+    labels = root / _IDRID_LABELS
+    return (root / _IDRID_IMAGES).is_dir() and labels.is_dir() and _find_csv(labels, _CSV_LAYOUTS["idrid"]) is not None
+
+
+def is_idrid_segmentation(root: Path) -> bool:
+    """IDRiD's "A. Segmentation" folder: photos and lesion masks, no grades (drdemo.data.lesions reads it)."""
+    return (root / _IDRID_IMAGES).is_dir() and (root / _IDRID_SEGMENTATION_LABELS).is_dir()
+
+
 def detect_layout(root: Path | str) -> str:
-    """Which of `LAYOUTS` a data folder follows; precedence synthetic > eyepacs > aptos > imagefolder."""
+    """Which of `LAYOUTS` a data folder follows; precedence synthetic > idrid > eyepacs > aptos > imagefolder."""
     root = _check_root(root)
     if _is_synthetic(root):
         return "synthetic"
+    if _is_idrid_grading(root):
+        return "idrid"
+    if is_idrid_segmentation(root):
+        raise DatasetError(f"{root} is IDRiD's segmentation set: it has lesion masks but no grades, so it can "
+                           "score heat maps (python -m drdemo.evaluate --cam) but not grade; for grading pass "
+                           "the 'B. Disease Grading' folder")
+    if (root / "B. Disease Grading").is_dir():
+        raise DatasetError(f"{root} holds IDRiD's parts: pass {root / 'B. Disease Grading'} (grades) or "
+                           f"{root / 'A. Segmentation'} (lesion masks, for heat maps)")
     for name in ("eyepacs", "aptos"):
         if _find_csv(root, _CSV_LAYOUTS[name]) is not None:
             return name
@@ -243,15 +281,39 @@ def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int]]:
     return rows
 
 
-def _load_csv_layout(root: Path, name: str) -> list[Sample]:
+def _part_entry(folder: Path, word: str, directories: bool) -> Path | None:
+    """The one entry of `folder` (a folder, or a CSV file) whose name holds `word`, case-insensitively."""
+    matches = sorted(p for p in folder.iterdir() if word in p.name.lower()
+                     and (p.is_dir() if directories else p.suffix.lower() == ".csv" and p.is_file()))
+    if len(matches) > 1:
+        raise DatasetError(f"{folder}: {', '.join(m.name for m in matches)} all name the {word} part; keep one")
+    return matches[0] if matches else None
+
+
+def _idrid_files(root: Path, part: str) -> tuple[Path, list[Path]]:
+    """(labels CSV, image folders) of one IDRiD part, found by the word in their names ("training")."""
+    word = PARTS["idrid"][part]
+    csv_path = _part_entry(root / _IDRID_LABELS, word, directories=False)
+    images = _part_entry(root / _IDRID_IMAGES, word, directories=True)
+    if csv_path is None or images is None:
+        raise DatasetError(f"{root}: the {part} part needs a CSV in {_IDRID_LABELS}/ and a folder in "
+                           f"{_IDRID_IMAGES}/ whose names contain '{word}'; found "
+                           f"{csv_path.name if csv_path else 'no CSV'} and {images.name if images else 'no folder'}")
+    return csv_path, [images]
+
+
+def _load_csv_layout(root: Path, name: str, part: str | None = None) -> list[Sample]:
     layout = _CSV_LAYOUTS[name]
-    csv_path = root / _SYNTHETIC_CSV if name == "synthetic" else _find_csv(root, layout)
-    if csv_path is None:  # an unreadable file of the usual name: let _read_labels say what is wrong with it
-        csv_path = root / layout.preferred_csv
-    if not csv_path.is_file():
-        raise DatasetError(f"{root}: not a {name} data set; it needs {_NEEDS[name]}")
+    if name == "idrid":
+        csv_path, folders = _idrid_files(root, part)
+    else:
+        csv_path = root / _SYNTHETIC_CSV if name == "synthetic" else _find_csv(root, layout)
+        if csv_path is None:  # an unreadable file of the usual name: let _read_labels say what is wrong with it
+            csv_path = root / layout.preferred_csv
+        if not csv_path.is_file():
+            raise DatasetError(f"{root}: not a {name} data set; it needs {_NEEDS[name]}")
+        folders = [root if d == "." else root / d for d in layout.image_dirs]
     rows = _read_labels(csv_path, layout)
-    folders = [root if d == "." else root / d for d in layout.image_dirs]
     indexes = [_image_index(folder) for folder in folders if folder.is_dir()]
     samples, missing = [], []
     for image_id, grade in rows:
@@ -289,20 +351,58 @@ def _load_imagefolder(root: Path) -> list[Sample]:
     return samples
 
 
-def load_samples(root: Path | str, layout: str | None = None) -> list[Sample]:
-    """Every graded image of a data folder, sorted by image id; `layout` None detects it."""
+def check_part(layout: str, part: str | None) -> str | None:
+    """`part` checked against the layout's official parts: required where there are some, refused where not."""
+    parts = PARTS.get(layout)
+    if parts is None:
+        if part is not None:
+            raise DatasetError(f"the {layout} layout has no official parts, so part {part!r} means nothing; "
+                               "make a split with python -m drdemo.data.split")
+        return None
+    if part not in parts:
+        raise DatasetError(f"the {layout} data set has an official split: choose part {' or '.join(parts)} "
+                           f"(got {part!r})")
+    return part
+
+
+def load_samples(root: Path | str, layout: str | None = None, part: str | None = None) -> list[Sample]:
+    """Every graded image of a data folder (of one official `part`, where the layout has parts),
+    sorted by image id; `layout` None detects it."""
     root = _check_root(root)
     if layout is None:
         layout = detect_layout(root)
     elif layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    samples = _load_imagefolder(root) if layout == "imagefolder" else _load_csv_layout(root, layout)
+    part = check_part(layout, part)
+    samples = _load_imagefolder(root) if layout == "imagefolder" else _load_csv_layout(root, layout, part)
     if not samples:
         raise DatasetError(f"{root}: the {layout} data set has no images; it needs {_NEEDS[layout]}")
     return sorted(samples, key=lambda s: s.image_id)
 
 
 # ---------------------------------------------------------------------------------------------- torch
+
+# File names of the masks that ungraded vessel data sets keep beside their photos (CHASE_DB1's
+# Image_01L_1stHO.png, DRIVE's 21_manual1.gif), and the folders DRIVE keeps them in.
+_MASK_NAME = re.compile(r"_(?:1st|2nd)HO$|_manual\d$|_mask$", re.IGNORECASE)
+_MASK_FOLDERS = {"1st_manual", "2nd_manual", "mask", "masks", "manual"}
+
+
+def load_photos(root: Path | str) -> list[Sample]:
+    """The photos of an ungraded folder (DRIVE, CHASE_DB1, or any folder of fundus photos), found
+    recursively, vessel and field-of-view masks left out; grade -1 marks "not graded"."""
+    root = _check_root(root)
+    photos = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if (path.is_file() and _is_image(path.name) and not _MASK_NAME.search(path.stem)
+                and not _MASK_FOLDERS.intersection(part.lower() for part in relative.parts[:-1])):
+            image_id = "/".join(relative.with_suffix("").parts)
+            photos.append(Sample(image_id, path, -1, image_id))
+    if not photos:
+        raise DatasetError(f"{root}: no photos found ({_describe_contents(root)})")
+    return photos
+
 
 def open_image(path: Path | str) -> Image.Image:
     """An upright RGB image from a file, fully read; a file that cannot be decoded raises DatasetError."""

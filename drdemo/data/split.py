@@ -4,7 +4,7 @@ A patient's two eyes are strongly correlated (same person, usually the same grad
 land in the same part; otherwise validation scores leak. Patients are stratified by their worst
 (highest-grade) eye.
 
-    python -m drdemo.data.split --data DIR --out split.json [--val 0.15] [--test 0.0] [--seed 0]
+    python -m drdemo.data.split --data DIR --out split.json [--val 0.15] [--test 0.0] [--seed 0] [--part train]
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=float, default=0.15, help="validation fraction (default 0.15)")
     parser.add_argument("--test", type=float, default=0.0, help="test fraction (default 0: no test part)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--part", help="official part to split, for data sets that have one (IDRiD: train)")
     args = parser.parse_args(argv)
     try:
         for option, value in (("--val", args.val), ("--test", args.test)):
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.test > 0:
             fractions["test"] = args.test
         layout = detect_layout(args.data)
-        parts = split_samples(load_samples(args.data, layout), fractions, args.seed)
+        parts = split_samples(load_samples(args.data, layout, part=args.part), fractions, args.seed)
         save_split(args.out, parts, layout, args.seed)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
