@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults
 from drdemo.preprocess import RESAMPLING
 
@@ -57,9 +58,11 @@ class CheckpointConfig:
     cam_target_layer: str
     cam_reshape: str | None = None
     cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.explain.CAM_METHODS)
-    # What the image goes through before normalisation (drdemo.preprocess.prepare_image): RGB
-    # conversion, cropping to the field of view when crop_fov, then a square resize.
-    preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True})
+    # What the image goes through before normalisation (drdemo.preprocess): RGB conversion, cropping to
+    # the field of view when crop_fov, a square resize, then (local_contrast > 0) subtracting the local
+    # average colour with a Gaussian of sigma = local_contrast x the input size.
+    preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True,
+                                                         "local_contrast": 0.0})
     referable_threshold: float = 0.5
     # How well each CAM method points at lesions ("test") and how the default method and layer were
     # chosen ("selection"), written by `python -m drdemo.evaluate --cam --record / --choose-cam-default`.
@@ -98,7 +101,9 @@ class CheckpointConfig:
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
         if isinstance(values.get("preprocessing"), dict):
             # Written before cropping existed: a plain resize.
-            values["preprocessing"] = {"interpolation": "bicubic", "crop_fov": False, **values["preprocessing"]}
+            # Written before local contrast existed: none.
+            values["preprocessing"] = {"interpolation": "bicubic", "crop_fov": False, "local_contrast": 0.0,
+                                       **values["preprocessing"]}
         config = cls(**values)
         config._validate(source)
         return config
@@ -133,11 +138,15 @@ class CheckpointConfig:
             fail(f"cam_method {self.cam_method!r} is not one of {', '.join(CAM_METHODS)}")
         if not 0.0 < self.referable_threshold < 1.0:
             fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
-        if (not isinstance(self.preprocessing, dict) or set(self.preprocessing) != {"interpolation", "crop_fov"}
+        if (not isinstance(self.preprocessing, dict)
+                or set(self.preprocessing) != {"interpolation", "crop_fov", "local_contrast"}
                 or self.preprocessing["interpolation"] not in RESAMPLING
-                or not isinstance(self.preprocessing["crop_fov"], bool)):
-            fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}, 'crop_fov': true or false}}, "
-                 f"got {self.preprocessing!r}")
+                or not isinstance(self.preprocessing["crop_fov"], bool)
+                or isinstance(self.preprocessing["local_contrast"], bool)
+                or not isinstance(self.preprocessing["local_contrast"], (int, float))
+                or not 0 <= self.preprocessing["local_contrast"] <= 0.5):
+            fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}, 'crop_fov': true or false, "
+                 f"'local_contrast': a number in [0, 0.5]}}, got {self.preprocessing!r}")
 
     @property
     def trained(self) -> bool:
@@ -269,7 +278,7 @@ above; the app calls an eye referable when that probability reaches {config.refe
 
 ## Training data
 {provenance.get("data", "Not recorded.") if trained else "None: these weights are untrained (randomly initialised)."}
-
+{_attribution(provenance)}{_threshold_text(config)}
 Recipe: {provenance.get("recipe", "not recorded")}. Seed: {provenance.get("seed", "not recorded")}.
 Code commit: {provenance.get("code_commit", "not recorded")}.
 {_how_it_was_made(provenance)}
@@ -277,16 +286,16 @@ Code commit: {provenance.get("code_commit", "not recorded")}.
 | metric | value |
 |---|---|
 {metric_rows}
-
+{_confusion_matrices(config)}{_generalisation(provenance)}
 {_explanations(config)}
 ## Input
 RGB, {"cropped to the field of view (black border removed, padded to a square), " if config.preprocessing["crop_fov"]
       else ""}resized to {config.input_size} x {config.input_size} ({config.preprocessing["interpolation"]}),
-scaled to [0, 1], normalised with mean {list(config.mean)} and std {list(config.std)}.
+{_local_contrast_text(config.preprocessing)}scaled to [0, 1], normalised with mean {list(config.mean)} and std
+{list(config.std)}.
 
 ## Limitations
-Performance on real fundus photographs, other cameras, populations or image quality is unknown
-unless reported above on such data. Grad-CAM overlays show where the model looked, not why.
+{_limitations(provenance)} Grad-CAM overlays show where the model looked, not why.
 
 ## Loading
 ```python
@@ -295,6 +304,73 @@ loaded = load_model("<this repo id or folder>")
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _trained_on_idrid(provenance: dict) -> bool:
+    return any("IDRiD" in str(stage.get("data", "")) for stage in _training_stages(provenance))
+
+
+def _attribution(provenance: dict) -> str:
+    if not _trained_on_idrid(provenance):
+        return ""
+    return f"\nThese weights were trained on IDRiD photos. Attribution: {IDRID_ATTRIBUTION}\n"
+
+
+IDRID_LIMITATIONS = (
+    "Trained on 330 photos of one camera (Kowa VX-10 alpha, 50 degree field) from one hospital in India, and "
+    "validated on 83 more; the test numbers above come from IDRiD's own test split (103 photos), the same camera "
+    "and clinic. Other cameras, populations, image quality and screening settings were not validated (the "
+    "referral shares on DRIVE and CHASE_DB1 above are the only check on other cameras). With 20 training "
+    "photos of Mild NPDR, grade 1 is barely learned. Macular oedema is not graded.")
+
+
+def _limitations(provenance: dict) -> str:
+    if _trained_on_idrid(provenance):
+        return IDRID_LIMITATIONS
+    return provenance.get("limitations") or ("Performance on real fundus photographs, other cameras, populations or "
+                                            "image quality is unknown unless reported above on such data.")
+
+
+def _threshold_text(config: CheckpointConfig) -> str:
+    choice = config.provenance.get("referable_threshold_choice")
+    if not choice:
+        return ""
+    return (f"\nReferable threshold {config.referable_threshold:g}: {choice['rule']}, chosen on {choice['data']} "
+            f"(there: sensitivity {choice['sensitivity']:.3f}, specificity {choice['specificity']:.3f}).\n")
+
+
+def _confusion_matrices(config: CheckpointConfig) -> str:
+    """Each recorded confusion matrix as a table: rows the true class, columns the predicted one."""
+    matrices = config.provenance.get("confusion_matrices") or {}
+    blocks = []
+    for prefix, matrix in matrices.items():
+        label = {"val": "validation", "test": "test"}.get(prefix, prefix)
+        header = "| true \\ predicted | " + " | ".join(config.class_names) + " |"
+        rule = "|---" * (len(config.class_names) + 1) + "|"
+        rows = [f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+                for name, row in zip(config.class_names, matrix)]
+        blocks.append(f"\nConfusion matrix ({label}):\n\n{header}\n{rule}\n" + "\n".join(rows) + "\n")
+    return "".join(blocks)
+
+
+def _generalisation(provenance: dict) -> str:
+    """Share of photos from cameras the model never saw that it refers (most show no referable DR)."""
+    rows = provenance.get("other_cameras") or []
+    if not rows:
+        return ""
+    lines = "\n".join(f"| {row['data']} | {row['n']} | {row['referred']} | {100 * row['share']:.1f}% |"
+                      for row in rows)
+    return ("\nOther cameras, never seen in training (mostly photos without referable DR: a model that refers many "
+            "has learned the camera, not the disease):\n\n| data | photos | referred | share |\n|---|---|---|---|\n"
+            f"{lines}\n")
+
+
+def _local_contrast_text(preprocessing: dict) -> str:
+    sigma = preprocessing.get("local_contrast", 0.0)
+    if not sigma:
+        return ""
+    return (f"local average colour subtracted inside the field of view (Gaussian sigma {sigma:g} x the input size, "
+            "difference x 4 around mid-grey; outside the field of view mid-grey), ")
 
 
 def _explanations(config: CheckpointConfig) -> str:
@@ -312,10 +388,15 @@ def _explanations(config: CheckpointConfig) -> str:
             f"{cell(v['pointing_game'])} | {cell(v.get('pointing_game_graded_dr'))} | "
             f"{cell(v['energy_pointing_game'])} | {cell(v['road_combined'])} |"
             for name, v in test["methods"].items()]
-    baseline = test["random_baseline"]
-    rows.append(f"| random map (baseline) | {cell(baseline['pointing_game'])} | "
-                f"{cell(baseline.get('pointing_game_graded_dr'))} | "
-                f"{cell(baseline['energy_pointing_game'])} | {cell(baseline['road_combined'])} |")
+    for key, label in (("random_baseline", "random map (baseline)"),
+                       ("centre_baseline", "map peaked at the centre of the field of view (baseline)")):
+        if test.get(key):
+            baseline = test[key]
+            rows.append(f"| {label} | {cell(baseline['pointing_game'])} | "
+                        f"{cell(baseline.get('pointing_game_graded_dr'))} | "
+                        f"{cell(baseline['energy_pointing_game'])} | {cell(baseline['road_combined'])} |")
+    one_photo = (f" With {test['n_images']} photos, one photo moves the pointing game by "
+                 f"{1 / test['n_images']:.3f}." if test.get("n_images") else "")
     graded, healthy = test.get("n_images_graded_dr"), config.class_names[0]
     chosen = (f"\nThe default ({CAM_METHOD_LABELS.get(selection['method'], selection['method'])} at "
               f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}.\n"
@@ -327,8 +408,8 @@ def _explanations(config: CheckpointConfig) -> str:
                f"layer responds most strongly whatever the class")
     return f"""
 ## Explanations (Grad-CAM)
-Does the heat map point at the lesions? Measured with the lesion masks of the first {test['n_images']} images
-of grade 1-4 of: {test['data']}. Layer `{test['layer']}`; {targets}.
+Does the heat map point at the lesions? Measured with the lesion masks of {test['n_images']} photos with
+lesions of: {test['data']}. Layer `{test['layer']}`; {targets}.{one_photo}
 
 - Pointing game: share of images whose heat map peak lies on a lesion (within
   {test['pointing_tolerance_px']} px at {test['input_size']} px); also on the {"-" if graded is None else graded}
@@ -372,13 +453,24 @@ def _how_it_was_made(provenance: dict) -> str:
             seconds = stage.get("training_seconds")
             steps.append((label + (f" ({seconds / 60:.0f} min on {stage.get('device', '?')})" if seconds else ""),
                           stage["command"]))
-    if provenance.get("evaluation_command"):
-        steps.append(("Evaluation", provenance["evaluation_command"]))
+    for key, label in (("threshold_command", "Referable threshold"), ("validation_command", "Validation"),
+                       ("evaluation_command", "Evaluation"), ("cam_selection_command", "Default heat map"),
+                       ("cam_test_command", "Heat map evaluation")):
+        if provenance.get(key):
+            steps.append((label, provenance[key]))
+    for data, command in (provenance.get("other_camera_commands") or {}).items():
+        steps.append((f"Referrals on {data}", command))
     if not steps:
         return ""
+    first_label = {}  # one command that did two things (choose the threshold and record) is listed once
+    for label, command in steps:
+        first_label.setdefault(command, label)
+    steps = [(label, command) for command, label in first_label.items()]
     lines = "\n".join(f"# {label}\n{command}" for label, command in steps)
     evaluated_on = f"\nMetrics prefixed test_ were measured on: {provenance['evaluation_data']}\n" if provenance.get(
         "evaluation_data") else ""
+    if provenance.get("validation_data"):
+        evaluated_on += f"Metrics prefixed val_ were measured on: {provenance['validation_data']}\n"
     return f"\n### How it was made\n```bash\n{lines}\n```\n{evaluated_on}"
 
 
@@ -386,25 +478,31 @@ TEST_METRICS = ("qwk", "accuracy", "referable_auc", "referable_sensitivity", "re
                 "any_dr_sensitivity", "any_dr_specificity")
 
 
-def record_evaluation(folder: str | Path, metrics: dict, data_description: str, command: str,
-                      cam_metrics: dict | None = None) -> CheckpointConfig:
+def record_evaluation(folder: str | Path, metrics: dict | None, data_description: str, command: str,
+                      cam_metrics: dict | None = None, prefix: str = "test") -> CheckpointConfig:
     """Write an evaluation's headline numbers (as test_*) and how they were measured into the
     checkpoint's config.json, and rewrite its model card: the card then reports held-out results,
     not only the validation numbers training chose the epoch by. With `cam_metrics`, also how well
     each CAM method (at the checkpoint's layer) points at lesions, which the app's About tab shows.
-    One write of config.json and the card for both."""
+    One write of config.json and the card for both. `prefix` "val" records a validation part's numbers
+    (val_*, replacing those training wrote) instead; `metrics` None records the CAM table only."""
     folder = Path(folder)
     config = read_config(folder)
-    recorded = {key: value for key, value in config.metrics.items() if not key.startswith("test_")}
-    recorded.update({f"test_{name}": round(float(metrics[name]), 4) for name in TEST_METRICS
-                     if metrics.get(name) is not None})
-    for index, (name, recall) in enumerate(metrics.get("per_class_recall", {}).items()):
-        if recall is not None:
-            recorded[f"test_recall_{index}_{name.lower().replace(' ', '_')}"] = round(float(recall), 4)
-    recorded["test_n"] = int(metrics["n"])
-    provenance = dict(config.provenance, evaluation_data=data_description, evaluation_command=command)
-    config = replace(config, metrics=recorded, provenance=provenance)
+    if metrics is not None:
+        recorded = {key: value for key, value in config.metrics.items() if not key.startswith(f"{prefix}_")}
+        recorded.update({f"{prefix}_{name}": round(float(metrics[name]), 4) for name in TEST_METRICS
+                         if metrics.get(name) is not None})
+        for index, (name, recall) in enumerate(metrics.get("per_class_recall", {}).items()):
+            if recall is not None:
+                recorded[f"{prefix}_recall_{index}_{name.lower().replace(' ', '_')}"] = round(float(recall), 4)
+        recorded[f"{prefix}_n"] = int(metrics["n"])
+        key = "evaluation" if prefix == "test" else "validation"
+        matrices = dict(config.provenance.get("confusion_matrices") or {}, **{prefix: metrics["confusion_matrix"]})
+        provenance = dict(config.provenance, **{f"{key}_data": data_description, f"{key}_command": command},
+                          confusion_matrices=matrices)
+        config = replace(config, metrics=recorded, provenance=provenance)
     if cam_metrics is not None:
+        config = replace(config, provenance=dict(config.provenance, cam_test_command=command))
         config = replace(config, cam_evaluation={**config.cam_evaluation,
                                                  "test": _cam_test_record(cam_metrics, data_description, command)})
     return _write(folder, config)
@@ -426,7 +524,10 @@ def _cam_test_record(cam_metrics: dict, data_description: str, command: str) -> 
     return {"data": data_description, "command": command, "layer": cam_metrics["default_layer"],
             **{key: cam_metrics[key] for key in copied}, "mask_area_share": round(cam_metrics["mask_area_share"], 4),
             "methods": {m: _rounded(v) for m, v in cam_metrics["methods"].items()},
-            "random_baseline": _rounded(cam_metrics["random_baseline"]), "notes": cam_metrics["notes"]}
+            "random_baseline": _rounded(cam_metrics["random_baseline"]),
+            **({"centre_baseline": _rounded(cam_metrics["centre_baseline"])}
+               if "centre_baseline" in cam_metrics else {}),
+            "notes": cam_metrics["notes"]}
 
 
 def choose_cam_default(folder: str | Path, cam_metrics: dict, data_description: str, command: str) -> CheckpointConfig:
@@ -441,7 +542,46 @@ def choose_cam_default(folder: str | Path, cam_metrics: dict, data_description: 
                                    for layer, table in cam_metrics["layers"].items()}}
     evaluation = {key: value for key, value in config.cam_evaluation.items() if key != "test"}
     return _write(folder, replace(config, cam_method=best["method"], cam_target_layer=best["layer"],
-                                  cam_evaluation={**evaluation, "selection": selection}))
+                                  cam_evaluation={**evaluation, "selection": selection},
+                                  provenance=dict(config.provenance, cam_selection_command=command)))
+
+
+def record_referral_share(folder: str | Path, row: dict, command: str) -> CheckpointConfig:
+    """Record how many photos of a camera the model never saw it refers ({data, n, referred, share}),
+    replacing an earlier row for the same data."""
+    folder = Path(folder)
+    config = read_config(folder)
+    rows = [r for r in config.provenance.get("other_cameras") or [] if r["data"] != row["data"]]
+    commands = dict(config.provenance.get("other_camera_commands") or {}, **{row["data"]: command})
+    return _write(folder, replace(config, provenance=dict(config.provenance, other_cameras=[*rows, row],
+                                                          other_camera_commands=commands)))
+
+
+def choose_referable_threshold(folder: str | Path, grades, referable_probability, min_sensitivity: float,
+                               data_description: str, command: str) -> float:
+    """Make the highest threshold that keeps referable sensitivity >= `min_sensitivity` on these photos the
+    checkpoint's referable threshold (screening misses cost more than extra referrals); returns it.
+    Choose on a validation part: the test part then reports what the threshold does."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    truth = np.asarray(grades) >= 2
+    if truth.all() or not truth.any():
+        raise CheckpointError("choosing a referable threshold needs referable and non-referable photos")
+    _, tpr, thresholds = roc_curve(truth, np.asarray(referable_probability, dtype=np.float64))
+    reachable = thresholds[(tpr >= min_sensitivity) & np.isfinite(thresholds)]
+    threshold = float(np.floor(min(max(reachable.max(), 0.001), 0.999) * 1000) / 1000)
+    predicted = np.asarray(referable_probability) >= threshold
+    sensitivity = float(predicted[truth].mean())
+    specificity = float((~predicted[~truth]).mean())
+    folder = Path(folder)
+    config = read_config(folder)
+    choice = {"rule": f"the highest threshold with referable sensitivity >= {min_sensitivity:g}",
+              "data": data_description, "sensitivity": round(sensitivity, 4), "specificity": round(specificity, 4)}
+    _write(folder, replace(config, referable_threshold=threshold,
+                           provenance=dict(config.provenance, referable_threshold_choice=choice,
+                                           threshold_command=command)))
+    return threshold
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Path,

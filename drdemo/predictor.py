@@ -47,7 +47,8 @@ class Analysis:
     """A prediction with what the app shows around it."""
 
     prediction: Prediction
-    model_view: Image.Image                  # the image as the model received it (cropped, resized)
+    model_view: Image.Image                  # the photo as the model received it (cropped, resized), before
+                                             # any local contrast, so a clinician sees the photo itself
     heatmap: np.ndarray | None = None        # (H, W) in [0, 1] over model_view, when a CAM was asked for
     cam_method: str | None = None
     cam_target: int | None = None            # the class the map explains
@@ -115,7 +116,8 @@ class Predictor:
         (plus one backward); with `tta`, the spread of the probabilities over eight symmetric views."""
         start = time.perf_counter()
         view = self.model_view(image)
-        batch = normalise(view, self.config.mean, self.config.std).unsqueeze(0).to(self.device)
+        batch = normalise(view, self.config.mean, self.config.std,
+                          self.config.preprocessing["local_contrast"]).unsqueeze(0).to(self.device)
         heatmap = target = None
         if cam_method is not None:
             explanation = self.explainer.explain(batch, method=cam_method, target=cam_target)

@@ -41,8 +41,15 @@ from drdemo.checkpoint import (
     read_weights,
     save_checkpoint,
 )
-from drdemo.data import DatasetError, FundusDataset, Sample, class_counts, load_samples, split_samples
-from drdemo.data.augment import DRDEMO_AUGMENTATION, PAPER_AUGMENTATION, Augmentation, eval_transform, train_transform
+from drdemo.data import PARTS, DatasetError, FundusDataset, Sample, class_counts, load_samples, split_samples
+from drdemo.data.augment import (
+    DRDEMO_AUGMENTATION,
+    PAPER_AUGMENTATION,
+    REAL_AUGMENTATION,
+    Augmentation,
+    eval_transform,
+    train_transform,
+)
 from drdemo.models import create_model, list_models, model_defaults
 
 STATE_NAME = "state.pt"
@@ -72,6 +79,7 @@ class Recipe:
     aux_loss_weight: float = 0.4      # InceptionV3's auxiliary classifier (Szegedy et al.)
     grad_clip: float = 5.0
     augmentation: Augmentation = DRDEMO_AUGMENTATION
+    local_contrast: float = 0.0       # preprocessing: drdemo.preprocess.local_contrast's sigma (0: off)
 
 
 PRESETS = {
@@ -80,6 +88,11 @@ PRESETS = {
     "medmamba-paper": Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=64, epochs=300,
                              warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, class_weights=False,
                              grad_clip=0.0, augmentation=PAPER_AUGMENTATION),
+    # A few hundred real photographs from one camera (IDRiD): a lower peak rate, longer warmup, strong
+    # camera augmentation, and Ben Graham's local contrast (sigma = side / 60, his 10 px at 300 px
+    # radius), which removes most of a camera's illumination and colour before the network sees it.
+    "real": Recipe(lr=3e-4, batch_size=16, epochs=30, warmup_epochs=2.0, augmentation=REAL_AUGMENTATION,
+                   local_contrast=0.0167),
 }
 
 
@@ -199,8 +212,13 @@ def _data_command(root: Path) -> str | None:
             f"--size {info['size']} --class-balance {info['class_balance']}")
 
 
-def _describe_data(root: Path, layout: str, parts: dict[str, list[Sample]]) -> str:
+def _describe_data(root: Path, layout: str, parts: dict[str, list[Sample]], part: str | None = None) -> str:
     sizes = ", ".join(f"{len(v)} {k}" for k, v in parts.items())
+    if layout == "idrid":
+        return (f"IDRiD disease grading ({root.name}), its official {part} part ({sum(map(len, parts.values()))} "
+                f"photos from one Kowa VX-10 alpha camera at Aravind Eye Hospital, Nanded, India; ICDR grades by "
+                f"retina specialists), split grade-stratified into {sizes}. IDRiD: Porwal et al., IEEE Dataport "
+                f"2018, doi:10.21227/H25W98, CC BY 4.0.")
     generator = root / "generator.json"
     if layout == "synthetic" and generator.is_file():
         info = json.loads(generator.read_text())
@@ -231,6 +249,8 @@ class RunOptions:
     save_every_minutes: float = 10.0
     stats_images: int = 400
     init_from: Path | None = None
+    part: str | None = None           # official part of a data set that has them (IDRiD): default "train"
+    cpu_bf16: bool = False            # bfloat16 autocast on CPU
     command: str = ""
 
 
@@ -257,7 +277,8 @@ class Trainer:
         self.config = self._initial_config(input_size)
         kwargs = dict(input_size=input_size, mean=self.config.mean, std=self.config.std,
                       interpolation=self.config.preprocessing["interpolation"],
-                      crop_fov=self.config.preprocessing["crop_fov"])
+                      crop_fov=self.config.preprocessing["crop_fov"],
+                      local_contrast_sigma=self.config.preprocessing["local_contrast"])
         self.train_set = FundusDataset(self.parts["train"], train_transform(augmentation=recipe.augmentation, **kwargs),
                                        task=options.task)
         self.val_set = FundusDataset(self.parts["val"], eval_transform(**kwargs), task=options.task)
@@ -294,6 +315,8 @@ class Trainer:
             lambda step: lr_factor(step, self.total_steps, warmup, recipe.schedule, recipe.min_lr_ratio))
         self.autocast_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                                else torch.float16) if (self.device.type == "cuda" and options.amp) else None
+        if self.device.type == "cpu" and options.cpu_bf16:
+            self.autocast_dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -320,7 +343,8 @@ class Trainer:
         options = self.options
         from drdemo.data import detect_layout
         layout = detect_layout(options.data)
-        samples = load_samples(options.data, layout)
+        self.part = options.part if options.part is not None or layout not in PARTS else "train"
+        samples = load_samples(options.data, layout, part=self.part)
         if options.limit:
             samples = split_samples(samples, {"train": min(1.0, options.limit / len(samples)),
                                               "rest": max(0.0, 1 - options.limit / len(samples))},
@@ -339,7 +363,8 @@ class Trainer:
             raise TrainingError("the validation part is empty: raise --val-fraction or pass --val-data")
         if self.dist.is_main and not (options.resume and split_path.is_file()):
             self.training_dir.mkdir(parents=True, exist_ok=True)
-            split_path.write_text(json.dumps({"data": str(options.data), "layout": layout, "seed": options.seed,
+            split_path.write_text(json.dumps({"data": str(options.data), "layout": layout, "part": self.part,
+                                              "seed": options.seed,
                                               "parts": {k: [s.image_id for s in v] for k, v in parts.items()}}) + "\n")
         return parts, layout
 
@@ -350,22 +375,25 @@ class Trainer:
         if options.resume:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
             return CheckpointConfig.from_dict(json.loads(state["config"]), source=str(self.state_path))
-        if options.init_from is not None:  # keep the statistics the weights were trained with
+        source = None
+        if options.init_from is not None:
             try:
-                mean, std = read_config(options.init_from).mean, read_config(options.init_from).std
+                source = read_config(options.init_from)
             except CheckpointError as exc:
                 raise TrainingError(f"--init-from: {exc}") from exc
-        else:
+        if source is not None and source.preprocessing["local_contrast"] == self.recipe.local_contrast:
+            mean, std = source.mean, source.std  # keep the statistics the weights were trained with
+        else:  # new data, or inputs the source never saw (local contrast changes every pixel): measure them
             from drdemo.data.stats import channel_stats
             mean, std = channel_stats(self.parts["train"], input_size=input_size, limit=options.stats_images,
-                                      seed=options.seed)
+                                      seed=options.seed, local_contrast_sigma=self.recipe.local_contrast)
         recipe = asdict(self.recipe)
         recipe["preset"] = options.preset
         return CheckpointConfig.for_architecture(
             options.model, task=options.task, input_size=input_size,
             mean=tuple(round(float(v), 5) for v in mean), std=tuple(round(float(v), 5) for v in std),
-            preprocessing={"interpolation": "bicubic", "crop_fov": True},
-            provenance={"trained": True, "data": _describe_data(options.data, self.layout, self.parts),
+            preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": self.recipe.local_contrast},
+            provenance={"trained": True, "data": _describe_data(options.data, self.layout, self.parts, self.part),
                         "data_command": _data_command(options.data) if self.layout == "synthetic" else None,
                         "recipe": json.dumps(recipe, default=str), "seed": options.seed,
                         "command": options.command, "code_commit": _code_commit(),
@@ -422,7 +450,7 @@ class Trainer:
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast("cuda", dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _loss(self, output, targets: torch.Tensor) -> torch.Tensor:
         if hasattr(output, "aux_logits") and output.aux_logits is not None:
@@ -576,8 +604,8 @@ def _pick_device(name: str) -> torch.device:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m drdemo.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=list_models())
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder (EyePACS, APTOS, ImageFolder or "
-                        "synthetic layout, detected)")
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder (IDRiD grading, EyePACS, APTOS, "
+                        "ImageFolder or synthetic layout, detected)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     parser.add_argument("--task", default="icdr5", choices=sorted(TASK_CLASS_NAMES))
     parser.add_argument("--preset", default="drdemo", choices=sorted(PRESETS))
@@ -588,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-epochs", type=float)
     parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--no-class-weights", action="store_true")
+    parser.add_argument("--local-contrast", type=float, help="local contrast sigma as a share of the input size "
+                        "(0: off; the real preset's 0.0167 is Ben Graham's)")
+    parser.add_argument("--part", choices=("train", "test"), help="official part of a data set that has one "
+                        "(IDRiD; default train)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU (fast on CPUs with "
+                        "AVX512-BF16 or AMX)")
     parser.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of patients held out to validate")
@@ -608,7 +642,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     overrides = {name: value for name, value in (
         ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("weight_decay", args.weight_decay), ("warmup_epochs", args.warmup_epochs),
-        ("label_smoothing", args.label_smoothing)) if value is not None}
+        ("label_smoothing", args.label_smoothing), ("local_contrast", args.local_contrast)) if value is not None}
     if args.no_class_weights:
         overrides["class_weights"] = False
     return replace(recipe, **overrides)
@@ -620,6 +654,8 @@ def _validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         (args.batch_size is not None and args.batch_size < 1, "--batch-size must be at least 1"),
         (args.lr is not None and not 0 < args.lr < 1, "--lr must be in (0, 1)"),
         (args.label_smoothing is not None and not 0 <= args.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (args.local_contrast is not None and not 0 <= args.local_contrast <= 0.5,
+         "--local-contrast must be in [0, 0.5]"),
         (args.img_size is not None and not 64 <= args.img_size <= 1024, "--img-size must be in [64, 1024]"),
         (not 0 < args.val_fraction < 1, "--val-fraction must be in (0, 1)"),
         (args.workers < 0, "--workers must be >= 0"),
@@ -645,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
                          img_size=args.img_size, seed=args.seed, val_fraction=args.val_fraction,
                          val_data=args.val_data, workers=args.workers, limit=args.limit, resume=args.resume,
                          device=args.device, amp=not args.no_amp, save_every_minutes=args.save_every_minutes,
-                         init_from=args.init_from, command=command)
+                         init_from=args.init_from, part=args.part, cpu_bf16=args.cpu_bf16, command=command)
     try:
         trainer = Trainer(options, recipe_from_args(args))
         trainer.run()

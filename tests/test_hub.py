@@ -182,6 +182,9 @@ def _edit_config(folder: Path, **changes) -> None:
     (dict(architecture="resnet50", cam_target_layer="layer4", cam_reshape=None), r"not a resnet50 state_dict"),
     (dict(class_names=["a", "b"]), r"class_names has 2 names but num_classes is 5"),
     (dict(std=[0.2, 0.0, 0.1]), r"std must be positive"),
+    (dict(preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": 2}),
+     r"'local_contrast': a number in \[0, 0.5\]"),
+    (dict(preprocessing={"interpolation": "bicubic", "crop_fov": True, "gamma": 2}), r"preprocessing must be"),
 ])
 def test_config_that_disagrees_with_weights_is_refused(tmp_path, changes, message):
     make_checkpoint(tmp_path / "ckpt", seed=8)
@@ -262,3 +265,10 @@ def test_card_lists_every_training_stage_also_when_an_older_stage_was_stored_as_
     positions = [card.index(f"# Training, stage {n} of 3\n{stage['command']}\n") for n, stage in
                  enumerate((first, second, third), 1)]
     assert positions == sorted(positions)
+
+
+def test_a_config_written_before_local_contrast_loads_without_it(tmp_path):
+    make_checkpoint(tmp_path / "ckpt", seed=8)
+    _edit_config(tmp_path / "ckpt", preprocessing={"interpolation": "bicubic", "crop_fov": True})
+    assert load_model(tmp_path / "ckpt").config.preprocessing == {"interpolation": "bicubic", "crop_fov": True,
+                                                                  "local_contrast": 0.0}

@@ -88,3 +88,54 @@ def test_prepare_image_crops_only_when_asked():
     plain = np.asarray(prepare_image(image, 64, crop_fov=False))
     assert cropped.shape == plain.shape == (64, 64, 3)
     assert (cropped.max(axis=2) > 100).mean() > (plain.max(axis=2) > 100).mean() + 0.2
+
+
+def _fundus(cast=(1.0, 1.0, 1.0), gain=1.0, size=160):
+    """A textured orange disc on black; `cast` and `gain` scale the channels as another camera might."""
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:size, 0:size]
+    disc = (xs - size / 2) ** 2 + (ys - size / 2) ** 2 < (0.45 * size) ** 2
+    base = np.array([170.0, 80.0, 30.0]) * np.array(cast) * gain
+    spots = (rng.random((size, size)) < 0.01)[..., None] * np.array([-60.0, -40.0, -10.0])
+    pixels = np.where(disc[..., None], base + spots, 0.0)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), disc
+
+
+def test_local_contrast_keeps_the_lesions_and_drops_the_camera():
+    from drdemo.preprocess import local_contrast
+    plain, disc = _fundus()
+    bluish, _ = _fundus(cast=(0.8, 1.1, 1.6), gain=0.85)
+    enhanced, other = (np.asarray(local_contrast(im, 0.0167), dtype=float) for im in (plain, bluish))
+    inner = disc & (np.hypot(*np.mgrid[0:160, 0:160] - 80) < 60)
+    # the colour cast and exposure are gone: the two cameras differ by < 1/10 of what the lesions change
+    assert np.abs(enhanced - other)[inner].mean() < 0.1 * np.abs(enhanced - 128)[inner].max()
+    assert np.abs(enhanced[inner].mean(axis=0) - 128).max() < 6      # the retina sits at mid-grey
+    assert (enhanced[~disc] == 128).all()                            # so does the surround, with no rim
+    assert enhanced[inner].min() < 60                                # the dark spots stand out
+
+
+def test_local_contrast_off_is_the_plain_input():
+    from drdemo.preprocess import local_contrast
+    image, _ = _fundus()
+    assert local_contrast(image, 0.0) is image
+    with_contrast = to_model_input(image, 64, (0.5,) * 3, (0.2,) * 3, local_contrast_sigma=0.0167)
+    without = to_model_input(image, 64, (0.5,) * 3, (0.2,) * 3)
+    assert with_contrast.shape == without.shape and not torch.allclose(with_contrast, without)
+
+
+def test_training_evaluation_and_the_app_feed_the_model_the_same_tensor():
+    from drdemo.checkpoint import CheckpointConfig
+    from drdemo.data.augment import eval_transform
+    from drdemo.models import create_model
+    from drdemo.predictor import Predictor
+    from drdemo.preprocess import normalise, preprocess_kwargs
+    image, _ = _fundus(size=200)
+    config = CheckpointConfig.for_architecture(
+        "resnet50", input_size=64, mean=(0.5, 0.5, 0.5), std=(0.1, 0.1, 0.1),
+        preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": 0.02})
+    evaluation = to_model_input(image, **preprocess_kwargs(config))[0]
+    kwargs = preprocess_kwargs(config)
+    training = eval_transform(**kwargs)(image)
+    predictor = Predictor(create_model("resnet50", num_classes=5), config)
+    app = normalise(predictor.model_view(image), config.mean, config.std, config.preprocessing["local_contrast"])
+    assert torch.equal(evaluation, training) and torch.equal(evaluation, app)

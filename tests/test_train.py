@@ -104,7 +104,7 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_data, tmp_path, m
     assert min(r["val_loss"] for r in epochs) < math.log(2)  # better than chance on held-out patients
     config = read_config(out)
     assert config.task == "referable" and config.input_size == 64 and config.trained
-    assert config.preprocessing == {"interpolation": "bicubic", "crop_fov": True}
+    assert config.preprocessing == {"interpolation": "bicubic", "crop_fov": True, "local_contrast": 0.0}
     assert "python -m drdemo.train --model medmamba_t" in config.provenance["command"]
     assert config.metrics["val_qwk"] == pytest.approx(max(r["val_qwk"] for r in epochs), abs=1e-4)
     assert (out / "README.md").read_text().count("val_qwk") >= 1
@@ -237,3 +237,45 @@ def test_the_recorded_data_command_remakes_the_training_folder(tmp_path, monkeyp
     made = sorted(p.relative_to("data/synth") for p in Path("data/synth").rglob("*") if p.is_file())
     assert made and made == sorted(p.relative_to("again") for p in Path("again").rglob("*") if p.is_file())
     assert all((Path("data/synth") / p).read_bytes() == (Path("again") / p).read_bytes() for p in made)
+
+
+# ---------------------------------------------------------------------------------------------- real photos
+
+@pytest.fixture(scope="module")
+def real_subset(tmp_path_factory):
+    from real_data import IDRID_GRADING, tiny_idrid
+    if not IDRID_GRADING.is_dir():
+        pytest.skip("the real photos (../shared/data) are not on this machine")
+    return tiny_idrid(tmp_path_factory.mktemp("idrid") / "B. Disease Grading")
+
+
+def test_the_real_recipe_trains_on_idrid_train_only_with_local_contrast(real_subset, tmp_path):
+    start = tmp_path / "synthetic-start"
+    torch.manual_seed(0)
+    from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+    from drdemo.models import create_model
+    save_checkpoint(create_model("medmamba_t", num_classes=5),
+                    CheckpointConfig.for_architecture("medmamba_t", input_size=64, mean=(0.6, 0.3, 0.1),
+                                                      std=(0.2, 0.1, 0.05), provenance={"trained": True,
+                                                                                        "data": "synthetic"}), start)
+    out = tmp_path / "run"
+    assert train.main(_args(real_subset, out, "--preset", "real", "--epochs", "1", "--val-fraction", "0.3",
+                            "--cpu-bf16", "--init-from", str(start))) == 0
+    config = read_config(out)
+    split = json.loads((out / "training" / "split.json").read_text())
+    assert split["layout"] == "idrid" and split["part"] == "train"
+    assert sum(map(len, split["parts"].values())) == 15           # the 15 training photos; the test ones never
+    assert config.preprocessing["local_contrast"] == pytest.approx(0.0167)
+    # local contrast changed what the network sees, so the statistics were measured, not kept from the start
+    assert config.mean != (0.6, 0.3, 0.1) and all(abs(m - 0.5) < 0.05 for m in config.mean)
+    assert "IDRiD" in config.provenance["data"] and "--cpu-bf16" in config.provenance["command"]
+    card = (out / "README.md").read_text()
+    assert "doi:10.21227/H25W98, licensed CC BY 4.0" in card and "Kowa VX-10 alpha" in card
+    loaded = load_model(out)
+    assert Predictor.from_loaded(loaded).predict(Image.new("RGB", (80, 80), (150, 70, 30))).grade in range(5)
+
+
+def test_train_refuses_a_bad_local_contrast(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(_args(tiny_data, tmp_path / "x", "--local-contrast", "0.9"))
+    assert "--local-contrast must be in [0, 0.5]" in capsys.readouterr().err

@@ -10,11 +10,61 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from drdemo.preprocess import normalise, prepare_image
+from drdemo.preprocess import fundus_mask, normalise, prepare_image
+
+
+class UnevenIllumination:
+    """Multiply by a random linear brightness ramp (1 - amplitude .. 1 + amplitude across the image, in a
+    random direction), as a decentred flash or a small pupil light one side of the retina."""
+
+    def __init__(self, amplitude: float):
+        self.amplitude = amplitude
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        angle = float(torch.rand(()) * 2 * np.pi)
+        strength = float(torch.rand(())) * self.amplitude
+        height, width = image.height, image.width
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        ramp = ((xs / max(width - 1, 1) - 0.5) * np.cos(angle) + (ys / max(height - 1, 1) - 0.5) * np.sin(angle))
+        gain = 1.0 + 2.0 * strength * ramp
+        pixels = np.asarray(image, dtype=np.float32) * gain[..., None]
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+class KeepSurround:
+    """Apply photometric `steps`, then put the black surround back: a camera's mask stays black whatever
+    the exposure, while ColorJitter's contrast would lift it towards grey and let it pass for retina."""
+
+    def __init__(self, steps: list[Callable[[Image.Image], Image.Image]]):
+        self.steps = T.Compose(steps)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        outside = ~fundus_mask(np.asarray(image, dtype=np.uint8))
+        pixels = np.array(self.steps(image))
+        pixels[outside] = 0
+        return Image.fromarray(pixels)
+
+
+class ClipFieldOfView:
+    """Black out a band at the top and bottom (up to `max_share` of the height each), the shape of a
+    camera whose circular field of view is cut by its sensor's short side."""
+
+    def __init__(self, max_share: float):
+        self.max_share = max_share
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        band = int(float(torch.rand(())) * self.max_share * image.height)
+        if band == 0:
+            return image
+        pixels = np.array(image)
+        pixels[:band] = 0
+        pixels[image.height - band:] = 0
+        return Image.fromarray(pixels)
 
 
 @dataclass(frozen=True)
@@ -33,9 +83,15 @@ class Augmentation:
     blur_probability: float = 0.0
     blur_kernel: int = 3
     blur_sigma: tuple[float, float] = (0.1, 1.0)
+    illumination: float = 0.0              # amplitude of UnevenIllumination's ramp
+    illumination_probability: float = 0.0
+    fov_clip: float = 0.0                  # ClipFieldOfView's largest band, as a share of the height
+    fov_clip_probability: float = 0.0
 
     def build(self) -> Callable[[Image.Image], Image.Image]:
         steps: list[Callable] = []
+        if self.fov_clip and self.fov_clip_probability:
+            steps.append(T.RandomApply([ClipFieldOfView(self.fov_clip)], p=self.fov_clip_probability))
         if self.horizontal_flip:
             steps.append(T.RandomHorizontalFlip())
         if self.vertical_flip:
@@ -48,8 +104,13 @@ class Augmentation:
         if self.blur_probability:
             blur = T.GaussianBlur(self.blur_kernel, sigma=self.blur_sigma)
             steps.append(blur if self.blur_probability >= 1 else T.RandomApply([blur], p=self.blur_probability))
+        photometric: list[Callable] = []
+        if self.illumination and self.illumination_probability:
+            photometric.append(T.RandomApply([UnevenIllumination(self.illumination)], p=self.illumination_probability))
         if any((self.brightness, self.contrast, self.saturation, self.hue)):
-            steps.append(T.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue))
+            photometric.append(T.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue))
+        if photometric:
+            steps.append(KeepSurround(photometric))
         return T.Compose(steps)
 
 
@@ -59,24 +120,34 @@ class Augmentation:
 DRDEMO_AUGMENTATION = Augmentation(rotation_degrees=180, scale=(0.92, 1.08), translate=0.03, horizontal_flip=True,
                                    vertical_flip=True, brightness=0.25, contrast=0.25, saturation=0.15, hue=0.02,
                                    blur_probability=0.15, blur_kernel=3, blur_sigma=(0.1, 0.8))
+# Real photographs from one camera (IDRiD): the model must not learn that camera, so colour, exposure,
+# illumination, sharpness, scale and the shape of the field of view vary more than between our
+# synthetic cameras. Blur stays mild (sigma <= 1 px at the model input) for grade 1's microaneurysms.
+REAL_AUGMENTATION = Augmentation(rotation_degrees=180, scale=(0.85, 1.15), translate=0.05, horizontal_flip=True,
+                                 vertical_flip=True, brightness=0.3, contrast=0.3, saturation=0.25, hue=0.04,
+                                 blur_probability=0.25, blur_kernel=5, blur_sigma=(0.1, 1.0),
+                                 illumination=0.3, illumination_probability=0.5,
+                                 fov_clip=0.12, fov_clip_probability=0.3)
 # Seed 000's MedMamba recipe: RandomRotation(10), GaussianBlur(5, sigma 0.1-3.0), ColorJitter(0.5, 0.5, 0.5).
 PAPER_AUGMENTATION = Augmentation(rotation_degrees=10, blur_probability=1.0, blur_kernel=5, blur_sigma=(0.1, 3.0),
                                   brightness=0.5, contrast=0.5, saturation=0.5)
 
 
-def eval_transform(input_size: int, mean, std, interpolation: str = "bicubic",
-                   crop_fov: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+def eval_transform(input_size: int, mean, std, interpolation: str = "bicubic", crop_fov: bool = True,
+                   local_contrast_sigma: float = 0.0) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> (3, H, W) tensor, exactly as the app feeds the model."""
     def transform(image: Image.Image) -> torch.Tensor:
-        return normalise(prepare_image(image, input_size, interpolation, crop_fov), mean, std)
+        return normalise(prepare_image(image, input_size, interpolation, crop_fov), mean, std, local_contrast_sigma)
     return transform
 
 
 def train_transform(input_size: int, mean, std, augmentation: Augmentation, interpolation: str = "bicubic",
-                    crop_fov: bool = True) -> Callable[[Image.Image], torch.Tensor]:
-    """Like `eval_transform`, with `augmentation` applied to the resized image."""
+                    crop_fov: bool = True, local_contrast_sigma: float = 0.0) -> Callable[[Image.Image], torch.Tensor]:
+    """Like `eval_transform`, with `augmentation` applied to the resized image (before local contrast, which
+    then removes part of what the colour and illumination changes did, as it does for real cameras)."""
     augment = augmentation.build()
 
     def transform(image: Image.Image) -> torch.Tensor:
-        return normalise(augment(prepare_image(image, input_size, interpolation, crop_fov)), mean, std)
+        prepared = augment(prepare_image(image, input_size, interpolation, crop_fov))
+        return normalise(prepared, mean, std, local_contrast_sigma)
     return transform

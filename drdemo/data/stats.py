@@ -20,23 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from drdemo.data.datasets import DatasetError, Sample, load_samples, open_image
-from drdemo.preprocess import prepare_image
-
-# Same rule as drdemo.preprocess.field_of_view_box: a pixel is fundus when its brightest channel exceeds
-# this share of the image's bright level (99th percentile), with an absolute floor above JPEG noise.
-FOV_RELATIVE_THRESHOLD = 0.08
-FOV_ABSOLUTE_FLOOR = 10
-
-
-def fundus_mask(pixels: np.ndarray) -> np.ndarray:
-    """Boolean HxW mask of the field of view of an HxWx3 uint8 RGB array."""
-    brightest = pixels.max(axis=2)
-    level = float(np.percentile(brightest, 99))
-    return brightest > max(FOV_ABSOLUTE_FLOOR, FOV_RELATIVE_THRESHOLD * level)
+from drdemo.preprocess import fundus_mask, local_contrast, prepare_image
 
 
 def channel_stats(samples: Sequence[Sample], input_size: int = 224, limit: int | None = None, seed: int = 0,
-                  interpolation: str = "bicubic", crop_fov: bool = True,
+                  interpolation: str = "bicubic", crop_fov: bool = True, local_contrast_sigma: float = 0.0,
                   progress: bool = False) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) per RGB channel, on the [0, 1] scale, of the field-of-view pixels of `samples`.
 
@@ -44,12 +32,14 @@ def channel_stats(samples: Sequence[Sample], input_size: int = 224, limit: int |
     takes a random subset of that many images (chosen by `seed`), enough for stable statistics on
     large sets. Images with no field of view (all black) contribute nothing.
     """
-    mean, std, _ = _channel_stats(samples, input_size, limit, seed, interpolation, crop_fov, progress)
+    mean, std, _ = _channel_stats(samples, input_size, limit, seed, interpolation, crop_fov, progress,
+                                  local_contrast_sigma)
     return mean, std
 
 
 def _channel_stats(samples: Sequence[Sample], input_size: int, limit: int | None, seed: int, interpolation: str,
-                   crop_fov: bool, progress: bool) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+                   crop_fov: bool, progress: bool,
+                   local_contrast_sigma: float = 0.0) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """`channel_stats`, plus the number of field-of-view pixels it averaged."""
     if input_size < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
@@ -71,7 +61,8 @@ def _channel_stats(samples: Sequence[Sample], input_size: int, limit: int | None
     for sample in samples:
         prepared = prepare_image(open_image(sample.path), input_size, interpolation, crop_fov)
         pixels = np.asarray(prepared, dtype=np.uint8)
-        inside = pixels[fundus_mask(pixels)].astype(np.float64) / 255.0
+        enhanced = np.asarray(local_contrast(prepared, local_contrast_sigma), dtype=np.uint8)
+        inside = enhanced[fundus_mask(pixels)].astype(np.float64) / 255.0
         total += inside.sum(axis=0)
         total_sq += np.square(inside).sum(axis=0)
         count += inside.shape[0]
