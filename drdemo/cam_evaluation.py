@@ -1,12 +1,14 @@
 """Does each CAM method point at the lesions? Scores over a data set with lesion masks.
 
-For every image of grade >= 1 (up to a limit), each method explains the model's predicted class
-(what the app shows by default) and is scored with `drdemo.cam_metrics` against the union of the
+For every photo with a lesion mask (up to a limit; drdemo.data.lesions), each method explains the
+model's predicted class (what the app shows by default) and is scored with `drdemo.cam_metrics` against the union of the
 image's lesion masks, moved through the model's preprocessing. The pointing game is also reported
 on the images the model itself grades as diseased (predicted class other than 0): where it answers
 "No DR", its map shows evidence for health, which has no reason to sit on a lesion. A smooth random
-map is scored the same way as the baseline every method must beat. `python -m drdemo.evaluate --cam`
-writes the result as cam_metrics.json and a grid of examples.
+map is scored the same way as the baseline every method must beat, and so is a map peaked at the
+centre of the field of view: on real photos of diabetic retinopathy lesions crowd around the macula,
+near the centre, so a method that does not beat this map has not shown it looks at lesions.
+`python -m drdemo.evaluate --cam` writes the result as cam_metrics.json and a grid of examples.
 """
 
 from __future__ import annotations
@@ -22,33 +24,33 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
-from drdemo.cam_metrics import energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
-from drdemo.data import Sample, open_image
+from drdemo.cam_metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
+from drdemo.data import open_image
+from drdemo.data.lesions import LesionSample, lesion_union
 from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, Explainer, ExplainError, overlay
-from drdemo.preprocess import prepare_image, prepare_mask, preprocess_kwargs, to_model_input
+from drdemo.preprocess import fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
 
 DEFAULT_ROAD_PERCENTILES = (20, 40, 60, 80)
 RANDOM_BASELINE = "random"
+CENTRE_BASELINE = "centre"
+BASELINES = (RANDOM_BASELINE, CENTRE_BASELINE)
+# A method is said to beat the centre map when its pointing game is at least this much higher and its
+# energy share on lesions at least this many times the centre map's (issue 21's bar).
+BEATS_CENTRE_POINTING = 0.05
+BEATS_CENTRE_ENERGY = 1.5
 
 
 class CamEvaluationError(ValueError):
     """The data cannot be used to score CAMs (no lesion masks, no images with lesions)."""
 
 
-def lesion_union(root: Path, image_id: str) -> np.ndarray:
-    """All lesion types of one synthetic image as one boolean mask at the image's stored size."""
-    from drdemo.data.synthetic import read_lesion_masks
-    masks = read_lesion_masks(root, image_id)
-    return np.logical_or.reduce(list(masks.values()))
-
-
-def evaluate_cams(loaded, root: Path, samples: Sequence[Sample], methods: Sequence[str], default_method: str,
+def evaluate_cams(loaded, samples: Sequence[LesionSample], methods: Sequence[str], default_method: str,
                   limit: int | None = 50, road_limit: int | None = 20,
                   road_percentiles: Sequence[int] = DEFAULT_ROAD_PERCENTILES, seed: int = 0,
                   grid_cases: int = 4, progress: bool = True,
                   layers: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
-    """Scores per method (at each of `layers`, default the checkpoint's CAM layer) and for the random
-    baseline, and the first `grid_cases` cases for a figure.
+    """Scores per method (at each of `layers`, default the checkpoint's CAM layer) and for the random and
+    centre baselines, and the first `grid_cases` cases for a figure.
 
     ROAD needs a sparse linear solve per image and percentile, so it runs on the first `road_limit`
     images only; the pointing games use all `limit` images.
@@ -64,19 +66,16 @@ def evaluate_cams(loaded, root: Path, samples: Sequence[Sample], methods: Sequen
             explainers[layer] = Explainer(loaded.model, layer, config.cam_reshape, config.num_classes)
         except ExplainError as exc:
             raise CamEvaluationError(f"--cam-layers: {exc}") from exc
-    if not (root / "masks").is_dir():
-        raise CamEvaluationError(f"{root} has no masks/ folder: --cam needs lesion masks, which only the synthetic "
-                                 f"layout (python -m drdemo.data.synthetic) provides")
-    with_lesions = [s for s in samples if s.grade >= 1][:limit]
+    with_lesions = [s for s in samples if s.masks][:limit]
     if not with_lesions:
-        raise CamEvaluationError("no image of grade >= 1 to score CAMs on")
+        raise CamEvaluationError("no photo with a lesion mask to score CAMs on")
     with torch.random.fork_rng():  # ROAD's imputation noise: seeded, without touching the caller's RNG
         torch.manual_seed(seed)
-        return _score(loaded, root, with_lesions, methods, default_method, explainers, road_limit, road_percentiles,
+        return _score(loaded, with_lesions, methods, default_method, explainers, road_limit, road_percentiles,
                       np.random.default_rng(seed), grid_cases, progress)
 
 
-def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence[str], default_method: str,
+def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str], default_method: str,
            explainers: dict[str, Explainer], road_limit: int | None, road_percentiles: Sequence[int],
            rng: np.random.Generator, grid_cases: int, progress: bool) -> tuple[dict, list[dict]]:
     config, model = loaded.config, loaded.model
@@ -84,14 +83,15 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
     tolerance = pointing_tolerance(config.input_size)
     road = ROADCombined(percentiles=list(road_percentiles))
     default_layer = config.cam_target_layer if config.cam_target_layer in explainers else next(iter(explainers))
-    keys = [(layer, method) for layer in explainers for method in methods] + [(None, RANDOM_BASELINE)]
+    keys = [(layer, method) for layer in explainers for method in methods] + [(None, b) for b in BASELINES]
     scores: dict[tuple, dict[str, list]] = {k: {"pointing": [], "energy": [], "road": [], "flat": []} for k in keys}
     area_shares, graded_dr, cases = [], [], []
     started = time.perf_counter()
     for index, sample in enumerate(tqdm(with_lesions, desc="CAM faithfulness", disable=not progress)):
         image = open_image(sample.path)
-        batch = to_model_input(image, **kwargs)
-        mask = prepare_mask(lesion_union(root, sample.image_id), image, config.input_size, kwargs["crop_fov"])
+        view = prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"])
+        batch = normalise(view, config.mean, config.std, kwargs["local_contrast_sigma"]).unsqueeze(0)
+        mask = prepare_mask(lesion_union(sample, image.size), image, config.input_size, kwargs["crop_fov"])
         area_shares.append(float(mask.mean()))
         maps = {}
         predicted = None
@@ -102,6 +102,7 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
                 maps[layer, method] = explanation.heatmap
         graded_dr.append(predicted != 0)
         maps[None, RANDOM_BASELINE] = random_map(mask.shape, rng)
+        maps[None, CENTRE_BASELINE] = centre_map(mask.shape, fundus_mask(np.asarray(view, dtype=np.uint8)))
         for key in keys:
             heatmap = maps[key]
             scores[key]["pointing"].append(pointing_hit(heatmap, mask, tolerance))
@@ -113,7 +114,7 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
                                                           model)[0]))
         if len(cases) < grid_cases:
             cases.append({"image_id": sample.image_id, "grade": sample.grade, "predicted": predicted,
-                          "image": prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"]),
+                          "image": view,
                           "mask": mask, "maps": {m: maps[default_layer, m] for m in methods}})
 
     def summary(key: tuple) -> dict:
@@ -128,10 +129,15 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
     by_layer = {layer: {m: summary((layer, m)) for m in methods} for layer in explainers}
     per_method = by_layer[default_layer]
     baseline = summary((None, RANDOM_BASELINE))
+    centre = summary((None, CENTRE_BASELINE))
     notes = [f"{m} at {layer}: ROAD {row['road_combined']:.4f} is not better than the random map's "
              f"{baseline['road_combined']:.4f}" for layer, table in by_layer.items() for m, row in table.items()
              if row["road_combined"] is not None and baseline["road_combined"] is not None
              and row["road_combined"] <= baseline["road_combined"]]
+    notes += [f"{m} at {layer}: does not beat the centre-peaked map (pointing game {row['pointing_game']:.3f} vs "
+              f"{centre['pointing_game']:.3f}, energy share {row['energy_pointing_game']:.4f} vs "
+              f"{centre['energy_pointing_game']:.4f})" for layer, table in by_layer.items()
+              for m, row in table.items() if not beats_centre(row, centre)]
 
     def rank(pair: tuple[str, str]) -> tuple[float, float]:
         layer, method = pair
@@ -153,12 +159,20 @@ def _score(loaded, root: Path, with_lesions: Sequence[Sample], methods: Sequence
         "methods": per_method,
         "layers": by_layer,
         "random_baseline": baseline,
+        "centre_baseline": centre,
+        "beats_centre": {m: beats_centre(row, centre) for m, row in per_method.items()},
         "best_pointing_method": max(methods, key=lambda m: rank((default_layer, m))),
         "best": {"layer": best_layer, "method": best_method, **by_layer[best_layer][best_method]},
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 2),
     }
     return result, cases
+
+
+def beats_centre(scores: dict, centre: dict) -> bool:
+    """Whether a method's scores clear the centre-peaked map by the bar of BEATS_CENTRE_*."""
+    return (scores["pointing_game"] >= centre["pointing_game"] + BEATS_CENTRE_POINTING
+            and scores["energy_pointing_game"] >= BEATS_CENTRE_ENERGY * centre["energy_pointing_game"])
 
 
 def plot_cam_grid(cases: Sequence[dict], path: Path, title: str) -> Path:
@@ -173,7 +187,8 @@ def plot_cam_grid(cases: Sequence[dict], path: Path, title: str) -> Path:
         image: Image.Image = case["image"]
         tinted = np.asarray(image, dtype=np.float32).copy()
         tinted[case["mask"]] = 0.4 * tinted[case["mask"]] + 0.6 * np.array([0, 255, 255])
-        panels = [(image, f"{case['image_id']} (grade {case['grade']})"),
+        grade = "" if case["grade"] is None else f" (grade {case['grade']})"
+        panels = [(image, f"{case['image_id']}{grade}"),
                   (Image.fromarray(tinted.astype(np.uint8)), "lesion mask"),
                   *[(overlay(image, case["maps"][m], 0.5), CAM_METHOD_NAMES[m]) for m in methods]]
         for column, (panel, label) in enumerate(panels):

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on a graded data folder: metrics, per-image predictions and two plots.
 
     python -m drdemo.evaluate --checkpoint FOLDER_OR_REPO [--revision R] --data DIR --out OUT
-        [--batch-size 16] [--workers 0] [--limit N] [--split split.json --part test]
+        [--batch-size 16] [--workers 0] [--limit N] [--part test] [--split split.json --part val]
+        [--choose-threshold 0.9] [--cam [--cam-overlap CSV --cam-photos copies|others]]
 
 writes OUT/metrics.json (drdemo.metrics.grading_metrics, plus where the checkpoint and the data
 came from and how fast it ran), OUT/predictions.csv (one row per image), OUT/confusion_matrix.png
@@ -9,7 +10,10 @@ and OUT/roc.png. Images are preprocessed exactly as the checkpoint's config.json
 (drdemo.preprocess.preprocess_kwargs), the same path the app and training use.
 
 `evaluate(loaded, samples)` is the reusable part (the training loop calls it for validation);
-the CLI adds loading, the files and the plots.
+the CLI adds loading, the files and the plots. `--part` names an official part of the data set
+(IDRiD's train or test) or, with `--split`, a part of that split file (a training run's
+training/split.json has train and val). `--cam` on a folder of lesion masks without grades
+(IDRiD's segmentation set) scores the heat maps only.
 """
 
 from __future__ import annotations
@@ -32,8 +36,31 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
-from drdemo.checkpoint import CheckpointError, choose_cam_default, record_evaluation
-from drdemo.data import LAYOUTS, DatasetError, FundusDataset, Sample, detect_layout, load_samples, load_split
+from drdemo.checkpoint import (
+    CheckpointError,
+    choose_cam_default,
+    choose_referable_threshold,
+    record_evaluation,
+    record_referral_share,
+)
+from drdemo.data import (
+    LAYOUTS,
+    PARTS,
+    DatasetError,
+    FundusDataset,
+    Sample,
+    detect_layout,
+    load_photos,
+    load_samples,
+    load_split,
+)
+from drdemo.data.lesions import (
+    LesionSample,
+    detect_lesion_layout,
+    grading_copies,
+    load_lesion_samples,
+    split_by_copies,
+)
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.hub import LoadedModel, load_model
 from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
@@ -212,14 +239,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (by image id)")
-    parser.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split")
-    parser.add_argument("--part", help="part of --split to evaluate (default: test)")
+    parser.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split, or a training "
+                        "run's training/split.json")
+    parser.add_argument("--part", help="part of --split to evaluate (default: test), or without --split the "
+                        "data set's official part (IDRiD: train or test)")
+    parser.add_argument("--choose-threshold", type=float, metavar="SENSITIVITY",
+                        help="make the referable threshold the highest one that keeps this referable sensitivity "
+                             "on these images (choose on a validation part, never the test part); local folders")
+    parser.add_argument("--ungraded", action="store_true",
+                        help="the folder's photos have no grades (DRIVE, CHASE_DB1: mostly eyes without referable "
+                             "DR): report the share the model refers, at its threshold")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     parser.add_argument("--cam", action="store_true",
                         help="also score CAM methods against the lesion masks (synthetic layout): cam_metrics.json")
     parser.add_argument("--cam-methods", nargs="+", default=list(CAM_METHODS), metavar="METHOD",
                         help=f"CAM methods to score (default: all of {', '.join(CAM_METHODS)})")
-    parser.add_argument("--cam-limit", type=int, default=50, help="images of grade >= 1 to score CAMs on")
+    parser.add_argument("--cam-limit", type=int, default=50, help="photos with lesion masks to score CAMs on")
+    parser.add_argument("--cam-overlap", type=Path, help="IDRiD's segmentation_grading_overlap.csv: with "
+                        "--cam-photos, score only the segmentation photos that are (not) copies of grading "
+                        "training photos")
+    parser.add_argument("--cam-photos", choices=("copies", "others"),
+                        help="copies: photos that are copies of grading training photos (training data anyway: "
+                             "choose on them); others: the rest (report on them)")
     parser.add_argument("--road-limit", type=int, default=20,
                         help="of those, how many also get the (slow) ROAD perturbation score")
     parser.add_argument("--cam-layers", nargs="+", metavar="LAYER",
@@ -228,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", action="store_true",
                         help="write the results (as test_* metrics, and with --cam the CAM table) into the "
                              "checkpoint folder's config.json and model card; local checkpoint folders only")
+    parser.add_argument("--record-as", choices=("test", "val"), default="test",
+                        help="with --record: the numbers are test_* (held-out test data, default) or val_* (the "
+                             "validation part the epoch and threshold were chosen on)")
     parser.add_argument("--choose-cam-default", action="store_true",
                         help="with --cam: make the best-pointing method and layer the checkpoint's default CAM "
                              "(run it on images other than the ones --record reports); local folders only")
@@ -237,7 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
 def select_samples(args: argparse.Namespace) -> tuple[list[Sample], str]:
     """The samples the arguments ask for, and the data set's layout."""
     layout = args.layout or detect_layout(args.data)
-    samples = load_samples(args.data, layout)
+    official = layout in PARTS
+    if args.part is not None and args.split is None and not official:
+        raise EvaluateError(f"--part needs --split (a split JSON from python -m drdemo.data.split): the {layout} "
+                            "layout has no official parts")
+    if official and args.split is not None and args.part is None:
+        raise EvaluateError(f"--split on a {layout} folder: pass --part (a part of the split file)")
+    split_of = "train" if official and args.split is not None else None  # a split of IDRiD's training part
+    samples = load_samples(args.data, layout, part=split_of if args.split is not None else args.part)
     if args.split is not None:
         part = args.part or "test"
         parts = load_split(args.split, samples)
@@ -251,12 +302,34 @@ def select_samples(args: argparse.Namespace) -> tuple[list[Sample], str]:
     return samples, layout
 
 
+def select_lesion_samples(args: argparse.Namespace, graded: Sequence[Sample] | None) -> tuple[list[LesionSample], str]:
+    """The photos with lesion masks to score CAMs on (those of `graded`, where the data is graded too),
+    and a line saying which they are."""
+    part = args.part if graded is None else None
+    samples = load_lesion_samples(args.data, part=part)
+    if graded is not None:
+        wanted = {s.image_id for s in graded}
+        samples = [s for s in samples if s.image_id in wanted]
+    description = "photos with lesion masks"
+    if args.cam_photos is not None:
+        copies, others = split_by_copies(samples, grading_copies(args.cam_overlap))
+        samples = copies if args.cam_photos == "copies" else others
+        description = ("photos with lesion masks that are copies of grading training photos"
+                       if args.cam_photos == "copies" else
+                       "photos with lesion masks that are not copies of grading training photos (not training data)")
+    return samples, description
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything the CLI does; returns the metrics written."""
     if args.out.exists() and not args.out.is_dir():
         raise EvaluateError(f"--out {args.out} is a file; give a folder (it is created if needed)")
-    if args.part is not None and args.split is None:
-        raise EvaluateError("--part needs --split (a split JSON from python -m drdemo.data.split)")
+    if (args.cam_overlap is None) != (args.cam_photos is None):
+        raise EvaluateError("--cam-overlap and --cam-photos go together: the overlap table, and which photos of it")
+    if args.cam_photos is not None and not args.cam:
+        raise EvaluateError("--cam-photos needs --cam")
+    if args.choose_threshold is not None and not 0 < args.choose_threshold <= 1:
+        raise EvaluateError(f"--choose-threshold is a sensitivity in (0, 1], got {args.choose_threshold}")
     if args.cam and (args.cam_limit < 1 or args.road_limit < 0):
         raise EvaluateError(f"--cam-limit must be >= 1 and --road-limit >= 0, got {args.cam_limit} and "
                             f"{args.road_limit}")
@@ -264,11 +337,16 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
         raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
-    for flag, wanted in (("--record", args.record), ("--choose-cam-default", args.choose_cam_default)):
+    for flag, wanted in (("--record", args.record), ("--choose-cam-default", args.choose_cam_default),
+                         ("--choose-threshold", args.choose_threshold is not None)):
         if wanted and not Path(args.checkpoint).is_dir():
             raise EvaluateError(f"{flag} writes into a local checkpoint folder; {args.checkpoint} is not one")
     if (args.choose_cam_default or args.cam_layers) and not args.cam:
         raise EvaluateError("--choose-cam-default and --cam-layers need --cam")
+    if args.cam and _lesions_only(args.data):
+        return run_cams_only(args)
+    if args.ungraded:
+        return run_ungraded(args)
     samples, layout = select_samples(args)
     loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
     config = loaded.config
@@ -281,7 +359,7 @@ def run(args: argparse.Namespace) -> dict:
                        "architecture": config.architecture, "task": config.task, "trained": config.trained},
         "data": {"root": str(args.data.resolve()), "layout": layout, "n": len(samples),
                  "split": str(args.split.resolve()) if args.split else None,
-                 "part": (args.part or "test") if args.split else None, "limit": args.limit},
+                 "part": (args.part or "test") if args.split else args.part, "limit": args.limit},
         "device": str(next(loaded.model.parameters()).device),
         **grading,
     }
@@ -292,35 +370,123 @@ def run(args: argparse.Namespace) -> dict:
     plot_roc(metrics, rows, args.out / ROC_NAME, title)
     if args.cam:
         loaded.model.requires_grad_(False)  # a CAM needs no weight gradients: backward stops at its layer
-        cam_metrics, cases = evaluate_cams(loaded, args.data, samples, args.cam_methods, config.cam_method,
-                                           limit=args.cam_limit, road_limit=args.road_limit, layers=args.cam_layers)
-        cam_metrics["checkpoint"] = metrics["checkpoint"]
-        (args.out / CAM_METRICS_NAME).write_text(json.dumps(cam_metrics, indent=2, allow_nan=False) + "\n",
-                                                 encoding="utf-8")
-        plot_cam_grid(cases, args.out / CAM_GRID_NAME, f"{config.architecture}: where each CAM method looks")
+        lesion_samples, _ = select_lesion_samples(args, samples)
+        cam_metrics = _score_cams(args, loaded, lesion_samples, metrics["checkpoint"])
         metrics["cam"] = {"pointing_game": cam_metrics["pointing_game"], "default_method": config.cam_method,
                           "default_layer": cam_metrics["default_layer"], "best": cam_metrics["best"],
                           "file": CAM_METRICS_NAME}
     (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    command = "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
-    description = _describe(args.data, layout, len(samples))
+    command = _command(args)
+    description = _describe(args.data, layout, len(samples), metrics["data"]["part"])
+    if args.choose_threshold is not None:
+        threshold = choose_referable_threshold(args.checkpoint, np.array([row["grade"] for row in rows]),
+                                               np.array([row["referable_probability"] for row in rows]),
+                                               args.choose_threshold, description, command)
+        print(f"referable threshold of {args.checkpoint} is now {threshold:g}", file=sys.stderr)
     if args.record:
-        record_evaluation(args.checkpoint, metrics, description, command, cam_metrics if args.cam else None)
+        record_evaluation(args.checkpoint, metrics, description, command, cam_metrics if args.cam else None,
+                          prefix=args.record_as)
     if args.choose_cam_default:
-        best = cam_metrics["best"]
-        choose_cam_default(args.checkpoint, cam_metrics, description, command)
-        print(f"default CAM of {args.checkpoint} is now {best['method']} at {best['layer']} "
-              f"(pointing game {best['pointing_game']:.3f})", file=sys.stderr)
+        _choose_cam(args, cam_metrics, description, command)
     return metrics
 
 
-def _describe(root: Path, layout: str, n: int) -> str:
+def _lesions_only(root: Path) -> bool:
+    """A folder with lesion masks and no grades (IDRiD's segmentation set)."""
+    try:
+        return detect_lesion_layout(root) != "synthetic"
+    except DatasetError:
+        return False
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def _score_cams(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[LesionSample],
+                checkpoint: dict) -> dict:
+    """Score the CAM methods on `samples`; writes cam_metrics.json and cam_grid.png."""
+    loaded.model.requires_grad_(False)  # a CAM needs no weight gradients: backward stops at its layer
+    config = loaded.config
+    cam_metrics, cases = evaluate_cams(loaded, samples, args.cam_methods, config.cam_method, limit=args.cam_limit,
+                                       road_limit=args.road_limit, layers=args.cam_layers)
+    cam_metrics["checkpoint"] = checkpoint
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / CAM_METRICS_NAME).write_text(json.dumps(cam_metrics, indent=2, allow_nan=False) + "\n",
+                                             encoding="utf-8")
+    plot_cam_grid(cases, args.out / CAM_GRID_NAME, f"{config.architecture}: where each CAM method looks")
+    return cam_metrics
+
+
+def _choose_cam(args: argparse.Namespace, cam_metrics: dict, description: str, command: str) -> None:
+    best = cam_metrics["best"]
+    choose_cam_default(args.checkpoint, cam_metrics, description, command)
+    print(f"default CAM of {args.checkpoint} is now {best['method']} at {best['layer']} "
+          f"(pointing game {best['pointing_game']:.3f})", file=sys.stderr)
+
+
+def run_ungraded(args: argparse.Namespace) -> dict:
+    """`--ungraded`: how many photos of a folder without grades the model refers, and its grades."""
+    if args.cam or args.split is not None or args.choose_threshold is not None or args.choose_cam_default:
+        raise EvaluateError("--ungraded photos have no grades or lesion masks: only --record goes with it")
+    photos = load_photos(args.data)[:args.limit]
+    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
+    config = loaded.config
+    probabilities = predict_probabilities(loaded, photos, args.batch_size, args.workers)
+    derived = task_probabilities(probabilities, config.task)
+    if "referable" not in derived:
+        raise EvaluateError(f"a {config.task} checkpoint does not answer the referral question")
+    referred = derived["referable"] >= config.referable_threshold
+    predicted = probabilities.argmax(axis=1)
+    result = {"data": str(args.data.resolve()), "n": len(photos), "referred": int(referred.sum()),
+              "share": round(float(referred.mean()), 4), "referable_threshold": config.referable_threshold,
+              "predicted_grades": {name: int((predicted == i).sum()) for i, name in enumerate(config.class_names)}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [{"image_id": photo.image_id, **{probability_column(n): float(v) for n, v in zip(config.class_names, row)},
+             "predicted_name": config.class_names[int(row.argmax())], "referable_probability": float(score),
+             "referred": bool(flag)} for photo, row, score, flag in zip(photos, probabilities, derived["referable"],
+                                                                         referred)]
+    write_predictions(args.out / PREDICTIONS_NAME, rows)
+    (args.out / METRICS_NAME).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.record:
+        record_referral_share(args.checkpoint, {"data": args.data.name, "n": result["n"],
+                                                "referred": result["referred"], "share": result["share"]},
+                              _command(args))
+    return result
+
+
+def run_cams_only(args: argparse.Namespace) -> dict:
+    """`--cam` on photos with lesion masks and no grades: heat map scores only (cam_metrics.json)."""
+    if args.split is not None or args.choose_threshold is not None:
+        raise EvaluateError(f"{args.data} has no grades: --split and --choose-threshold need a graded folder")
+    samples, what = select_lesion_samples(args, None)
+    samples = samples[:min(args.cam_limit, args.limit or args.cam_limit)]
+    what = f"{len(samples)} of the {what}"
+    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
+    checkpoint = {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
+                  "architecture": loaded.config.architecture, "task": loaded.config.task,
+                  "trained": loaded.config.trained}
+    print(f"scoring heat maps of {loaded.config.architecture} on {what} of {args.data}", file=sys.stderr)
+    cam_metrics = _score_cams(args, loaded, samples, checkpoint)
+    part = f", {args.part} part" if args.part else ""
+    description = f"{what} of {args.data.name}{part}"
+    command = _command(args)
+    if args.record:
+        record_evaluation(args.checkpoint, None, description, command, cam_metrics)
+    if args.choose_cam_default:
+        _choose_cam(args, cam_metrics, description, command)
+    return {"cam": cam_metrics, "n": len(samples)}
+
+
+def _describe(root: Path, layout: str, n: int, part: str | None = None) -> str:
     """One line naming the evaluation images; for our generator, enough to make them again."""
     generator = root / "generator.json"
     if layout == "synthetic" and generator.is_file():
         info = json.loads(generator.read_text())
         return (f"{n} synthetic images (drdemo.data.synthetic version {info.get('version')}, seed {info.get('seed')}, "
                 f"{info.get('size')} px, {info.get('class_balance')} grade balance), a seed not used for training")
+    if layout == "idrid":
+        return f"{n} photos of IDRiD's disease grading set ({part} part)"
     return f"{n} images of the {layout} data set at {root.name}"
 
 
@@ -351,6 +517,16 @@ def main(argv: list[str] | None = None) -> int:
             OSError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
+    if "share" in metrics:
+        print(f"wrote {args.out}: referred {metrics['referred']} of {metrics['n']} photos "
+              f"({100 * metrics['share']:.1f}%); grades {metrics['predicted_grades']}")
+        return 0
+    if "qwk" not in metrics:
+        cam = metrics["cam"]
+        print(f"wrote {args.out}: pointing game {cam['pointing_game']:.3f} ({cam['default_method']}), centre map "
+              f"{cam['centre_baseline']['pointing_game']:.3f}, random map "
+              f"{cam['random_baseline']['pointing_game']:.3f} ({cam['n_images']} photos)")
+        return 0
     print(f"wrote {args.out}: {_summary(metrics)}")
     return 0
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from drdemo.cam_evaluation import lesion_union
 from drdemo.checkpoint import CheckpointConfig, read_config, save_checkpoint
 from drdemo.data import load_samples
+from drdemo.data.lesions import lesion_union, load_lesion_samples
 from drdemo.data.synthetic import write_dataset
 from drdemo.evaluate import main
 from drdemo.explain import CAM_METHOD_NAMES
@@ -72,10 +72,10 @@ def test_cam_run_scores_every_method_against_the_random_baseline(workspace):
 
 def test_masks_follow_the_models_crop_and_resize(workspace):
     _, data, _ = workspace
-    sample = next(s for s in load_samples(data) if s.grade >= 2)
+    sample = next(s for s in load_lesion_samples(data) if s.grade >= 2)
     with Image.open(sample.path) as image:
         image.load()
-        union = lesion_union(data, sample.image_id)
+        union = lesion_union(sample, image.size)
         moved = prepare_mask(union, image, 64, crop_fov=True)
     assert moved.shape == (64, 64) and moved.any()
     # every lesion pixel lies inside the field of view, which the crop keeps: nothing is lost at the border

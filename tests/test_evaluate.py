@@ -176,3 +176,104 @@ def test_record_writes_test_metrics_into_the_checkpoint_and_its_card(workspace, 
     assert "test_qwk" in card and "### How it was made" in card and "# Evaluation\npython -m drdemo.evaluate" in card
     refused = main(["--checkpoint", "org/remote", "--data", str(workspace.data), "--out", str(out), "--record"])
     assert refused == 2
+
+
+# ---------------------------------------------------------------------------------------------- real photos
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory, workspace):
+    from real_data import IDRID_GRADING, tiny_idrid, tiny_segmentation
+    if not IDRID_GRADING.is_dir():
+        pytest.skip("the real photos (../shared/data) are not on this machine")
+    root = tmp_path_factory.mktemp("real")
+    grading = tiny_idrid(root / "B. Disease Grading", per_grade=2)
+    segmentation = tiny_segmentation(root / "A. Segmentation", count=3)
+    split = root / "split.json"
+    samples = load_samples(grading, part="train")
+    save_split(split, split_samples(samples, {"train": 0.5, "val": 0.5}, seed=0), "idrid", 0)
+    return SimpleNamespace(grading=grading, segmentation=segmentation, split=split)
+
+
+def _copy_checkpoint(workspace, tmp_path):
+    import shutil
+    return Path(shutil.copytree(workspace.checkpoint, tmp_path / "checkpoint"))
+
+
+def test_idrid_parts_and_a_validation_split_of_its_training_part(workspace, real, tmp_path, capsys):
+    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--out",
+                 str(tmp_path / "test"), "--part", "test"]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["n"] == 5 and metrics["data"]["part"] == "test" and metrics["data"]["layout"] == "idrid"
+    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--out",
+                 str(tmp_path / "none")]) == 2
+    assert "choose part train or test" in capsys.readouterr().err
+    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--split", str(real.split),
+                 "--part", "val", "--out", str(tmp_path / "val")]) == 0
+    assert json.loads((tmp_path / "val" / "metrics.json").read_text())["n"] == 5
+
+
+def test_threshold_is_chosen_for_sensitivity_on_validation_and_recorded_as_val(workspace, real, tmp_path):
+    from drdemo.checkpoint import read_config
+    checkpoint = _copy_checkpoint(workspace, tmp_path)
+    out = tmp_path / "val"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(real.grading), "--split", str(real.split),
+                 "--part", "val", "--out", str(out), "--choose-threshold", "0.9", "--record", "--record-as",
+                 "val"]) == 0
+    config = read_config(checkpoint)
+    rows = read_csv(out / "predictions.csv")
+    referable = np.array([float(r["referable_probability"]) for r in rows])
+    truth = np.array([int(r["grade"]) >= 2 for r in rows])
+    threshold = config.referable_threshold
+    assert (referable[truth] >= threshold).mean() >= 0.9            # the sensitivity asked for is kept ...
+    assert (referable[truth] >= threshold + 0.002).mean() < 0.9 or threshold >= 0.998   # ... at the highest cut
+    assert config.metrics["val_n"] == 5 and "test_qwk" not in config.metrics
+    assert config.provenance["confusion_matrices"]["val"] and config.provenance["referable_threshold_choice"]
+    card = (checkpoint / "README.md").read_text()
+    assert f"Referable threshold {threshold:g}: the highest threshold with referable sensitivity >= 0.9" in card
+    assert "Confusion matrix (validation)" in card and card.count("--choose-threshold 0.9") == 1
+
+
+def test_ungraded_photos_report_the_share_referred(workspace, tmp_path):
+    from real_data import DRIVE
+    from drdemo.checkpoint import read_config
+    checkpoint = _copy_checkpoint(workspace, tmp_path)
+    out = tmp_path / "drive"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(DRIVE), "--ungraded", "--limit", "3", "--out",
+                 str(out), "--record"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    rows = read_csv(out / "predictions.csv")
+    assert result["n"] == 3 == len(rows) and result["referred"] == sum(r["referred"] == "True" for r in rows)
+    assert read_config(checkpoint).provenance["other_cameras"] == [
+        {"data": "drive", "n": 3, "referred": result["referred"], "share": result["share"]}]
+    assert "| drive | 3 |" in (checkpoint / "README.md").read_text()
+
+
+def test_heat_maps_are_scored_on_segmentation_photos_against_both_baselines(workspace, real, tmp_path):
+    from drdemo.checkpoint import read_config
+    checkpoint = _copy_checkpoint(workspace, tmp_path)
+    out = tmp_path / "cam"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(real.segmentation), "--cam", "--cam-methods",
+                 "gradcam", "eigencam", "--road-limit", "1", "--out", str(out), "--record"]) == 0
+    cams = json.loads((out / "cam_metrics.json").read_text())
+    assert cams["n_images"] == 3 and set(cams["beats_centre"]) == {"gradcam", "eigencam"}
+    for baseline in ("random_baseline", "centre_baseline"):
+        assert 0 <= cams[baseline]["pointing_game"] <= 1
+    assert not (out / "metrics.json").exists() or "qwk" not in json.loads((out / "metrics.json").read_text())
+    test = read_config(checkpoint).cam_evaluation["test"]
+    assert test["centre_baseline"] == {k: round(v, 4) if isinstance(v, float) else v
+                                       for k, v in cams["centre_baseline"].items()}
+    assert "| map peaked at the centre of the field of view (baseline) |" in (checkpoint / "README.md").read_text()
+
+
+def test_segmentation_photos_split_by_their_copies_in_the_grading_set(workspace, real, tmp_path):
+    overlap = tmp_path / "overlap.csv"
+    overlap.write_text("segmentation_split,segmentation_image,grading_split,grading_image,correlation\n"
+                       "a. Training Set,IDRiD_01.jpg,a. Training Set,IDRiD_102.jpg,1.0\n"
+                       "a. Training Set,IDRiD_02.jpg,b. Testing Set,IDRiD_009.jpg,1.0\n"
+                       "a. Training Set,IDRiD_03.jpg,,,0.88\n")
+    for photos, expected in (("copies", 1), ("others", 2)):
+        out = tmp_path / photos
+        assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.segmentation), "--cam",
+                     "--cam-methods", "gradcam", "--road-limit", "0", "--cam-overlap", str(overlap), "--cam-photos",
+                     photos, "--out", str(out)]) == 0
+        assert json.loads((out / "cam_metrics.json").read_text())["n_images"] == expected
