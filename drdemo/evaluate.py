@@ -353,6 +353,17 @@ def run(args: argparse.Namespace) -> dict:
     print(f"evaluating {config.architecture} ({config.task}) from {loaded.origin} on {len(samples)} images "
           f"of {args.data}", file=sys.stderr)
     grading, rows = evaluate(loaded, samples, batch_size=args.batch_size, workers=args.workers)
+    command = _command(args)
+    description = _describe(args.data, layout, len(samples), (args.part or "test") if args.split else args.part)
+    if args.choose_threshold is not None:
+        # Choose first, so metrics.json and the recorded numbers are those at the threshold the app will use.
+        threshold = choose_referable_threshold(args.checkpoint, np.array([row["grade"] for row in rows]),
+                                               np.array([row["referable_probability"] for row in rows]),
+                                               args.choose_threshold, description, command)
+        print(f"referable threshold of {args.checkpoint} is now {threshold:g}", file=sys.stderr)
+        probabilities = np.array([[row[probability_column(n)] for n in config.class_names] for row in rows])
+        grading = {**grading, **grading_metrics(np.array([row["grade"] for row in rows]), probabilities, config.task,
+                                                config.class_names, referable_threshold=threshold)}
 
     metrics = {
         "checkpoint": {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
@@ -376,13 +387,6 @@ def run(args: argparse.Namespace) -> dict:
                           "default_layer": cam_metrics["default_layer"], "best": cam_metrics["best"],
                           "file": CAM_METRICS_NAME}
     (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    command = _command(args)
-    description = _describe(args.data, layout, len(samples), metrics["data"]["part"])
-    if args.choose_threshold is not None:
-        threshold = choose_referable_threshold(args.checkpoint, np.array([row["grade"] for row in rows]),
-                                               np.array([row["referable_probability"] for row in rows]),
-                                               args.choose_threshold, description, command)
-        print(f"referable threshold of {args.checkpoint} is now {threshold:g}", file=sys.stderr)
     if args.record:
         record_evaluation(args.checkpoint, metrics, description, command, cam_metrics if args.cam else None,
                           prefix=args.record_as)

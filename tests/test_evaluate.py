@@ -227,6 +227,8 @@ def test_threshold_is_chosen_for_sensitivity_on_validation_and_recorded_as_val(w
     assert (referable[truth] >= threshold).mean() >= 0.9            # the sensitivity asked for is kept ...
     assert (referable[truth] >= threshold + 0.002).mean() < 0.9 or threshold >= 0.998   # ... at the highest cut
     assert config.metrics["val_n"] == 5 and "test_qwk" not in config.metrics
+    # the recorded sensitivity is the one at the chosen threshold, not at the 0.5 the model came with
+    assert config.metrics["val_referable_sensitivity"] == round(float((referable[truth] >= threshold).mean()), 4)
     assert config.provenance["confusion_matrices"]["val"] and config.provenance["referable_threshold_choice"]
     card = (checkpoint / "README.md").read_text()
     assert f"Referable threshold {threshold:g}: the highest threshold with referable sensitivity >= 0.9" in card
