@@ -162,8 +162,15 @@ def test_page_says_what_it_serves_and_that_it_is_not_a_device(app_url):
     assert "not a medical device" in page
     assert "cannot load drdemo/unreachable: http://127.0.0.1:9 could not be reached" in page
     if (ROOT / "checkpoints" / "medmamba_t" / "model.safetensors").is_file():
+        from drdemo.checkpoint import read_config
+        bundled = read_config(ROOT / "checkpoints" / "medmamba_t")
         assert "serving the bundled checkpoints/medmamba_t instead" in page
-        assert "trained only on synthetic fundus images" in page
+        if bundled.trained_on_idrid:       # the default since the real-data checkpoints
+            assert "trained on photos of one camera from one hospital in India (IDRiD)" in page
+            assert "Other cameras, populations and image quality were not validated" in page
+            assert "IDRiD test photo" in page and "doi:10.21227/H25W98" in page     # the examples, attributed
+        else:
+            assert "trained only on synthetic fundus images" in page
     else:
         assert "no bundled checkpoint at checkpoints/medmamba_t; serving an UNTRAINED medmamba_t" in page
         assert "untrained" in page

@@ -70,3 +70,14 @@ def test_shapes_and_types_are_checked():
         energy_share(np.ones((4, 4)), np.ones((5, 5), bool))
     with pytest.raises(ValueError, match="boolean"):
         pointing_hit(np.ones((4, 4)), np.ones((4, 4)))
+
+
+def test_the_centre_map_peaks_at_the_centre_of_the_field_of_view():
+    from drdemo.cam_metrics import centre_map
+    inside = np.zeros((60, 80), bool)
+    inside[10:50, 30:70] = True                       # a field of view right of the frame's centre
+    peak = np.unravel_index(int(np.argmax(centre_map((60, 80), inside))), (60, 80))
+    assert peak == (29, 49) or peak == (30, 50)
+    plain = centre_map((60, 80))
+    assert np.unravel_index(int(np.argmax(plain)), (60, 80)) in {(29, 39), (29, 40), (30, 39), (30, 40)}
+    assert plain.max() <= 1 and plain.min() > 0
