@@ -2,8 +2,9 @@
 
 Zip archives are read member by member into a private temporary folder with bounded sizes and
 counts (no path from inside the archive is ever used as a path on disk), every image goes
-through the same gate as a single upload, and an image that is refused becomes a row saying
-why instead of stopping the batch.
+through the same gate as a single upload, and each row carries the gate's outcome (accepted,
+warned or refused), its reason and the measured values; an image that is refused becomes a
+row saying why instead of stopping the batch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from drdemo.gate import MAX_BYTES, ImageRejected
+from drdemo.gate import MAX_BYTES, GateResult, ImageRejected
 from drdemo.predictor import Prediction, Predictor
 
 MAX_IMAGES = 200
@@ -33,7 +34,10 @@ class BatchItem:
     name: str                                    # as the user knows it: file name, or archive/member
     path: Path
     predictions: dict[str, Prediction] = field(default_factory=dict)   # model name -> prediction
-    notes: list[str] = field(default_factory=list)                    # gate refusals and quality notes
+    outcome: str = ""                                                  # the gate's: accepted, warned, refused
+    reason: str = ""                                                   # ... why, in one sentence
+    details: str = ""                                                  # ... and the values it measured
+    notes: list[str] = field(default_factory=list)                    # gate refusals and warnings
     thumbnail: Image.Image | None = None
 
 
@@ -78,25 +82,28 @@ def _extract(archive: Path, workdir: Path, already: int) -> Iterator[tuple[str, 
         raise BatchError(f"{archive.name}: the archive cannot be read ({exc})") from exc
 
 
-def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], admit: Callable[[Path], tuple],
+def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], admit: Callable[[Path], GateResult],
           referable_threshold: float | None = None,
           progress: Callable[[float, str], None] | None = None) -> list[BatchItem]:
-    """Run every model on every admitted image. `admit(path)` returns (image, notes) or raises ImageRejected."""
+    """Run every model on every admitted image. `admit(path)` is the gate (`drdemo.gate.check_upload`): it
+    returns the image with the outcome, reason and warnings, or raises ImageRejected."""
     results = []
     for index, (name, path) in enumerate(items):
         if progress is not None:
             progress(index / len(items), f"{index + 1}/{len(items)}: {name}")
         item = BatchItem(name=name, path=path)
         try:
-            image, notes = admit(path)
+            checked = admit(path)
         except ImageRejected as exc:
+            item.outcome, item.reason, item.details = "refused", exc.reason, exc.details
             item.notes.append(f"refused: {exc}")
             results.append(item)
             continue
-        item.notes.extend(notes)
+        item.outcome, item.reason, item.details = checked.outcome, checked.reason, checked.details
+        item.notes.extend(checked.notes)
         for predictor in predictors:
-            item.predictions[predictor.name] = predictor.predict(image, referable_threshold=referable_threshold)
-        item.thumbnail = predictors[0].model_view(image) if predictors else None
+            item.predictions[predictor.name] = predictor.predict(checked.image, referable_threshold=referable_threshold)
+        item.thumbnail = predictors[0].model_view(checked.image) if predictors else None
         results.append(item)
     if progress is not None:
         progress(1.0, "done")
@@ -104,8 +111,9 @@ def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], ad
 
 
 def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], path: Path) -> Path:
-    """One row per image: every model's class probabilities, grade and referral, and the gate's notes."""
-    columns = ["file"]
+    """One row per image: the gate's outcome, reason and measured values, every model's class probabilities,
+    grade and referral, and the gate's warnings (or the refusal) as notes."""
+    columns = ["file", "outcome", "reason", "details"]
     for predictor in predictors:
         prefix = predictor.name
         columns += [f"{prefix}_p_{_slug(c)}" for c in predictor.class_names]
@@ -116,7 +124,8 @@ def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], pat
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for item in results:
-            row = {"file": item.name, "notes": " | ".join(item.notes)}
+            row = {"file": item.name, "outcome": item.outcome, "reason": item.reason, "details": item.details,
+                   "notes": " | ".join(item.notes)}
             for predictor in predictors:
                 prediction = item.predictions.get(predictor.name)
                 if prediction is None:

@@ -1,29 +1,24 @@
-"""Batch grading: archives are read safely, refusals become rows, the CSV holds every model's answer."""
+"""Batch grading: archives are read safely, every image goes through the real gate, each row carries its outcome
+(accepted, warned, refused) and reason, and the CSV holds every model's answer."""
 
 import csv
 import zipfile
 from pathlib import Path
 
+import gate_corpus  # tests/ is on sys.path (conftest.py)
 import numpy as np
 import pytest
 from PIL import Image
 
 from drdemo import batch
-from drdemo.gate import ImageRejected
+from drdemo.gate import check_upload
 from drdemo.predictor import Predictor
+from drdemo.ui import views
 
 
 @pytest.fixture(scope="module")
 def predictors():
     return [Predictor.untrained("resnet50", seed=1), Predictor.untrained("vgg16", seed=2)]
-
-
-def _admit(path: Path):
-    image = Image.open(path)
-    image.load()
-    if image.width < 64:
-        raise ImageRejected(f"{path.name}: too small")
-    return image.convert("RGB"), ["slightly blurred"]
 
 
 def _png(path: Path, size=(96, 96), colour=(180, 70, 30)) -> Path:
@@ -65,19 +60,40 @@ def test_limits_and_broken_archives_are_refused(tmp_path, monkeypatch):
         batch.collect([archive], workdir)
 
 
-def test_grading_writes_one_row_per_image_with_refusals_explained(tmp_path, predictors):
-    items = [("good.png", _png(tmp_path / "good.png")), ("tiny.png", _png(tmp_path / "tiny.png", size=(20, 20))),
-             ("other.png", _png(tmp_path / "other.png", colour=(90, 40, 20)))]
+def _save(image: Image.Image, path: Path) -> Path:
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def clinic(tmp_path) -> list[tuple[str, Path]]:
+    """A fundus photo, a red-free one, a cat, a thumbnail too small to grade."""
+    fundus = gate_corpus._with_layout("circle")
+    return [("good.png", _save(fundus, tmp_path / "good.png")),
+            ("red-free.png", _save(gate_corpus.red_free(fundus), tmp_path / "red-free.png")),
+            ("cat.jpg", _save(gate_corpus.cat_face(), tmp_path / "cat.jpg")),
+            ("tiny.png", _png(tmp_path / "tiny.png", size=(20, 20)))]
+
+
+def test_grading_writes_one_row_per_image_with_outcome_and_reason(tmp_path, predictors, clinic):
     seen = []
-    results = batch.grade(items, predictors, _admit, referable_threshold=0.3,
+    results = batch.grade(clinic, predictors, check_upload, referable_threshold=0.3,
                           progress=lambda share, text: seen.append(share))
     assert seen[0] == 0 and seen[-1] == 1.0
-    assert [bool(r.predictions) for r in results] == [True, False, True]
+    assert [r.outcome for r in results] == ["accepted", "warned", "refused", "refused"]
+    assert [bool(r.predictions) for r in results] == [True, True, False, False]
     out = batch.write_csv(results, predictors, tmp_path / "out.csv")
     rows = list(csv.DictReader(open(out, newline="")))
-    assert [r["file"] for r in rows] == ["good.png", "tiny.png", "other.png"]
-    assert rows[1]["notes"].startswith("refused: tiny.png: too small") and rows[1]["resnet50_grade"] == ""
-    assert rows[0]["notes"] == "slightly blurred"
+    assert list(rows[0])[:4] == ["file", "outcome", "reason", "details"] and list(rows[0])[-1] == "notes"
+    assert [r["file"] for r in rows] == ["good.png", "red-free.png", "cat.jpg", "tiny.png"]
+    assert [r["outcome"] for r in rows] == ["accepted", "warned", "refused", "refused"]
+    assert rows[0]["reason"].startswith("Looks like a colour fundus photo") and rows[0]["notes"] == ""
+    assert "red-free or greyscale" in rows[1]["reason"] and rows[1]["notes"] == rows[1]["reason"]
+    assert rows[2]["reason"].startswith("This does not look like a fundus photo") and rows[2]["resnet50_grade"] == ""
+    assert rows[2]["notes"].startswith("refused: cat.jpg: This does not look like a fundus photo")
+    assert "20 x 20 pixels is too small" in rows[3]["reason"] and rows[3]["details"] == ""
+    for row in rows[:3]:
+        assert "scores: frame" in row["details"]
     for row, result in zip(rows, results):
         for predictor in predictors:
             prediction = result.predictions.get(predictor.name)
@@ -94,3 +110,16 @@ def test_grading_writes_one_row_per_image_with_refusals_explained(tmp_path, pred
     confidence = [max(r.predictions[predictors[0].name].probabilities.values()) for r in results if r.predictions]
     assert max(most[0].predictions[predictors[0].name].probabilities.values()) == max(confidence)
     assert max(least[0].predictions[predictors[0].name].probabilities.values()) == min(confidence)
+
+
+def test_the_batch_tab_lists_each_images_outcome_and_reason(predictors, clinic):
+    results = batch.grade(clinic, predictors[:1], check_upload)
+    summary = views.batch_summary(results, predictors[0].name)
+    assert summary.startswith("Graded 2 of 4 images; 2 refused; 1 graded with a warning")
+    table = summary.split("\n\n", 1)[1].splitlines()
+    assert table[0] == "| file | image check | reason | resnet50 grade |" and len(table) == 2 + len(clinic)
+    assert table[2].startswith("| good.png | accepted | Looks like a colour fundus photo")
+    assert table[3].startswith("| red-free.png | accepted with a warning | This looks like a red-free")
+    assert table[4].startswith("| cat.jpg | refused | This does not look like a fundus photo")
+    assert table[4].endswith("|  |")   # no grade
+    assert results[0].predictions[predictors[0].name].grade_name in table[2]

@@ -19,6 +19,7 @@ from PIL import Image
 from drdemo import gate
 from drdemo.data.synthetic import generate_fundus
 from drdemo.gate import MAX_PIXELS, Assessment, GateResult, ImageRejected, assess, check_upload, load_image
+from drdemo.ui import views
 
 # --------------------------------------------------------------------------------------------- decoding
 
@@ -409,3 +410,12 @@ def test_check_upload_passes_warnings_to_the_page(tmp_path, fundus_photos, non_f
     assert dim.outcome == "warned" and any("too dark" in note for note in dim.notes) and "too dark" in dim.message
     steak = check_upload(_write(tmp_path, "steak.png", gate_corpus.encoded(non_fundus["raw steak"][1])))
     assert steak.outcome == "warned" and steak.notes[0].startswith(MAY_NOT_BE) and steak.reason == steak.notes[0]
+
+
+def test_the_page_shows_outcome_reason_warnings_and_measured_values(tmp_path, fundus_photos):
+    checked = check_upload(_write(tmp_path, "dim.png", gate_corpus.encoded(fundus_photos["very dark"])))
+    note = views.gate_note(checked.outcome, checked.reason, checked.notes, checked.details)
+    assert note.startswith("**Image check: accepted with a warning.** Looks like a colour fundus photo")
+    assert "- Warning: The photo is too dark" in note and f"*Measured:* {checked.details}" in note
+    good = check_upload(_write(tmp_path, "eye.png", gate_corpus.encoded(fundus_photos["synthetic circle"])))
+    assert views.gate_note(good.outcome, good.reason, good.notes, good.details).count("Warning") == 0

@@ -15,12 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from drdemo import batch as batch_grading
 from drdemo.checkpoint import model_card
 from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, ExplainError
-from drdemo.gate import ImageRejected, check_upload
+from drdemo.gate import GateResult, ImageRejected, check_upload
 from drdemo.predictor import Predictor
 from drdemo.serving import ServedModel
 from drdemo.ui import views
@@ -62,12 +61,15 @@ def _sources(served: Sequence[ServedModel]) -> str:
     return "\n".join(f"- **{s.predictor.name}**: {'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
 
 
-def _admit(path: str | Path | None) -> tuple[Image.Image, list[str]]:
-    """The gate: an upright RGB image that looks like a fundus photo, and the notes to show with it."""
+def _admit(path: str | Path | None) -> GateResult:
+    """The gate: the upright RGB image to grade with what the image check found, or ImageRejected saying why."""
     if path is None:
         raise ImageRejected("Upload a fundus photo first.")
-    result = check_upload(path)
-    return result.image, list(result.notes)
+    return check_upload(path)
+
+
+def _gate_note(checked: GateResult) -> str:
+    return views.gate_note(checked.outcome, checked.reason, checked.notes, checked.details)
 
 
 def _user_errors(function: Callable) -> Callable:
@@ -105,31 +107,29 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
     @_on_gpu
     def grade(upload, slot="medmamba", method=DEFAULT_METHOD, target=PREDICTED, opacity=0.5, threshold=0.5,
               tta=False):
-        image, notes = _admit(upload)
+        checked = _admit(upload)
         if slot not in by_slot:
             raise gr.Error(f"unknown model {slot!r}; choose one of {', '.join(by_slot)}")
         predictor = by_slot[slot]
         cam_target = None if target in (None, PREDICTED) else int(target)
-        analysis = predictor.analyse(image, cam_method=method_for(predictor, method), cam_target=cam_target,
+        analysis = predictor.analyse(checked.image, cam_method=method_for(predictor, method), cam_target=cam_target,
                                      tta=bool(tta), referable_threshold=float(threshold))
         text = views.verdict(analysis, predictor.name, predictor.class_names, float(threshold))
-        note = views.gate_note(notes)
         return (views.label_value(analysis), views.overlay_pair(analysis, float(opacity)),
-                text + (f"\n\n{note}" if note else ""))
+                f"{text}\n\n{_gate_note(checked)}")
 
     @_user_errors
     @_on_gpu
     def compare(upload, method=DEFAULT_METHOD, opacity=0.5, threshold=0.5):
-        image, notes = _admit(upload)
+        checked = _admit(upload)
         first, second = predictors[0], predictors[1]
-        analyses = [p.analyse(image, cam_method=method_for(p, method), referable_threshold=float(threshold))
+        analyses = [p.analyse(checked.image, cam_method=method_for(p, method), referable_threshold=float(threshold))
                     for p in (first, second)]
         texts = [views.verdict(a, p.name, p.class_names, float(threshold)) for a, p in zip(analyses, (first, second))]
         line = views.agreement(analyses[0], analyses[1], (first.name, second.name))
-        note = views.gate_note(notes)
         return (views.label_value(analyses[0]), views.label_value(analyses[1]),
                 views.overlay_pair(analyses[0], float(opacity))[1], views.overlay_pair(analyses[1], float(opacity))[1],
-                "\n\n".join([line, *texts] + ([note] if note else [])))
+                "\n\n".join([line, *texts, _gate_note(checked)]))
 
     @_user_errors
     @_on_gpu
@@ -148,10 +148,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
                    for r in most]
         gallery += [(r.thumbnail, f"least confident: {r.name}: {r.predictions[predictors[0].name].grade_name}")
                     for r in least if r not in most]
-        refused = sum(1 for r in results if not r.predictions)
-        summary = (f"Graded {len(results) - refused} of {len(results)} images"
-                   + (f"; {refused} refused (reasons in the CSV's notes column)" if refused else "")
-                   + f". Gallery: the most and least confident answers of {predictors[0].name}.")
+        summary = views.batch_summary(results, predictors[0].name)
         return str(out), gallery, summary
 
     examples = sorted(str(p) for p in (ASSETS / "examples").glob("*.jpeg"))

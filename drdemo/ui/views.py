@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from drdemo.batch import BatchItem
 from drdemo.explain import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS, overlay
+from drdemo.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
 
 ICDR_MEANINGS = (
@@ -80,9 +82,32 @@ def agreement(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
     return " ".join(parts)
 
 
-def gate_note(reasons: Sequence[str]) -> str:
-    """What the image gate noticed, for the page (empty when nothing)."""
-    return "" if not reasons else "Image check: " + " ".join(reasons)
+def gate_note(outcome: str, reason: str, warnings: Sequence[str], details: str) -> str:
+    """Markdown: the image check's outcome and reason, the warnings to heed, and the values it measured."""
+    lines = [f"**Image check: {OUTCOME_WORDS[outcome]}.** {reason}"]
+    lines += [f"- Warning: {warning}" for warning in warnings if warning != reason]
+    lines.append(f"*Measured:* {details}")
+    return "\n\n".join(lines)
+
+
+def batch_summary(results: Sequence[BatchItem], model: str) -> str:
+    """Markdown: how many images were graded, warned and refused, then each image's outcome and reason."""
+    graded = sum(1 for r in results if r.predictions)
+    refused = sum(1 for r in results if r.outcome == "refused")
+    warned = sum(1 for r in results if r.outcome == "warned")
+    head = (f"Graded {graded} of {len(results)} images" + (f"; {refused} refused" if refused else "")
+            + (f"; {warned} graded with a warning" if warned else "")
+            + f" (outcome, reason and measured values per image in the CSV). Gallery: the most and least "
+              f"confident answers of {model}.")
+    rows = [f"| {_cell(r.name)} | {OUTCOME_WORDS.get(r.outcome, r.outcome)} | {_cell(r.reason)} | "
+            f"{r.predictions[model].grade_name if model in r.predictions else ''} |" for r in results]
+    return "\n\n".join([head, f"| file | image check | reason | {model} grade |\n|---|---|---|---|\n"
+                          + "\n".join(rows)])
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: pipes escaped, one line."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def grades_table() -> str:
