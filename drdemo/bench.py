@@ -3,13 +3,15 @@
     python -m drdemo.bench [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
     python -m drdemo.bench inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme README.md]
     python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
+    python -m drdemo.bench gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
 
 Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and
 the ratio to torchvision InceptionV3 timed in the same rounds (models are interleaved round
 by round); the selective scan's speedup over the sequential PyTorch loop and its error
 against the float64 oracle (also under stress); and MedMamba-T training throughput.
 The `inference` suite tries inference options on the bundled checkpoints (drdemo.bench_inference);
-the `app` suite measures the running app end to end (drdemo.bench_app).
+the `app` suite measures the running app end to end (drdemo.bench_app); the `gate` suite runs the image
+gate over real and synthetic fundus photos and a corpus of other pictures, and times it (drdemo.bench_gate).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drdemo import bench_app, bench_inference
+from drdemo import bench_app, bench_gate, bench_inference
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
 from drdemo.train import main_logits
@@ -197,9 +199,10 @@ def update_readme(path: Path, table: str, start: str = README_START, end: str = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drdemo.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app"],
+    parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app", "gate"],
                         help="models: bare networks; inference: options such as int8 and torch.compile on "
-                             "the checkpoints; app: app.py end to end over HTTP (default: models)")
+                             "the checkpoints; app: app.py end to end over HTTP; gate: the image gate on real "
+                             "photos and other pictures (default: models)")
     parser.add_argument("--models", default=",".join(list_models()),
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default: 20 for models, 10 for app)")
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100, help="inference: images whose grades must not change")
     parser.add_argument("--load-clients", type=int, default=4, help="app: concurrent clients (default: 4)")
     parser.add_argument("--load-requests", type=int, default=25, help="app: requests per client (default: 25)")
+    parser.add_argument("--data", type=Path, default=bench_gate.DEFAULT_DATA,
+                        help="gate: folder of the real fundus photos (default: ../shared/data)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--readme", type=Path, help="rewrite the benchmark section of this README")
     args = parser.parse_args(argv)
@@ -225,13 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.readme is not None:
         markers = {"models": (README_START, README_END), "app": (bench_app.README_START, bench_app.README_END),
-                   "inference": (bench_inference.README_START, bench_inference.README_END)}[args.suite]
+                   "inference": (bench_inference.README_START, bench_inference.README_END),
+                   "gate": (bench_gate.README_START, bench_gate.README_END)}[args.suite]
         if not args.readme.is_file() or not all(m in args.readme.read_text() for m in markers):
             parser.error(f"--readme {args.readme} has no {markers[0]} ... {markers[1]} section to update")
     if args.suite == "app":
         return _main_app(args)
     if args.suite == "inference":
         return _main_inference(args, parser)
+    if args.suite == "gate":
+        report = bench_gate.bench_gate(args.data, args.repeats)
+        return _publish(args, report, bench_gate.markdown(report), (bench_gate.README_START, bench_gate.README_END))
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:

@@ -1,0 +1,150 @@
+"""How the image gate does on real fundus photos, on synthetic ones and on pictures that are not fundus photos,
+and what it costs on a 12 MP upload.
+
+    python -m drdemo.bench gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
+
+Prints, per set of real photos under `--data` (IDRiD, DRIVE, CHASE_DB1; sets that are absent are skipped), how
+many are refused, warned that they may not be colour fundus photos, warned about their quality only, and
+accepted; the same for synthetic photos from the project's generator; per category of the non-fundus corpus
+(tests/gate_corpus.py, made at run time), how many are refused, warned and accepted without a warning; and the
+p50 time of the fundus check on a 4000 x 3000 JPEG beside the time to decode it. Which photos the check's
+thresholds were chosen on is in `drdemo.fundus_check`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from drdemo.data.synthetic import generate_fundus
+from drdemo.gate import ImageRejected, assess, load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+README_START, README_END = "<!-- bench:gate:start -->", "<!-- bench:gate:end -->"
+SYNTHETIC_SEED, SYNTHETIC_COUNT = 7, 100   # a generator seed no tuning looked at
+CAMERA_SIZE = (4000, 3000)
+TUNED_ON = ("IDRiD grading train", "DRIVE training")
+
+
+def _corpus():
+    """tests/gate_corpus.py: the corpus lives with the tests, which build it the same way."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    import gate_corpus
+    return gate_corpus
+
+
+def _tally(outcomes: list) -> dict[str, int]:
+    """Counts of refused; warned about what it is (may not be a colour fundus photo, red-free, inside a larger
+    picture); warned about its quality only; accepted; and, among the graded, how many carry a quality note."""
+    counts = Counter()
+    for assessment in outcomes:
+        if assessment is None or assessment.outcome == "refused":
+            counts["refused"] += 1
+            continue
+        counts["quality notes"] += bool(assessment.quality)
+        if not assessment.is_fundus:
+            counts["warned: what it is"] += 1
+        elif assessment.quality:
+            counts["warned: quality only"] += 1
+        else:
+            counts["accepted"] += 1
+    return {"n": len(outcomes), **{key: counts[key] for key in ("refused", "warned: what it is", "warned: quality only",
+                                                               "accepted", "quality notes")}}
+
+
+def _assess_file(path: Path):
+    try:
+        return assess(load_image(path))
+    except ImageRejected:
+        return None
+
+
+def bench_gate(data: Path, repeats: int) -> dict:
+    """The report: outcomes per real set, on synthetic photos and per corpus category, and the 12 MP timing."""
+    corpus = _corpus()
+    report: dict = {"real": {}, "warned_real": {}}
+    for name, paths in corpus.real_photo_sets(data).items():
+        outcomes = [_assess_file(path) for path in paths]
+        report["real"][name] = _tally(outcomes)
+        report["warned_real"][name] = {path.name: list(a.warnings) if a else ["refused"]
+                                       for path, a in zip(paths, outcomes) if a is None or a.warnings}
+    synthetic = [assess(Image.fromarray(generate_fundus(np.random.SeedSequence([SYNTHETIC_SEED, i]), i % 5,
+                                                        size=(256, 384, 512)[i % 3]).image))
+                 for i in range(SYNTHETIC_COUNT)]
+    report["synthetic"] = _tally(synthetic)
+    by_category: dict[str, list] = {}
+    report["corpus_cases"] = {}
+    for name, (category, picture) in corpus.non_fundus_cases(data).items():
+        assessment = assess(picture)
+        by_category.setdefault(category, []).append(assessment)
+        report["corpus_cases"][name] = {"category": category, "outcome": assessment.outcome,
+                                        "reason": assessment.reason}
+    report["corpus"] = {category: _tally(items) for category, items in by_category.items()}
+    report["timing"] = time_camera_upload(data, repeats)
+    return report
+
+
+def time_camera_upload(data: Path, repeats: int) -> dict:
+    """p50 ms of decoding a 4000 x 3000 JPEG and of the fundus check on what it decodes to, alternated."""
+    photos = [p for paths in _corpus().real_photo_sets(data).values() for p in paths]
+    source = Image.open(photos[0]).convert("RGB") if photos else Image.fromarray(generate_fundus(0, 2, 768).image)
+    with tempfile.TemporaryDirectory(prefix="drdemo-bench-gate-") as folder:
+        path = Path(folder) / "camera.jpg"
+        source.resize(CAMERA_SIZE, Image.Resampling.BICUBIC).save(path, quality=92)
+        decode, check = [], []
+        for round_ in range(repeats + 2):
+            start = time.perf_counter()
+            image = load_image(path)
+            decoded = time.perf_counter()
+            assess(image)
+            done = time.perf_counter()
+            if round_ >= 2:   # warm-up rounds
+                decode.append(decoded - start)
+                check.append(done - decoded)
+    return {"upload": f"{CAMERA_SIZE[0]} x {CAMERA_SIZE[1]} JPEG (quality 92) of "
+                      f"{photos[0].name if photos else 'a synthetic photo'}",
+            "decoded_to": list(image.size), "decode_p50_ms": round(statistics.median(decode) * 1000, 1),
+            "check_p50_ms": round(statistics.median(check) * 1000, 1), "repeats": repeats}
+
+
+def markdown(report: dict) -> str:
+    """The README section: real sets, synthetic photos, the corpus by category, and the timing."""
+    lines = ["Measured by `python -m drdemo.bench gate`. Thresholds were chosen on "
+             f"{' and '.join(TUNED_ON)} (and synthetic photos of other seeds); the other sets are held out.", "",
+             "| photos | n | refused | warned: what it is | warned: quality only | accepted | with a quality note |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [(name + (" (tuning)" if name in TUNED_ON else ""), counts) for name, counts in report["real"].items()]
+    rows.append((f"synthetic (generator seed {SYNTHETIC_SEED})", report["synthetic"]))
+    for name, c in rows:
+        lines.append(_row(name, c) + f" {c['quality notes']} |")
+    real = list(report["real"].values())
+    if real:
+        n, warned = sum(c["n"] for c in real), sum(c["n"] - c["accepted"] - c["refused"] for c in real)
+        lines += ["", f"Real photos: {sum(c['refused'] for c in real)} of {n} refused, {warned} ({warned / n:.1%}) "
+                      f"graded with a warning, {sum(c['quality notes'] for c in real)} of them with a quality note."]
+    lines += ["", "| non-fundus corpus | n | refused | warned: what it is | warned: quality only | accepted |",
+              "|---|---|---|---|---|---|"]
+    lines += [_row(category, c) for category, c in report["corpus"].items()]
+    total = sum(c["n"] for c in report["corpus"].values())
+    caught = sum(c["refused"] + c["warned: what it is"] for c in report["corpus"].values())
+    timing = report["timing"]
+    lines += ["", f"Corpus: {caught} of {total} ({caught / total:.0%}) refused or warned that they may not be colour "
+                  f"fundus photos; {total - caught} graded without such a warning.",
+              "", f"A {timing['upload']}: decoded (at reduced scale, to {timing['decoded_to'][0]} x "
+                  f"{timing['decoded_to'][1]}) in {timing['decode_p50_ms']} ms p50, checked in "
+                  f"{timing['check_p50_ms']} ms p50 ({timing['repeats']} rounds)."]
+    return "\n".join(lines)
+
+
+def _row(name: str, c: dict[str, int]) -> str:
+    return (f"| {name} | {c['n']} | {c['refused']} | {c['warned: what it is']} | {c['warned: quality only']} | "
+            f"{c['accepted']} |")
