@@ -9,7 +9,8 @@
   checks of the gate.
 * `real_photo_sets(root)`: the real fundus photos under `../shared/data`, by set, where they exist.
 
-`encoded(image, ...)` gives file bytes.
+`encoded(image, ...)` gives file bytes. The module is long by nature: one short drawing function per kind of
+picture, so that each reads on its own.
 """
 
 from __future__ import annotations
