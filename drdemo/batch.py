@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,9 +84,12 @@ def _extract(archive: Path, workdir: Path, already: int) -> Iterator[tuple[str, 
 
 def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], admit: Callable[[Path], GateResult],
           referable_threshold: float | None = None,
-          progress: Callable[[float, str], None] | None = None) -> list[BatchItem]:
+          progress: Callable[[float, str], None] | None = None,
+          referable_thresholds: Mapping[str, float] | None = None) -> list[BatchItem]:
     """Run every model on every admitted image. `admit(path)` is the gate (`drdemo.gate.check_upload`): it
-    returns the image with the outcome, reason and warnings, or raises ImageRejected."""
+    returns the image with the outcome, reason and warnings, or raises ImageRejected. A model refers at
+    `referable_thresholds[its name]`, else `referable_threshold`, else its checkpoint's own threshold."""
+    thresholds = dict(referable_thresholds or {})
     results = []
     for index, (name, path) in enumerate(items):
         if progress is not None:
@@ -102,7 +105,8 @@ def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], ad
         item.outcome, item.reason, item.details = checked.outcome, checked.reason, checked.details
         item.notes.extend(checked.notes)
         for predictor in predictors:
-            item.predictions[predictor.name] = predictor.predict(checked.image, referable_threshold=referable_threshold)
+            threshold = thresholds.get(predictor.name, referable_threshold)
+            item.predictions[predictor.name] = predictor.predict(checked.image, referable_threshold=threshold)
         item.thumbnail = predictors[0].model_view(checked.image) if predictors else None
         results.append(item)
     if progress is not None:

@@ -292,7 +292,7 @@ class _MemoryWatch:
 def bench_app(repeats: int = 10, load_clients: int = 4, load_requests: int = 25,
               extra_env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> dict:
     """The whole measurement; see the module docstring."""
-    images = sorted(EXAMPLES.glob("*.jpeg"))
+    images = sorted(EXAMPLES.glob("*.jp*g"))
     if not images:
         raise RuntimeError(f"no example images in {EXAMPLES}")
     report: dict = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__}

@@ -157,6 +157,11 @@ class CheckpointConfig:
         """True when the training data description names our synthetic generator (or any synthetic set)."""
         return self.trained and "synthetic" in str(self.provenance.get("data", "")).lower()
 
+    @property
+    def trained_on_idrid(self) -> bool:
+        """True when a training stage of these weights learned from IDRiD's photos."""
+        return self.trained and _trained_on_idrid(self.provenance)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         for name in ("class_names", "mean", "std"):
@@ -317,11 +322,11 @@ def _attribution(provenance: dict) -> str:
 
 
 IDRID_LIMITATIONS = (
-    "Trained on 330 photos of one camera (Kowa VX-10 alpha, 50 degree field) from one hospital in India, and "
-    "validated on 83 more; the test numbers above come from IDRiD's own test split (103 photos), the same camera "
-    "and clinic. Other cameras, populations, image quality and screening settings were not validated (the "
-    "referral shares on DRIVE and CHASE_DB1 above are the only check on other cameras). With 20 training "
-    "photos of Mild NPDR, grade 1 is barely learned. Macular oedema is not graded.")
+    "Trained on photos of one camera (Kowa VX-10 alpha, 50 degree field) from one hospital in India (see "
+    "Training data); the test numbers above come from IDRiD's own test split, the same camera and clinic. "
+    "Other cameras, populations, image quality and screening settings were not validated (the referral "
+    "shares on DRIVE and CHASE_DB1 above are the only check on other cameras). IDRiD's training split has "
+    "20 photos of Mild NPDR, so grade 1 is barely learned. Macular oedema is not graded.")
 
 
 def _limitations(provenance: dict) -> str:

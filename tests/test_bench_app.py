@@ -9,7 +9,7 @@ import pytest
 from drdemo import bench, bench_app
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jpeg"))
+EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jp*g"))
 
 
 def _label(probabilities: dict[str, float]) -> dict:

@@ -3,7 +3,10 @@
 import os
 import time
 
+from PIL import Image
+
 from drdemo.checkpoint import CheckpointConfig
+from drdemo.data.synthetic import generate_fundus
 from drdemo.models import create_model
 from drdemo.predictor import Predictor
 from drdemo.ui import blocks
@@ -33,3 +36,36 @@ def test_old_batch_outputs_are_deleted(monkeypatch, tmp_path):
     os.utime(stale, (past, past))
     blocks._output_folder()
     assert not stale.exists() and fresh.exists()
+
+
+def test_notice_for_idrid_trained_models_gives_their_test_numbers_and_what_was_not_validated():
+    idrid = _predictor({"trained": True, "data": "IDRiD disease grading (B. Disease Grading), its official train part"})
+    idrid.config.metrics.update(test_qwk=0.712, test_referable_auc=0.901, test_n=103)
+    notice = blocks._notice([idrid])
+    assert "trained on photos of one camera from one hospital in India (IDRiD)" in notice
+    assert "resnet50 QWK 0.71, referable-DR AUC 0.90 (n = 103)" in notice
+    assert "Other cameras, populations and image quality were not validated" in notice
+
+
+def test_example_captions_give_the_true_grade():
+    assert blocks._example_label(blocks.ASSETS / "examples" / "idrid_test_029_grade0_no_dr.jpg") == (
+        "IDRiD test photo 029: true grade 0 (No DR)")
+
+
+def test_the_page_and_the_api_default_to_each_checkpoints_own_threshold(tmp_path):
+    from drdemo.serving import ServedModel
+    low = CheckpointConfig.for_architecture("resnet50", input_size=64, referable_threshold=0.3)
+    high = CheckpointConfig.for_architecture("vgg16", input_size=64, referable_threshold=0.7)
+    served = [ServedModel("medmamba", Predictor(create_model("resnet50", num_classes=5), low), "test", False),
+              ServedModel("inception", Predictor(create_model("vgg16", num_classes=5), high), "test", False)]
+    demo = blocks.build_demo(served)
+    sliders = [c for c in demo.blocks.values() if type(c).__name__ == "Slider" and "Referral" in (c.label or "")]
+    values = sorted(round(s.value, 2) for s in sliders)
+    assert values == [0.3, 0.3, 0.3, 0.7, 0.7]           # Grade (first model), Compare and Batch (one per model)
+    handlers = {fn.name: fn.fn for fn in demo.fns.values()}
+    photo = tmp_path / "fundus.png"
+    Image.fromarray(generate_fundus(7, 2, size=256).image).save(photo)
+    # called with just an image, as the API allows, each model refers at its checkpoint's threshold
+    _, _, text = handlers["grade"](str(photo))
+    *_, compared = handlers["compare"](str(photo))
+    assert "threshold 30%" in text and "threshold 30%" in compared and "threshold 70%" in compared
