@@ -411,6 +411,9 @@ def _explanations(config: CheckpointConfig) -> str:
     targets = (f"each map explains {test['target']}" if not independent else
                f"each map explains {test['target']}, except {' and '.join(independent)}, which shows where the "
                f"layer responds most strongly whatever the class")
+    road = (f"- ROAD (higher is more faithful; first {test['n_images_road']} images): how much more the prediction "
+            "drops when\n  the most-highlighted pixels are removed first than when the least-highlighted are."
+            if test.get("n_images_road") else "- ROAD: not measured on these photos.")
     return f"""
 ## Explanations (Grad-CAM)
 Does the heat map point at the lesions? Measured with the lesion masks of {test['n_images']} photos with
@@ -420,8 +423,7 @@ lesions of: {test['data']}. Layer `{test['layer']}`; {targets}.{one_photo}
   {test['pointing_tolerance_px']} px at {test['input_size']} px); also on the {"-" if graded is None else graded}
   of them the model does not grade "{healthy}" (where it does, its map shows evidence for that class instead).
 - Energy share: share of the map's mass on lesions (lesions cover {100 * test['mask_area_share']:.1f}% of the image).
-- ROAD (higher is more faithful; first {test['n_images_road']} images): how much more the prediction drops when
-  the most-highlighted pixels are removed first than when the least-highlighted are.
+{road}
 {chosen}
 
 | method | pointing game | pointing game, not graded "{healthy}" | energy share | ROAD |
