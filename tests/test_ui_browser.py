@@ -51,7 +51,7 @@ def test_upload_grade_and_screenshot(app_url, tmp_path):
         assert image.width >= 1000 and image.height >= 600
 
 
-if __name__ == "__main__":  # PYTHONPATH=. python tests/test_ui_browser.py assets/screenshot.png
+if __name__ == "__main__":  # PYTHONPATH=. python tests/test_ui_browser.py assets/screenshot.png [PHOTO]
     import sys
     import tempfile
 
@@ -61,6 +61,7 @@ if __name__ == "__main__":  # PYTHONPATH=. python tests/test_ui_browser.py asset
         app = start_app(Path(tmp))
         try:
             wait_until_serving(app)
-            print(grade_in_browser(app.url, _photo(Path(tmp)), Path(sys.argv[1])))
+            photo = Path(sys.argv[2]) if len(sys.argv) > 2 else _photo(Path(tmp))
+            print(grade_in_browser(app.url, photo, Path(sys.argv[1])))
         finally:
             app.stop()
