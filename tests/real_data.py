@@ -36,7 +36,7 @@ def tiny_idrid(root: Path, per_grade: int = 3, side: int = 192) -> Path:
         (images / folder).mkdir(parents=True)
         source_csv = next((IDRID_GRADING / "2. Groundtruths").glob(f"{csv_name[0]}.*.csv"))
         header = source_csv.read_bytes().split(b"\n", 1)[0] + b"\n"
-        extra = b",,,,,,,," if header.count(b",") > 2 else b""
+        extra = b"," * (header.count(b",") - 2)   # the training CSV's empty trailing columns
         body = b"".join(f"{s.image_id},{s.grade},0".encode() + extra + b"\r\n" for s in chosen)
         (labels / csv_name).write_bytes(header + body + b"\r\n")
         for sample in chosen:
