@@ -287,8 +287,9 @@ def select_samples(args: argparse.Namespace) -> tuple[list[Sample], str]:
                             "layout has no official parts")
     if official and args.split is not None and args.part is None:
         raise EvaluateError(f"--split on a {layout} folder: pass --part (a part of the split file)")
-    split_of = "train" if official and args.split is not None else None  # a split of IDRiD's training part
-    samples = load_samples(args.data, layout, part=split_of if args.split is not None else args.part)
+    # a split file of a data set with official parts divides its training part (as training does)
+    part = ("train" if official else None) if args.split is not None else args.part
+    samples = load_samples(args.data, layout, part=part)
     if args.split is not None:
         part = args.part or "test"
         parts = load_split(args.split, samples)

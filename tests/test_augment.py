@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from drdemo.data.augment import REAL_AUGMENTATION, ClipFieldOfView, KeepSurround, UnevenIllumination
 from drdemo.preprocess import fundus_mask
-from torchvision import transforms as T
 
 
 def _fundus(size=96):

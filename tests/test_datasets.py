@@ -323,7 +323,8 @@ def test_idrid_missing_photo_and_bad_grade_are_named(tmp_path):
     (root / "1. Original Images" / "a. Training Set" / "IDRiD_002.jpg").unlink()
     with pytest.raises(DatasetError, match="1 listed image.*IDRiD_002"):
         load_samples(root, part="train")
-    bad = make_idrid(tmp_path / "bad", test_csv="Image name,Retinopathy grade,Risk of macular edema \r\nIDRiD_001,7,0\r\n")
+    bad = make_idrid(tmp_path / "bad",
+                     test_csv="Image name,Retinopathy grade,Risk of macular edema \r\nIDRiD_001,7,0\r\n")
     with pytest.raises(DatasetError, match="grade 7 is outside 0 to 4"):
         load_samples(bad, part="test")
 

@@ -237,6 +237,7 @@ def test_threshold_is_chosen_for_sensitivity_on_validation_and_recorded_as_val(w
 
 def test_ungraded_photos_report_the_share_referred(workspace, tmp_path):
     from real_data import DRIVE
+
     from drdemo.checkpoint import read_config
     checkpoint = _copy_checkpoint(workspace, tmp_path)
     out = tmp_path / "drive"

@@ -53,9 +53,9 @@ TASK_THRESHOLDS: dict[str, int | None] = {"icdr5": None, "binary": 1, "referable
 _EYE_SUFFIX = re.compile(r"^(?P<patient>.+)_(?:left|right)$", re.IGNORECASE)
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _GENERATOR_FILE = "generator.json"
-_IDRID_IMAGES = "1. Original Images"
+IDRID_IMAGES = "1. Original Images"
 _IDRID_LABELS = "2. Groundtruths"
-_IDRID_SEGMENTATION_LABELS = "2. All Segmentation Groundtruths"
+IDRID_SEGMENTATION_LABELS = "2. All Segmentation Groundtruths"
 _SYNTHETIC_CSV = "labels.csv"
 
 
@@ -93,7 +93,7 @@ _NEEDS = {
     "eyepacs": "a CSV with columns image,level (e.g. trainLabels.csv) and the images in train/, images/ or the folder",
     "aptos": "a CSV with columns id_code,diagnosis (e.g. train.csv) and the images in train_images/, images/ "
              "or the folder",
-    "idrid": f"IDRiD's disease grading folder ('B. Disease Grading'): {_IDRID_IMAGES}/ with the training and "
+    "idrid": f"IDRiD's disease grading folder ('B. Disease Grading'): {IDRID_IMAGES}/ with the training and "
              f"testing image folders, and {_IDRID_LABELS}/ with their CSVs (Image name,Retinopathy grade)",
     "imagefolder": "subfolders named 0 to 4 (the ICDR grade) holding the images",
 }
@@ -188,12 +188,12 @@ def _describe_contents(root: Path) -> str:
 
 def _is_idrid_grading(root: Path) -> bool:
     labels = root / _IDRID_LABELS
-    return (root / _IDRID_IMAGES).is_dir() and labels.is_dir() and _find_csv(labels, _CSV_LAYOUTS["idrid"]) is not None
+    return (root / IDRID_IMAGES).is_dir() and labels.is_dir() and _find_csv(labels, _CSV_LAYOUTS["idrid"]) is not None
 
 
 def is_idrid_segmentation(root: Path) -> bool:
     """IDRiD's "A. Segmentation" folder: photos and lesion masks, no grades (drdemo.data.lesions reads it)."""
-    return (root / _IDRID_IMAGES).is_dir() and (root / _IDRID_SEGMENTATION_LABELS).is_dir()
+    return (root / IDRID_IMAGES).is_dir() and (root / IDRID_SEGMENTATION_LABELS).is_dir()
 
 
 def detect_layout(root: Path | str) -> str:
@@ -281,23 +281,27 @@ def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int]]:
     return rows
 
 
-def _part_entry(folder: Path, word: str, directories: bool) -> Path | None:
-    """The one entry of `folder` (a folder, or a CSV file) whose name holds `word`, case-insensitively."""
+def named_entry(folder: Path, word: str, directories: bool = True) -> Path | None:
+    """The one entry of `folder` (a subfolder, or a CSV file) whose name holds `word`, case-insensitively, as
+    IDRiD names its parts ("a. Training Set") and lesion folders ("1. Microaneurysms"); None when there is
+    none or `folder` is absent."""
+    if not folder.is_dir():
+        return None
     matches = sorted(p for p in folder.iterdir() if word in p.name.lower()
                      and (p.is_dir() if directories else p.suffix.lower() == ".csv" and p.is_file()))
     if len(matches) > 1:
-        raise DatasetError(f"{folder}: {', '.join(m.name for m in matches)} all name the {word} part; keep one")
+        raise DatasetError(f"{folder}: {', '.join(m.name for m in matches)} all match '{word}'; keep one")
     return matches[0] if matches else None
 
 
 def _idrid_files(root: Path, part: str) -> tuple[Path, list[Path]]:
     """(labels CSV, image folders) of one IDRiD part, found by the word in their names ("training")."""
     word = PARTS["idrid"][part]
-    csv_path = _part_entry(root / _IDRID_LABELS, word, directories=False)
-    images = _part_entry(root / _IDRID_IMAGES, word, directories=True)
+    csv_path = named_entry(root / _IDRID_LABELS, word, directories=False)
+    images = named_entry(root / IDRID_IMAGES, word, directories=True)
     if csv_path is None or images is None:
         raise DatasetError(f"{root}: the {part} part needs a CSV in {_IDRID_LABELS}/ and a folder in "
-                           f"{_IDRID_IMAGES}/ whose names contain '{word}'; found "
+                           f"{IDRID_IMAGES}/ whose names contain '{word}'; found "
                            f"{csv_path.name if csv_path else 'no CSV'} and {images.name if images else 'no folder'}")
     return csv_path, [images]
 

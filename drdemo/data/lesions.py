@@ -22,19 +22,21 @@ import numpy as np
 from PIL import Image
 
 from drdemo.data.datasets import (
+    IDRID_IMAGES,
+    IDRID_SEGMENTATION_LABELS,
+    IMAGE_EXTENSIONS,
     PARTS,
     DatasetError,
     detect_layout,
     is_idrid_segmentation,
     load_samples,
+    named_entry,
 )
 
 LESION_LAYOUTS = ("idrid-segmentation", "synthetic")
 # IDRiD's lesion folders (by the words after their number) and file suffixes; the optic disc is left out.
 IDRID_LESIONS = {"microaneurysm": ("microaneurysms", "MA"), "haemorrhage": ("haemorrhages", "HE"),
                  "hard_exudate": ("hard exudates", "EX"), "soft_exudate": ("soft exudates", "SE")}
-_IDRID_IMAGES = "1. Original Images"
-_IDRID_TRUTHS = "2. All Segmentation Groundtruths"
 
 
 @dataclass(frozen=True)
@@ -56,30 +58,20 @@ def detect_lesion_layout(root: Path | str) -> str:
     if (root / "masks").is_dir() and detect_layout(root) == "synthetic":
         return "synthetic"
     raise DatasetError(f"{root}: no lesion masks found; scoring heat maps needs lesion masks: IDRiD's segmentation "
-                       f"folder ('A. Segmentation': {_IDRID_IMAGES}/ and {_IDRID_TRUTHS}/) or a synthetic set "
-                       "(python -m drdemo.data.synthetic writes masks/)")
-
-
-def _named(folder: Path, word: str) -> Path | None:
-    """The subfolder of `folder` whose name holds `word` (case-insensitive), or None."""
-    if not folder.is_dir():
-        return None
-    matches = sorted(p for p in folder.iterdir() if p.is_dir() and word in p.name.lower())
-    if len(matches) > 1:
-        raise DatasetError(f"{folder}: {', '.join(m.name for m in matches)} all match '{word}'; keep one")
-    return matches[0] if matches else None
+                       f"folder ('A. Segmentation': {IDRID_IMAGES}/ and {IDRID_SEGMENTATION_LABELS}/) or a "
+                       "synthetic set (python -m drdemo.data.synthetic writes masks/)")
 
 
 def _idrid_part(root: Path, part: str) -> list[LesionSample]:
     word = PARTS["idrid"][part]
-    images = _named(root / _IDRID_IMAGES, word)
+    images = named_entry(root / IDRID_IMAGES, word)
     if images is None:
         return []
-    truths = _named(root / _IDRID_TRUTHS, word)  # None: this split has no ground truth, so no masks
-    lesion_folders = {name: _named(truths, folder_word) if truths else None
+    truths = named_entry(root / IDRID_SEGMENTATION_LABELS, word)  # None: this split has no ground truth
+    lesion_folders = {name: named_entry(truths, folder_word) if truths else None
                       for name, (folder_word, _) in IDRID_LESIONS.items()}
     samples = []
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif")):
+    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
         masks = {}
         for name, folder in lesion_folders.items():
             if folder is None:
