@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from real_data import needs_real_data
 from sklearn.metrics import roc_auc_score
 
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
@@ -235,6 +236,7 @@ def test_threshold_is_chosen_for_sensitivity_on_validation_and_recorded_as_val(w
     assert "Confusion matrix (validation)" in card and card.count("--choose-threshold 0.9") == 1
 
 
+@needs_real_data
 def test_ungraded_photos_report_the_share_referred(workspace, tmp_path):
     from real_data import DRIVE
 
