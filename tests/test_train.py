@@ -114,10 +114,12 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_data, tmp_path, m
     assert not patients[0] & patients[1]                 # a patient's two eyes stay in one part
 
 
-def test_an_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
-    """Interrupt mid-epoch, resume: the weights equal those of a run that was never interrupted."""
+@pytest.mark.parametrize("ema", [False, True], ids=["raw", "ema"])
+def test_an_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, ema):
+    """Interrupt mid-epoch, resume: the weights (and their moving average) equal those of a run that
+    was never interrupted."""
     _no_augmentation(monkeypatch)
-    extra = ("--epochs", "2", "--save-every-minutes", "0")   # 0: save the state after every step
+    extra = ("--epochs", "2", "--save-every-minutes", "0") + (("--ema", "0.9") if ema else ())  # 0: save every step
     straight = tmp_path / "straight"
     assert train.main(_args(tiny_data, straight, *extra)) == 0
 
@@ -139,11 +141,20 @@ def test_an_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 1, 5)
 
     assert train.main(_args(tiny_data, interrupted, *extra, "--resume")) == 0
-    final = {name: torch.load(run / "training" / "state.pt", weights_only=True)["model"]
-             for name, run in (("straight", straight), ("resumed", interrupted))}
-    for key, value in final["straight"].items():
-        torch.testing.assert_close(final["resumed"][key], value, rtol=0, atol=1e-6, msg=key)
-    assert load_file(interrupted / "model.safetensors").keys() == load_file(straight / "model.safetensors").keys()
+    states = {name: torch.load(run / "training" / "state.pt", weights_only=True)
+              for name, run in (("straight", straight), ("resumed", interrupted))}
+    for part in ("model", "ema") if ema else ("model",):
+        for key, value in states["straight"][part].items():
+            torch.testing.assert_close(states["resumed"][part][key], value, rtol=0, atol=1e-6, msg=f"{part} {key}")
+    saved = load_file(interrupted / "model.safetensors")
+    assert saved.keys() == load_file(straight / "model.safetensors").keys()
+    if ema:  # the checkpoint holds the moving average (the last epoch's, where it validated best), not the raw weights
+        averaged = {k.removeprefix("module."): v for k, v in states["resumed"]["ema"].items() if k != "n_averaged"}
+        assert int(states["resumed"]["ema"]["n_averaged"]) == 8
+        if read_config(interrupted).provenance["best_epoch"] == 2:
+            name = next(k for k, v in saved.items() if v.ndim == 4)
+            torch.testing.assert_close(saved[name].float(), averaged[name].half().float())
+            assert not torch.allclose(saved[name].float(), states["resumed"]["model"][name].half().float())
 
 
 def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path):
