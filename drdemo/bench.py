@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from drdemo import bench_app, bench_gate, bench_inference
+from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
-from drdemo.train import main_logits
 
 UNIT_MODEL = "inception_v3"
 README_START, README_END = "<!-- bench:models:start -->", "<!-- bench:models:end -->"

@@ -24,10 +24,12 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
+from drdemo.calibration import class_probabilities
 from drdemo.cam_metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
 from drdemo.data.lesions import LesionSample, lesion_union
 from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.inference import view_logits
 from drdemo.preprocess import fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
 
 DEFAULT_ROAD_PERCENTILES = (20, 40, 60, 80)
@@ -63,7 +65,8 @@ def evaluate_cams(loaded, samples: Sequence[LesionSample], methods: Sequence[str
     explainers = {}
     for layer in layers:
         try:
-            explainers[layer] = Explainer(loaded.model, layer, config.cam_reshape, config.num_classes)
+            explainers[layer] = Explainer(loaded.model, layer, config.cam_reshape, config.num_classes,
+                                          config.calibration)
         except ExplainError as exc:
             raise CamEvaluationError(f"--cam-layers: {exc}") from exc
     with_lesions = [s for s in samples if s.masks][:limit]
@@ -94,12 +97,12 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
         mask = prepare_mask(lesion_union(sample, image.size), image, config.input_size, kwargs["crop_fov"])
         area_shares.append(float(mask.mean()))
         maps = {}
-        predicted = None
+        # every method explains the class the app would show: over the checkpoint's views, calibrated
+        predicted = int(class_probabilities(view_logits(model, batch, config.test_time_views),
+                                            config.calibration)[0].argmax())
         for layer, explainer in explainers.items():
             for method in methods:
-                explanation = explainer.explain(batch, method=method, target=predicted)
-                predicted = explanation.target  # every method explains the same (predicted) class
-                maps[layer, method] = explanation.heatmap
+                maps[layer, method] = explainer.explain(batch, method=method, target=predicted).heatmap
         graded_dr.append(predicted != 0)
         maps[None, RANDOM_BASELINE] = random_map(mask.shape, rng)
         maps[None, CENTRE_BASELINE] = centre_map(mask.shape, fundus_mask(np.asarray(view, dtype=np.uint8)))

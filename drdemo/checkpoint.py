@@ -21,7 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from drdemo.calibration import check_calibration
 from drdemo.data.datasets import IDRID_ATTRIBUTION
+from drdemo.inference import VIEW_COUNTS
 from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults
 from drdemo.preprocess import RESAMPLING
 
@@ -64,6 +66,11 @@ class CheckpointConfig:
     preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True,
                                                          "local_contrast": 0.0})
     referable_threshold: float = 0.5
+    # How logits become probabilities (drdemo.calibration): the mean over this many symmetric views
+    # of each photo (1 or 8), after a temperature and per-class biases fitted on validation photos
+    # (`python -m drdemo.evaluate --calibrate`; {} is plain softmax).
+    test_time_views: int = 1
+    calibration: dict = field(default_factory=dict)
     # How well each CAM method points at lesions ("test") and how the default method and layer were
     # chosen ("selection"), written by `python -m drdemo.evaluate --cam --record / --choose-cam-default`.
     cam_evaluation: dict = field(default_factory=dict)
@@ -136,6 +143,11 @@ class CheckpointConfig:
         from drdemo.explain import CAM_METHODS
         if self.cam_method not in CAM_METHODS:
             fail(f"cam_method {self.cam_method!r} is not one of {', '.join(CAM_METHODS)}")
+        if isinstance(self.test_time_views, bool) or self.test_time_views not in VIEW_COUNTS:
+            fail(f"test_time_views must be one of {list(VIEW_COUNTS)}, got {self.test_time_views!r}")
+        problem = check_calibration(self.calibration, self.num_classes)
+        if problem:
+            fail(problem)
         if not 0.0 < self.referable_threshold < 1.0:
             fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
         if (not isinstance(self.preprocessing, dict)
@@ -283,7 +295,7 @@ above; the app calls an eye referable when that probability reaches {config.refe
 
 ## Training data
 {provenance.get("data", "Not recorded.") if trained else "None: these weights are untrained (randomly initialised)."}
-{_attribution(provenance)}{_threshold_text(config)}
+{_attribution(provenance)}{_calibration_text(config)}{_threshold_text(config)}
 Recipe: {provenance.get("recipe", "not recorded")}. Seed: {provenance.get("seed", "not recorded")}.
 Code commit: {provenance.get("code_commit", "not recorded")}.
 {_how_it_was_made(provenance)}
@@ -342,6 +354,20 @@ def _threshold_text(config: CheckpointConfig) -> str:
         return ""
     return (f"\nReferable threshold {config.referable_threshold:g}: {choice['rule']}, chosen on {choice['data']} "
             f"(there: sensitivity {choice['sensitivity']:.3f}, specificity {choice['specificity']:.3f}).\n")
+
+
+def _calibration_text(config: CheckpointConfig) -> str:
+    choice = config.provenance.get("calibration_choice")
+    views = (f"the mean over {config.test_time_views} symmetric views of each photo (flips and rotations by 90 "
+             f"degrees)" if config.test_time_views > 1 else "one view of each photo")
+    if not config.calibration:
+        return f"\nProbabilities: plain softmax, {views}.\n" if config.test_time_views > 1 else ""
+    bias = ", ".join(f"{name} {b:+.2f}" for name, b in zip(config.class_names, config.calibration["logit_bias"]))
+    fitted = (f", fitted on {choice['data']} (there the negative log-likelihood went from {choice['nll_before']:.3f} "
+              f"to {choice['nll_after']:.3f})") if choice else ""
+    return (f"\nCalibration: probabilities are softmax(logits / {config.calibration['temperature']:g} + bias), "
+            f"bias {bias}, {views}{fitted}. It repairs the class priors that class-weighted training teaches; "
+            f"the network is unchanged.\n")
 
 
 def _confusion_matrices(config: CheckpointConfig) -> str:
@@ -460,7 +486,8 @@ def _how_it_was_made(provenance: dict) -> str:
             seconds = stage.get("training_seconds")
             steps.append((label + (f" ({seconds / 60:.0f} min on {stage.get('device', '?')})" if seconds else ""),
                           stage["command"]))
-    for key, label in (("threshold_command", "Referable threshold"), ("validation_command", "Validation"),
+    for key, label in (("calibration_command", "Calibration"), ("threshold_command", "Referable threshold"),
+                       ("validation_command", "Validation"),
                        ("evaluation_command", "Evaluation"), ("cam_selection_command", "Default heat map"),
                        ("cam_test_command", "Heat map evaluation")):
         if provenance.get(key):
@@ -589,6 +616,24 @@ def choose_referable_threshold(folder: str | Path, grades, referable_probability
                            provenance=dict(config.provenance, referable_threshold_choice=choice,
                                            threshold_command=command)))
     return threshold
+
+
+def record_calibration(folder: str | Path, views: int, calibration: dict, logits, targets, data_description: str,
+                       command: str) -> CheckpointConfig:
+    """Make `calibration` over `views` symmetric views the checkpoint's, with the negative log-likelihood
+    before and after on the images it was fitted on; returns the new config."""
+    from drdemo.calibration import SHRINKAGE, class_probabilities, negative_log_likelihood
+
+    folder = Path(folder)
+    config = read_config(folder)
+    choice = {"rule": f"temperature and per-class logit biases minimising the negative log-likelihood over "
+                      f"{views} view(s), biases shrunk by {SHRINKAGE:g} x their squares",
+              "data": data_description, "views": views,
+              "nll_before": round(negative_log_likelihood(class_probabilities(logits), targets), 4),
+              "nll_after": round(negative_log_likelihood(class_probabilities(logits, calibration), targets), 4)}
+    return _write(folder, replace(config, test_time_views=views, calibration=calibration,
+                                  provenance=dict(config.provenance, calibration_choice=choice,
+                                                  calibration_command=command)))
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Path,

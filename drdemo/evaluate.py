@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import re
 import shlex
@@ -35,11 +36,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from drdemo.calibration import class_probabilities, fit_calibration
 from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
 from drdemo.checkpoint import (
+    CheckpointConfig,
     CheckpointError,
     choose_cam_default,
     choose_referable_threshold,
+    record_calibration,
     record_evaluation,
     record_referral_share,
 )
@@ -63,6 +67,7 @@ from drdemo.data.lesions import (
 )
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.hub import LoadedModel, load_model
+from drdemo.inference import VIEW_COUNTS, view_logits
 from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
 from drdemo.preprocess import preprocess_kwargs, to_model_input
 
@@ -92,7 +97,17 @@ def probability_column(class_name: str) -> str:
 
 def predict_probabilities(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,
                           progress: bool = True) -> np.ndarray:
-    """(n, C) float64 class probabilities of `samples`, in order, preprocessed as the checkpoint says."""
+    """(n, C) float64 class probabilities of `samples`, in order, preprocessed, viewed and calibrated as
+    the checkpoint says (drdemo.calibration)."""
+    logits = predict_logits(loaded, samples, batch_size, workers, progress)
+    return class_probabilities(logits, loaded.config.calibration)
+
+
+def predict_logits(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,
+                   progress: bool = True, views: int | None = None) -> np.ndarray:
+    """(n, views, C) float64 logits of `samples`, in order, preprocessed as the checkpoint says, of each
+    of `views` symmetric views (default: the checkpoint's test_time_views)."""
+    views = loaded.config.test_time_views if views is None else views
     if not samples:
         raise EvaluateError("no samples to evaluate")
     if batch_size < 1 or workers < 0:
@@ -109,9 +124,7 @@ def predict_probabilities(loaded: LoadedModel, samples: Sequence[Sample], batch_
         with torch.inference_mode(), tqdm(total=len(samples), unit="img", desc="evaluate", disable=not progress,
                                           file=sys.stderr) as bar:
             for images, _ in loader:
-                logits = model(images.to(device, non_blocking=True))
-                # float64 softmax: a confident model's 1 - P(No DR) still ranks eyes by their tiny differences
-                chunks.append(torch.softmax(logits.cpu().double(), dim=1).numpy())
+                chunks.append(view_logits(model, images.to(device, non_blocking=True), views))
                 bar.update(len(images))
     finally:
         for module, training in modes.items():
@@ -129,10 +142,15 @@ def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 1
     predicted, predicted_name, then referable_probability / any_dr_probability where the task
     defines them (drdemo.metrics.task_probabilities).
     """
-    config = loaded.config
     start = time.perf_counter()
-    probabilities = predict_probabilities(loaded, samples, batch_size, workers, progress)
-    seconds = time.perf_counter() - start
+    logits = predict_logits(loaded, samples, batch_size, workers, progress)
+    return score(loaded.config, samples, logits, time.perf_counter() - start)
+
+
+def score(config: CheckpointConfig, samples: Sequence[Sample], logits: np.ndarray,
+          seconds: float) -> tuple[dict, list[dict]]:
+    """`evaluate`'s metrics and rows from the logits of `samples` (n, views, C), calibrated as `config` says."""
+    probabilities = class_probabilities(logits, config.calibration)
     grades = np.array([sample.grade for sample in samples])
     metrics = grading_metrics(grades, probabilities, config.task, config.class_names,
                               referable_threshold=config.referable_threshold)
@@ -246,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--choose-threshold", type=float, metavar="SENSITIVITY",
                         help="make the referable threshold the highest one that keeps this referable sensitivity "
                              "on these images (choose on a validation part, never the test part); local folders")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the checkpoint's calibration (a temperature and per-class biases, by negative "
+                             "log-likelihood) on these images and write it into config.json, before any "
+                             "--choose-threshold (fit on a validation part, never the test part); local folders")
+    parser.add_argument("--views", type=int, choices=VIEW_COUNTS,
+                        help="with --calibrate: make the checkpoint average this many symmetric views of each "
+                             "photo (default: keep its test_time_views)")
     parser.add_argument("--ungraded", action="store_true",
                         help="the folder's photos have no grades (DRIVE, CHASE_DB1: mostly eyes without referable "
                              "DR): report the share the model refers, at its threshold")
@@ -338,8 +363,10 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.workers < 0:
         raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    if args.views is not None and not args.calibrate:
+        raise EvaluateError("--views goes with --calibrate (the calibration is fitted on those views)")
     for flag, wanted in (("--record", args.record), ("--choose-cam-default", args.choose_cam_default),
-                         ("--choose-threshold", args.choose_threshold is not None)):
+                         ("--choose-threshold", args.choose_threshold is not None), ("--calibrate", args.calibrate)):
         if wanted and not Path(args.checkpoint).is_dir():
             raise EvaluateError(f"{flag} writes into a local checkpoint folder; {args.checkpoint} is not one")
     if (args.choose_cam_default or args.cam_layers) and not args.cam:
@@ -353,9 +380,15 @@ def run(args: argparse.Namespace) -> dict:
     config = loaded.config
     print(f"evaluating {config.architecture} ({config.task}) from {loaded.origin} on {len(samples)} images "
           f"of {args.data}", file=sys.stderr)
-    grading, rows = evaluate(loaded, samples, batch_size=args.batch_size, workers=args.workers)
     command = _command(args)
     description = _describe(args.data, layout, len(samples), (args.part or "test") if args.split else args.part)
+    start = time.perf_counter()
+    logits = predict_logits(loaded, samples, args.batch_size, args.workers, views=args.views)
+    seconds = time.perf_counter() - start
+    if args.calibrate:
+        loaded = _calibrate(args, loaded, samples, logits, description, command)
+        config = loaded.config
+    grading, rows = score(config, samples, logits, seconds)
     if args.choose_threshold is not None:
         # Choose first, so metrics.json and the recorded numbers are those at the threshold the app will use.
         threshold = choose_referable_threshold(args.checkpoint, np.array([row["grade"] for row in rows]),
@@ -394,6 +427,20 @@ def run(args: argparse.Namespace) -> dict:
     if args.choose_cam_default:
         _choose_cam(args, cam_metrics, description, command)
     return metrics
+
+
+def _calibrate(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[Sample], logits: np.ndarray,
+               description: str, command: str) -> LoadedModel:
+    """Fit the calibration on `logits`, write it (and the views) into the checkpoint; the loaded model
+    with the new config."""
+    targets = task_targets(np.array([s.grade for s in samples]), loaded.config.task)
+    calibration = fit_calibration(logits, targets)
+    config = record_calibration(args.checkpoint, logits.shape[1], calibration, logits, targets, description, command)
+    choice = config.provenance["calibration_choice"]
+    print(f"calibration of {args.checkpoint} over {logits.shape[1]} view(s): temperature "
+          f"{calibration['temperature']:g}, biases {calibration['logit_bias']}; NLL on these images "
+          f"{choice['nll_before']:.4f} -> {choice['nll_after']:.4f}", file=sys.stderr)
+    return dataclasses.replace(loaded, config=config)
 
 
 def _lesions_only(root: Path) -> bool:

@@ -3,7 +3,8 @@
 The network stays a plain nn.Module: the CAM hooks are attached for one call and removed again,
 the target layer and its reshape come from the checkpoint's config.json, and drawing the overlay
 happens here, outside the network. One forward and one backward pass give both the class
-probabilities and the map (`Explanation.probabilities` comes from the same forward pass).
+probabilities and the map (`Explanation.probabilities` comes from the same forward pass, calibrated
+as the checkpoint says: drdemo.calibration).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, Layer
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from drdemo.calibration import class_probabilities
+from drdemo.inference import main_logits
 from drdemo.models import CAM_RESHAPES, get_submodule
 
 if TYPE_CHECKING:
@@ -46,10 +49,23 @@ class ExplainError(ValueError):
 
 @dataclass(frozen=True)
 class Explanation:
-    probabilities: np.ndarray   # (classes,) softmax of the same forward pass that made the map
+    logits: np.ndarray          # (classes,) float64, of the same forward pass that made the map
+    probabilities: np.ndarray   # (classes,) those logits through the explainer's calibration
     heatmap: np.ndarray         # (H, W) float32 in [0, 1], at the model input's resolution
     target: int                 # the class whose score the map explains
     method: str
+
+
+class _MostProbableClass:
+    """pytorch-grad-cam target: the score of the class that is most probable after calibration (which
+    biases may make another class than the largest raw logit), so the map explains the served grade."""
+
+    def __init__(self, calibration: dict | None):
+        self.calibration = calibration
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        logits = output.detach().double().cpu().numpy()[None]
+        return output[int(class_probabilities(logits, self.calibration)[0].argmax())]
 
 
 LAYER_SEPARATOR = "+"
@@ -64,10 +80,11 @@ class Explainer:
     @classmethod
     def for_checkpoint(cls, model: nn.Module, config: CheckpointConfig) -> Explainer:
         """Target layer, reshape and classes as the checkpoint's config.json states them."""
-        return cls(model, config.cam_target_layer, config.cam_reshape, config.num_classes)
+        return cls(model, config.cam_target_layer, config.cam_reshape, config.num_classes, config.calibration)
 
-    def __init__(self, model: nn.Module, target_layer: str, reshape: str | None, num_classes: int):
-        self.model, self.num_classes = model, num_classes
+    def __init__(self, model: nn.Module, target_layer: str, reshape: str | None, num_classes: int,
+                 calibration: dict | None = None):
+        self.model, self.num_classes, self.calibration = model, num_classes, calibration
         try:
             self.layers = [get_submodule(model, path) for path in target_layer.split(LAYER_SEPARATOR)]
         except ValueError as exc:
@@ -89,16 +106,17 @@ class Explainer:
         try:
             with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=self.layers,
                                                           reshape_transform=self.reshape) as cam:
-                targets = None if target is None else [ClassifierOutputTarget(int(target))]
+                targets = [_MostProbableClass(self.calibration) if target is None
+                           else ClassifierOutputTarget(int(target))]
                 maps = cam(input_tensor=batch, targets=targets)
-                logits = cam.outputs.detach().float()
+                logits = main_logits(cam.outputs).detach().double().cpu().numpy()
         finally:
             for hook in graph_starts:
                 hook.remove()
-        probabilities = torch.softmax(logits.double(), dim=1)[0].cpu().numpy()
+        probabilities = class_probabilities(logits, self.calibration)[0]
         chosen = int(probabilities.argmax()) if target is None else int(target)
-        return Explanation(probabilities=probabilities, heatmap=np.nan_to_num(maps[0]).astype(np.float32),
-                           target=chosen, method=method)
+        return Explanation(logits=logits[0], probabilities=probabilities,
+                           heatmap=np.nan_to_num(maps[0]).astype(np.float32), target=chosen, method=method)
 
 
 def _start_graph_here(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:

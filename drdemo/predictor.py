@@ -16,19 +16,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from drdemo.calibration import class_probabilities, view_spread
 from drdemo.checkpoint import CheckpointConfig
 from drdemo.explain import Explainer
+from drdemo.inference import SYMMETRIES, view_logits
 from drdemo.metrics import task_probabilities
 from drdemo.models import ICDR_GRADES, create_model, model_defaults
 from drdemo.preprocess import normalise, prepare_image
 
 if TYPE_CHECKING:
     from drdemo.hub import LoadedModel
-
-# Test-time augmentation: the eight symmetries of the square (a fundus photo has no canonical
-# orientation), as (transpose, horizontal flip, vertical flip).
-TTA_VIEWS = [(t, h, v) for t in (False, True) for h in (False, True) for v in (False, True)]
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -52,8 +49,8 @@ class Analysis:
     heatmap: np.ndarray | None = None        # (H, W) in [0, 1] over model_view, when a CAM was asked for
     cam_method: str | None = None
     cam_target: int | None = None            # the class the map explains
-    spread: dict[str, float] | None = None   # test-time augmentation: class name -> std of its probability
-    views: int = 1
+    spread: dict[str, float] | None = None   # over several views: class name -> std of its probability
+    views: int = 1                           # symmetric views the probabilities are the mean of
 
 
 class Predictor:
@@ -112,29 +109,31 @@ class Predictor:
 
     def analyse(self, image: Image.Image, cam_method: str | None = None, cam_target: int | None = None,
                 tta: bool = False, referable_threshold: float | None = None) -> Analysis:
-        """Probabilities for `image`; with `cam_method`, the CAM from the same forward pass
-        (plus one backward); with `tta`, the spread of the probabilities over eight symmetric views."""
+        """Probabilities for `image` over the checkpoint's `test_time_views` (all eight symmetric views
+        with `tta`, which also reports their spread), calibrated as config.json says; with
+        `cam_method`, the CAM of the most probable class (or `cam_target`). With one view the CAM
+        comes from the same forward pass (plus one backward)."""
         start = time.perf_counter()
         view = self.model_view(image)
         batch = normalise(view, self.config.mean, self.config.std,
                           self.config.preprocessing["local_contrast"]).unsqueeze(0).to(self.device)
-        heatmap = target = None
-        if cam_method is not None:
+        views = len(SYMMETRIES) if tta else self.config.test_time_views
+        heatmap = target = spread = None
+        if views == 1 and cam_method is not None:
             explanation = self.explainer.explain(batch, method=cam_method, target=cam_target)
             probabilities, heatmap, target = explanation.probabilities, explanation.heatmap, explanation.target
         else:
-            with torch.inference_mode():
-                probabilities = torch.softmax(self.model(batch).double(), dim=1)[0].cpu().numpy()
-        spread = None
-        if tta:
-            with torch.inference_mode():
-                views = torch.cat([_symmetry(batch, *v) for v in TTA_VIEWS])
-                all_probabilities = torch.softmax(self.model(views).double(), dim=1).cpu().numpy()
-            probabilities = all_probabilities.mean(axis=0)
-            spread = dict(zip(self.class_names, all_probabilities.std(axis=0).tolist()))
+            logits = view_logits(self.model, batch, views)
+            probabilities = class_probabilities(logits, self.config.calibration)[0]
+            if views > 1:
+                spread = dict(zip(self.class_names, view_spread(logits, self.config.calibration)[0].tolist()))
+            if cam_method is not None:
+                target = int(probabilities.argmax()) if cam_target is None else cam_target
+                explanation = self.explainer.explain(batch, method=cam_method, target=target)
+                heatmap = explanation.heatmap
         prediction = self._prediction(probabilities, time.perf_counter() - start, referable_threshold)
         return Analysis(prediction=prediction, model_view=view, heatmap=heatmap, cam_method=cam_method,
-                        cam_target=target, spread=spread, views=len(TTA_VIEWS) if tta else 1)
+                        cam_target=target, spread=spread, views=views)
 
     def _prediction(self, probabilities: np.ndarray, seconds: float, threshold: float | None) -> Prediction:
         threshold = self.config.referable_threshold if threshold is None else threshold
@@ -146,12 +145,3 @@ class Predictor:
                           referable_probability=referable_probability,
                           referable=None if referable_probability is None else referable_probability >= threshold)
 
-
-def _symmetry(batch: torch.Tensor, transpose: bool, flip_horizontal: bool, flip_vertical: bool) -> torch.Tensor:
-    if transpose:
-        batch = batch.transpose(2, 3)
-    if flip_horizontal:
-        batch = batch.flip(3)
-    if flip_vertical:
-        batch = batch.flip(2)
-    return batch

@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from drdemo.calibration import class_probabilities
 from drdemo.checkpoint import (
     TASK_CLASS_NAMES,
     CheckpointConfig,
@@ -51,6 +52,7 @@ from drdemo.data.augment import (
     eval_transform,
     train_transform,
 )
+from drdemo.inference import main_logits, view_logits
 from drdemo.models import create_model, list_models, model_defaults
 
 STATE_NAME = "state.pt"
@@ -186,11 +188,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def main_logits(output) -> torch.Tensor:
-    """InceptionV3 returns (logits, aux_logits) in training mode; every model returns logits in eval."""
-    return output.logits if hasattr(output, "logits") else output
 
 
 def _step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
@@ -533,10 +530,11 @@ class Trainer:
         model = self.kept_model.eval()
         probabilities, losses, weights = [], [], []
         for images, targets in self.val_loader:
-            logits = main_logits(model(images.to(self.device, memory_format=self.memory_format))).float()
-            losses.append(self.val_loss_fn(logits, targets.to(self.device)).item())
+            logits = view_logits(model, images.to(self.device, memory_format=self.memory_format),
+                                 self.config.test_time_views)
+            losses.append(self.val_loss_fn(torch.from_numpy(logits[:, 0]), targets).item())
             weights.append(len(targets))
-            probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())  # float64: ranks confident eyes
+            probabilities.append(class_probabilities(logits, self.config.calibration))
         grades = np.asarray([s.grade for s in self.parts["val"]])
         metrics = grading_metrics(grades, np.concatenate(probabilities), task=self.options.task,
                                   class_names=self.config.class_names,

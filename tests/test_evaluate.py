@@ -179,6 +179,43 @@ def test_record_writes_test_metrics_into_the_checkpoint_and_its_card(workspace, 
     assert refused == 2
 
 
+def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(workspace, tmp_path):
+    """--calibrate --views 8 writes the calibration before --choose-threshold reads the probabilities,
+    and the app's predictor then gives each photo exactly the probabilities predictions.csv holds."""
+    import shutil
+
+    from drdemo.checkpoint import read_config
+    from drdemo.data import open_image
+    from drdemo.hub import load_model
+    from drdemo.predictor import Predictor
+    checkpoint = Path(shutil.copytree(workspace.checkpoint, tmp_path / "checkpoint"))
+    out = tmp_path / "val"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out), "--calibrate",
+                 "--views", "8", "--choose-threshold", "0.9", "--record", "--record-as", "val"]) == 0
+    config = read_config(checkpoint)
+    assert config.test_time_views == 8 and set(config.calibration) == {"temperature", "logit_bias"}
+    choice = config.provenance["calibration_choice"]
+    assert choice["views"] == 8 and choice["nll_after"] < choice["nll_before"]
+    assert "--calibrate" in config.provenance["calibration_command"]
+    rows = read_csv(out / "predictions.csv")
+    predictor = Predictor.from_loaded(load_model(checkpoint))
+    for row, sample in zip(rows, load_samples(workspace.data)):
+        served = predictor.predict(open_image(sample.path)).probabilities
+        np.testing.assert_allclose([float(row[f"prob_{n.lower().replace(' ', '_')}"]) for n in served],
+                                   list(served.values()), atol=1e-5)
+    referable = np.array([float(r["referable_probability"]) for r in rows])
+    truth = np.array([int(r["grade"]) >= 2 for r in rows])
+    assert (referable[truth] >= config.referable_threshold).mean() >= 0.9    # chosen on calibrated probabilities
+    card = (checkpoint / "README.md").read_text()
+    assert "Calibration" in card and f"{config.calibration['temperature']:g}" in card
+
+
+def test_views_need_calibrate(workspace, tmp_path, capsys):
+    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(workspace.data), "--out",
+                 str(tmp_path / "out"), "--views", "8"]) == 2
+    assert "--views goes with --calibrate" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- real photos
 
 @pytest.fixture(scope="module")

@@ -185,6 +185,8 @@ def _edit_config(folder: Path, **changes) -> None:
     (dict(preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": 2}),
      r"'local_contrast': a number in \[0, 0.5\]"),
     (dict(preprocessing={"interpolation": "bicubic", "crop_fov": True, "gamma": 2}), r"preprocessing must be"),
+    (dict(test_time_views=4), r"test_time_views must be one of \[1, 8\], got 4"),
+    (dict(calibration={"temperature": 1.0, "logit_bias": [0, 0]}), r"logit_bias must be 5 numbers"),
 ])
 def test_config_that_disagrees_with_weights_is_refused(tmp_path, changes, message):
     make_checkpoint(tmp_path / "ckpt", seed=8)

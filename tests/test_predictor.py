@@ -62,3 +62,25 @@ def test_untrained_predictors_say_so_and_repeat_their_answers(photo):
     first, second = Predictor.untrained("resnet50", seed=3), Predictor.untrained("resnet50", seed=3)
     assert not first.trained and first.config.provenance == {"trained": False}
     assert first.predict(photo).probabilities == second.predict(photo).probabilities
+
+
+def test_the_checkpoints_views_and_calibration_decide_grade_and_cam_target(predictor, photo):
+    """A calibration that favours Severe NPDR makes it the grade, the CAM explains that grade, and with
+    eight views the probabilities are the mean over them whether or not a CAM is asked for."""
+    from dataclasses import replace
+
+    from drdemo.calibration import class_probabilities
+    from drdemo.inference import view_logits
+    calibration = {"temperature": 1.0, "logit_bias": [0.0, 0.0, 0.0, 8.0, 0.0]}
+    for views in (1, 8):
+        config = replace(predictor.config, test_time_views=views, calibration=calibration)
+        served = Predictor(predictor.model, config)
+        kwargs = dict(input_size=64, mean=config.mean, std=config.std, crop_fov=True)
+        logits = view_logits(served.model, to_model_input(photo, **kwargs), views)
+        expected = class_probabilities(logits, calibration)[0]
+        for cam in (None, "gradcam"):
+            analysis = served.analyse(photo, cam_method=cam)
+            np.testing.assert_allclose(list(analysis.prediction.probabilities.values()), expected, atol=1e-6)
+            assert analysis.prediction.grade == 3 and analysis.views == views
+            assert analysis.cam_target == (3 if cam else None)
+            assert (analysis.spread is not None) == (views == 8)
