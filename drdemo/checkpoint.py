@@ -34,6 +34,7 @@ INDEX_NAME = "model.safetensors.index.json"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 HUB_FILE_PATTERNS = ["*.safetensors", INDEX_NAME, CONFIG_NAME, CARD_NAME]
+MAX_DISPLAY_NAME = 40  # fits a dropdown, a chart legend and a column header
 
 TASK_CLASS_NAMES = {
     "icdr5": ICDR_GRADES,
@@ -59,6 +60,8 @@ class CheckpointConfig:
     std: tuple[float, float, float]
     cam_target_layer: str
     cam_reshape: str | None = None
+    # The name people read ("MedMamba-T"); a config.json without one gets the registry's, so older files need no edit.
+    display_name: str = ""
     cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.explain.CAM_METHODS)
     # What the image goes through before normalisation (drdemo.preprocess): RGB conversion, cropping to
     # the field of view when crop_fov, a square resize, then (local_contrast > 0) subtracting the local
@@ -104,6 +107,8 @@ class CheckpointConfig:
         if unknown:
             raise CheckpointError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(data)
+        if "display_name" not in values and values["architecture"] in list_models():
+            values["display_name"] = model_defaults(values["architecture"]).display_name or values["architecture"]
         values["class_names"] = tuple(values["class_names"])
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
         if isinstance(values.get("preprocessing"), dict):
@@ -124,6 +129,9 @@ class CheckpointConfig:
         if self.architecture not in list_models():
             fail(f"architecture {self.architecture!r} is not a registered model; registered: "
                  f"{', '.join(list_models())}")
+        if not isinstance(self.display_name, str) or not 0 < len(self.display_name.strip()) <= MAX_DISPLAY_NAME:
+            fail(f"display_name must be a non-empty name of at most {MAX_DISPLAY_NAME} characters (e.g. "
+                 f"\"MedMamba-T\"), got {self.display_name!r}; leave it out to use the registry's")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             fail(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
         if len(self.class_names) != self.num_classes:

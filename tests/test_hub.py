@@ -274,3 +274,17 @@ def test_a_config_written_before_local_contrast_loads_without_it(tmp_path):
     _edit_config(tmp_path / "ckpt", preprocessing={"interpolation": "bicubic", "crop_fov": True})
     assert load_model(tmp_path / "ckpt").config.preprocessing == {"interpolation": "bicubic", "crop_fov": True,
                                                                   "local_contrast": 0.0}
+
+
+def test_a_config_without_a_display_name_gets_the_registrys_and_a_blank_one_is_refused(tmp_path):
+    folder = tmp_path / "ckpt"
+    save_checkpoint(create_model("inception_v3").eval(), CheckpointConfig.for_architecture("inception_v3"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["display_name"]                       # as every config.json written before the field existed
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_model(folder).config.display_name == "InceptionV3"
+    _edit_config(folder, display_name="Inception (IDRiD, 384 px)")
+    assert load_model(folder).config.display_name == "Inception (IDRiD, 384 px)"
+    _edit_config(folder, display_name=" ")
+    with pytest.raises(CheckpointError, match="display_name must be a non-empty name"):
+        load_model(folder)

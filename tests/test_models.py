@@ -34,6 +34,8 @@ OFFICIAL_KEYS = json.loads((FACTS / "medmamba_official_keys.json").read_text())
 
 def test_registry_lists_every_architecture():
     assert set(list_models()) >= {"medmamba_t", "medmamba_s", "medmamba_b", "inception_v3", "resnet50", "vgg16"}
+    names = {name: model_defaults(name).display_name for name in ("medmamba_t", "medmamba_b", "inception_v3")}
+    assert names == {"medmamba_t": "MedMamba-T", "medmamba_b": "MedMamba-B", "inception_v3": "InceptionV3"}
 
 
 def test_unknown_model_is_named_in_the_error():

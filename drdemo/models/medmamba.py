@@ -16,6 +16,7 @@ built as flipped and transposed copies, and convolutions run in channels_last me
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -234,19 +235,19 @@ class MedMamba(nn.Module):
 _MEDMAMBA = ModelDefaults(input_size=224, cam_target_layer="layers.3", cam_reshape="bhwc_to_bchw", family="medmamba")
 
 
-@register_model(_MEDMAMBA)
+@register_model(replace(_MEDMAMBA, display_name="MedMamba-T"))
 def medmamba_t(num_classes: int = 5, **kwargs) -> MedMamba:
     """MedMamba-T: depths [2, 2, 4, 2], dims 96..768 (14.46 M parameters at 5 classes)."""
     return MedMamba(num_classes=num_classes, depths=(2, 2, 4, 2), dims=(96, 192, 384, 768), **kwargs)
 
 
-@register_model(_MEDMAMBA)
+@register_model(replace(_MEDMAMBA, display_name="MedMamba-S"))
 def medmamba_s(num_classes: int = 5, **kwargs) -> MedMamba:
     """MedMamba-S: depths [2, 2, 8, 2], dims 96..768."""
     return MedMamba(num_classes=num_classes, depths=(2, 2, 8, 2), dims=(96, 192, 384, 768), **kwargs)
 
 
-@register_model(_MEDMAMBA)
+@register_model(replace(_MEDMAMBA, display_name="MedMamba-B"))
 def medmamba_b(num_classes: int = 5, **kwargs) -> MedMamba:
     """MedMamba-B: depths [2, 2, 12, 2], dims 128..1024."""
     return MedMamba(num_classes=num_classes, depths=(2, 2, 12, 2), dims=(128, 256, 512, 1024), **kwargs)
