@@ -114,15 +114,16 @@ class AppProcess:
             self.process.kill()
 
 
-def start_app(workdir: Path, extra_env: dict[str, str] | None = None) -> AppProcess:
-    """Start app.py on a free loopback port, analytics off, its temporary files under `workdir`."""
+def start_app(workdir: Path, extra_env: dict[str, str] | None = None, app_dir: Path = ROOT) -> AppProcess:
+    """Start app.py (of `app_dir`, by default this repository, from that folder as a Space does) on a free
+    loopback port, analytics off, its temporary files under `workdir`."""
     port = _free_port()
     log = workdir / "app.log"
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio"), **(extra_env or {})}
     with open(log, "w") as out:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=out,
+        process = subprocess.Popen([sys.executable, str(app_dir / "app.py")], cwd=app_dir, env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
     return AppProcess(process, f"http://127.0.0.1:{port}/", started, log)
 

@@ -12,6 +12,8 @@ CLI:
     python -m drdemo.hub push FOLDER --repo-id ORG/NAME [--revision BRANCH]
     python -m drdemo.hub convert-official --weights FILE --variant medmamba_t --out FOLDER
     python -m drdemo.hub info SOURCE [--revision REV]
+    python -m drdemo.hub deploy-space ORG/NAME [--hardware FLAVOR] [--medmamba SOURCE[@REV]]
+        [--inception SOURCE[@REV]] [--private] [--dry-run DIR]      (drdemo.space)
 """
 
 from __future__ import annotations
@@ -227,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     info = commands.add_parser("info", help="describe a checkpoint folder or Hub repo")
     info.add_argument("source")
     info.add_argument("--revision")
+    from drdemo import space  # imports this module: loaded only when the CLI runs
+    space.add_arguments(commands.add_parser("deploy-space", help="deploy the app as a Gradio Space, its models "
+                                                                 "pushed and pinned to their commits"))
     args = parser.parse_args(argv)
+    if args.command == "deploy-space":
+        return space.run(args)
 
     try:
         if args.command == "push":

@@ -1,10 +1,26 @@
-"""The repository is a Hugging Face Space: its README header, requirements and CI command agree."""
+"""The repository is a Hugging Face Space: its README header, requirements and CI command agree; and
+`deploy-space` makes one, against the local Hub server (tests/hub_server.py) and as a staged folder
+whose app.py serves on its own."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import gradio
-from huggingface_hub import metadata_load
+import pytest
+import torch
+from hub_server import HubServer, point_hub_at
+from huggingface_hub import HfApi, metadata_load
+from huggingface_hub import constants as hub_constants
+
+from drdemo import space
+from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+from drdemo.hub import push
+from drdemo.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +42,175 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert install_and_test == "pip install -r requirements.txt && python -m pytest"
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == install_and_test
+
+
+def test_root_gitattributes_sends_weights_and_other_binaries_to_lfs():
+    tracked = space.lfs_patterns((ROOT / ".gitattributes").read_text())
+    assert set(space.LFS_PATTERNS) <= set(tracked) and "*.safetensors" in tracked
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    large = [f for f in files if (ROOT / f).is_file() and (ROOT / f).stat().st_size > 1_000_000]
+    assert all(any(Path(f).match(pattern) for pattern in tracked) for f in large), large
+
+
+def _checkpoint(folder: Path, architecture: str, seed: int) -> Path:
+    """Untrained weights of `architecture` (seeded, so two seeds are two different checkpoints)."""
+    torch.manual_seed(seed)
+    return save_checkpoint(create_model(architecture).eval(), CheckpointConfig.for_architecture(
+        architecture, provenance={"trained": False, "seed": seed}), folder)
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    with HubServer() as server:
+        point_hub_at(monkeypatch, server.endpoint)
+        monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
+        yield server
+
+
+def _space_files(hub: HubServer, space_id: str) -> dict[str, bytes]:
+    repo = hub.state.repos[("spaces", space_id)]
+    return repo.commits[repo.branches["main"]]
+
+
+def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_space_runs(hub, tmp_path):
+    medmamba = _checkpoint(tmp_path / "medmamba", "medmamba_t", seed=1)
+    inception = _checkpoint(tmp_path / "inception", "inception_v3", seed=2)
+    first = space.deploy("drdemo/demo", str(medmamba), str(inception), hardware="cpu-upgrade")
+
+    models = {pin.slot: pin for pin in first.pins}
+    assert {pin.repo_id for pin in first.pins} == {"drdemo/demo-medmamba-t", "drdemo/demo-inception-v3"}
+    for pin in first.pins:     # each variable pair names the pushed repo and the commit the push made
+        repo = hub.state.repos[("models", pin.repo_id)]
+        assert pin.commit == repo.branches["main"] and "model.safetensors" in repo.commits[pin.commit]
+    variables = {key: value.value for key, value in HfApi().get_space_variables("drdemo/demo").items()}
+    assert variables == {"DRDEMO_MEDMAMBA_SOURCE": "drdemo/demo-medmamba-t",
+                         "DRDEMO_MEDMAMBA_REVISION": models["medmamba"].commit,
+                         "DRDEMO_INCEPTION_SOURCE": "drdemo/demo-inception-v3",
+                         "DRDEMO_INCEPTION_REVISION": models["inception"].commit}
+    assert HfApi().get_space_runtime("drdemo/demo").requested_hardware == "cpu-upgrade"
+    assert HfApi().space_info("drdemo/demo").sdk == "gradio"
+
+    files = _space_files(hub, "drdemo/demo")
+    assert {path.split("/")[0] for path in files} == {"app.py", "drdemo", "assets", "packages.txt", "README.md",
+                                                      "requirements.txt", ".gitattributes"}
+    assert "drdemo/ui/blocks.py" in files and "drdemo/ops/csrc/selective_scan_cpu.cpp" in files
+    assert not any(path.endswith((".safetensors", ".pyc")) or "__pycache__" in path for path in files)
+    assert b"pytest" not in files["requirements.txt"] and b"gradio==" + gradio.__version__.encode() in \
+        files["requirements.txt"]
+    assert f"sdk_version: {gradio.__version__}".encode() in files["README.md"]
+    assert models["medmamba"].commit.encode() in files["README.md"]
+    assert first.url == f"{hub.endpoint}/spaces/drdemo/demo"
+
+    # New weights: the second deploy pins the new commit, and the Space loses files it no longer has.
+    HfApi().upload_file(path_or_fileobj=b"stale", path_in_repo="notes/old.txt", repo_id="drdemo/demo",
+                        repo_type="space")
+    _checkpoint(medmamba, "medmamba_t", seed=3)
+    second = space.deploy("drdemo/demo", str(medmamba), str(inception))
+    pinned = {pin.slot: pin.commit for pin in second.pins}
+    assert pinned["medmamba"] != models["medmamba"].commit
+    assert pinned["medmamba"] == hub.state.repos[("models", "drdemo/demo-medmamba-t")].branches["main"]
+    variables = {key: value.value for key, value in HfApi().get_space_variables("drdemo/demo").items()}
+    assert variables["DRDEMO_MEDMAMBA_REVISION"] == pinned["medmamba"]
+    assert "notes/old.txt" not in _space_files(hub, "drdemo/demo")
+
+    # A Hub repo at a revision is pinned to the commit that revision names, nothing is pushed.
+    third = space.deploy("drdemo/demo", f"drdemo/demo-medmamba-t@{models['medmamba'].commit[:10]}", str(inception))
+    assert {pin.slot: pin.commit for pin in third.pins}["medmamba"] == models["medmamba"].commit
+    report = space.report(third)
+    assert first.url in report and models["medmamba"].commit in report
+
+
+def test_deploy_errors_say_what_to_do(hub, tmp_path, monkeypatch):
+    medmamba = _checkpoint(tmp_path / "medmamba", "medmamba_t", seed=1)
+    HfApi().create_repo("drdemo/static-site", repo_type="space", space_sdk="docker")
+    with pytest.raises(space.DeployError, match="is a docker Space, not a Gradio one; deploy to a new name"):
+        space.deploy("drdemo/static-site", str(medmamba), str(medmamba))
+    assert ("models", "drdemo/static-site-medmamba-t") not in hub.state.repos     # nothing pushed before the check
+    with pytest.raises(space.DeployError, match="no model repo 'drdemo/absent'"):
+        space.deploy("drdemo/demo", "drdemo/absent@v1", str(medmamba))
+    with pytest.raises(space.DeployError, match="unknown hardware 'gpu-huge'"):
+        space.deploy("drdemo/demo", hardware="gpu-huge")
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(space.DeployError, match="no Hugging Face token: run `hf auth login`, or set HF_TOKEN"):
+        space.deploy("drdemo/demo")
+
+
+def test_unreachable_hub_is_an_error_with_what_to_do_not_a_traceback(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_local_test_token",
+           "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "drdemo.hub", "deploy-space", "drdemo/demo"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cannot reach http://127.0.0.1:9" in result.stderr and "check the network, or HF_ENDPOINT" in result.stderr
+
+
+def test_the_check_of_a_staged_space_finds_what_would_break_it(tmp_path):
+    folder = space.stage(tmp_path / "space", [space.Pin("medmamba", "drdemo/m", "0" * 40)])
+    assert space.check_staged(folder) == []
+    (folder / "assets" / "weights.onnx").write_bytes(b"0" * (space.MAX_PLAIN_FILE_BYTES + 1))   # LFS-tracked
+    assert space.check_staged(folder) == []
+    (folder / "assets" / "dump.raw").write_bytes(b"0" * (space.MAX_PLAIN_FILE_BYTES + 1))
+    (folder / "drdemo" / "tests").mkdir()
+    (folder / "drdemo" / "tests" / "test_x.py").write_text("")
+    (folder / "requirements.txt").write_text((folder / "requirements.txt").read_text() + "pytest>=8\n")
+    (folder / "README.md").write_text((folder / "README.md").read_text().replace("sdk_version:", "sdk_version: 1"))
+    problems = "\n".join(space.check_staged(folder))
+    assert "assets/dump.raw is 10.5 MB and not LFS-tracked" in problems and "weights.onnx" not in problems
+    assert "drdemo/tests/test_x.py: tests" in problems and "test-only packages: pytest" in problems
+    assert "is not the gradio pinned in requirements.txt" in problems
+    with pytest.raises(space.DeployError, match="not empty"):
+        space.stage(folder, [])
+
+
+def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hub, tmp_path):
+    """The staged folder, started with `python app.py` from inside it as the Space runs it, loads its
+    models from the Hub at the pinned commits and answers /grade. The dry run itself sends nothing."""
+    from gradio_client import Client, handle_file
+
+    from drdemo.bench_app import start_app, wait_until_serving
+
+    commits = {slot: push(_checkpoint(tmp_path / slot, architecture, seed), f"drdemo/{slot}")
+               for slot, architecture, seed in (("medmamba", "medmamba_t", 4), ("inception", "inception_v3", 5))}
+    requests = len(hub.state.requests)
+    staged = tmp_path / "staged" / "space"
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
+    env.pop("HF_TOKEN", None)                                     # a dry run needs no token
+    result = subprocess.run([sys.executable, "-m", "drdemo.hub", "deploy-space", "drdemo/demo", "--hardware",
+                             "t4-small", "--medmamba", f"drdemo/medmamba@{commits['medmamba']}", "--inception",
+                             f"drdemo/inception@{commits['inception']}", "--dry-run", str(staged)],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(hub.state.requests) == requests                   # the Hub was not contacted
+    assert f"{hub.endpoint}/spaces/drdemo/demo" in result.stdout and commits["medmamba"] in result.stdout
+
+    plan = json.loads((tmp_path / "staged" / "space.deploy.json").read_text())
+    assert plan["hardware"] == "t4-small" and plan["variables"] == {
+        "DRDEMO_MEDMAMBA_SOURCE": "drdemo/medmamba", "DRDEMO_MEDMAMBA_REVISION": commits["medmamba"],
+        "DRDEMO_INCEPTION_SOURCE": "drdemo/inception", "DRDEMO_INCEPTION_REVISION": commits["inception"]}
+    assert space.check_staged(staged) == []
+    assert sorted(p.name for p in staged.iterdir()) == [".gitattributes", "README.md", "app.py", "assets", "drdemo",
+                                                        "packages.txt", "requirements.txt"]
+    meta = metadata_load(staged / "README.md")
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__ and meta["app_file"] == "app.py"
+    assert meta["models"] == ["drdemo/medmamba", "drdemo/inception"]
+    assert "*.safetensors filter=lfs" in (staged / ".gitattributes").read_text()
+
+    app = start_app(tmp_path, {**plan["variables"], "HF_ENDPOINT": hub.endpoint,
+                               "HF_HOME": str(tmp_path / "app-hf-home")}, app_dir=staged)
+    try:
+        wait_until_serving(app, timeout_s=240)
+        client = Client(app.url, verbose=False)
+        label, _, text = client.predict(handle_file(str(ROOT / "assets" / "examples" /
+                                                        "idrid_test_008_grade2_moderate_npdr.jpg")), api_name="/grade")
+        assert len(label["confidences"]) == 5 and "P(grade 2 or worse)" in text
+        page = urllib.request.urlopen(app.url + "config", timeout=10).read().decode()
+        for slot, commit in commits.items():     # served from the Hub at the pins, no fallback
+            assert f"drdemo/{slot} @ {commit[:7]}" in page
+        assert "instead" not in page and "UNTRAINED" not in page
+    finally:
+        app.stop()
+    assert any(f"/drdemo/medmamba/resolve/{commits['medmamba']}/" in r for r in hub.state.requests)
