@@ -148,13 +148,23 @@ def test_an_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, em
             torch.testing.assert_close(states["resumed"][part][key], value, rtol=0, atol=1e-6, msg=f"{part} {key}")
     saved = load_file(interrupted / "model.safetensors")
     assert saved.keys() == load_file(straight / "model.safetensors").keys()
-    if ema:  # the checkpoint holds the moving average (the last epoch's, where it validated best), not the raw weights
-        averaged = {k.removeprefix("module."): v for k, v in states["resumed"]["ema"].items() if k != "n_averaged"}
-        assert int(states["resumed"]["ema"]["n_averaged"]) == 8
-        if read_config(interrupted).provenance["best_epoch"] == 2:
-            name = next(k for k, v in saved.items() if v.ndim == 4)
-            torch.testing.assert_close(saved[name].float(), averaged[name].half().float())
-            assert not torch.allclose(saved[name].float(), states["resumed"]["model"][name].half().float())
+    if ema:
+        assert int(states["resumed"]["ema"]["n_averaged"]) == 8      # one update per step
+
+
+def test_with_ema_the_checkpoint_holds_the_moving_average(tiny_data, tmp_path, monkeypatch):
+    _no_augmentation(monkeypatch)
+    out = tmp_path / "run"
+    assert train.main(_args(tiny_data, out, "--epochs", "1", "--lr", "2e-3", "--ema", "0.5")) == 0
+    state = torch.load(out / "training" / "state.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    saved = load_file(out / "model.safetensors")
+    assert saved.keys() == averaged.keys() == state["model"].keys()
+    moved = [k for k, v in saved.items() if v.ndim == 4 and not torch.equal(averaged[k], state["model"][k])]
+    assert moved                                                  # the average is not the last step's weights
+    for key in moved:
+        torch.testing.assert_close(saved[key].float(), averaged[key].half().float())
+    assert json.loads(read_config(out).provenance["recipe"])["ema_decay"] == 0.5
 
 
 def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path):
