@@ -81,7 +81,7 @@ def check_answer(endpoint: str, answer: tuple) -> None:
         check_label(label)
         images = list(pair)
     elif endpoint == "/compare":
-        label_a, label_b, cam_a, cam_b, text = answer
+        label_a, label_b, cam_a, cam_b, text, _chart = answer
         check_label(label_a)
         check_label(label_b)
         images = [cam_a, cam_b]

@@ -54,20 +54,21 @@ def test_grade_takes_just_an_image(client, fundus, tmp_path):
 def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
     _, pair, text = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
-    assert "inception_v3" in text and 'HiResCAM for "Proliferative DR"' in text and "threshold 5%" in text
+    assert "InceptionV3" in text and 'HiResCAM for "Proliferative DR"' in text and "threshold 5%" in text
     assert "over 8 flips/rotations" in text
     original, overlay = (np.asarray(Image.open(p), float) for p in pair)
     assert np.abs(original - overlay).max() <= 1   # opacity 0: the overlay is the image itself
 
 
 def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path):
-    first, second, cam_first, cam_second, text = client.predict(
+    first, second, cam_first, cam_second, text, chart = client.predict(
         handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/compare")
     _probabilities(first)
     _probabilities(second)
-    assert Image.open(cam_first).size[0] > 0 and Image.open(cam_second).size[0] > 0
+    assert Image.open(cam_first).size == Image.open(cam_second).size == (299, 299)   # one display size
     assert ("Same grade" in text or "Different grades" in text) and "Largest probability difference" in text
-    assert "medmamba_t" in text and "inception_v3" in text
+    assert "MedMamba-T" in text and "InceptionV3" in text
+    assert chart["type"] == "matplotlib" and chart["plot"].startswith("data:image/png;base64,")
 
 
 def test_batch_grades_a_zip_and_explains_refusals(client, fundus, tmp_path):

@@ -39,7 +39,7 @@ def test_answers_without_their_images_are_bad(tmp_path):
     image.write_bytes(b"png")
     bench_app.check_answer("/grade", (_label(FIVE), [str(image), str(image)], "text"))
     with pytest.raises(bench_app.BadAnswer, match="heat map images"):
-        bench_app.check_answer("/compare", (_label(FIVE), _label(FIVE), str(image), None, "text"))
+        bench_app.check_answer("/compare", (_label(FIVE), _label(FIVE), str(image), None, "text", None))
 
 
 def test_memory_and_cpu_readings_of_this_process():

@@ -65,3 +65,41 @@ def test_overlay_pair_without_a_map_shows_the_input_twice():
 def test_grades_table_lists_every_grade():
     table = views.grades_table()
     assert all(name in table for name in GRADES) and "Referable" in table
+
+
+def test_how_to_read_follows_each_models_views_calibration_and_threshold():
+    averaged = views.ModelReading("MedMamba-T", 8, "83 validation photos", 0.638, "highest threshold with "
+                                  "referable sensitivity >= 0.9 on 83 validation photos")
+    plain = views.ModelReading("InceptionV3", 1, None, 0.378, None)
+    text = views.how_to_read([averaged, plain])
+    assert "MedMamba-T: the mean over 8 flips and rotations of the photo, calibrated on 83 validation photos" in text
+    assert "InceptionV3: one view of the photo)" in text and "not the chance that the patient has the disease" in text
+    assert "MedMamba-T 64% (highest threshold with referable sensitivity >= 0.9" in text and "InceptionV3 38%" in text
+    assert "computed on that one view even where the probabilities average several" in text
+    assert "average several" not in views.how_to_read([plain])    # nothing to warn about with one view each
+
+
+def test_heat_maps_of_different_sizes_are_drawn_over_one_view():
+    view = Image.new("RGB", (120, 120), (150, 60, 30))
+    small = _analysis([1, 0, 0, 0, 0], heatmap=np.eye(32, dtype=np.float32))
+    large = _analysis([0, 1, 0, 0, 0], heatmap=np.eye(48, dtype=np.float32))
+    first, second = views.shared_view_overlays(view, [small, large], 0.6)
+    assert first.size == second.size == view.size
+    difference = np.abs(np.asarray(first, float) - np.asarray(second, float)).mean()
+    assert difference < 10            # the same diagonal map, resized from 32 and 48 px, lands in the same place
+    assert views.shared_view_overlays(view, [_analysis([1, 0, 0, 0, 0])], 0.6) == [view]
+
+
+def test_preview_note_says_what_happens_next():
+    assert "Press the button" in views.preview_note("accepted", "Looks like a colour fundus photo.")
+    assert "will not be graded" in views.preview_note("refused", "No round field of view.")
+    assert "accepted with a warning" in views.preview_note("warned", "Blurred.")
+
+
+def test_agreement_headline_over_the_chart():
+    a = _analysis([0.1, 0.1, 0.7, 0.05, 0.05], 0.8)
+    b = _analysis([0.1, 0.1, 0.3, 0.4, 0.1], 0.8)
+    c = _analysis([0.8, 0.1, 0.05, 0.03, 0.02], 0.1)
+    assert views.agreement_headline(a, b, ("M", "I")) == "Different grades: M Moderate NPDR, I Severe NPDR; both refer"
+    assert views.agreement_headline(a, c, ("M", "I")).endswith("; only M refers")
+    assert views.agreement_headline(c, c, ("M", "I")) == "Same grade (No DR); both do not refer"

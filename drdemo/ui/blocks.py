@@ -20,9 +20,10 @@ from drdemo import batch as batch_grading
 from drdemo.checkpoint import model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, ExplainError
-from drdemo.gate import GateResult, ImageRejected, check_upload
+from drdemo.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.models import ICDR_GRADES
 from drdemo.predictor import Predictor
+from drdemo.preprocess import prepare_image
 from drdemo.serving import ServedModel
 from drdemo.ui import views
 
@@ -34,11 +35,14 @@ NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and m
 DEFAULT_METHOD = "default"
 PREDICTED = "predicted"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-EXAMPLES_LABEL = ("Examples: IDRiD test photos, true grade from IDRiD's retina specialists (Porwal et al., IDRiD, "
-                  "IEEE Dataport 2018, doi:10.21227/H25W98, CC BY 4.0)")
+EXAMPLES_LABEL = ("Examples (click one): IDRiD test photos, true grade from IDRiD's retina specialists (Porwal et al., "
+                  "IDRiD, IEEE Dataport 2018, doi:10.21227/H25W98, CC BY 4.0)")
 UPLOAD_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"]
 # Uploads and outputs Gradio keeps on disk are deleted after this many seconds (checked as often).
 CACHE_SECONDS = 300
+# Compare draws both heat maps at this size over one view of the photo (InceptionV3's input size, so
+# neither map is shrunk below what a model saw).
+COMPARE_VIEW_SIZE = 299
 
 try:  # ZeroGPU Spaces: a GPU is attached only inside functions decorated with spaces.GPU
     import spaces
@@ -48,21 +52,26 @@ except ImportError:
         return function
 
 
+def _name(predictor: Predictor) -> str:
+    """The name people read ("MedMamba-T"), from the checkpoint's config; the registry id stays in the details."""
+    return predictor.config.display_name
+
+
 def _real_data_results(predictors: Sequence[Predictor]) -> str:
     """ "MedMamba-T: QWK 0.70, referable AUC 0.90 on IDRiD's 103 test photos; ..." from each model card."""
     parts = []
     for predictor in predictors:
         metrics = predictor.config.metrics
         if "test_qwk" in metrics and "test_referable_auc" in metrics:
-            parts.append(f"{predictor.name} QWK {metrics['test_qwk']:.2f}, referable-DR AUC "
+            parts.append(f"{_name(predictor)} QWK {metrics['test_qwk']:.2f}, referable-DR AUC "
                          f"{metrics['test_referable_auc']:.2f} (n = {metrics.get('test_n', '?')})")
     return "; ".join(parts)
 
 
 def _notice(predictors: Sequence[Predictor]) -> str:
-    untrained = [p.name for p in predictors if not p.trained]
-    synthetic = [p.name for p in predictors if p.config.trained_on_synthetic_data]
-    idrid = [p.name for p in predictors if p.config.trained_on_idrid]
+    untrained = [_name(p) for p in predictors if not p.trained]
+    synthetic = [_name(p) for p in predictors if p.config.trained_on_synthetic_data]
+    idrid = [_name(p) for p in predictors if p.config.trained_on_idrid]
     if untrained:
         return (f"**The models on this page ({', '.join(untrained)}) are untrained: their weights are randomly "
                 f"initialised, so the probabilities below are meaningless.** {NOT_A_DEVICE}")
@@ -79,16 +88,47 @@ def _notice(predictors: Sequence[Predictor]) -> str:
 
 
 def _example_label(path: Path) -> str:
-    """'IDRiD test photo 029: true grade 0 (No DR)' from idrid_test_029_grade0_no_dr.jpg."""
+    """'Grade 0: No DR' from idrid_test_029_grade0_no_dr.jpg: a thumbnail's caption, short enough to be read
+    whole (the strip's label says these are IDRiD test photos graded by its specialists)."""
     parts = path.stem.split("_")
     if parts[:2] == ["idrid", "test"] and len(parts) > 3 and parts[3].startswith("grade"):
         grade = int(parts[3][len("grade"):])
-        return f"IDRiD test photo {parts[2]}: true grade {grade} ({ICDR_GRADES[grade]})"
+        return f"Grade {grade}: {ICDR_GRADES[grade]}"
     return path.stem
 
 
 def _sources(served: Sequence[ServedModel]) -> str:
-    return "\n".join(f"- **{s.predictor.name}**: {'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
+    return "\n".join(f"- **{_name(s.predictor)}** (`{s.predictor.name}`): {'⚠️ ' if s.fallback else ''}{s.status}"
+                     for s in served)
+
+
+def _reading(predictor: Predictor) -> views.ModelReading:
+    config = predictor.config
+    calibration = config.provenance.get("calibration_choice") or {}
+    threshold = config.provenance.get("referable_threshold_choice") or {}
+    rule = f"{threshold['rule'].removeprefix('the ')} on {threshold['data']}" if threshold else None
+    return views.ModelReading(_name(predictor), config.test_time_views,
+                              calibration.get("data", "validation photos") if config.calibration else None,
+                              config.referable_threshold, rule)
+
+
+def _how_to_read(predictors: Sequence[Predictor]) -> None:
+    """The 'How to read this' section beside a tab's results."""
+    with gr.Accordion("How to read this", open=True):
+        gr.Markdown(views.how_to_read([_reading(p) for p in predictors]), elem_classes=["how-to-read"])
+
+
+def _preview(path: str | None) -> tuple:
+    """The photo as soon as it is chosen, with the image check's first word on it. A display copy: grading
+    reads the uploaded file itself, through the gate, again."""
+    if path is None:
+        return None, ""
+    try:
+        image = load_image(path)
+    except ImageRejected as exc:
+        return None, f"**Image check: refused.** {exc} It will not be graded."
+    assessment = assess(image)
+    return views.preview(image), views.preview_note(assessment.outcome, assessment.reason)
 
 
 def _admit(path: str | Path | None) -> GateResult:
@@ -124,7 +164,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
     """The whole page. `served` lists the models in slot order (MedMamba, then InceptionV3)."""
     by_slot = {s.slot: s.predictor for s in served}
     predictors = [s.predictor for s in served]
-    model_choices = [(f"{p.name} ({slot})", slot) for slot, p in by_slot.items()]
+    model_choices = [(_name(p), slot) for slot, p in by_slot.items()]
     method_choices = [("Default for the model", DEFAULT_METHOD)] + [(CAM_METHOD_NAMES[m], m) for m in CAM_METHODS]
     largest = max(predictors, key=lambda p: p.config.num_classes)
     target_choices = [("Predicted class", PREDICTED)] + [(f"{i}: {name}", str(i))
@@ -145,7 +185,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
         cam_target = None if target in (None, PREDICTED) else int(target)
         analysis = predictor.analyse(checked.image, cam_method=method_for(predictor, method), cam_target=cam_target,
                                      tta=bool(tta), referable_threshold=float(threshold))
-        text = views.verdict(analysis, predictor.name, predictor.class_names, float(threshold))
+        text = views.verdict(analysis, _name(predictor), predictor.class_names, float(threshold))
         return (views.label_value(analysis), views.overlay_pair(analysis, float(opacity)),
                 f"{text}\n\n{_gate_note(checked)}")
 
@@ -158,11 +198,14 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
                       for p, t in ((first, threshold), (second, second_threshold))]
         analyses = [p.analyse(checked.image, cam_method=method_for(p, method), referable_threshold=t)
                     for p, t in zip((first, second), thresholds)]
-        texts = [views.verdict(a, p.name, p.class_names, t) for a, p, t in zip(analyses, (first, second), thresholds)]
-        line = views.agreement(analyses[0], analyses[1], (first.name, second.name))
+        names = (_name(first), _name(second))
+        texts = [views.verdict(a, n, p.class_names, t)
+                 for a, n, p, t in zip(analyses, names, (first, second), thresholds)]
+        line = views.agreement(analyses[0], analyses[1], names)
         return (views.label_value(analyses[0]), views.label_value(analyses[1]),
-                views.overlay_pair(analyses[0], float(opacity))[1], views.overlay_pair(analyses[1], float(opacity))[1],
-                "\n\n".join([line, *texts, _gate_note(checked)]))
+                *_compare_maps(checked, (first, second), analyses, float(opacity)),
+                "\n\n".join([line, *texts, _gate_note(checked)]),
+                views.probability_chart(names, analyses, views.agreement_headline(*analyses, names)))
 
     @_user_errors
     @_on_gpu
@@ -183,16 +226,42 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
                    for r in most]
         gallery += [(r.thumbnail, f"least confident: {r.name}: {r.predictions[predictors[0].name].grade_name}")
                     for r in least if r not in most]
-        summary = views.batch_summary(results, predictors[0].name)
+        summary = views.batch_summary(results, predictors[0].name, _name(predictors[0]))
         return str(out), gallery, summary
 
     example_paths = sorted((ASSETS / "examples").glob("*.jp*g"))
-    examples, example_labels = [str(p) for p in example_paths], [_example_label(p) for p in example_paths]
+    examples = [(str(p), _example_label(p)) for p in example_paths]
+    if examples:
+        gr.set_static_paths([ASSETS / "examples"])   # served as they are, from wherever the app is started
     own = {slot: p.config.referable_threshold for slot, p in by_slot.items()}
 
     def threshold_slider(predictor: Predictor, label: str) -> gr.Slider:
         return gr.Slider(0.01, 0.99, value=predictor.config.referable_threshold, step=0.01,
                          label=f"{label} (its checkpoint's: {predictor.config.referable_threshold:g})")
+
+    def pick_example(event: gr.SelectData) -> str:
+        return examples[event.index][0]
+
+    def example_strip(elem_id: str) -> gr.Gallery | None:
+        """The example photos as a strip of captioned thumbnails across the tab."""
+        if not examples:
+            return None
+        return gr.Gallery(examples, label=EXAMPLES_LABEL, columns=len(examples), rows=1, height=270,
+                          allow_preview=False, interactive=False, object_fit="contain", elem_id=f"{elem_id}-examples")
+
+    def photo_input(label: str, elem_id: str, strip: gr.Gallery | None) -> gr.File:
+        """The upload (the file itself reaches the gate), with the photo shown as soon as it is chosen;
+        a thumbnail picked in `strip` fills it in."""
+        upload = gr.File(label=label, type="filepath", file_types=UPLOAD_TYPES, height=90, elem_id=f"{elem_id}-file")
+        shown = gr.Image(label="Your photo", type="pil", interactive=False, height=300, elem_id=f"{elem_id}-preview",
+                         alt_text="the uploaded fundus photo", buttons=[])
+        note = gr.Markdown(elem_id=f"{elem_id}-check")
+        upload.change(_preview, inputs=upload, outputs=[shown, note], api_visibility="private",
+                      concurrency_id="preview", concurrency_limit=4)
+        if strip is not None:
+            strip.select(pick_example, inputs=None, outputs=upload, api_visibility="private")
+        return upload
+
     with gr.Blocks(title="drdemo", delete_cache=(CACHE_SECONDS, CACHE_SECONDS), analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(_notice(predictors), elem_id="notice")
@@ -200,61 +269,66 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
             gr.Markdown(_sources(served), elem_id="sources")
         with gr.Tabs():
             with gr.Tab("Grade", id="grade"):
+                strip = example_strip("grade")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        upload = gr.File(label="Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", type="filepath",
-                                         file_types=UPLOAD_TYPES)
+                        upload = photo_input("Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", "grade", strip)
                         model = gr.Dropdown(model_choices, value=model_choices[0][1], label="Model")
-                        method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
-                        target = gr.Dropdown(target_choices, value=PREDICTED, label="Heat map explains")
-                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
                         threshold = gr.Slider(0.01, 0.99, value=own[model_choices[0][1]], step=0.01,
                                               label="Referral threshold: refer when P(grade ≥ 2) reaches (the "
                                                     "chosen model's own until you move it)")
-                        tta = gr.Checkbox(False, label="Test-time augmentation (8 flips/rotations: shows how stable "
-                                                       "the answer is, 8x slower)")
+                        with gr.Accordion("Heat map and stability options", open=False):
+                            method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
+                            target = gr.Dropdown(target_choices, value=PREDICTED, label="Heat map explains")
+                            opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
+                            tta = gr.Checkbox(False, label="Test-time augmentation: grade 8 flips/rotations and show "
+                                                           "how much they disagree (up to 8x slower)")
                         button = gr.Button("Grade", variant="primary")
-                        if examples:
-                            gr.Examples(examples, inputs=upload, example_labels=example_labels,
-                                        label=EXAMPLES_LABEL)
                     with gr.Column(scale=2):
                         label = gr.Label(num_top_classes=5, label="Probability of each grade")
                         verdict = gr.Markdown(elem_id="verdict")
                         slider = gr.ImageSlider(label="What the model saw | heat map", type="pil",
                                                 interactive=False)
+                        _how_to_read([by_slot[slot] for slot in by_slot])
                 model.change(lambda slot: own[slot], inputs=model, outputs=threshold, api_name=False)
                 inputs = [upload, model, method, target, opacity, threshold, tta]
                 button.click(grade, inputs=inputs, outputs=[label, slider, verdict], api_name="grade",
                              concurrency_id="models")
             with gr.Tab("Compare", id="compare"):
+                c_strip = example_strip("compare")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        c_upload = gr.File(label="Colour fundus photo", type="filepath", file_types=UPLOAD_TYPES)
-                        c_method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
-                        c_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
-                        c_threshold = threshold_slider(predictors[0], f"Referral threshold, {predictors[0].name}")
-                        c_threshold_b = threshold_slider(predictors[1], f"Referral threshold, {predictors[1].name}")
+                        c_upload = photo_input("Colour fundus photo", "compare", c_strip)
+                        c_threshold = threshold_slider(predictors[0], f"Referral threshold, {_name(predictors[0])}")
+                        c_threshold_b = threshold_slider(predictors[1], f"Referral threshold, {_name(predictors[1])}")
+                        with gr.Accordion("Heat map options", open=False):
+                            c_method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
+                            c_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
                         c_button = gr.Button("Compare both models", variant="primary")
-                        if examples:
-                            gr.Examples(examples, inputs=c_upload, example_labels=example_labels,
-                                        label=EXAMPLES_LABEL)
                     with gr.Column(scale=2):
+                        chart = gr.Plot(label="Probability of each grade, both models", show_label=False,
+                                        format="png", elem_id="compare-chart")
+                        with gr.Row(equal_height=True):
+                            with gr.Column():
+                                c_label_a = gr.Label(num_top_classes=5, label=_name(predictors[0]))
+                                c_cam_a = gr.Image(label=f"{_name(predictors[0])}: heat map", type="pil",
+                                                   height=COMPARE_VIEW_SIZE, interactive=False,
+                                                   elem_id="compare-cam-a")
+                            with gr.Column():
+                                c_label_b = gr.Label(num_top_classes=5, label=_name(predictors[1]))
+                                c_cam_b = gr.Image(label=f"{_name(predictors[1])}: heat map", type="pil",
+                                                   height=COMPARE_VIEW_SIZE, interactive=False,
+                                                   elem_id="compare-cam-b")
                         agreement = gr.Markdown(elem_id="agreement")
-                        with gr.Row():
-                            with gr.Column():
-                                c_label_a = gr.Label(num_top_classes=5, label=predictors[0].name)
-                                c_cam_a = gr.Image(label=f"{predictors[0].name}: heat map", type="pil")
-                            with gr.Column():
-                                c_label_b = gr.Label(num_top_classes=5, label=predictors[1].name)
-                                c_cam_b = gr.Image(label=f"{predictors[1].name}: heat map", type="pil")
+                        _how_to_read(predictors[:2])
                 c_button.click(compare, inputs=[c_upload, c_method, c_opacity, c_threshold, c_threshold_b],
-                               outputs=[c_label_a, c_label_b, c_cam_a, c_cam_b, agreement], api_name="compare",
+                               outputs=[c_label_a, c_label_b, c_cam_a, c_cam_b, agreement, chart], api_name="compare",
                                concurrency_id="models")
             with gr.Tab("Batch", id="batch"):
                 b_files = gr.File(label=f"Images or a zip archive (up to {batch_grading.MAX_IMAGES} images)",
                                   file_count="multiple", type="filepath", file_types=[*UPLOAD_TYPES, ".zip"])
-                b_threshold = threshold_slider(predictors[0], f"Referral threshold, {predictors[0].name}")
-                b_threshold_b = threshold_slider(predictors[1], f"Referral threshold, {predictors[1].name}")
+                b_threshold = threshold_slider(predictors[0], f"Referral threshold, {_name(predictors[0])}")
+                b_threshold_b = threshold_slider(predictors[1], f"Referral threshold, {_name(predictors[1])}")
                 b_button = gr.Button("Grade all", variant="primary")
                 b_summary = gr.Markdown()
                 b_csv = gr.File(label="Results (CSV)")
@@ -265,6 +339,19 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about(served))
     return demo
+
+
+def _compare_maps(checked: GateResult, predictors: Sequence[Predictor], analyses: Sequence, opacity: float) -> list:
+    """Both heat maps at COMPARE_VIEW_SIZE over one view of the photo, cropped as the models crop it. Were
+    the checkpoints to crop differently there is no shared view, and each map is drawn over its own
+    model's view, at the same size still."""
+    crops = {p.config.preprocessing["crop_fov"] for p in predictors}
+    if len(crops) == 1:
+        view = prepare_image(checked.image, COMPARE_VIEW_SIZE, predictors[0].config.preprocessing["interpolation"],
+                             crops.pop())
+        return views.shared_view_overlays(view, analyses, opacity)
+    size = (COMPARE_VIEW_SIZE, COMPARE_VIEW_SIZE)
+    return [views.shared_view_overlays(a.model_view.resize(size), [a], opacity)[0] for a in analyses]
 
 
 def _output_folder() -> Path:
@@ -297,5 +384,6 @@ def _about(served: Sequence[ServedModel]) -> str:
     for model in served:
         card = model_card(model.predictor.config)
         body = card.split("\n---\n", 1)[1] if card.startswith("---") else card
-        sections.append(f"## Model card: {model.predictor.name}\n\n" + body.replace("\n# ", "\n### "))
+        sections.append(f"## Model card: {_name(model.predictor)} (`{model.predictor.name}`)\n\n"
+                        + body.replace("\n# ", "\n### "))
     return "\n\n".join(sections)

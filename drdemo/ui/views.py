@@ -6,13 +6,20 @@ Plain functions of plain values (no Gradio, no tensors), so the wording is teste
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 from drdemo.batch import BatchItem
 from drdemo.explain import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS, overlay
 from drdemo.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
+
+PREVIEW_SIDE = 640          # the longest side of the photo shown on upload (a display copy only)
+CHART_COLOURS = ("#4C72B0", "#DD8452")   # colour-blind-safe blue and orange, one per model
 
 ICDR_MEANINGS = (
     ("0", "No DR", "No abnormalities."),
@@ -35,6 +42,97 @@ def overlay_pair(analysis: Analysis, opacity: float) -> tuple[Image.Image, Image
     if analysis.heatmap is None:
         return analysis.model_view, analysis.model_view
     return analysis.model_view, overlay(analysis.model_view, analysis.heatmap, opacity)
+
+
+def shared_view_overlays(view: Image.Image, analyses: Sequence[Analysis], opacity: float) -> list[Image.Image]:
+    """Each analysis's heat map over the same picture `view`, so maps of models with different input sizes
+    are drawn at one size over one view of the photo and can be compared point by point."""
+    drawn = []
+    for analysis in analyses:
+        if analysis.heatmap is None:
+            drawn.append(view)
+            continue
+        heatmap = cv2.resize(analysis.heatmap.astype(np.float32), view.size, interpolation=cv2.INTER_LINEAR)
+        drawn.append(overlay(view, heatmap, opacity))
+    return drawn
+
+
+def preview(image: Image.Image) -> Image.Image:
+    """A display copy of the upload (the models get the file itself, through the gate)."""
+    shown = image.copy()
+    shown.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BICUBIC)
+    return shown
+
+
+def preview_note(outcome: str, reason: str) -> str:
+    """One line under the preview: what the image check says before anything is graded."""
+    if outcome == "accepted":
+        return f"Image check: {OUTCOME_WORDS[outcome]}. Press the button to grade it."
+    if outcome == "refused":
+        return f"**Image check: refused.** {reason} It will not be graded."
+    return f"**Image check: {OUTCOME_WORDS[outcome]}.** {reason}"
+
+
+def probability_chart(names: Sequence[str], analyses: Sequence[Analysis], title: str | None = None) -> Figure:
+    """One bar chart: for every class, each model's probability side by side (a matplotlib Figure
+    made without pyplot, so concurrent requests share no state)."""
+    classes = list(analyses[0].prediction.probabilities)
+    figure = Figure(figsize=(7.0, 3.0), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    if title:
+        axes.set_title(title, fontsize=10, loc="left")
+    positions = np.arange(len(classes))
+    width = 0.8 / len(analyses)
+    for index, (name, analysis) in enumerate(zip(names, analyses)):
+        values = [analysis.prediction.probabilities.get(c, 0.0) for c in classes]
+        bars = axes.bar(positions + (index - (len(analyses) - 1) / 2) * width, values, width, label=name,
+                        color=CHART_COLOURS[index % len(CHART_COLOURS)])
+        axes.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=8, padding=1)
+    axes.set_xticks(positions, [f"{i}: {c}" if len(classes) == 5 else c for i, c in enumerate(classes)], fontsize=8)
+    axes.set_ylim(0, 1.12)
+    axes.set_ylabel("probability of the grade")
+    axes.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(frameon=False, fontsize=8, ncols=len(analyses), loc="upper right")
+    return figure
+
+
+@dataclass(frozen=True)
+class ModelReading:
+    """What a reader needs to know about one served model to read its numbers."""
+
+    name: str
+    views: int                         # symmetric views its probabilities are the mean of
+    calibrated_on: str | None          # the photos its calibration was fitted on; None: plain softmax
+    threshold: float
+    threshold_rule: str | None         # how the threshold was chosen, e.g. "... sensitivity >= 0.9 on ..."
+
+
+def how_to_read(models: Sequence[ModelReading]) -> str:
+    """Markdown: what the probabilities, the referral line and the heat map do and do not mean."""
+    def probabilities(m: ModelReading) -> str:
+        views = (f"the mean over {m.views} flips and rotations of the photo" if m.views > 1
+                 else "one view of the photo")
+        calibration = f", calibrated on {m.calibrated_on}" if m.calibrated_on else ""
+        return f"{m.name}: {views}{calibration}"
+
+    def threshold(m: ModelReading) -> str:
+        return f"{m.name} {m.threshold:.0%}" + (f" ({m.threshold_rule})" if m.threshold_rule else "")
+
+    averaged = any(m.views > 1 for m in models)
+    return "\n".join([
+        "- **Probabilities**: how strongly the model matches this one photo to each ICDR grade, learned from its "
+        "training photos (" + "; ".join(probabilities(m) for m in models) + "). They are not the chance that the "
+        "patient has the disease, and they are no better than the photo: a blurred, dark or unusual photo, or a "
+        "camera the model never saw, makes them less reliable without the numbers saying so.",
+        "- **Referral line**: *Referable* when P(grade 2 or worse), the sum of grades 2 to 4, reaches the "
+        "threshold: " + "; ".join(threshold(m) for m in models) + ". Lowering it refers more eyes (fewer missed, "
+        "more false alarms). It is a screening cut-off, not a diagnosis.",
+        "- **Heat map**: where the model found evidence for the grade it explains, over the photo as the model "
+        "received it (cropped to the field of view)" + (", computed on that one view even where the probabilities "
+                                                        "average several" if averaged else "") + ". It does not "
+        "outline lesions or say why; a hot spot on healthy-looking retina is a reason for doubt, not a finding.",
+    ])
 
 
 def verdict(analysis: Analysis, model_name: str, class_names: Sequence[str], threshold: float) -> str:
@@ -82,6 +180,18 @@ def agreement(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
     return " ".join(parts)
 
 
+def agreement_headline(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
+    """One line over the chart: do the models agree on the grade and on the referral?"""
+    a, b = first.prediction, second.prediction
+    grade = (f"Same grade ({a.grade_name})" if a.grade_name == b.grade_name
+             else f"Different grades: {names[0]} {a.grade_name}, {names[1]} {b.grade_name}")
+    if a.referable is None or b.referable is None:
+        return grade
+    if a.referable == b.referable:
+        return f"{grade}; both {'refer' if a.referable else 'do not refer'}"
+    return f"{grade}; only {names[0] if a.referable else names[1]} refers"
+
+
 def gate_note(outcome: str, reason: str, warnings: Sequence[str], details: str) -> str:
     """Markdown: the image check's outcome and reason, the warnings to heed, and the values it measured."""
     lines = [f"**Image check: {OUTCOME_WORDS[outcome]}.** {reason}"]
@@ -90,18 +200,20 @@ def gate_note(outcome: str, reason: str, warnings: Sequence[str], details: str) 
     return "\n\n".join(lines)
 
 
-def batch_summary(results: Sequence[BatchItem], model: str) -> str:
-    """Markdown: how many images were graded, warned and refused, then each image's outcome and reason."""
+def batch_summary(results: Sequence[BatchItem], model: str, shown: str | None = None) -> str:
+    """Markdown: how many images were graded, warned and refused, then each image's outcome and reason.
+    `model` keys the predictions; `shown` is the name people read (default: the key)."""
+    shown = shown or model
     graded = sum(1 for r in results if r.predictions)
     refused = sum(1 for r in results if r.outcome == "refused")
     warned = sum(1 for r in results if r.outcome == "warned")
     head = (f"Graded {graded} of {len(results)} images" + (f"; {refused} refused" if refused else "")
             + (f"; {warned} graded with a warning" if warned else "")
             + f" (outcome, reason and measured values per image in the CSV). Gallery: the most and least "
-              f"confident answers of {model}.")
+              f"confident answers of {shown}.")
     rows = [f"| {_cell(r.name)} | {OUTCOME_WORDS.get(r.outcome, r.outcome)} | {_cell(r.reason)} | "
             f"{r.predictions[model].grade_name if model in r.predictions else ''} |" for r in results]
-    return "\n\n".join([head, f"| file | image check | reason | {model} grade |\n|---|---|---|---|\n"
+    return "\n\n".join([head, f"| file | image check | reason | {shown} grade |\n|---|---|---|---|\n"
                           + "\n".join(rows)])
 
 
