@@ -512,7 +512,12 @@ def _how_it_was_made(provenance: dict) -> str:
     evaluated_on = f"\nMetrics prefixed test_ were measured on: {provenance['evaluation_data']}\n" if provenance.get(
         "evaluation_data") else ""
     if provenance.get("validation_data"):
-        evaluated_on += f"Metrics prefixed val_ were measured on: {provenance['validation_data']}\n"
+        choices = (("best_epoch", "the epoch"), ("calibration_choice", "the calibration"),
+                   ("referable_threshold_choice", "the referral threshold"))
+        chosen = [what for key, what in choices if provenance.get(key)]
+        caveat = (f" (the photos {', '.join(chosen[:-1]) + ' and ' * (len(chosen) > 1) + chosen[-1]} were chosen on, "
+                  f"so these numbers are optimistic; the test_ ones are not)") if chosen else ""
+        evaluated_on += f"Metrics prefixed val_ were measured on: {provenance['validation_data']}{caveat}\n"
     return f"\n### How it was made\n```bash\n{lines}\n```\n{evaluated_on}"
 
 
