@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from drdemo import batch as batch_grading
 from drdemo.checkpoint import model_card
@@ -22,7 +23,7 @@ from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, ExplainError
 from drdemo.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.models import ICDR_GRADES
-from drdemo.predictor import Predictor
+from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
 from drdemo.serving import ServedModel
 from drdemo.ui import views
@@ -118,7 +119,7 @@ def _how_to_read(predictors: Sequence[Predictor]) -> None:
         gr.Markdown(views.how_to_read([_reading(p) for p in predictors]), elem_classes=["how-to-read"])
 
 
-def _preview(path: str | None) -> tuple:
+def _preview(path: str | None) -> tuple[Image.Image | None, str]:
     """The photo as soon as it is chosen, with the image check's first word on it. A display copy: grading
     reads the uploaded file itself, through the gate, again."""
     if path is None:
@@ -341,7 +342,8 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
     return demo
 
 
-def _compare_maps(checked: GateResult, predictors: Sequence[Predictor], analyses: Sequence, opacity: float) -> list:
+def _compare_maps(checked: GateResult, predictors: Sequence[Predictor], analyses: Sequence[Analysis],
+                  opacity: float) -> list[Image.Image]:
     """Both heat maps at COMPARE_VIEW_SIZE over one view of the photo, cropped as the models crop it. Were
     the checkpoints to crop differently there is no shared view, and each map is drawn over its own
     model's view, at the same size still."""
