@@ -123,3 +123,19 @@ def test_the_page_names_models_as_people_do_shows_the_upload_at_once_and_says_ho
     shown, note = blocks._preview(str(text))
     assert shown is None and "refused" in note and "not an image" in note
     assert blocks._preview(None) == (None, "")
+
+
+def test_the_tta_box_names_the_models_that_always_average_eight_views():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from drdemo.checkpoint import CheckpointConfig
+    from drdemo.ui.blocks import _tta_label
+
+    def served(architecture: str, views: int) -> SimpleNamespace:
+        return SimpleNamespace(config=replace(CheckpointConfig.for_architecture(architecture), test_time_views=views))
+
+    assert _tta_label([served("medmamba_t", 1), served("inception_v3", 1)]).endswith("(up to 8x slower)")
+    assert _tta_label([served("medmamba_t", 8), served("inception_v3", 1)]).endswith("; MedMamba-T always does")
+    assert _tta_label([served("medmamba_t", 8), served("inception_v3", 8)]).endswith(
+        "; MedMamba-T and InceptionV3 always do")

@@ -103,6 +103,14 @@ def _sources(served: Sequence[ServedModel]) -> str:
                      for s in served)
 
 
+def _tta_label(predictors: Sequence[Predictor]) -> str:
+    """The test-time augmentation checkbox's label, naming the models whose checkpoints average eight views
+    anyway (for them the box changes nothing)."""
+    label = "Test-time augmentation: grade 8 flips/rotations and show how much they disagree (up to 8x slower)"
+    always = [_name(p) for p in predictors if p.config.test_time_views > 1]
+    return label + (f"; {' and '.join(always)} always {'does' if len(always) == 1 else 'do'}" if always else "")
+
+
 def _reading(predictor: Predictor) -> views.ModelReading:
     config = predictor.config
     calibration = config.provenance.get("calibration_choice") or {}
@@ -282,8 +290,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
                             method = gr.Dropdown(method_choices, value=DEFAULT_METHOD, label="Heat map method")
                             target = gr.Dropdown(target_choices, value=PREDICTED, label="Heat map explains")
                             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
-                            tta = gr.Checkbox(False, label="Test-time augmentation: grade 8 flips/rotations and show "
-                                                           "how much they disagree (up to 8x slower)")
+                            tta = gr.Checkbox(False, label=_tta_label(predictors))
                         button = gr.Button("Grade", variant="primary")
                     with gr.Column(scale=2):
                         label = gr.Label(num_top_classes=5, label="Probability of each grade")
