@@ -8,6 +8,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    """The local Hub, with huggingface_hub pointed at it and at an empty cache, and a token set."""
+    from hub_server import HubServer, point_hub_at
+    from huggingface_hub import constants as hub_constants
+    with HubServer() as server:
+        point_hub_at(monkeypatch, server.endpoint)
+        monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
+        yield server
+
 
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_server import HubServer, point_hub_at
+from hub_server import point_hub_at
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
@@ -36,17 +36,6 @@ def make_checkpoint(folder: Path, seed: int, architecture: str = "medmamba_t", *
 def logits_of(model) -> torch.Tensor:
     with torch.inference_mode():
         return model(INPUT)
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    """The local Hub, with huggingface_hub pointed at it and at an empty cache."""
-    with HubServer() as server:
-        point_hub_at(monkeypatch, server.endpoint)
-        monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
-        yield server
 
 
 def test_push_download_pin_and_load_offline(hub, tmp_path, monkeypatch):

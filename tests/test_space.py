@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio
 import pytest
 import torch
-from hub_server import HubServer, point_hub_at
+from hub_server import HubServer
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub import constants as hub_constants
 
@@ -57,16 +57,6 @@ def _checkpoint(folder: Path, architecture: str, seed: int) -> Path:
     torch.manual_seed(seed)
     return save_checkpoint(create_model(architecture).eval(), CheckpointConfig.for_architecture(
         architecture, provenance={"trained": False, "seed": seed}), folder)
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    with HubServer() as server:
-        point_hub_at(monkeypatch, server.endpoint)
-        monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
-        yield server
 
 
 def _space_files(hub: HubServer, space_id: str) -> dict[str, bytes]:
