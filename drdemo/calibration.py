@@ -44,24 +44,33 @@ def check_calibration(calibration: dict, num_classes: int) -> str | None:
     return None
 
 
-def class_probabilities(logits: np.ndarray, calibration: dict | None = None) -> np.ndarray:
-    """(n, C) float64 probabilities from (n, C) logits or (n, V, C) logits of V views of each image:
-    softmax(logits / temperature + logit_bias) per view, then the mean over views."""
+def _views(logits: np.ndarray) -> np.ndarray:
+    """(n, V, C) float64 from (n, C) logits (one view) or (n, V, C)."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim == 2:
         logits = logits[:, None]
     if logits.ndim != 3:
         raise ValueError(f"logits must be (n, C) or (n, views, C), got shape {logits.shape}")
+    return logits
+
+
+def _per_view_probabilities(logits: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """(n, V, C): softmax(logits / temperature + logit_bias) of each view."""
+    logits = _views(logits)
     if calibration:
         logits = logits / calibration["temperature"] + np.asarray(calibration["logit_bias"], dtype=np.float64)
-    return softmax(logits, axis=2).mean(axis=1)
+    return softmax(logits, axis=2)
+
+
+def class_probabilities(logits: np.ndarray, calibration: dict | None = None) -> np.ndarray:
+    """(n, C) float64 probabilities from (n, C) logits or (n, V, C) logits of V views of each image:
+    softmax(logits / temperature + logit_bias) per view, then the mean over views."""
+    return _per_view_probabilities(logits, calibration).mean(axis=1)
 
 
 def view_spread(logits: np.ndarray, calibration: dict | None = None) -> np.ndarray:
     """(n, C) standard deviation over the views of each class probability (0 with one view)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    per_view = np.stack([class_probabilities(logits[:, v], calibration) for v in range(logits.shape[1])], axis=1)
-    return per_view.std(axis=1)
+    return _per_view_probabilities(logits, calibration).std(axis=1)
 
 
 def negative_log_likelihood(probabilities: np.ndarray, targets: Sequence[int]) -> float:
@@ -77,9 +86,7 @@ def fit_calibration(logits: np.ndarray, targets: Sequence[int], shrinkage: float
     repeats) inside the 83 IDRiD validation photos of the bundled checkpoints, eight views each:
     NLL / QWK of MedMamba-T 1.25 / 0.76 uncalibrated, 1.07 / 0.76 without shrinkage, 1.10 / 0.78
     with 0.05; of InceptionV3 1.16 / 0.78, 1.07 / 0.77 and 1.07 / 0.80."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim == 2:
-        logits = logits[:, None]
+    logits = _views(logits)
     targets = np.asarray(targets, dtype=np.int64)
     if logits.shape[0] != targets.shape[0] or logits.shape[0] < 2:
         raise ValueError(f"need at least two images with one target each, got {logits.shape[0]} logits and "

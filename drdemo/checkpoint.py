@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from drdemo.calibration import check_calibration
+from drdemo.calibration import SHRINKAGE, check_calibration, class_probabilities, negative_log_likelihood
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults
@@ -635,8 +635,6 @@ def record_calibration(folder: str | Path, views: int, calibration: dict, logits
                        command: str) -> CheckpointConfig:
     """Make `calibration` over `views` symmetric views the checkpoint's, with the negative log-likelihood
     before and after on the images it was fitted on; returns the new config."""
-    from drdemo.calibration import SHRINKAGE, class_probabilities, negative_log_likelihood
-
     folder = Path(folder)
     config = read_config(folder)
     choice = {"rule": f"temperature and per-class logit biases minimising the negative log-likelihood over "
