@@ -631,10 +631,11 @@ def choose_referable_threshold(folder: str | Path, grades, referable_probability
     return threshold
 
 
-def record_calibration(folder: str | Path, views: int, calibration: dict, logits, targets, data_description: str,
+def record_calibration(folder: str | Path, calibration: dict, logits, targets, data_description: str,
                        command: str) -> CheckpointConfig:
-    """Make `calibration` over `views` symmetric views the checkpoint's, with the negative log-likelihood
-    before and after on the images it was fitted on; returns the new config."""
+    """Make `calibration`, fitted on `logits` (n, views, C), and their number of views the checkpoint's,
+    with the negative log-likelihood before and after on those images; returns the new config."""
+    views = logits.shape[1]
     folder = Path(folder)
     config = read_config(folder)
     choice = {"rule": f"temperature and per-class logit biases minimising the negative log-likelihood over "

@@ -435,7 +435,7 @@ def _calibrate(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[
     with the new config."""
     targets = task_targets(np.array([s.grade for s in samples]), loaded.config.task)
     calibration = fit_calibration(logits, targets)
-    config = record_calibration(args.checkpoint, logits.shape[1], calibration, logits, targets, description, command)
+    config = record_calibration(args.checkpoint, calibration, logits, targets, description, command)
     choice = config.provenance["calibration_choice"]
     print(f"calibration of {args.checkpoint} over {logits.shape[1]} view(s): temperature "
           f"{calibration['temperature']:g}, biases {calibration['logit_bias']}; NLL on these images "
