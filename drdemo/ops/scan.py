@@ -15,8 +15,11 @@ mamba_ssm's CUDA kernel, behind one signature and one dispatcher.
 in its natural channels-last layout; the CPU kernel reads the four directions by index.
 
 Backends, chosen per call by device and availability (override: DRDEMO_SCAN_BACKEND=
-auto|cpu|torch): "cuda" (mamba_ssm, CUDA tensors only), "cpu" (the fused kernel, CPU
-tensors), "torch" (the sequential reference, anywhere).
+auto|cpu|torch|triton): "cuda" (mamba_ssm, CUDA tensors only), "triton" (the Triton kernels
+of drdemo.ops.triton_scan: CUDA tensors when mamba_ssm is not installed, or any device when
+forced; CPU tensors only under TRITON_INTERPRET=1), "cpu" (the fused kernel, CPU tensors),
+"torch" (the sequential reference, anywhere). CUDA tensors take mamba_ssm, else Triton, else
+the reference.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from drdemo.ops import cpu_kernel
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpu", "torch")
+BACKENDS = ("auto", "cpu", "torch", "triton")
 
 
 def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -182,18 +185,52 @@ def _mamba_ssm_scan():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except ImportError as exc:
-        log.warning("mamba_ssm is not installed (%s); CUDA tensors use the slow PyTorch scan. "
-                    "Install requirements-gpu.txt for the CUDA kernel.", exc)
+        log.info("mamba_ssm is not installed (%s); CUDA tensors take the Triton kernel where it can run", exc)
         return None
     return selective_scan_fn
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_module():
+    """drdemo.ops.triton_scan, or None with the reason when Triton cannot be imported."""
+    try:
+        from drdemo.ops import triton_scan
+    except ImportError as exc:
+        return None, f"Triton is not installed ({exc})"
+    return triton_scan, None
+
+
+def _triton_unavailable(device: torch.device) -> str | None:
+    module, reason = _triton_module()
+    return reason if module is None else module.unavailable_reason(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_slow_cuda(reason: str) -> None:
+    log.warning("CUDA tensors use the slow sequential PyTorch scan: mamba_ssm is not installed and the "
+                "Triton kernel cannot run (%s)", reason)
+
+
 def scan_backend(device: torch.device | str) -> str:
-    """Which implementation serves tensors on `device`: 'cuda', 'cpu' or 'torch'."""
+    """Which implementation serves tensors on `device`: 'cuda', 'triton', 'cpu' or 'torch'."""
     device = torch.device(device)
     requested = _requested_backend()
+    if requested == "triton":
+        reason = _triton_unavailable(device)
+        if reason is not None:
+            raise RuntimeError(f"DRDEMO_SCAN_BACKEND=triton but the Triton kernel cannot run on {device.type} "
+                               f"tensors: {reason}")
+        return "triton"
     if device.type == "cuda":
-        return "cuda" if requested != "torch" and _mamba_ssm_scan() is not None else "torch"
+        if requested == "torch":
+            return "torch"
+        if _mamba_ssm_scan() is not None:
+            return "cuda"
+        reason = _triton_unavailable(device)
+        if reason is None:
+            return "triton"
+        _warn_slow_cuda(reason)
+        return "torch"
     if device.type == "cpu" and requested in ("auto", "cpu"):
         if cpu_kernel.load() is not None:
             return "cpu"
@@ -209,13 +246,15 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    return_last_state: bool = False):
     """mamba_ssm.selective_scan_fn semantics on any device; see the module docstring.
 
-    The CPU kernel serves variable (per-position) B and C; constant (dim, N) B or C and
-    complex A take the reference path.
+    The CPU and Triton kernels serve variable (per-position) B and C; constant (dim, N) B or C
+    and complex A take the reference path, and so do float64 inputs on the Triton backend (its
+    state is float32).
     """
     backend = scan_backend(u.device)
     if backend == "cuda":
         return _mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend == "torch" or B.dim() == 2 or C.dim() == 2 or A.is_complex() or u.shape[2] == 0:
+    if (backend == "torch" or B.dim() == 2 or C.dim() == 2 or A.is_complex() or u.shape[2] == 0
+            or (backend == "triton" and _any_float64(u, delta, A))):
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     batch, dim, length = u.shape
@@ -225,6 +264,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         raise ValueError(f"B and C must have the same number of groups dividing dim={dim}; "
                          f"got B {tuple(B.shape)}, C {tuple(C.shape)}")
     groups, channels = B4.shape[1], dim // B4.shape[1]
+    if backend == "triton":
+        return _triton_selective_scan(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, return_last_state,
+                                      groups)
     compute = torch.promote_types(u.dtype, torch.float32)
 
     def positional(t: torch.Tensor) -> torch.Tensor:  # (batch, dim, L) -> (batch, L, G, Dg)
@@ -239,6 +281,31 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     y = y.view(batch, length, dim).transpose(1, 2)
     if z is not None:
         y = y * F.silu(z.to(compute))
+    y = y.to(u.dtype).contiguous()
+    if return_last_state:
+        return y, last_state.view(batch, dim, -1)
+    return y
+
+
+def _any_float64(*tensors: torch.Tensor) -> bool:
+    return any(t.dtype == torch.float64 for t in tensors)
+
+
+def _triton_selective_scan(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, return_last_state, groups):
+    """`selective_scan` on the Triton kernels, reading (batch, dim, L) in place."""
+    batch, dim, length = u.shape
+    channels = dim // groups
+
+    def per_group(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.reshape(groups, channels) if t is not None else None
+
+    y, last_state = _triton_module()[0].TritonScan.apply(
+        u.unflatten(1, (groups, channels)), delta.unflatten(1, (groups, channels)),
+        A.reshape(groups, channels, -1), B4, C4, per_group(D), per_group(delta_bias), None,
+        delta_softplus, return_last_state)
+    y = y.flatten(1, 2)
+    if z is not None:
+        y = y * F.silu(z.float())
     y = y.to(u.dtype).contiguous()
     if return_last_state:
         return y, last_state.view(batch, dim, -1)
@@ -269,7 +336,16 @@ def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     """
     batch, height, width, dim = x.shape
     K, N, length = delta.shape[3], A.shape[-1], height * width
-    if scan_backend(x.device) == "cpu":
+    backend = scan_backend(x.device)
+    if backend == "triton" and not _any_float64(x, delta, A):
+        # The kernel reads the channels-last map in place: (batch, K, d, L) views with strides.
+        y, _ = _triton_module()[0].TritonScan.apply(
+            x.reshape(batch, length, 1, dim).permute(0, 2, 3, 1).expand(batch, K, dim, length),
+            delta.reshape(batch, length, K, dim).permute(0, 2, 3, 1), A,
+            B.reshape(batch, length, K, N).permute(0, 2, 3, 1), C.reshape(batch, length, K, N).permute(0, 2, 3, 1),
+            D, delta_bias, cross_scan_orders(height, width, str(x.device)), True, False)
+        return y.sum(1).transpose(1, 2).reshape(batch, height, width, dim).to(x.dtype)
+    if backend == "cpu":
         y, _ = _positional_scan(
             x.reshape(batch, length, 1, dim), delta.reshape(batch, length, K, dim), A.transpose(1, 2),
             B.reshape(batch, length, K, N), C.reshape(batch, length, K, N), D, delta_bias,
