@@ -99,6 +99,17 @@ def test_unavailable_without_a_gpu(monkeypatch):
     assert triton_scan.unavailable_reason(torch.device("cuda")) == "CUDA is not available"
 
 
+def test_refused_where_zerogpu_emulates_cuda(monkeypatch):
+    """ZeroGPU's main process patches is_available with a function of the spaces package."""
+    def emulated() -> bool:
+        return True
+
+    emulated.__module__ = "spaces.zero.torch.patching"
+    monkeypatch.setattr(torch.cuda, "is_available", emulated)
+    assert triton_scan.cuda_emulated()
+    assert "ZeroGPU" in triton_scan.unavailable_reason(torch.device("cuda"))
+
+
 @pytest.mark.parametrize("capability", [75, 90])
 def test_kernels_compile_for_gpu_targets(capability):
     """Triton's real compiler (to PTX and cubin; no GPU needed) accepts both kernels: it catches

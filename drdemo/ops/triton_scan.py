@@ -71,9 +71,23 @@ def unavailable_reason(device: torch.device) -> str | None:
         return f"no Triton kernel for {device.type} tensors"
     if INTERPRETED:
         return "TRITON_INTERPRET=1 is set: the interpreter runs CPU tensors only"
+    if cuda_emulated():
+        return "CUDA is emulated here (ZeroGPU attaches a GPU only inside @spaces.GPU calls)"
     if not torch.cuda.is_available():
         return "CUDA is not available"
     return _cuda_reason(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def cuda_emulated() -> bool:
+    """Whether this is ZeroGPU's main process, where the `spaces` package emulates CUDA.
+
+    There `torch.cuda.is_available()` is patched to True and "CUDA" tensors live in host memory
+    until a @spaces.GPU call runs in a worker with a real GPU (spaces 0.51: the patch is a lambda
+    from spaces.zero.torch.patching, undone in the worker). No kernel can launch on such tensors,
+    and launching one would initialise CUDA in the process ZeroGPU forks from, so it is refused;
+    PyTorch's own ops (the sequential scan) still run on them.
+    """
+    return getattr(torch.cuda.is_available, "__module__", "").startswith("spaces")
 
 
 @functools.lru_cache(maxsize=16)
