@@ -4,6 +4,7 @@
     python -m drdemo.bench inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme README.md]
     python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
     python -m drdemo.bench gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
+    python -m drdemo.bench gpu [--repeats N] [--json OUT]
 
 Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and
 the ratio to torchvision InceptionV3 timed in the same rounds (models are interleaved round
@@ -12,11 +13,16 @@ against the float64 oracle (also under stress); and MedMamba-T training throughp
 The `inference` suite tries inference options on the bundled checkpoints (drdemo.bench_inference);
 the `app` suite measures the running app end to end (drdemo.bench_app); the `gate` suite runs the image
 gate over real and synthetic fundus photos and a corpus of other pictures, and times it (drdemo.bench_gate).
+With CUDA present, `models` adds a GPU section (the `gpu` suite alone): the scan per backend at
+MedMamba-T's stage-1 shape (sequential loop, Triton, mamba_ssm if installed), MedMamba-T and
+InceptionV3 images/s at batch 1, 8 and 64 in float32 and with AMP, MedMamba-T's logits on the GPU
+against the CPU path, and the Triton kernel against the float64 oracle (drdemo.ops.triton_parity).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -31,7 +37,7 @@ import torch.nn.functional as F
 from drdemo import bench_app, bench_gate, bench_inference
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
-from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref
+from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref, triton_parity
 
 UNIT_MODEL = "inception_v3"
 README_START, README_END = "<!-- bench:models:start -->", "<!-- bench:models:end -->"
@@ -144,6 +150,130 @@ def bench_training(repeats: int, batch: int = 8) -> dict:
             "medmamba_t_vs_inception_v3_time": round(times["medmamba_t"] / times[UNIT_MODEL], 2)}
 
 
+GPU_SKIPPED = "GPU section skipped: CUDA is not available (torch.cuda.is_available() is False)"
+GPU_BATCH_SIZES = (1, 8, 64)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """`fn` followed by a device synchronisation, so a timer sees the kernels finish."""
+    def run() -> object:
+        out = fn()
+        _synchronize(device)
+        return out
+    return run
+
+
+def _scan_backends(device: torch.device) -> dict[str, str]:
+    """Timed scan implementations for `device`, by name -> DRDEMO_SCAN_BACKEND value."""
+    if device.type != "cuda":
+        return {"reference": "torch", "cpu": "cpu"}
+    backends = {"reference": "torch", "triton": "triton"}
+    with triton_parity.forced_backend("auto"):
+        if scan_backend(device) == "cuda":
+            backends["mamba_ssm"] = "auto"
+    return backends
+
+
+def bench_scan_backends(device: torch.device, repeats: int, shape: dict | None = None) -> dict:
+    """Each scan backend at MedMamba-T's stage-1 shape on `device`: ms per call, speedup over
+    the sequential loop, and max error vs the float64 oracle."""
+    shape = shape or dict(batch=1, dim=4 * 96, length=56 * 56, d_state=16, groups=4)
+    u, delta, A, B, C, D = (t.to(device) for t in _stress_inputs(torch.Generator().manual_seed(0), **shape,
+                                                                stress=False))
+    oracle = selective_scan_ref(u.cpu().double(), delta.cpu().double(), A.cpu().double(), B.cpu().double(),
+                                C.cpu().double(), D.cpu().double())
+    result: dict = {"shape": shape, "device": str(device)}
+    for name, backend in _scan_backends(device).items():
+        with triton_parity.forced_backend(backend):
+            def call() -> torch.Tensor:
+                return selective_scan(u, delta, A, B, C, D)
+            out = call()
+            loop = name == "reference"
+            ms = _median_interleaved({name: _timed(call, device)}, 3 if loop else repeats, warmup=1)[name] * 1e3
+        result[name] = {"ms": round(ms, 3), "max_error": float(f"{triton_parity.relative_error(out, oracle):.3g}")}
+    for name in result:
+        if isinstance(result[name], dict) and "ms" in result[name]:
+            result[name]["vs_reference"] = round(result["reference"]["ms"] / result[name]["ms"], 1)
+    return result
+
+
+def bench_throughput(device: torch.device, batch_sizes: tuple[int, ...], repeats: int) -> list[dict]:
+    """MedMamba-T and InceptionV3 inference images/s on `device`, float32 and AMP, same rounds."""
+    amp_dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    torch.manual_seed(0)
+    models = {name: create_model(name).eval().to(device) for name in ("medmamba_t", UNIT_MODEL)}
+    rows = []
+    for batch in batch_sizes:
+        fns = {}
+        for name, model in models.items():
+            size = model_defaults(name).input_size
+            x = torch.randn(batch, 3, size, size, device=device)
+            for precision in ("float32", "amp"):
+                def run(model=model, x=x, precision=precision) -> object:
+                    autocast = (torch.autocast(device.type, dtype=amp_dtype) if precision == "amp"
+                                else contextlib.nullcontext())
+                    with torch.inference_mode(), autocast:
+                        return model(x)
+                fns[(name, precision)] = _timed(run, device)
+        times = _median_interleaved(fns, repeats, warmup=2)
+        rows += [{"model": name, "precision": precision if precision == "float32" else f"amp {amp_dtype}",
+                  "batch": batch, "img_per_s": round(batch / t, 1), "ms": round(t * 1e3, 2)}
+                 for (name, precision), t in times.items()]
+    return rows
+
+
+def logits_parity(device: torch.device, batch: int = 2) -> dict:
+    """MedMamba-T's logits on `device` (its default scan backend) vs the CPU path, float32."""
+    torch.manual_seed(0)
+    model = create_model("medmamba_t").eval()
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.inference_mode():
+        expected = model(x)
+        got = model.to(device)(x.to(device))
+    return {"backend": scan_backend(device), "max_error": float(f"{triton_parity.relative_error(got, expected):.3g}")}
+
+
+def bench_gpu(repeats: int) -> dict | None:
+    """The GPU section, or None (with a printed line saying why) when CUDA is not available."""
+    if not torch.cuda.is_available():
+        print(GPU_SKIPPED, flush=True)
+        return None
+    device = torch.device("cuda")
+    result: dict = {"gpu": torch.cuda.get_device_name(device), "auto_backend": scan_backend(device)}
+    result["scan"] = bench_scan_backends(device, repeats)
+    print(json.dumps({"gpu_scan": result["scan"]}), flush=True)
+    result["logits_parity"] = logits_parity(device)
+    parity = triton_parity.report("cuda", small=False)
+    result["triton_parity"] = {"passed": parity["passed"],
+                               "worst": {case: max(errors.values()) for case, errors in parity["cases"].items()}}
+    print(json.dumps({"gpu_parity": result["triton_parity"], "logits": result["logits_parity"]}), flush=True)
+    result["throughput"] = bench_throughput(device, GPU_BATCH_SIZES, max(3, repeats // 2))
+    return result
+
+
+def gpu_markdown(gpu: dict) -> list[str]:
+    scan = gpu["scan"]
+    parts = [f"{name} {row['ms']} ms ({row['vs_reference']}x, error {row['max_error']})"
+             for name, row in scan.items() if isinstance(row, dict) and "ms" in row]
+    lines = ["", f"GPU ({gpu['gpu']}, scan backend `{gpu['auto_backend']}`): the scan at stage 1: " + "; ".join(parts)
+             + f". MedMamba-T logits vs the CPU path: max error {gpu['logits_parity']['max_error']}; Triton vs the "
+             f"float64 oracle: {'all cases pass' if all(gpu['triton_parity']['passed'].values()) else 'FAILS'}.",
+             "", "| model | precision | " + " | ".join(f"batch {b} (img/s)" for b in GPU_BATCH_SIZES) + " |",
+             "|---|---|" + "---|" * len(GPU_BATCH_SIZES)]
+    table: dict[tuple[str, str], dict[int, float]] = {}
+    for row in gpu["throughput"]:
+        table.setdefault((row["model"], row["precision"]), {})[row["batch"]] = row["img_per_s"]
+    for (model, precision), by_batch in table.items():
+        lines.append(f"| {model} | {precision} | " + " | ".join(str(by_batch.get(b, "-")) for b in GPU_BATCH_SIZES)
+                     + " |")
+    return lines
+
+
 def environment() -> dict:
     lib = cpu_kernel.load()
     return {
@@ -185,6 +315,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"Training step (forward + backward + SGD, batch {train['batch']}): MedMamba-T "
                       f"{train['medmamba_t_img_per_s']} img/s at 224 px, InceptionV3 "
                       f"{train['inception_v3_img_per_s']} img/s at 299 px."]
+    if report.get("gpu"):
+        lines += gpu_markdown(report["gpu"])
     return "\n".join(lines)
 
 
@@ -199,10 +331,11 @@ def update_readme(path: Path, table: str, start: str = README_START, end: str = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drdemo.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app", "gate"],
-                        help="models: bare networks; inference: options such as int8 and torch.compile on "
-                             "the checkpoints; app: app.py end to end over HTTP; gate: the image gate on real "
-                             "photos and other pictures (default: models)")
+    parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app", "gate", "gpu"],
+                        help="models: bare networks (and the GPU section with CUDA); inference: options such as "
+                             "int8 and torch.compile on the checkpoints; app: app.py end to end over HTTP; gate: "
+                             "the image gate on real photos and other pictures; gpu: the GPU section alone "
+                             "(default: models)")
     parser.add_argument("--models", default=",".join(list_models()),
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default: 20 for models, 10 for app)")
@@ -228,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("repeats", "load_clients", "load_requests", "images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.readme is not None and args.suite == "gpu":
+        parser.error("--readme does not apply to the gpu suite (its section is part of the models table)")
     if args.readme is not None:
         markers = {"models": (README_START, README_END), "app": (bench_app.README_START, bench_app.README_END),
                    "inference": (bench_inference.README_START, bench_inference.README_END),
@@ -238,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         return _main_app(args)
     if args.suite == "inference":
         return _main_inference(args, parser)
+    if args.suite == "gpu":
+        gpu = bench_gpu(args.repeats)
+        if gpu is None:
+            return 1
+        print("\n".join(gpu_markdown(gpu)))
+        if args.json:
+            args.json.write_text(json.dumps(gpu, indent=2))
+        return 0 if all(gpu["triton_parity"]["passed"].values()) else 1
     if args.suite == "gate":
         report = bench_gate.bench_gate(args.data, args.repeats)
         return _publish(args, report, bench_gate.markdown(report), (bench_gate.README_START, bench_gate.README_END))
@@ -254,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     report["models"] = bench_models(names, batch_sizes, args.repeats)
     if not args.skip_training:
         report["training"] = bench_training(args.repeats)
+    report["gpu"] = bench_gpu(args.repeats)
     return _publish(args, report, markdown(report), (README_START, README_END))
 
 

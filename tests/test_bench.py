@@ -38,3 +38,28 @@ def test_readme_without_markers_is_refused(tmp_path):
     readme.write_text("no markers here")
     with pytest.raises(SystemExit, match="no <!-- bench:models:start -->"):
         bench.update_readme(readme, "table")
+
+
+def test_gpu_section_is_skipped_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    assert bench.bench_gpu(repeats=1) is None
+    assert bench.GPU_SKIPPED in capsys.readouterr().out
+    assert bench.main(["gpu"]) == 1
+
+
+def test_gpu_section_code_runs_on_cpu(monkeypatch):
+    """The GPU section's measurements, pointed at the CPU at tiny sizes: they run and report."""
+    device = bench.torch.device("cpu")
+    real_create_model = bench.create_model
+    scan = bench.bench_scan_backends(device, repeats=1, shape=dict(batch=1, dim=8, length=9, d_state=4, groups=2))
+    assert scan["reference"]["vs_reference"] == 1.0 and scan["cpu"]["max_error"] < 1e-5
+    tiny = bench.torch.nn.Sequential(bench.torch.nn.Conv2d(3, 4, 3, stride=8), bench.torch.nn.Flatten(0))
+    monkeypatch.setattr(bench, "create_model", lambda name: tiny)
+    rows = bench.bench_throughput(device, batch_sizes=(1,), repeats=1)
+    monkeypatch.setattr(bench, "create_model", real_create_model)
+    assert {(r["model"], r["precision"]) for r in rows} == {
+        (m, p) for m in ("medmamba_t", "inception_v3") for p in ("float32", "amp torch.bfloat16")}
+    assert bench.logits_parity(device, batch=1)["max_error"] == 0.0
+    gpu = {"gpu": "cpu", "auto_backend": "cpu", "scan": scan, "logits_parity": {"max_error": 0.0},
+           "triton_parity": {"passed": {"case": True}}, "throughput": rows}
+    assert "| medmamba_t | float32 |" in "\n".join(bench.gpu_markdown(gpu))

@@ -38,7 +38,7 @@ CASES = {  # name: (groups, use_z, use_d, softplus_and_bias, return_last_state)
 
 
 @contextlib.contextmanager
-def _backend(name: str) -> Iterator[None]:
+def forced_backend(name: str) -> Iterator[None]:
     """DRDEMO_SCAN_BACKEND=name for the duration (the dispatcher reads it on every call)."""
     saved = os.environ.get("DRDEMO_SCAN_BACKEND")
     os.environ["DRDEMO_SCAN_BACKEND"] = name
@@ -85,7 +85,7 @@ def _against_oracle(inputs: dict[str, torch.Tensor], softplus: bool, return_last
     names = list(inputs)
     fast_in = {n: t.clone().requires_grad_() for n, t in inputs.items()}
     ref_in = {n: t.detach().cpu().double().requires_grad_() for n, t in inputs.items()}
-    with _backend("triton"):
+    with forced_backend("triton"):
         out = selective_scan(**fast_in, delta_softplus=softplus, return_last_state=return_last_state)
     ref = selective_scan_ref(**ref_in, delta_softplus=softplus, return_last_state=return_last_state)
     y, y_ref = (out[0], ref[0]) if return_last_state else (out, ref)
@@ -131,7 +131,7 @@ def half_case(device: str, dtype: torch.dtype) -> dict[str, float]:
     inputs = _inputs(1, 4, 11, 4, 2, device, seed=2, dtype=dtype)
     inputs.pop("z")
     leaves = {n: t.clone().requires_grad_() for n, t in inputs.items()}
-    with _backend("triton"):
+    with forced_backend("triton"):
         y = selective_scan(**leaves, delta_softplus=True)
     if y.dtype != dtype:
         raise AssertionError(f"{dtype} in, {y.dtype} out")
@@ -154,7 +154,7 @@ def scan_2d_case(device: str) -> dict[str, float]:
 
     def run(backend: str, dtype: torch.dtype, on: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         leaves = [t.to(device=on, dtype=dtype, copy=True).requires_grad_() for t in tensors]
-        with _backend(backend):
+        with forced_backend(backend):
             y = selective_scan_2d(*leaves)
         y.backward(torch.ones_like(y))
         return y, [t.grad for t in leaves]
@@ -169,7 +169,7 @@ def softplus_case(device: str) -> dict[str, float]:
     """L = 1 and u = B = C = 1, so y is softplus(delta): each step to its own relative precision."""
     delta = torch.tensor([-30.0, -5.0, -1e-3, 0.0, 1e-3, 3.0, 19.9, 20.1, 40.0], device=device)[None, :, None]
     ones = torch.ones_like(delta)
-    with _backend("triton"):
+    with forced_backend("triton"):
         y = selective_scan(ones, delta, -torch.ones(9, 1, device=device), ones[:, :1], ones[:, :1], delta_softplus=True)
     expected = F.softplus(delta.double())
     return {"y_elementwise": ((y.double() - expected).abs() / expected).max().item()}
@@ -184,16 +184,16 @@ def medmamba_case(device: str, small: bool) -> dict[str, float]:
     model = MedMamba(num_classes=5, depths=(1, 1, 1, 1), dims=dims).eval()
     images = torch.randn(1 if small else 2, 3, 32 if small else 64, 32 if small else 64)
     with torch.no_grad():
-        with _backend("auto" if cpu_kernel.load() is not None else "torch"):
+        with forced_backend("auto" if cpu_kernel.load() is not None else "torch"):
             expected = model(images)
-        with _backend("triton"):
+        with forced_backend("triton"):
             got = model.to(device)(images.to(device))
     return {"logits": relative_error(got, expected)}
 
 
 def report(device: str, small: bool) -> dict:
     """Every case's errors on `device`, and whether each meets the targets."""
-    with _backend("triton"):
+    with forced_backend("triton"):
         backend = scan_backend(device)
     cases: dict[str, dict[str, float]] = {}
     with _chunk(8 if small else None):
