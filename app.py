@@ -9,9 +9,7 @@ from drdemo.ui import build_demo
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    served = [serve(settings) for settings in load_settings()]
-    for model in served:
-        model.predictor.warm_up()
+    served = [serve(settings) for settings in load_settings()]  # loaded, checked and warmed up
     demo = build_demo(served)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -24,7 +24,7 @@ from torch import nn
 from drdemo.calibration import SHRINKAGE, check_calibration, class_probabilities, negative_log_likelihood
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.inference import VIEW_COUNTS
-from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults
+from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults, target_layers
 from drdemo.preprocess import RESAMPLING
 
 FORMAT = "drdemo-checkpoint/1"
@@ -276,6 +276,10 @@ def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source
             raise CheckpointError(f"{source}: {key} has shape {list(tensor.shape)} but {config.architecture} "
                                   f"expects {list(expected[key].shape)}. {hint}")
     model.load_state_dict(state, strict=True)
+    try:
+        target_layers(model, config.cam_target_layer)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: cam_target_layer in {CONFIG_NAME}: {exc}") from exc
     return model.eval()
 
 

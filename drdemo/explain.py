@@ -22,7 +22,7 @@ from torch import nn
 
 from drdemo.calibration import class_probabilities
 from drdemo.inference import main_logits
-from drdemo.models import CAM_RESHAPES, get_submodule
+from drdemo.models import CAM_RESHAPES, target_layers
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
@@ -68,8 +68,6 @@ class _MostProbableClass:
         return output[int(class_probabilities(logits, self.calibration)[0].argmax())]
 
 
-LAYER_SEPARATOR = "+"
-
 
 class Explainer:
     """CAMs of one model at one target layer, or at several joined by "+" (e.g. "Mixed_6e+Mixed_7c":
@@ -86,7 +84,7 @@ class Explainer:
                  calibration: dict | None = None):
         self.model, self.num_classes, self.calibration = model, num_classes, calibration
         try:
-            self.layers = [get_submodule(model, path) for path in target_layer.split(LAYER_SEPARATOR)]
+            self.layers = target_layers(model, target_layer)
         except ValueError as exc:
             raise ExplainError(str(exc)) from exc
         if reshape is not None and reshape not in CAM_RESHAPES:

@@ -90,8 +90,23 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _serveable(source: str, revision: str | None) -> tuple[Predictor, str]:
+    """Everything between a configured source and a model ready for its first user: load and
+    validate the checkpoint (CAM layer included), build the predictor, run one warm-up analysis.
+    Returns the predictor and where its weights came from."""
+    loaded = load_model(source, revision, device=serving_device())
+    predictor = Predictor.from_loaded(loaded)
+    predictor.warm_up()
+    return predictor, loaded.origin
+
+
 def serve(settings: SlotSettings) -> ServedModel:
-    """Load the slot's configured checkpoint, else its bundled one, else an untrained model."""
+    """Serve the slot's configured checkpoint, else its bundled one, else an untrained model.
+
+    Any failure on the way (not only a checkpoint that will not load, but also one that loads and
+    then cannot explain or grade an image) moves to the next candidate, so a bad checkpoint can
+    never keep the app from starting; the status line says what failed.
+    """
     candidates = [(settings.source, settings.revision)]
     if Path(settings.source) != settings.bundled:
         candidates.append((str(settings.bundled), None))
@@ -101,15 +116,20 @@ def serve(settings: SlotSettings) -> ServedModel:
             problems.append(f"no bundled checkpoint at {_shown(settings.bundled)}")
             continue
         try:
-            loaded = load_model(source, revision, device=serving_device())
+            predictor, origin = _serveable(source, revision)
         except CheckpointError as exc:
             log.warning("%s: %s", settings.slot, exc)
             problems.append(str(exc))
             continue
-        status = (loaded.origin if not problems
+        except Exception as exc:  # a checkpoint must never take the app down: report it and fall back
+            log.exception("%s: %s loaded but cannot be served", settings.slot, source)
+            problems.append(f"{source} loaded but cannot be served ({type(exc).__name__}: {exc})")
+            continue
+        status = (origin if not problems
                   else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead")
-        return ServedModel(settings.slot, Predictor.from_loaded(loaded), status, fallback=bool(problems))
+        return ServedModel(settings.slot, predictor, status, fallback=bool(problems))
     untrained = Predictor.untrained(settings.architecture)
     untrained.model.to(resolve_device(serving_device()))
+    untrained.warm_up()
     return ServedModel(settings.slot, untrained,
                        f"{'; '.join(problems)}; serving an UNTRAINED {settings.architecture}", fallback=True)

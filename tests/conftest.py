@@ -1,5 +1,7 @@
 """Shared fixtures: tests/ importable (for the local Hub server), and one running app for the HTTP and browser tests."""
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,12 +26,22 @@ def hub(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
     """app.py on 127.0.0.1, as a user starts it. MedMamba's slot points at a Hub repo that cannot be
-    reached (nothing listens on the discard port), so the app must fall back and say so."""
+    reached (nothing listens on the discard port), and InceptionV3's at a copy of its bundled
+    checkpoint whose config names a CAM layer the network does not have: the app must start, fall
+    back for both and say why."""
     from drdemo.bench_app import start_app, wait_until_serving
 
-    app = start_app(tmp_path_factory.mktemp("app"), {
-        "DRDEMO_MEDMAMBA_SOURCE": "drdemo/unreachable", "HF_ENDPOINT": "http://127.0.0.1:9",
-        "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))})
+    env = {"DRDEMO_MEDMAMBA_SOURCE": "drdemo/unreachable", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
+    bundled = Path(__file__).resolve().parents[1] / "checkpoints" / "inception_v3"
+    if (bundled / "model.safetensors").is_file():
+        broken = tmp_path_factory.mktemp("broken") / "inception_v3"
+        shutil.copytree(bundled, broken)
+        config = json.loads((broken / "config.json").read_text())
+        config["cam_target_layer"] = "Mixed_6z"
+        (broken / "config.json").write_text(json.dumps(config))
+        env["DRDEMO_INCEPTION_SOURCE"] = str(broken)
+    app = start_app(tmp_path_factory.mktemp("app"), env)
     try:
         wait_until_serving(app, timeout_s=180)
     except RuntimeError as exc:

@@ -1,5 +1,6 @@
 """Which checkpoint each app slot serves: settings precedence and the fallback chain."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -9,6 +10,7 @@ from huggingface_hub import constants as hub_constants
 
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
 from drdemo.models import create_model
+from drdemo.predictor import Predictor
 from drdemo.serving import SLOTS, load_settings, serve
 
 
@@ -82,3 +84,37 @@ def test_nothing_loadable_serves_untrained_and_says_so(tmp_path):
     assert "neither a folder nor a Hub repo id" in served.status
     assert served.status.endswith("no bundled checkpoint at " + str(tmp_path / "also-missing")
                                   + "; serving an UNTRAINED medmamba_t")
+
+
+def test_checkpoint_naming_a_missing_cam_layer_falls_back_and_says_which(tmp_path):
+    broken = write_checkpoint(tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    config["cam_target_layer"] = "layers.2.block.3"
+    (broken / "config.json").write_text(json.dumps(config))
+    bundled = write_checkpoint(tmp_path / "bundled")
+    served = serve(_slot(tmp_path, source=str(broken), bundled=bundled))
+    assert served.fallback and served.predictor.config.cam_target_layer == "layers.3"  # the default
+    assert ("cam_target_layer in config.json: MedMamba has no submodule 'layers.2.block.3'" in served.status
+            and "did you mean 'layers.2.blocks.3'" in served.status)
+    assert served.status.endswith(f"serving the bundled {bundled} instead")
+
+
+def test_checkpoint_that_loads_but_cannot_grade_falls_back(tmp_path, monkeypatch):
+    """Whatever fails after loading (here the warm-up analysis) moves on to the bundled checkpoint."""
+    configured = write_checkpoint(tmp_path / "configured")
+    bundled = write_checkpoint(tmp_path / "bundled")
+    original = Predictor.warm_up
+
+    def warm_up(self):
+        if self.config.provenance.get("broken"):
+            raise RuntimeError("out of memory")
+        original(self)
+
+    config = json.loads((configured / "config.json").read_text())
+    config["provenance"]["broken"] = True
+    (configured / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(Predictor, "warm_up", warm_up)
+    served = serve(_slot(tmp_path, source=str(configured), bundled=bundled))
+    assert served.fallback and not served.predictor.config.provenance.get("broken")
+    assert served.status == (f"{configured} loaded but cannot be served (RuntimeError: out of memory); "
+                             f"serving the bundled {bundled} instead")

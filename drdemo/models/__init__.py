@@ -6,6 +6,7 @@ from drdemo.models._registry import (
     FUNDUS_MEAN,
     FUNDUS_STD,
     ICDR_GRADES,
+    LAYER_SEPARATOR,
     ModelDefaults,
     count_parameters,
     create_model,
@@ -13,9 +14,11 @@ from drdemo.models._registry import (
     list_models,
     model_defaults,
     register_model,
+    target_layers,
 )
 
 __all__ = [
-    "CAM_RESHAPES", "FUNDUS_MEAN", "FUNDUS_STD", "ICDR_GRADES", "ModelDefaults", "count_parameters",
+    "CAM_RESHAPES", "FUNDUS_MEAN", "FUNDUS_STD", "ICDR_GRADES", "LAYER_SEPARATOR", "ModelDefaults", "count_parameters",
     "create_model", "get_submodule", "list_models", "model_defaults", "register_model",
+    "target_layers",
 ]

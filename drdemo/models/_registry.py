@@ -7,6 +7,7 @@ the source of truth and these defaults are not consulted again.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -88,8 +89,20 @@ def get_submodule(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError as exc:
+        names = [name for name, _ in model.named_modules() if name]
+        close = difflib.get_close_matches(path, names, n=3, cutoff=0.6)
         top = ", ".join(name for name, _ in model.named_children())
-        raise ValueError(f"{type(model).__name__} has no submodule {path!r} (top level: {top})") from exc
+        hint = f"; did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
+        raise ValueError(f"{type(model).__name__} has no submodule {path!r} (top level: {top}; "
+                         f"{len(names)} layers in all){hint}") from exc
+
+
+LAYER_SEPARATOR = "+"
+
+
+def target_layers(model: nn.Module, spec: str) -> list[nn.Module]:
+    """The CAM target layers named by `spec`: one dotted path, or several joined by "+"."""
+    return [get_submodule(model, path) for path in spec.split(LAYER_SEPARATOR)]
 
 
 def _check_known(name: str) -> None:
