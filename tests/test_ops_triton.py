@@ -110,7 +110,7 @@ def test_refused_where_zerogpu_emulates_cuda(monkeypatch):
     assert "ZeroGPU" in triton_scan.unavailable_reason(torch.device("cuda"))
 
 
-@pytest.mark.parametrize("capability", [75, 90])
+@pytest.mark.parametrize("capability", [70, 75, 90])
 def test_kernels_compile_for_gpu_targets(capability):
     """Triton's real compiler (to PTX and cubin; no GPU needed) accepts both kernels: it catches
     what the interpreter lets through, such as type errors in loop-carried values."""
