@@ -94,7 +94,8 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
         image = open_image(sample.path)
         view = prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"])
         batch = normalise(view, config.mean, config.std, kwargs["local_contrast_sigma"]).unsqueeze(0)
-        mask = prepare_mask(lesion_union(sample, image.size), image, config.input_size, kwargs["crop_fov"])
+        mask = prepare_mask(lesion_union(sample, image.size, image.info.get("stored_size")), image,
+                            config.input_size, kwargs["crop_fov"])
         area_shares.append(float(mask.mean()))
         maps = {}
         # every method explains the class the app would show: over the checkpoint's views, calibrated

@@ -4,9 +4,9 @@
   before any pixel is decoded (a decompression bomb is refused without allocating it; PIL's own bomb
   check stays on as a second line), only the formats the page offers are parsed (the content is
   sniffed, the file name is ignored), the whole image is decoded (so a truncated file fails here, not
-  in a model), large camera files are decoded at a reduced scale, and every mode (CMYK, 16-bit, RGBA,
-  LA, palette, greyscale) becomes upright 8-bit RGB. Every failure is an `ImageRejected` whose
-  message says what is wrong.
+  in a model), and drdemo.decode turns it into upright 8-bit RGB exactly as training's data loaders
+  do (large camera files at a reduced scale; CMYK, 16-bit, RGBA, LA, palette, greyscale). Every
+  failure is an `ImageRejected` whose message says what is wrong.
 * `assess(image)` (drdemo.fundus_check) asks whether the picture is a colour fundus photograph and notes
   its quality: accepted, warned (graded with a visible warning) or refused.
 * `check_upload(path)` runs both and returns a `GateResult` with the outcome, its reason, the measured
@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import struct
@@ -25,11 +24,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from drdemo.decode import decode_opened
 from drdemo.fundus_check import Assessment, assess
-from drdemo.preprocess import to_rgb
 
 __all__ = ["MAX_BYTES", "MAX_PIXELS", "OUTCOME_WORDS", "Assessment", "GateResult", "ImageRejected", "assess",
            "check_upload", "load_image"]
@@ -41,10 +39,6 @@ MIN_SIDE = 64
 # the list keeps rarely used parsers (and EPS, which runs Ghostscript) away from uploads. Phone JPEGs
 # with a second picture (depth map, preview) open through "JPEG" as MPO.
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
-# Large images are decoded at a reduced scale: the models see 224-299 px and the fundus check 512 px, so a
-# longer side of at least DECODE_TARGET keeps every detail that matters and saves most of the decode.
-DECODE_ABOVE = 2048
-DECODE_TARGET = 1024
 
 
 class ImageRejected(ValueError):
@@ -85,48 +79,11 @@ def _bomb_message(name: str, exc: Exception) -> str:
             f"megapixels), and was refused as a possible decompression bomb.")
 
 
-def _to_rgb(image: Image.Image, fmt: str | None) -> Image.Image:
-    """Upright 8-bit RGB with the colours as stored; `fmt` is the file's format (see `load_image`)."""
-    if image.mode == "CMYK" and fmt in ("JPEG", "MPO") and "adobe" not in image.info:
-        # Pillow reads every CMYK JPEG with Adobe's inverted convention; without an Adobe APP14 marker
-        # the values are stored plainly, so undo the inversion.
-        image = ImageChops.invert(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit greyscale: full scale is 65535, so a dark photo stays dark (no stretch to its own peak).
-        values = np.asarray(image, dtype=np.float32)
-        peak = float(values.max()) if values.size else 0.0
-        full = 255.0 if image.mode == "I" and peak <= 255 else max(65535.0, peak)
-        eight = Image.fromarray(np.round(np.clip(values, 0, None) * (255.0 / full)).astype(np.uint8))
-        return to_rgb(_copy_exif(image, eight))
-    if image.mode == "PA":
-        image = image.convert("RGBA")
-    return to_rgb(image)
-
-
-def _copy_exif(source: Image.Image, target: Image.Image) -> Image.Image:
-    exif = source.getexif()
-    if exif:
-        target.info["exif"] = exif.tobytes()
-    return target
-
-
-def _reduce(image: Image.Image) -> Image.Image:
-    """A copy at least DECODE_TARGET px on the longer side, by whole-factor box reduction."""
-    factor = max(image.size) // DECODE_TARGET
-    if max(image.size) <= DECODE_ABOVE or factor < 2:
-        return image
-    if image.mode in ("P", "1", "PA"):
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    reduced = image.reduce(factor)
-    reduced.info = dict(image.info)
-    return reduced
-
-
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode `path` into an upright RGB image, or raise ImageRejected saying why not.
 
-    A JPEG larger than DECODE_ABOVE px is decoded at 1/2, 1/4 or 1/8 scale (never below DECODE_TARGET);
-    other formats are box-reduced before conversion. `image.info["original_size"]` keeps the upright
+    Pixels are decoded by drdemo.decode, as the data loaders decode them (large files at a reduced
+    scale, every mode and bit depth to 8-bit RGB). `image.info["original_size"]` keeps the upright
     size of the file (after EXIF rotation), `image.info["format"]` the sniffed format.
     """
     path = Path(path)
@@ -159,11 +116,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             orientation = image.getexif().get(0x0112, 1)
             original = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
             fmt = image.format
-            if fmt in ("JPEG", "MPO") and max(width, height) > DECODE_ABOVE:
-                scale = DECODE_TARGET / max(width, height)
-                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-            image.load()
-            rgb = _to_rgb(_reduce(image), fmt)
+            rgb = decode_opened(image, path)
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:

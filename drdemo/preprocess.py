@@ -12,27 +12,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision.transforms import functional as TF
+
+from drdemo.decode import to_rgb
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright 8-bit RGB: EXIF orientation applied; L, P, RGBA, CMYK and 16-bit modes converted."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        flattened = Image.new("RGB", image.size, (0, 0, 0))  # a fundus photo's surround is black
-        flattened.paste(rgba, mask=rgba.getchannel("A"))
-        return flattened
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # High bit depth greyscale: rescale to 8 bits rather than clip at 255.
-        values = np.asarray(image, dtype=np.float32)
-        peak = float(values.max()) or 1.0
-        image = Image.fromarray(np.round(values / peak * 255).astype(np.uint8))
-    return image.convert("RGB")
 
 
 RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from real_data import IDRID_OVERLAP, IDRID_SEGMENTATION, needs_real_data
 
-from drdemo.data import DatasetError
+from drdemo.data import DatasetError, open_image
 from drdemo.data.lesions import grading_copies, lesion_union, load_lesion_samples, split_by_copies
 from drdemo.data.synthetic import write_dataset
 from drdemo.preprocess import prepare_image, prepare_mask
@@ -86,6 +86,27 @@ def test_masks_stay_on_their_lesions_through_the_models_crop_and_resize(tmp_path
     green = np.asarray(prepare_image(image, 56))[..., 1].astype(int)
     # the crop moves the disc (and the exudate) by 12 px; the mask moves with it, onto the yellow pixels
     assert moved.any() and green[moved].mean() > 200 and green[~moved].max() < 200
+
+
+def test_masks_follow_a_photo_decoded_at_reduced_scale(tmp_path):
+    """A camera-size photo is decoded smaller (drdemo.decode, as the app does); its full-size masks
+    are reduced with it, and a lesion of a few pixels is kept rather than averaged away."""
+    size = (2600, 1800)
+    root = make_segmentation(tmp_path / "seg", {})
+    photo = root / "1. Original Images" / "a. Training Set" / "IDRiD_01.png"
+    photo.parent.mkdir(parents=True)
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[400:1400, 800:1800] = (200, 90, 40)
+    Image.fromarray(pixels).save(photo)
+    _mask(root / TRUTHS / "a. Training Set" / FOLDERS["MA"] / "IDRiD_01_MA.tif", (1201, 901, 1203, 903), size)
+    sample = load_lesion_samples(root)[0]
+    image = open_image(sample.path)
+    assert image.size == (1300, 900) and image.info["stored_size"] == size
+    union = lesion_union(sample, image.size, image.info["stored_size"])
+    assert union.shape == (900, 1300) and np.argwhere(union).tolist() == [[450, 600], [450, 601], [451, 600],
+                                                                           [451, 601]]
+    with pytest.raises(DatasetError, match="mask is 2600 x 1800 but its photo is 1300 x 900"):
+        lesion_union(sample, image.size)
 
 
 def test_synthetic_masks_load_as_lesion_samples(tmp_path):

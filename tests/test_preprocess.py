@@ -1,31 +1,10 @@
-"""Preprocessing: orientation, modes and normalisation."""
+"""Preprocessing: field-of-view crop, resize and normalisation (decoding is tests/test_decode.py)."""
 
 import numpy as np
 import torch
 from PIL import Image
 
-from drdemo.preprocess import crop_to_fundus, field_of_view_box, prepare_image, to_model_input, to_rgb
-
-
-def test_exif_orientation_is_applied():
-    image = Image.new("RGB", (200, 100), (255, 0, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    image.info["exif"] = exif.tobytes()
-    image.getexif()[0x0112] = 6
-    assert to_rgb(image).size == (100, 200)
-
-
-def test_transparent_pixels_become_black():
-    rgba = Image.new("RGBA", (80, 80), (255, 255, 255, 0))
-    assert to_rgb(rgba).getpixel((10, 10)) == (0, 0, 0)
-
-
-def test_16_bit_greyscale_is_rescaled_not_clipped():
-    values = np.full((70, 70), 4000, dtype=np.uint16)
-    values[0, 0] = 8000
-    rgb = np.asarray(to_rgb(Image.fromarray(values)))
-    assert rgb[1, 1, 0] == 128 and rgb[0, 0, 0] == 255
+from drdemo.preprocess import crop_to_fundus, field_of_view_box, prepare_image, to_model_input
 
 
 def test_normalisation_uses_the_given_statistics():

@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from drdemo.preprocess import to_rgb
+from drdemo.decode import read_image
 
 log = logging.getLogger(__name__)
 
@@ -409,11 +409,10 @@ def load_photos(root: Path | str) -> list[Sample]:
 
 
 def open_image(path: Path | str) -> Image.Image:
-    """An upright RGB image from a file, fully read; a file that cannot be decoded raises DatasetError."""
+    """An upright RGB image from a file, decoded as the app decodes an upload (drdemo.decode); a file
+    that cannot be decoded raises DatasetError."""
     try:
-        with Image.open(path) as image:
-            rgb = to_rgb(image)
-            rgb.load()
+        rgb = read_image(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot read the image ({exc}); replace the file or remove it "
                            "from the labels") from exc

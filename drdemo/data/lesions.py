@@ -118,15 +118,21 @@ def load_lesion_samples(root: Path | str, part: str | None = None) -> list[Lesio
     return sorted(with_lesions, key=lambda s: s.image_id)
 
 
-def lesion_union(sample: LesionSample, size: tuple[int, int] | None = None) -> np.ndarray:
-    """All lesion masks of a photo as one boolean (H, W) mask at its stored size (`size` = (W, H) checks it)."""
+def lesion_union(sample: LesionSample, size: tuple[int, int] | None = None,
+                 stored_size: tuple[int, int] | None = None) -> np.ndarray:
+    """All lesion masks of a photo as one boolean (H, W) mask. `size` = (W, H) of the decoded photo
+    checks it; masks drawn at the file's `stored_size` of a photo decoded smaller (drdemo.decode
+    reduces large files) are reduced with it, a pixel set wherever any lesion pixel falls in it."""
     union = None
     for path in sample.masks.values():
         with Image.open(path) as mask:
             pixels = np.asarray(mask.convert("L")) > 127 if mask.mode != "1" else np.asarray(mask, dtype=bool)
         if size is not None and pixels.shape != (size[1], size[0]):
-            raise DatasetError(f"{path}: mask is {pixels.shape[1]} x {pixels.shape[0]} but its photo is "
-                               f"{size[0]} x {size[1]}")
+            if stored_size is None or pixels.shape != (stored_size[1], stored_size[0]):
+                raise DatasetError(f"{path}: mask is {pixels.shape[1]} x {pixels.shape[0]} but its photo is "
+                                   f"{(stored_size or size)[0]} x {(stored_size or size)[1]}")
+            layer = Image.fromarray(pixels.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
+            pixels = np.asarray(layer) > 0
         union = pixels if union is None else union | pixels
     if union is None:
         raise DatasetError(f"{sample.path}: no lesion mask")
