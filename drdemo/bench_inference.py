@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drdemo.checkpoint import load_model
 from drdemo.data.synthetic import generate_fundus
-from drdemo.hub import load_model
 from drdemo.preprocess import preprocess_kwargs, to_model_input
 
 ROOT = Path(__file__).resolve().parents[1]

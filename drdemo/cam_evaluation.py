@@ -25,10 +25,11 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
+from drdemo.cam_methods import CAM_METHOD_NAMES
 from drdemo.cam_metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
 from drdemo.data.lesions import LesionSample, lesion_union
-from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.explain import CAM_METHODS, Explainer, ExplainError, overlay
 from drdemo.inference import view_logits
 from drdemo.preprocess import fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
 

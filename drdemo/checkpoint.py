@@ -12,16 +12,26 @@ arbitrary code when loaded and are refused.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from drdemo.calibration import SHRINKAGE, check_calibration, class_probabilities, negative_log_likelihood
+from drdemo.cam_methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults, target_layers
@@ -62,7 +72,7 @@ class CheckpointConfig:
     cam_reshape: str | None = None
     # The name people read ("MedMamba-T"); a config.json without one gets the registry's, so older files need no edit.
     display_name: str = ""
-    cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.explain.CAM_METHODS)
+    cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.cam_methods.CAM_METHOD_NAMES)
     # What the image goes through before normalisation (drdemo.preprocess): RGB conversion, cropping to
     # the field of view when crop_fov, a square resize, then (local_contrast > 0) subtracting the local
     # average colour with a Gaussian of sigma = local_contrast x the input size.
@@ -148,9 +158,8 @@ class CheckpointConfig:
                 fail(f"{name} must be three numbers (R, G, B), got {list(values)!r}")
         if any(v <= 0 for v in self.std):
             fail(f"std must be positive, got {list(self.std)!r}")
-        from drdemo.explain import CAM_METHODS
-        if self.cam_method not in CAM_METHODS:
-            fail(f"cam_method {self.cam_method!r} is not one of {', '.join(CAM_METHODS)}")
+        if self.cam_method not in CAM_METHOD_NAMES:
+            fail(f"cam_method {self.cam_method!r} is not one of {', '.join(CAM_METHOD_NAMES)}")
         if isinstance(self.test_time_views, bool) or self.test_time_views not in VIEW_COUNTS:
             fail(f"test_time_views must be one of {list(VIEW_COUNTS)}, got {self.test_time_views!r}")
         problem = check_calibration(self.calibration, self.num_classes)
@@ -418,8 +427,6 @@ def _local_contrast_text(preprocessing: dict) -> str:
 
 def _explanations(config: CheckpointConfig) -> str:
     """The CAM table: how often each method's peak falls on a lesion, against a random map."""
-    from drdemo.explain import CAM_METHOD_NAMES as CAM_METHOD_LABELS
-    from drdemo.explain import CLASS_INDEPENDENT_METHODS
     test, selection = config.cam_evaluation.get("test"), config.cam_evaluation.get("selection")
     if not test:
         return ""
@@ -427,7 +434,7 @@ def _explanations(config: CheckpointConfig) -> str:
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    rows = [f"| {CAM_METHOD_LABELS.get(name, name)}{' (default)' if name == config.cam_method else ''} | "
+    rows = [f"| {CAM_METHOD_NAMES.get(name, name)}{' (default)' if name == config.cam_method else ''} | "
             f"{cell(v['pointing_game'])} | {cell(v.get('pointing_game_graded_dr'))} | "
             f"{cell(v['energy_pointing_game'])} | {cell(v['road_combined'])} |"
             for name, v in test["methods"].items()]
@@ -441,11 +448,11 @@ def _explanations(config: CheckpointConfig) -> str:
     one_photo = (f" With {test['n_images']} photos, one photo moves the pointing game by "
                  f"{1 / test['n_images']:.3f}." if test.get("n_images") else "")
     graded, healthy = test.get("n_images_graded_dr"), config.class_names[0]
-    chosen = (f"\nThe default ({CAM_METHOD_LABELS.get(selection['method'], selection['method'])} at "
+    chosen = (f"\nThe default ({CAM_METHOD_NAMES.get(selection['method'], selection['method'])} at "
               f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}.\n"
               if selection else "")
     notes = "".join(f"\n- {note}" for note in test.get("notes", []))
-    independent = [CAM_METHOD_LABELS.get(m, m) for m in test["methods"] if m in CLASS_INDEPENDENT_METHODS]
+    independent = [CAM_METHOD_NAMES.get(m, m) for m in test["methods"] if m in CLASS_INDEPENDENT_METHODS]
     targets = (f"each map explains {test['target']}" if not independent else
                f"each map explains {test['target']}, except {' and '.join(independent)}, which shows where the "
                f"layer responds most strongly whatever the class")
@@ -663,3 +670,92 @@ def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Pa
     (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     (folder / CARD_NAME).write_text(model_card(config))
     return folder
+
+
+# ---------------------------------------------------------------------------- the store: folders and Hub repos
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubUnavailable(CheckpointError):
+    """The Hub could not be reached (or offline mode is on) and the revision is not cached."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready to run, with the facts about it and where it came from."""
+
+    model: nn.Module
+    config: CheckpointConfig
+    source: str            # the folder or repo id asked for
+    folder: Path           # where the files are on disk (a Hub cache snapshot for repo ids)
+    revision: str | None   # the revision asked for (None: main, or a folder)
+    commit: str | None     # the Hub commit the files came from (None for a folder)
+
+    @property
+    def origin(self) -> str:
+        """One line for people: 'org/name @ 1a2b3c4' or the folder path."""
+        return f"{self.source} @ {self.commit[:7]}" if self.commit else str(self.folder)
+
+
+def is_repo_id(source: str) -> bool:
+    return bool(REPO_ID.match(source)) and not Path(source).exists()
+
+
+def fetch(source: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """Local folder of a checkpoint and its Hub commit (None for a folder); downloads if needed."""
+    if Path(source).is_dir():
+        if revision:
+            raise CheckpointError(f"{source} is a local folder; a revision ({revision}) only applies to Hub repos")
+        return Path(source), None
+    if not is_repo_id(source):
+        raise CheckpointError(f"{source!r} is neither a folder nor a Hub repo id like 'org/name'")
+    try:
+        folder = Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=HUB_FILE_PATTERNS))
+    except RepositoryNotFoundError as exc:
+        raise CheckpointError(f"no model repo {source!r} on {hub_constants.ENDPOINT} (or it is private and no "
+                              f"HF_TOKEN with access is set)") from exc
+    except RevisionNotFoundError as exc:
+        raise CheckpointError(f"model repo {source!r} has no revision {revision!r}") from exc
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        mode = "offline mode is on (HF_HUB_OFFLINE=1)" if hub_constants.HF_HUB_OFFLINE else \
+            f"{hub_constants.ENDPOINT} could not be reached"
+        raise HubUnavailable(
+            f"cannot load {source}{'@' + revision if revision else ''}: {mode} and it is not in the Hub cache "
+            f"({hub_constants.HF_HUB_CACHE}). Download it once while online (it then loads with HF_HUB_OFFLINE=1), "
+            f"or point the app at a local folder such as the bundled checkpoints/.") from exc
+    except HfHubHTTPError as exc:
+        raise HubUnavailable(f"cannot load {source} from {hub_constants.ENDPOINT}: {exc}") from exc
+    return folder, folder.name
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(source: str | Path, revision: str | None = None, device: str | torch.device = "auto") -> LoadedModel:
+    """Load a checkpoint from a folder or a Hub repo id; model in eval mode on `device`."""
+    source = str(source)
+    folder, commit = fetch(source, revision)
+    config = read_config(folder)
+    label = f"{source}@{commit[:7]}" if commit else str(folder)
+    model = build_model(config, read_weights(folder), label).to(resolve_device(device))
+    return LoadedModel(model=model, config=config, source=source, folder=folder, revision=revision, commit=commit)
+
+
+def push(folder: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
+         commit_message: str | None = None) -> str:
+    """Upload a checkpoint folder to a Hub model repo (created if needed); returns the commit id."""
+    folder = Path(folder)
+    config = read_config(folder)
+    build_model(config, read_weights(folder), str(folder))  # never publish a checkpoint that does not load
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
+                             allow_patterns=HUB_FILE_PATTERNS,
+                             commit_message=commit_message or f"Upload {config.architecture} checkpoint")
+    return info.oid

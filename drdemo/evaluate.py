@@ -41,8 +41,10 @@ from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_gr
 from drdemo.checkpoint import (
     CheckpointConfig,
     CheckpointError,
+    LoadedModel,
     choose_cam_default,
     choose_referable_threshold,
+    load_model,
     record_calibration,
     record_evaluation,
     record_referral_share,
@@ -66,7 +68,6 @@ from drdemo.data.lesions import (
     split_by_copies,
 )
 from drdemo.explain import CAM_METHODS, ExplainError
-from drdemo.hub import LoadedModel, load_model
 from drdemo.inference import VIEW_COUNTS, view_logits
 from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
 from drdemo.preprocess import preprocess_kwargs, to_model_input
@@ -136,7 +137,7 @@ def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 1
              progress: bool = True) -> tuple[dict, list[dict]]:
     """Run `loaded` over `samples`: (grading_metrics + seconds + images_per_second, one row per image).
 
-    `loaded` is a drdemo.hub.LoadedModel, or anything with its `.model` and `.config` (a model being
+    `loaded` is a drdemo.checkpoint.LoadedModel, or anything with its `.model` and `.config` (a model being
     trained); every module's train/eval mode is restored afterwards. The rows are those
     of predictions.csv: image_id, grade, target (the task's class), prob_<class> for each class,
     predicted, predicted_name, then referable_probability / any_dr_probability where the task

@@ -21,14 +21,16 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from drdemo.calibration import class_probabilities
+from drdemo.cam_methods import CAM_METHOD_NAMES
 from drdemo.inference import main_logits
 from drdemo.models import CAM_RESHAPES, target_layers
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
 
-# Name shown to people -> pytorch-grad-cam class. EigenCAM needs no gradients (and no target class).
-CAM_METHODS = {
+# Method name -> pytorch-grad-cam class, in drdemo.cam_methods' order (its names are the keys).
+# EigenCAM needs no gradients (and no target class).
+_CAM_CLASSES = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
     "xgradcam": XGradCAM,
@@ -36,11 +38,7 @@ CAM_METHODS = {
     "hirescam": HiResCAM,
     "eigencam": EigenCAM,
 }
-# Maps that do not depend on the class asked for: EigenCAM shows the layer's strongest activation
-# pattern (its first principal component), so it says where the features respond, not which grade they support.
-CLASS_INDEPENDENT_METHODS = frozenset({"eigencam"})
-CAM_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-                    "layercam": "LayerCAM", "hirescam": "HiResCAM", "eigencam": "EigenCAM"}
+CAM_METHODS = {name: _CAM_CLASSES[name] for name in CAM_METHOD_NAMES}
 
 
 class ExplainError(ValueError):

@@ -1,5 +1,9 @@
 """The checkpoint store: load a checkpoint from a folder or a Hugging Face Hub repo, push one.
 
+The functions live in drdemo.checkpoint beside the format they read and write (so the app's
+serving and the Space deployment need not import this CLI); they are re-exported here, where the
+README and the model cards document them. This module adds the CLI and converting official weights.
+
     load_model("checkpoints/medmamba_t")                 # a local folder
     load_model("org/drdemo-medmamba-t", revision="v1")   # a Hub repo, pinned to a tag/branch/commit
 
@@ -20,125 +24,33 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub import constants as hub_constants
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from torch import nn
+from huggingface_hub.errors import HfHubHTTPError
 
-from drdemo.checkpoint import (
+from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as drdemo.hub's)
     CARD_NAME,
     CONFIG_NAME,
-    HUB_FILE_PATTERNS,
+    REPO_ID,
     TASK_CLASS_NAMES,
     CheckpointConfig,
     CheckpointError,
-    build_model,
+    HubUnavailable,
+    LoadedModel,
     count_parameters,
+    fetch,
+    is_repo_id,
+    load_model,
+    push,
     read_config,
-    read_weights,
+    resolve_device,
     save_checkpoint,
     weight_files,
 )
 from drdemo.models import create_model
-
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class HubUnavailable(CheckpointError):
-    """The Hub could not be reached (or offline mode is on) and the revision is not cached."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A network ready to run, with the facts about it and where it came from."""
-
-    model: nn.Module
-    config: CheckpointConfig
-    source: str            # the folder or repo id asked for
-    folder: Path           # where the files are on disk (a Hub cache snapshot for repo ids)
-    revision: str | None   # the revision asked for (None: main, or a folder)
-    commit: str | None     # the Hub commit the files came from (None for a folder)
-
-    @property
-    def origin(self) -> str:
-        """One line for people: 'org/name @ 1a2b3c4' or the folder path."""
-        return f"{self.source} @ {self.commit[:7]}" if self.commit else str(self.folder)
-
-
-def is_repo_id(source: str) -> bool:
-    return bool(REPO_ID.match(source)) and not Path(source).exists()
-
-
-def fetch(source: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """Local folder of a checkpoint and its Hub commit (None for a folder); downloads if needed."""
-    if Path(source).is_dir():
-        if revision:
-            raise CheckpointError(f"{source} is a local folder; a revision ({revision}) only applies to Hub repos")
-        return Path(source), None
-    if not is_repo_id(source):
-        raise CheckpointError(f"{source!r} is neither a folder nor a Hub repo id like 'org/name'")
-    try:
-        folder = Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=HUB_FILE_PATTERNS))
-    except RepositoryNotFoundError as exc:
-        raise CheckpointError(f"no model repo {source!r} on {hub_constants.ENDPOINT} (or it is private and no "
-                              f"HF_TOKEN with access is set)") from exc
-    except RevisionNotFoundError as exc:
-        raise CheckpointError(f"model repo {source!r} has no revision {revision!r}") from exc
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        mode = "offline mode is on (HF_HUB_OFFLINE=1)" if hub_constants.HF_HUB_OFFLINE else \
-            f"{hub_constants.ENDPOINT} could not be reached"
-        raise HubUnavailable(
-            f"cannot load {source}{'@' + revision if revision else ''}: {mode} and it is not in the Hub cache "
-            f"({hub_constants.HF_HUB_CACHE}). Download it once while online (it then loads with HF_HUB_OFFLINE=1), "
-            f"or point the app at a local folder such as the bundled checkpoints/.") from exc
-    except HfHubHTTPError as exc:
-        raise HubUnavailable(f"cannot load {source} from {hub_constants.ENDPOINT}: {exc}") from exc
-    return folder, folder.name
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_model(source: str | Path, revision: str | None = None, device: str | torch.device = "auto") -> LoadedModel:
-    """Load a checkpoint from a folder or a Hub repo id; model in eval mode on `device`."""
-    source = str(source)
-    folder, commit = fetch(source, revision)
-    config = read_config(folder)
-    label = f"{source}@{commit[:7]}" if commit else str(folder)
-    model = build_model(config, read_weights(folder), label).to(resolve_device(device))
-    return LoadedModel(model=model, config=config, source=source, folder=folder, revision=revision, commit=commit)
-
-
-def push(folder: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
-         commit_message: str | None = None) -> str:
-    """Upload a checkpoint folder to a Hub model repo (created if needed); returns the commit id."""
-    folder = Path(folder)
-    config = read_config(folder)
-    build_model(config, read_weights(folder), str(folder))  # never publish a checkpoint that does not load
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
-                             allow_patterns=HUB_FILE_PATTERNS,
-                             commit_message=commit_message or f"Upload {config.architecture} checkpoint")
-    return info.oid
 
 
 def _code_commit() -> str:

@@ -25,7 +25,7 @@ from drdemo.models import ICDR_GRADES, create_model, model_defaults
 from drdemo.preprocess import normalise, prepare_image
 
 if TYPE_CHECKING:
-    from drdemo.hub import LoadedModel
+    from drdemo.checkpoint import LoadedModel
 
 @dataclass(frozen=True)
 class Prediction:

@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from drdemo.checkpoint import CheckpointError
-from drdemo.hub import load_model, resolve_device
+from drdemo.checkpoint import CheckpointError, load_model, resolve_device
 from drdemo.predictor import Predictor
 
 log = logging.getLogger(__name__)

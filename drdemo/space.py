@@ -34,8 +34,7 @@ from huggingface_hub import HfApi, SpaceHardware, get_token, metadata_load
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from drdemo.checkpoint import CONFIG_NAME, CheckpointError, build_model, read_config, read_weights
-from drdemo.hub import REPO_ID, push
+from drdemo.checkpoint import CONFIG_NAME, REPO_ID, CheckpointError, build_model, push, read_config, read_weights
 from drdemo.serving import SLOTS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from drdemo.cam_methods import CAM_METHOD_NAMES
 from drdemo.checkpoint import CheckpointConfig, read_config, save_checkpoint
 from drdemo.data import load_samples
 from drdemo.data.lesions import lesion_union, load_lesion_samples
 from drdemo.data.synthetic import write_dataset
 from drdemo.evaluate import main
-from drdemo.explain import CAM_METHOD_NAMES
 from drdemo.models import create_model
 from drdemo.preprocess import prepare_mask
 

@@ -18,9 +18,10 @@ import gradio as gr
 from PIL import Image
 
 from drdemo import batch as batch_grading
+from drdemo.cam_methods import CAM_METHOD_NAMES
 from drdemo.checkpoint import model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
-from drdemo.explain import CAM_METHOD_NAMES, CAM_METHODS, ExplainError
+from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.models import ICDR_GRADES
 from drdemo.predictor import Analysis, Predictor

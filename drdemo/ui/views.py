@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from drdemo.batch import BatchItem
-from drdemo.explain import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS, overlay
+from drdemo.cam_methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
+from drdemo.explain import overlay
 from drdemo.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
 
