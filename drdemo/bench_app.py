@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torchvision
 
-from drdemo.models import ICDR_GRADES
+from drdemo.tasks import ICDR_GRADES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drdemo.calibration import class_probabilities
 from drdemo.checkpoint import load_model
 from drdemo.data.synthetic import generate_fundus
 from drdemo.preprocess import preprocess_kwargs, to_model_input
@@ -84,14 +85,16 @@ def bench_checkpoint(folder: Path, images: list, repeats: int, options: list[str
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                return torch.softmax(variant(x).double(), dim=1)
+                return variant(x).double()
 
         torch.set_num_threads(variant_threads or threads)
         start = time.perf_counter()
         try:
             forward(inputs[:1])
             first_call = time.perf_counter() - start
-            probabilities = torch.cat([forward(inputs[i:i + 1]) for i in range(len(inputs))]).numpy()
+            # Plain softmax (no calibration): how far each option moves the network's own output.
+            logits = torch.cat([forward(inputs[i:i + 1]) for i in range(len(inputs))]).numpy()
+            probabilities = class_probabilities(logits)
         except Exception as exc:  # an option that fails on this model is reported, not fatal
             rows.append({"checkpoint": config.architecture, "option": name,
                          "error": f"{type(exc).__name__}: {exc}"[:200]})

@@ -34,8 +34,9 @@ from drdemo.calibration import SHRINKAGE, check_calibration, class_probabilities
 from drdemo.cam_methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.inference import VIEW_COUNTS
-from drdemo.models import ICDR_GRADES, create_model, list_models, model_defaults, target_layers
+from drdemo.models import create_model, list_models, model_defaults, target_layers
 from drdemo.preprocess import RESAMPLING
+from drdemo.tasks import TASK_CLASS_NAMES
 
 FORMAT = "drdemo-checkpoint/1"
 CONFIG_NAME = "config.json"
@@ -45,12 +46,6 @@ CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 HUB_FILE_PATTERNS = ["*.safetensors", INDEX_NAME, CONFIG_NAME, CARD_NAME]
 MAX_DISPLAY_NAME = 40  # fits a dropdown, a chart legend and a column header
-
-TASK_CLASS_NAMES = {
-    "icdr5": ICDR_GRADES,
-    "binary": ("No DR", "DR"),                      # any DR, grade >= 1 (the task of seed 000)
-    "referable": ("Non-referable", "Referable"),    # grade >= 2
-}
 
 
 class CheckpointError(ValueError):

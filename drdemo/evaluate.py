@@ -69,8 +69,9 @@ from drdemo.data.lesions import (
 )
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.inference import VIEW_COUNTS, view_logits
-from drdemo.metrics import DERIVED_MIN_GRADE, MetricsError, grading_metrics, task_probabilities, task_targets
+from drdemo.metrics import MetricsError, grading_metrics, task_probabilities
 from drdemo.preprocess import preprocess_kwargs, to_model_input
+from drdemo.tasks import DERIVED_MIN_GRADE, task_targets
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
@@ -141,7 +142,7 @@ def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 1
     trained); every module's train/eval mode is restored afterwards. The rows are those
     of predictions.csv: image_id, grade, target (the task's class), prob_<class> for each class,
     predicted, predicted_name, then referable_probability / any_dr_probability where the task
-    defines them (drdemo.metrics.task_probabilities).
+    defines them (drdemo.tasks.task_probabilities).
     """
     start = time.perf_counter()
     logits = predict_logits(loaded, samples, batch_size, workers, progress)

@@ -35,7 +35,6 @@ from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as d
     CARD_NAME,
     CONFIG_NAME,
     REPO_ID,
-    TASK_CLASS_NAMES,
     CheckpointConfig,
     CheckpointError,
     HubUnavailable,
@@ -51,6 +50,7 @@ from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as d
     weight_files,
 )
 from drdemo.models import create_model
+from drdemo.tasks import TASK_CLASS_NAMES
 
 
 def _code_commit() -> str:

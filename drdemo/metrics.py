@@ -17,10 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
-NUM_GRADES = 5  # ICDR 0..4
-TASK_NUM_CLASSES = {"icdr5": NUM_GRADES, "binary": 2, "referable": 2}
-# Lowest ICDR grade that counts as positive for each derived screening question.
-DERIVED_MIN_GRADE = {"any_dr": 1, "referable": 2}
+from drdemo import tasks
+from drdemo.tasks import DERIVED_MIN_GRADE, NUM_GRADES, TASK_CLASS_NAMES, task_targets
 
 
 class MetricsError(ValueError):
@@ -52,31 +50,10 @@ def quadratic_weighted_kappa(labels: Sequence[int] | np.ndarray, predictions: Se
     return float(cohen_kappa_score(labels, predictions, weights="quadratic", labels=list(range(num_classes))))
 
 
-def task_targets(grades: np.ndarray, task: str) -> np.ndarray:
-    """Class index of each ICDR grade under `task` (vectorised drdemo.data.task_target)."""
-    grades = np.asarray(grades)
-    if task == "icdr5":
-        return grades.astype(np.int64)
-    if task == "binary":
-        return (grades >= 1).astype(np.int64)
-    if task == "referable":
-        return (grades >= 2).astype(np.int64)
-    raise MetricsError(f"unknown task {task!r}; choose from {', '.join(TASK_NUM_CLASSES)}")
-
-
 def task_probabilities(probabilities: np.ndarray, task: str) -> dict[str, np.ndarray]:
-    """The screening probabilities a task's class probabilities define.
-
-    icdr5: any_dr = 1 - P(No DR) (as a sum of grades 1-4, so it stays in [0, 1]) and
-    referable = P(2) + P(3) + P(4). binary (No DR, DR): any_dr only, since it cannot tell grade 1
-    from grade 2. referable (Non-referable, Referable): referable only.
-    """
-    probabilities = _check_probabilities(probabilities, task)
-    if task == "icdr5":
-        return {"any_dr": probabilities[:, 1:].sum(axis=1), "referable": probabilities[:, 2:].sum(axis=1)}
-    if task == "binary":
-        return {"any_dr": probabilities[:, 1].copy()}
-    return {"referable": probabilities[:, 1].copy()}
+    """drdemo.tasks.task_probabilities of probabilities checked to be scorable (shape, finite, not empty);
+    every problem is a MetricsError."""
+    return tasks.task_probabilities(_check_probabilities(probabilities, task), task)
 
 
 def grading_metrics(grades: Sequence[int] | np.ndarray, probabilities: np.ndarray, task: str,
@@ -163,10 +140,10 @@ def _screening_metrics(question: str, truth: np.ndarray, scores: np.ndarray, thr
 
 
 def _check_probabilities(probabilities: np.ndarray, task: str) -> np.ndarray:
-    if task not in TASK_NUM_CLASSES:
-        raise MetricsError(f"unknown task {task!r}; choose from {', '.join(TASK_NUM_CLASSES)}")
+    if task not in TASK_CLASS_NAMES:
+        raise MetricsError(f"unknown task {task!r}; choose from {', '.join(TASK_CLASS_NAMES)}")
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    expected = TASK_NUM_CLASSES[task]
+    expected = len(TASK_CLASS_NAMES[task])
     if probabilities.ndim != 2 or probabilities.shape[1] != expected:
         raise MetricsError(f"task {task!r} needs probabilities of shape (n, {expected}), got {probabilities.shape}")
     if len(probabilities) == 0:

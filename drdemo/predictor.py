@@ -21,8 +21,9 @@ from drdemo.checkpoint import CheckpointConfig
 from drdemo.explain import Explainer
 from drdemo.inference import SYMMETRIES, view_logits
 from drdemo.metrics import task_probabilities
-from drdemo.models import ICDR_GRADES, create_model, model_defaults
+from drdemo.models import create_model, model_defaults
 from drdemo.preprocess import normalise, prepare_image
+from drdemo.tasks import ICDR_GRADES
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import LoadedModel

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
 from drdemo.checkpoint import (
-    TASK_CLASS_NAMES,
     CheckpointConfig,
     CheckpointError,
     read_config,
@@ -54,6 +53,7 @@ from drdemo.data.augment import (
 )
 from drdemo.inference import main_logits, view_logits
 from drdemo.models import create_model, list_models, model_defaults
+from drdemo.tasks import TASK_CLASS_NAMES
 
 STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"

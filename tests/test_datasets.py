@@ -4,7 +4,6 @@ import pytest
 from PIL import Image
 from real_data import IDRID_GRADING, needs_real_data
 
-from drdemo.checkpoint import TASK_CLASS_NAMES
 from drdemo.data import (
     DatasetError,
     FundusDataset,
@@ -13,7 +12,6 @@ from drdemo.data import (
     detect_layout,
     load_samples,
     patient_of,
-    task_target,
 )
 
 
@@ -231,21 +229,6 @@ def test_other_subfolders_of_an_image_folder_are_named(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- targets
-
-def test_task_targets():
-    assert [task_target(g, "icdr5") for g in range(5)] == [0, 1, 2, 3, 4]
-    assert [task_target(g, "binary") for g in range(5)] == [0, 1, 1, 1, 1]
-    assert [task_target(g, "referable") for g in range(5)] == [0, 0, 1, 1, 1]
-    with pytest.raises(ValueError, match="unknown task 'dme'"):
-        task_target(1, "dme")
-
-
-def test_tasks_match_the_checkpoint_format():
-    from drdemo.data.datasets import TASK_THRESHOLDS, num_classes
-
-    assert set(TASK_THRESHOLDS) == set(TASK_CLASS_NAMES)
-    assert all(num_classes(task) == len(names) for task, names in TASK_CLASS_NAMES.items())
-
 
 def test_class_counts(tmp_path):
     samples = [Sample(str(g), tmp_path, g, str(g)) for g in (0, 0, 1, 2, 4)]

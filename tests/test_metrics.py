@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from drdemo.checkpoint import TASK_CLASS_NAMES
-from drdemo.metrics import MetricsError, grading_metrics, quadratic_weighted_kappa, task_probabilities, task_targets
+from drdemo.metrics import MetricsError, grading_metrics, quadratic_weighted_kappa, task_probabilities
+from drdemo.tasks import TASK_CLASS_NAMES
 
 ICDR = TASK_CLASS_NAMES["icdr5"]
 
@@ -170,13 +170,6 @@ def test_referable_task_scores_referable_only():
     assert m["referable_sensitivity"] == 1.0 and m["referable_specificity"] == pytest.approx(0.5)
     assert m["referable_auc"] == pytest.approx(1.0)
     assert not any(key.startswith("any_dr_") for key in m)
-
-
-def test_task_targets():
-    grades = np.arange(5)
-    assert task_targets(grades, "icdr5").tolist() == [0, 1, 2, 3, 4]
-    assert task_targets(grades, "binary").tolist() == [0, 1, 1, 1, 1]
-    assert task_targets(grades, "referable").tolist() == [0, 0, 1, 1, 1]
 
 
 def test_bad_inputs_are_named():

@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from drdemo.decode import read_image
+from drdemo.tasks import NUM_GRADES, num_classes, task_target
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,8 @@ IDRID_ATTRIBUTION = ("Prasanna Porwal, Samiksha Pachade, Ravi Kamble, Manesh Kok
                      "(https://creativecommons.org/licenses/by/4.0/).")
 # Official parts of the layouts that have them: part -> the word naming it in folder and CSV names.
 PARTS: dict[str, dict[str, str]] = {"idrid": {"train": "training", "test": "testing"}}
-NUM_GRADES = 5
 # Preference when one id has files with several extensions; compared case-insensitively.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
-# task -> the lowest grade counted as positive (None: the grade itself is the class).
-TASK_THRESHOLDS: dict[str, int | None] = {"icdr5": None, "binary": 1, "referable": 2}
 
 _EYE_SUFFIX = re.compile(r"^(?P<patient>.+)_(?:left|right)$", re.IGNORECASE)
 _INTEGER = re.compile(r"^[+-]?\d+$")
@@ -103,21 +101,6 @@ def patient_of(image_id: str) -> str:
     """The patient an image belongs to: `10_left` and `10_right` -> `10`; other ids are their own patient."""
     match = _EYE_SUFFIX.match(image_id)
     return match.group("patient") if match else image_id
-
-
-def task_target(grade: int, task: str) -> int:
-    """The class index of an ICDR grade for a task: icdr5 -> the grade, binary -> grade >= 1, referable -> >= 2."""
-    if task not in TASK_THRESHOLDS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_THRESHOLDS)}")
-    threshold = TASK_THRESHOLDS[task]
-    return int(grade) if threshold is None else int(grade >= threshold)
-
-
-def num_classes(task: str) -> int:
-    """How many classes a task has (5 for icdr5, 2 otherwise)."""
-    if task not in TASK_THRESHOLDS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASK_THRESHOLDS)}")
-    return NUM_GRADES if TASK_THRESHOLDS[task] is None else 2
 
 
 def class_counts(samples: Iterable[Sample], task: str) -> list[int]:

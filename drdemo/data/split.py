@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drdemo.data.datasets import NUM_GRADES, DatasetError, Sample, detect_layout, load_samples
+from drdemo.data.datasets import DatasetError, Sample, detect_layout, load_samples
+from drdemo.tasks import NUM_GRADES
 
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.2}
 SPLIT_FORMAT = "drdemo-split/1"

@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from drdemo.tasks import NUM_GRADES
+
 LESION_TYPES = (
     "microaneurysm",
     "haemorrhage",
@@ -48,7 +50,6 @@ LESION_TYPES = (
     "neovascularisation",
     "preretinal_haemorrhage",
 )
-NUM_GRADES = 5
 # Grade counts of the EyePACS (Kaggle 2015) training set, 35126 images; "uniform" gives 1/5 each.
 CLASS_BALANCES = {"uniform": (1, 1, 1, 1, 1), "eyepacs": (25810, 2443, 5292, 873, 708)}
 # A patient's second eye has the first eye's grade this often, else an independent draw from the

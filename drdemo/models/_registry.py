@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-# The ICDR grades a DR model predicts, in class-index order.
-ICDR_GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
+from drdemo.tasks import ICDR_GRADES
 
 # Channel statistics of colour fundus photographs (seed 000: the DR set MedMamba was trained
 # on). The default for new checkpoints until the training data's own statistics are measured.

@@ -23,10 +23,10 @@ from drdemo.checkpoint import model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.gate import GateResult, ImageRejected, assess, check_upload, load_image
-from drdemo.models import ICDR_GRADES
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
 from drdemo.serving import ServedModel
+from drdemo.tasks import ICDR_GRADES
 from drdemo.ui import views
 
 log = logging.getLogger(__name__)

@@ -18,19 +18,20 @@ from drdemo.cam_methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.explain import overlay
 from drdemo.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
+from drdemo.tasks import ICDR_GRADES
 
 PREVIEW_SIDE = 640          # the longest side of the photo shown on upload (a display copy only)
 CHART_COLOURS = ("#4C72B0", "#DD8452")   # colour-blind-safe blue and orange, one per model
 
-ICDR_MEANINGS = (
-    ("0", "No DR", "No abnormalities."),
-    ("1", "Mild NPDR", "Microaneurysms only."),
-    ("2", "Moderate NPDR", "More than microaneurysms but less than severe NPDR: dot/blot haemorrhages, hard "
-                           "exudates or cotton-wool spots."),
-    ("3", "Severe NPDR", "Any of: more than 20 intraretinal haemorrhages in each of 4 quadrants, venous beading in "
-                         "2 or more quadrants, IRMA in 1 or more quadrant; no signs of proliferation."),
-    ("4", "Proliferative DR", "Neovascularisation and/or vitreous or pre-retinal haemorrhage."),
-)
+# (grade, name, what a grader sees), one row per ICDR grade.
+ICDR_MEANINGS = tuple((str(grade), name, meaning) for grade, (name, meaning) in enumerate(zip(ICDR_GRADES, (
+    "No abnormalities.",
+    "Microaneurysms only.",
+    "More than microaneurysms but less than severe NPDR: dot/blot haemorrhages, hard exudates or cotton-wool spots.",
+    "Any of: more than 20 intraretinal haemorrhages in each of 4 quadrants, venous beading in 2 or more quadrants, "
+    "IRMA in 1 or more quadrant; no signs of proliferation.",
+    "Neovascularisation and/or vitreous or pre-retinal haemorrhage.",
+), strict=True)))
 
 
 def label_value(analysis: Analysis) -> dict[str, float]:

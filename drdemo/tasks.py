@@ -1,0 +1,77 @@
+"""What a DR model is asked: the ICDR grades, the tasks trained on them, and the screening probabilities
+a task's class probabilities define.
+
+    icdr5       the five ICDR grades, one class each
+    binary      No DR / DR: any DR, grade >= 1 (the task of seed 000)
+    referable   Non-referable / Referable: grade >= 2, the screening question
+
+The one home of these facts: the checkpoint format, the data loaders, the synthetic generator,
+the metrics, the predictor and the page all read them from here. numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The ICDR grades a DR model predicts, in class-index order.
+ICDR_GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
+NUM_GRADES = len(ICDR_GRADES)  # ICDR 0..4
+# task -> its class names, in class-index order.
+TASK_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "icdr5": ICDR_GRADES,
+    "binary": ("No DR", "DR"),                      # any DR, grade >= 1 (the task of seed 000)
+    "referable": ("Non-referable", "Referable"),    # grade >= 2
+}
+# task -> the lowest grade counted as positive (None: the grade itself is the class).
+TASK_THRESHOLDS: dict[str, int | None] = {"icdr5": None, "binary": 1, "referable": 2}
+# Lowest ICDR grade that counts as positive for each derived screening question.
+DERIVED_MIN_GRADE = {"any_dr": 1, "referable": 2}
+
+
+class TaskError(ValueError):
+    """A task that does not exist; the message lists those that do."""
+
+
+def check_task(task: str) -> None:
+    if task not in TASK_CLASS_NAMES:
+        raise TaskError(f"unknown task {task!r}; choose from {', '.join(TASK_CLASS_NAMES)}")
+
+
+def num_classes(task: str) -> int:
+    """How many classes a task has (5 for icdr5, 2 otherwise)."""
+    check_task(task)
+    return len(TASK_CLASS_NAMES[task])
+
+
+def task_target(grade: int, task: str) -> int:
+    """The class index of an ICDR grade for a task: icdr5 -> the grade, binary -> grade >= 1, referable -> >= 2."""
+    check_task(task)
+    threshold = TASK_THRESHOLDS[task]
+    return int(grade) if threshold is None else int(grade >= threshold)
+
+
+def task_targets(grades: np.ndarray, task: str) -> np.ndarray:
+    """Class index of each ICDR grade under `task` (vectorised `task_target`), as int64."""
+    check_task(task)
+    grades = np.asarray(grades)
+    threshold = TASK_THRESHOLDS[task]
+    return grades.astype(np.int64) if threshold is None else (grades >= threshold).astype(np.int64)
+
+
+def task_probabilities(probabilities: np.ndarray, task: str) -> dict[str, np.ndarray]:
+    """The screening probabilities a task's (n, C) class probabilities define.
+
+    icdr5: any_dr = 1 - P(No DR) (as a sum of grades 1-4, so it stays in [0, 1]) and
+    referable = P(2) + P(3) + P(4). binary (No DR, DR): any_dr only, since it cannot tell grade 1
+    from grade 2. referable (Non-referable, Referable): referable only.
+    """
+    check_task(task)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] != num_classes(task):
+        raise TaskError(f"task {task!r} needs probabilities of shape (n, {num_classes(task)}), "
+                        f"got {probabilities.shape}")
+    if task == "icdr5":
+        return {"any_dr": probabilities[:, DERIVED_MIN_GRADE["any_dr"]:].sum(axis=1),
+                "referable": probabilities[:, DERIVED_MIN_GRADE["referable"]:].sum(axis=1)}
+    question = "any_dr" if task == "binary" else "referable"
+    return {question: probabilities[:, 1].copy()}
