@@ -1,6 +1,6 @@
 """The checkpoint store: load a checkpoint from a folder or a Hugging Face Hub repo, push one.
 
-The functions live in drdemo.checkpoint beside the format they read and write (so the app's
+The functions live in drdemo.checkpoint (its io.py) beside the format they read and write (so the app's
 serving and the Space deployment need not import this CLI); they are re-exported here, where the
 README and the model cards document them. This module adds the CLI and converting official weights.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as d
     CheckpointError,
     HubUnavailable,
     LoadedModel,
+    code_commit,
     count_parameters,
     fetch,
     is_repo_id,
@@ -51,15 +51,6 @@ from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as d
 )
 from drdemo.models import create_model
 from drdemo.tasks import TASK_CLASS_NAMES
-
-
-def _code_commit() -> str:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
 
 
 def convert_official(weights: str | Path, variant: str, out: str | Path, task: str | None = None) -> Path:
@@ -99,7 +90,7 @@ def convert_official(weights: str | Path, variant: str, out: str | Path, task: s
         provenance={"trained": True, "data": "unknown (converted from the official MedMamba training script's output)",
                     "recipe": "official MedMamba train.py", "source_file": weights.name,
                     "source_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                    "code_commit": _code_commit()})
+                    "code_commit": code_commit()})
     return save_checkpoint(model, config, out)
 
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -38,8 +37,10 @@ from drdemo.calibration import class_probabilities
 from drdemo.checkpoint import (
     CheckpointConfig,
     CheckpointError,
+    code_commit,
     read_config,
     read_weights,
+    resolve_device,
     save_checkpoint,
 )
 from drdemo.data import PARTS, DatasetError, FundusDataset, Sample, class_counts, load_samples, split_samples
@@ -192,14 +193,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
 
 def _step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(1)[0])
-
-
-def _code_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _data_command(root: Path) -> str | None:
@@ -399,7 +392,7 @@ class Trainer:
             provenance={"trained": True, "data": _describe_data(options.data, self.layout, self.parts, self.part),
                         "data_command": _data_command(options.data) if self.layout == "synthetic" else None,
                         "recipe": json.dumps(recipe, default=str), "seed": options.seed,
-                        "command": options.command, "code_commit": _code_commit(),
+                        "command": options.command, "code_commit": code_commit(),
                         "torch": torch.__version__, "device": self.device.type, "processes": self.dist.world_size})
 
     def _initialise_from(self, folder: Path) -> None:
@@ -609,11 +602,9 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
 
 
 def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    return resolve_device(name)
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -1,0 +1,65 @@
+"""The checkpoint format: a folder that is also a Hugging Face Hub model repository.
+
+    model.safetensors   weights, float16 on disk, upcast to float32 on load (or sharded:
+                        model-0000N-of-0000M.safetensors + model.safetensors.index.json)
+    config.json         the one source of truth for what the model needs and is (CheckpointConfig)
+    README.md           the model card, with Hub YAML metadata
+
+Weights are only ever read from safetensors: pickle files (.bin/.pt/.pth/.pkl/.ckpt) can run
+arbitrary code when loaded and are refused.
+
+    config.py    CheckpointConfig (config.json), its validation, CheckpointError, the file names
+    io.py        reading and writing the files, building the model, the store (folders, Hub repos)
+    card.py      the model card's text
+    records.py   what evaluation writes into a checkpoint (metrics, heat map default, threshold, calibration)
+
+Every public name is importable from drdemo.checkpoint itself.
+"""
+
+from drdemo.checkpoint.card import model_card
+from drdemo.checkpoint.config import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FORMAT,
+    HUB_FILE_PATTERNS,
+    INDEX_NAME,
+    MAX_DISPLAY_NAME,
+    PICKLE_SUFFIXES,
+    WEIGHTS_NAME,
+    CheckpointConfig,
+    CheckpointError,
+)
+from drdemo.checkpoint.io import (
+    REPO_ID,
+    HubUnavailable,
+    LoadedModel,
+    build_model,
+    code_commit,
+    count_parameters,
+    fetch,
+    is_repo_id,
+    load_model,
+    push,
+    read_config,
+    read_weights,
+    resolve_device,
+    save_checkpoint,
+    weight_files,
+    write_config,
+)
+from drdemo.checkpoint.records import (
+    choose_cam_default,
+    choose_referable_threshold,
+    record_calibration,
+    record_evaluation,
+    record_referral_share,
+)
+from drdemo.tasks import TASK_CLASS_NAMES  # noqa: F401  (imported from here before drdemo.tasks existed)
+
+__all__ = [
+    "CARD_NAME", "CONFIG_NAME", "FORMAT", "HUB_FILE_PATTERNS", "INDEX_NAME", "MAX_DISPLAY_NAME", "PICKLE_SUFFIXES",
+    "REPO_ID", "WEIGHTS_NAME", "CheckpointConfig", "CheckpointError", "HubUnavailable", "LoadedModel", "build_model",
+    "choose_cam_default", "choose_referable_threshold", "code_commit", "count_parameters", "fetch", "is_repo_id",
+    "load_model", "model_card", "push", "read_config", "read_weights", "record_calibration", "record_evaluation",
+    "record_referral_share", "resolve_device", "save_checkpoint", "weight_files", "write_config",
+]

@@ -1,0 +1,192 @@
+"""config.json: the one source of truth for what a checkpoint's model needs and is (CheckpointConfig),
+its validation (every problem a CheckpointError naming the file and the fix), and the names of a
+checkpoint folder's files. Reading and writing them is drdemo.checkpoint.io's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from drdemo.calibration import check_calibration
+from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.inference import VIEW_COUNTS
+from drdemo.models import list_models, model_defaults
+from drdemo.preprocess import RESAMPLING
+from drdemo.tasks import TASK_CLASS_NAMES
+
+FORMAT = "drdemo-checkpoint/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+CARD_NAME = "README.md"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+HUB_FILE_PATTERNS = ["*.safetensors", INDEX_NAME, CONFIG_NAME, CARD_NAME]
+MAX_DISPLAY_NAME = 40  # fits a dropdown, a chart legend and a column header
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Contents of config.json. Everything the code needs to know about a checkpoint."""
+
+    architecture: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    task: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    cam_target_layer: str
+    cam_reshape: str | None = None
+    # The name people read ("MedMamba-T"); a config.json without one gets the registry's, so older files need no edit.
+    display_name: str = ""
+    cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.cam_methods.CAM_METHOD_NAMES)
+    # What the image goes through before normalisation (drdemo.preprocess): RGB conversion, cropping to
+    # the field of view when crop_fov, a square resize, then (local_contrast > 0) subtracting the local
+    # average colour with a Gaussian of sigma = local_contrast x the input size.
+    preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True,
+                                                         "local_contrast": 0.0})
+    referable_threshold: float = 0.5
+    # How logits become probabilities (drdemo.calibration): the mean over this many symmetric views
+    # of each photo (1 or 8), after a temperature and per-class biases fitted on validation photos
+    # (`python -m drdemo.evaluate --calibrate`; {} is plain softmax).
+    test_time_views: int = 1
+    calibration: dict = field(default_factory=dict)
+    # How well each CAM method points at lesions ("test") and how the default method and layer were
+    # chosen ("selection"), written by `python -m drdemo.evaluate --cam --record / --choose-cam-default`.
+    cam_evaluation: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # trained, data, recipe, seed, code_commit, ...
+    metrics: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    @classmethod
+    def for_architecture(cls, architecture: str, task: str = "icdr5", **overrides) -> CheckpointConfig:
+        """A new checkpoint's config from the registry's defaults for `architecture`."""
+        if task not in TASK_CLASS_NAMES:
+            raise CheckpointError(f"unknown task {task!r}; choose from {', '.join(TASK_CLASS_NAMES)}")
+        defaults = model_defaults(architecture)
+        names = TASK_CLASS_NAMES[task]
+        values = dict(architecture=architecture, num_classes=len(names), class_names=names, task=task,
+                      input_size=defaults.input_size, mean=defaults.mean, std=defaults.std,
+                      cam_target_layer=defaults.cam_target_layer, cam_reshape=defaults.cam_reshape)
+        values.update(overrides)
+        return cls.from_dict(values, source="(new config)")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = CONFIG_NAME) -> CheckpointConfig:
+        """Validate and build; every problem is reported with `source` and what to change."""
+        known = {f.name for f in fields(cls)}
+        required = {"architecture", "num_classes", "class_names", "task", "input_size", "mean", "std",
+                     "cam_target_layer"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise CheckpointError(f"{source}: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        if "display_name" not in values and values["architecture"] in list_models():
+            values["display_name"] = model_defaults(values["architecture"]).display_name or values["architecture"]
+        values["class_names"] = tuple(values["class_names"])
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        if isinstance(values.get("preprocessing"), dict):
+            # Written before cropping existed: a plain resize.
+            # Written before local contrast existed: none.
+            values["preprocessing"] = {"interpolation": "bicubic", "crop_fov": False, "local_contrast": 0.0,
+                                       **values["preprocessing"]}
+        config = cls(**values)
+        config._validate(source)
+        return config
+
+    def _validate(self, source: str) -> None:
+        def fail(message: str) -> None:
+            raise CheckpointError(f"{source}: {message}")
+
+        if self.format != FORMAT:
+            fail(f"format {self.format!r} is not {FORMAT!r}")
+        if self.architecture not in list_models():
+            fail(f"architecture {self.architecture!r} is not a registered model; registered: "
+                 f"{', '.join(list_models())}")
+        if not isinstance(self.display_name, str) or not 0 < len(self.display_name.strip()) <= MAX_DISPLAY_NAME:
+            fail(f"display_name must be a non-empty name of at most {MAX_DISPLAY_NAME} characters (e.g. "
+                 f"\"MedMamba-T\"), got {self.display_name!r}; leave it out to use the registry's")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            fail(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if len(self.class_names) != self.num_classes:
+            fail(f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}")
+        if self.task not in TASK_CLASS_NAMES:
+            fail(f"task {self.task!r} is not one of {', '.join(TASK_CLASS_NAMES)}")
+        if self.task != "icdr5" and self.num_classes != 2:
+            fail(f"task {self.task!r} is binary but num_classes is {self.num_classes}")
+        if not isinstance(self.input_size, int) or not 32 <= self.input_size <= 2048:
+            fail(f"input_size must be an integer in [32, 2048], got {self.input_size!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+                fail(f"{name} must be three numbers (R, G, B), got {list(values)!r}")
+        if any(v <= 0 for v in self.std):
+            fail(f"std must be positive, got {list(self.std)!r}")
+        if self.cam_method not in CAM_METHOD_NAMES:
+            fail(f"cam_method {self.cam_method!r} is not one of {', '.join(CAM_METHOD_NAMES)}")
+        if isinstance(self.test_time_views, bool) or self.test_time_views not in VIEW_COUNTS:
+            fail(f"test_time_views must be one of {list(VIEW_COUNTS)}, got {self.test_time_views!r}")
+        problem = check_calibration(self.calibration, self.num_classes)
+        if problem:
+            fail(problem)
+        if not 0.0 < self.referable_threshold < 1.0:
+            fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
+        if (not isinstance(self.preprocessing, dict)
+                or set(self.preprocessing) != {"interpolation", "crop_fov", "local_contrast"}
+                or self.preprocessing["interpolation"] not in RESAMPLING
+                or not isinstance(self.preprocessing["crop_fov"], bool)
+                or isinstance(self.preprocessing["local_contrast"], bool)
+                or not isinstance(self.preprocessing["local_contrast"], (int, float))
+                or not 0 <= self.preprocessing["local_contrast"] <= 0.5):
+            fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}, 'crop_fov': true or false, "
+                 f"'local_contrast': a number in [0, 0.5]}}, got {self.preprocessing!r}")
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.provenance.get("trained", False))
+
+    @property
+    def trained_on_synthetic_data(self) -> bool:
+        """True when the training data description names our synthetic generator (or any synthetic set)."""
+        return self.trained and "synthetic" in str(self.provenance.get("data", "")).lower()
+
+    @property
+    def trained_on_idrid(self) -> bool:
+        """True when a training stage of these weights learned from IDRiD's photos."""
+        return self.trained and idrid_in_training(self.provenance)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for name in ("class_names", "mean", "std"):
+            data[name] = list(data[name])
+        return data
+
+
+def training_stages(provenance: dict) -> list[dict]:
+    """The training runs behind the weights, first to last: a run started with --init-from records
+    the provenance of the checkpoint it started from, which may itself have been warm-started."""
+    stages = [provenance]
+    while earlier := stages[0].get("initialised_from_provenance"):
+        if isinstance(earlier, str):  # written as a JSON string before drdemo 2026-11-25
+            try:
+                earlier = json.loads(earlier)
+            except json.JSONDecodeError:
+                break
+        if not isinstance(earlier, dict):
+            break
+        stages.insert(0, earlier)
+    return stages
+
+
+def idrid_in_training(provenance: dict) -> bool:
+    """True when a training stage behind the weights learned from IDRiD's photos."""
+    return any("IDRiD" in str(stage.get("data", "")) for stage in training_stages(provenance))
