@@ -99,14 +99,17 @@ class Explainer:
             raise ExplainError(f"class {target} does not exist; the model has {self.num_classes} classes")
         # Registered before the CAM's own hooks, so they run first on each target layer's output.
         graph_starts = [layer.register_forward_hook(_start_graph_here) for layer in self.layers]
+        cam = None
         try:
-            with torch.enable_grad(), CAM_METHODS[method](model=self.model, target_layers=self.layers,
-                                                          reshape_transform=self.reshape) as cam:
-                targets = [_MostProbableClass(self.calibration) if target is None
-                           else ClassifierOutputTarget(int(target))]
+            cam = CAM_METHODS[method](model=self.model, target_layers=self.layers, reshape_transform=self.reshape)
+            targets = [_MostProbableClass(self.calibration) if target is None else ClassifierOutputTarget(int(target))]
+            with torch.enable_grad():
                 maps = cam(input_tensor=batch, targets=targets)
-                logits = main_logits(cam.outputs).detach().double().cpu().numpy()
+            logits = main_logits(cam.outputs).detach().double().cpu().numpy()
         finally:
+            # Not `with cam:`: BaseCAM.__exit__ prints and swallows an IndexError raised inside the block.
+            if cam is not None:
+                cam.activations_and_grads.release()
             for hook in graph_starts:
                 hook.remove()
         probabilities = class_probabilities(logits, self.calibration)[0]

@@ -104,6 +104,28 @@ def test_joined_layers_average_each_layers_own_map():
         Explainer(model, "layers.1+layers.9", "bhwc_to_bchw", 5)
 
 
+class _FailsAfterTheLayer(nn.Module):
+    """Runs the bright-spot detector's conv layer, then raises IndexError as a buggy model would."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _bright_spot_detector()
+
+    def forward(self, x):
+        self.body[0](x)
+        raise IndexError("index 7 is out of bounds in the model")
+
+
+def test_an_index_error_inside_the_cam_reaches_the_caller_and_hooks_are_removed(capsys):
+    """pytorch-grad-cam's BaseCAM.__exit__ prints and swallows an IndexError: the explainer must not
+    use the CAM as a context manager, or a model's bug would surface later as an unrelated error."""
+    model = _FailsAfterTheLayer().eval()
+    with pytest.raises(IndexError, match="index 7 is out of bounds in the model"):
+        Explainer(model, "body.0", None, num_classes=2).explain(_image_with_spot(10, 10), method="gradcam")
+    assert "An exception occurred in CAM" not in capsys.readouterr().out
+    assert not any(module._forward_hooks or module._backward_hooks for module in model.modules())
+
+
 def test_bad_requests_are_refused_with_a_message():
     model = _bright_spot_detector()
     with pytest.raises(ExplainError, match="unknown CAM method"):
