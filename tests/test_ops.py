@@ -4,6 +4,7 @@ Tolerance: the issue's contract is a max error <= 1e-4 relative to the oracle's 
 output; the fused kernel measures ~1e-7, so the tests hold it to 1e-5 to catch regressions.
 """
 
+import ctypes
 import os
 import platform
 import shutil
@@ -207,3 +208,24 @@ def test_pure_pytorch_fallback_without_compiler(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "fallback ok" in result.stdout
+
+
+def test_the_kernel_s_parameter_struct_is_the_size_of_its_ctypes_mirror():
+    size_of = cpu_kernel.load().scan_params_size
+    size_of.restype = ctypes.c_int64
+    assert size_of() == ctypes.sizeof(cpu_kernel.ScanParams)
+
+
+def test_a_ctypes_mirror_that_disagrees_with_the_kernel_refuses_it(monkeypatch):
+    """A field added on one side only would make the kernel read pointers from the wrong offsets:
+    load() refuses the library with the reason, and the scan falls back to PyTorch."""
+
+    class Longer(ctypes.Structure):
+        _fields_ = [*cpu_kernel.ScanParams._fields_, ("extra", ctypes.c_int64)]
+
+    monkeypatch.setattr(cpu_kernel, "ScanParams", Longer)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_load_error", None)
+    assert cpu_kernel.load() is None
+    reason = cpu_kernel.unavailable_reason()
+    assert f"is {ctypes.sizeof(Longer)}" in reason and "ScanParams" in reason and "make their fields agree" in reason

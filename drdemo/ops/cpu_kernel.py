@@ -135,6 +135,7 @@ def load() -> ctypes.CDLL | None:
                 log.info("compiling the CPU selective-scan kernel into %s", path)
                 _build(path)
             lib = ctypes.CDLL(str(path))
+            _check_params_layout(lib)
             for name in ("scan_forward_f32", "scan_forward_f64", "scan_backward_f32", "scan_backward_f64"):
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.POINTER(ScanParams), ctypes.c_int]
@@ -144,6 +145,20 @@ def load() -> ctypes.CDLL | None:
             _load_error = str(exc)
             log.warning("fast CPU selective scan unavailable, using the PyTorch path: %s", exc)
     return _library
+
+
+def _check_params_layout(lib: ctypes.CDLL) -> None:
+    """Refuse a library whose `struct ScanParams` is not the size of the ctypes mirror above: the
+    kernel would read its pointers and strides from the wrong offsets."""
+    try:
+        size_of = lib.scan_params_size
+    except AttributeError as exc:
+        raise RuntimeError(f"{lib._name} has no scan_params_size(): built from another source") from exc
+    size_of.argtypes, size_of.restype = [], ctypes.c_int64
+    native, mirror = int(size_of()), ctypes.sizeof(ScanParams)
+    if native != mirror:
+        raise RuntimeError(f"struct ScanParams is {native} bytes in {SOURCE.name} but its ctypes mirror "
+                           f"drdemo.ops.cpu_kernel.ScanParams is {mirror}: make their fields agree")
 
 
 def unavailable_reason() -> str | None:

@@ -426,6 +426,8 @@ int scan_forward_f32(const ScanParams* p, int threads) { return run_forward<floa
 int scan_forward_f64(const ScanParams* p, int threads) { return run_forward<double>(p, threads); }
 int scan_backward_f32(const ScanParams* p, int threads) { return run_backward<float>(p, threads); }
 int scan_backward_f64(const ScanParams* p, int threads) { return run_backward<double>(p, threads); }
+// sizeof(ScanParams), which cpu_kernel.py checks against its ctypes mirror before the first call.
+int64_t scan_params_size(void) { return static_cast<int64_t>(sizeof(ScanParams)); }
 int scan_openmp(void) {
 #ifdef _OPENMP
   return 1;
