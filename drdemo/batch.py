@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from drdemo.errors import DrdemoError
 from drdemo.gate import MAX_BYTES, GateResult, ImageRejected
 from drdemo.predictor import Prediction, Predictor
 
@@ -25,7 +26,7 @@ MAX_ARCHIVE_TOTAL_BYTES = 2 * 1024**3
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
-class BatchError(ValueError):
+class BatchError(DrdemoError, ValueError):
     """A batch that cannot be run at all (nothing to grade, too many files, a broken archive)."""
 
 

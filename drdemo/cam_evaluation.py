@@ -29,6 +29,7 @@ from drdemo.cam_methods import CAM_METHOD_NAMES
 from drdemo.cam_metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
 from drdemo.data.lesions import LesionSample, lesion_union
+from drdemo.errors import DrdemoError
 from drdemo.explain import CAM_METHODS, Explainer, ExplainError, overlay
 from drdemo.inference import view_logits
 from drdemo.preprocess import fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
@@ -43,7 +44,7 @@ BEATS_CENTRE_POINTING = 0.05
 BEATS_CENTRE_ENERGY = 1.5
 
 
-class CamEvaluationError(ValueError):
+class CamEvaluationError(DrdemoError, ValueError):
     """The data cannot be used to score CAMs (no lesion masks, no images with lesions)."""
 
 

@@ -67,6 +67,7 @@ from drdemo.data.lesions import (
     load_lesion_samples,
     split_by_copies,
 )
+from drdemo.errors import DrdemoError
 from drdemo.explain import CAM_METHODS, ExplainError
 from drdemo.inference import VIEW_COUNTS, view_logits
 from drdemo.metrics import MetricsError, grading_metrics, task_probabilities
@@ -82,7 +83,7 @@ CAM_GRID_NAME = "cam_grid.png"
 QUESTION_LABELS = {"referable": "Referable (grade \u2265 2)", "any_dr": "Any DR (grade \u2265 1)"}
 
 
-class EvaluateError(ValueError):
+class EvaluateError(DrdemoError, ValueError):
     """Arguments that cannot be evaluated (output path, split part, limit); the message says the fix."""
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from drdemo.calibration import class_probabilities
 from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.errors import DrdemoError
 from drdemo.inference import main_logits
 from drdemo.models import CAM_RESHAPES, target_layers
 
@@ -41,7 +42,7 @@ _CAM_CLASSES = {
 CAM_METHODS = {name: _CAM_CLASSES[name] for name in CAM_METHOD_NAMES}
 
 
-class ExplainError(ValueError):
+class ExplainError(DrdemoError, ValueError):
     """A CAM request that cannot be served (unknown method, layer or class)."""
 
 

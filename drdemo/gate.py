@@ -27,6 +27,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from drdemo.decode import decode_opened
+from drdemo.errors import DrdemoError
 from drdemo.fundus_check import Assessment, assess
 
 __all__ = ["MAX_BYTES", "MAX_PIXELS", "OUTCOME_WORDS", "Assessment", "GateResult", "ImageRejected", "assess",
@@ -41,7 +42,7 @@ MIN_SIDE = 64
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
 
 
-class ImageRejected(ValueError):
+class ImageRejected(DrdemoError, ValueError):
     """An upload that cannot be graded; the message is meant for the person who uploaded it.
 
     `reason` is the message without the file name, `details` the measured values behind a refusal of the

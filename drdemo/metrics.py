@@ -18,10 +18,11 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from drdemo import tasks
+from drdemo.errors import DrdemoError
 from drdemo.tasks import DERIVED_MIN_GRADE, NUM_GRADES, TASK_CLASS_NAMES, task_targets
 
 
-class MetricsError(ValueError):
+class MetricsError(DrdemoError, ValueError):
     """Inputs that cannot be scored (shapes, grades or probabilities); the message says which."""
 
 

@@ -35,6 +35,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from drdemo.checkpoint import CONFIG_NAME, REPO_ID, CheckpointError, build_model, push, read_config, read_weights
+from drdemo.errors import DrdemoError
 from drdemo.serving import SLOTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ TOKEN_HELP = ("run `hf auth login`, or set HF_TOKEN to a token with write access
               "(https://huggingface.co/settings/tokens)")
 
 
-class DeployError(RuntimeError):
+class DeployError(DrdemoError, RuntimeError):
     """The deployment cannot go on; the message says why and what to do."""
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from drdemo.errors import DrdemoError
+
 # The ICDR grades a DR model predicts, in class-index order.
 ICDR_GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
 NUM_GRADES = len(ICDR_GRADES)  # ICDR 0..4
@@ -28,7 +30,7 @@ TASK_THRESHOLDS: dict[str, int | None] = {"icdr5": None, "binary": 1, "referable
 DERIVED_MIN_GRADE = {"any_dr": 1, "referable": 2}
 
 
-class TaskError(ValueError):
+class TaskError(DrdemoError, ValueError):
     """A task that does not exist; the message lists those that do."""
 
 

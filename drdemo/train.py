@@ -52,6 +52,7 @@ from drdemo.data.augment import (
     eval_transform,
     train_transform,
 )
+from drdemo.errors import DrdemoError
 from drdemo.inference import main_logits, view_logits
 from drdemo.models import create_model, list_models, model_defaults
 from drdemo.tasks import TASK_CLASS_NAMES
@@ -62,7 +63,7 @@ CURVES_NAME = "curves.png"
 SPLIT_NAME = "split.json"
 
 
-class TrainingError(ValueError):
+class TrainingError(DrdemoError, ValueError):
     """A run that cannot start or go on; the message says what to change."""
 
 

@@ -182,3 +182,26 @@ def test_validating_a_config_imports_no_grad_cam():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+BUILT_IN_ERRORS = {"ValueError", "RuntimeError", "TypeError", "KeyError", "OSError"}
+
+
+def test_every_error_of_drdemo_s_is_a_drdemo_error():
+    """The page and the CLIs can catch DrdemoError alone; each error keeps its built-in base too."""
+    from drdemo.errors import DrdemoError
+
+    outside = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(base) for base in node.bases}
+                if bases & BUILT_IN_ERRORS and "DrdemoError" not in bases:
+                    outside.append(f"{name}.{node.name}")
+    assert not outside, f"derive these from drdemo.errors.DrdemoError as well: {', '.join(outside)}"
+    from drdemo.checkpoint import CheckpointError, HubUnavailable
+    from drdemo.data import DatasetError
+    from drdemo.tasks import TaskError
+
+    for error in (CheckpointError, HubUnavailable, DatasetError, TaskError):
+        assert issubclass(error, DrdemoError) and issubclass(error, ValueError)

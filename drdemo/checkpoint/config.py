@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from drdemo.calibration import check_calibration
 from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import list_models, model_defaults
 from drdemo.preprocess import RESAMPLING
@@ -26,7 +27,7 @@ MAX_DISPLAY_NAME = 40  # fits a dropdown, a chart legend and a column header
 
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DrdemoError, ValueError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from drdemo.decode import read_image
+from drdemo.errors import DrdemoError
 from drdemo.tasks import NUM_GRADES, num_classes, task_target
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ IDRID_SEGMENTATION_LABELS = "2. All Segmentation Groundtruths"
 _SYNTHETIC_CSV = "labels.csv"
 
 
-class DatasetError(ValueError):
+class DatasetError(DrdemoError, ValueError):
     """A data folder that cannot be used; the message names the file and the fix."""
 
 

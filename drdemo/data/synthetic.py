@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from drdemo.errors import DrdemoError
 from drdemo.tasks import NUM_GRADES
 
 LESION_TYPES = (
@@ -90,7 +91,7 @@ _CASTS = {
 }
 
 
-class SyntheticDataError(ValueError):
+class SyntheticDataError(DrdemoError, ValueError):
     """Bad arguments for the generator; the message says which one and what is allowed."""
 
 
