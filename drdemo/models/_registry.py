@@ -31,7 +31,6 @@ class ModelDefaults:
     cam_reshape: str | None = None  # name in drdemo.models.CAM_RESHAPES, for non-NCHW features
     mean: tuple[float, float, float] = FUNDUS_MEAN
     std: tuple[float, float, float] = FUNDUS_STD
-    family: str = ""
     display_name: str = ""  # what people read ("MedMamba-T"); empty: the registry id
     # Serve and train with channels-last weights: measured faster on CPU by `python -m drdemo.bench
     # inference` with no grade changed (InceptionV3 0.78x; a training step 0.75x); left off where it

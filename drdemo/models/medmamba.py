@@ -232,7 +232,7 @@ class MedMamba(nn.Module):
         return self.head(self.forward_features(x).mean(dim=(1, 2)))
 
 
-_MEDMAMBA = ModelDefaults(input_size=224, cam_target_layer="layers.3", cam_reshape="bhwc_to_bchw", family="medmamba")
+_MEDMAMBA = ModelDefaults(input_size=224, cam_target_layer="layers.3", cam_reshape="bhwc_to_bchw")
 
 
 @register_model(replace(_MEDMAMBA, display_name="MedMamba-T"))

@@ -13,7 +13,7 @@ from torchvision import models as tv
 from drdemo.models._registry import ModelDefaults, register_model
 
 
-@register_model(ModelDefaults(input_size=299, cam_target_layer="Mixed_7c", family="inception", channels_last=True,
+@register_model(ModelDefaults(input_size=299, cam_target_layer="Mixed_7c", channels_last=True,
                               display_name="InceptionV3"))
 def inception_v3(num_classes: int = 5, aux_logits: bool = True, **kwargs) -> nn.Module:
     """InceptionV3 at 299 px. The auxiliary head only runs in training mode (torchvision
@@ -22,13 +22,13 @@ def inception_v3(num_classes: int = 5, aux_logits: bool = True, **kwargs) -> nn.
                            init_weights=True, **kwargs)
 
 
-@register_model(ModelDefaults(input_size=224, cam_target_layer="layer4", family="resnet", display_name="ResNet50"))
+@register_model(ModelDefaults(input_size=224, cam_target_layer="layer4", display_name="ResNet50"))
 def resnet50(num_classes: int = 5, **kwargs) -> nn.Module:
     """ResNet50 at 224 px."""
     return tv.resnet50(weights=None, num_classes=num_classes, **kwargs)
 
 
-@register_model(ModelDefaults(input_size=224, cam_target_layer="features.29", family="vgg", display_name="VGG16"))
+@register_model(ModelDefaults(input_size=224, cam_target_layer="features.29", display_name="VGG16"))
 def vgg16(num_classes: int = 5, **kwargs) -> nn.Module:
     """VGG16 at 224 px; the CAM target is the last ReLU before the final max-pool."""
     return tv.vgg16(weights=None, num_classes=num_classes, **kwargs)
