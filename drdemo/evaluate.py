@@ -56,6 +56,7 @@ from drdemo.data import (
     FundusDataset,
     Sample,
     detect_layout,
+    generator_info,
     load_photos,
     load_samples,
     load_split,
@@ -535,9 +536,8 @@ def run_cams_only(args: argparse.Namespace) -> dict:
 
 def _describe(root: Path, layout: str, n: int, part: str | None = None) -> str:
     """One line naming the evaluation images; for our generator, enough to make them again."""
-    generator = root / "generator.json"
-    if layout == "synthetic" and generator.is_file():
-        info = json.loads(generator.read_text())
+    info = generator_info(root) if layout == "synthetic" else None
+    if info is not None:
         return (f"{n} synthetic images (drdemo.data.synthetic version {info.get('version')}, seed {info.get('seed')}, "
                 f"{info.get('size')} px, {info.get('class_balance')} grade balance), a seed not used for training")
     if layout == "idrid":

@@ -43,7 +43,16 @@ from drdemo.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
-from drdemo.data import PARTS, DatasetError, FundusDataset, Sample, class_counts, load_samples, split_samples
+from drdemo.data import (
+    PARTS,
+    DatasetError,
+    FundusDataset,
+    Sample,
+    class_counts,
+    generator_info,
+    load_samples,
+    split_samples,
+)
 from drdemo.data.augment import (
     DRDEMO_AUGMENTATION,
     PAPER_AUGMENTATION,
@@ -199,10 +208,9 @@ def _step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
 def _data_command(root: Path) -> str | None:
     """The generator command that makes `root` again, byte for byte, when it is a synthetic set; its
     --out is `root` as the training command names it, so the card's commands run one after another."""
-    generator = root / "generator.json"
-    if not generator.is_file():
+    info = generator_info(root)
+    if info is None:
         return None
-    info = json.loads(generator.read_text())
     return (f"python -m drdemo.data.synthetic --out {shlex.quote(str(root))} --n {info['n']} --seed {info['seed']} "
             f"--size {info['size']} --class-balance {info['class_balance']}")
 
@@ -214,9 +222,8 @@ def _describe_data(root: Path, layout: str, parts: dict[str, list[Sample]], part
                 f"photos from one Kowa VX-10 alpha camera at Aravind Eye Hospital, Nanded, India; ICDR grades by "
                 f"retina specialists), split grade-stratified into {sizes}. IDRiD: Porwal et al., IEEE Dataport "
                 f"2018, doi:10.21227/H25W98, CC BY 4.0.")
-    generator = root / "generator.json"
-    if layout == "synthetic" and generator.is_file():
-        info = json.loads(generator.read_text())
+    info = generator_info(root) if layout == "synthetic" else None
+    if info is not None:
         return (f"Synthetic fundus images made by drdemo.data.synthetic (version {info.get('version')}, seed "
                 f"{info.get('seed')}, {info.get('n')} images at {info.get('size')} px, {info.get('class_balance')} "
                 f"grade balance), split by patient into {sizes}. No real patient images.")

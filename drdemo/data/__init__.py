@@ -18,6 +18,7 @@ __all__ = [
     "check_part",
     "class_counts",
     "detect_layout",
+    "generator_info",
     "load_samples",
     "load_photos",
     "load_split",

@@ -22,6 +22,7 @@ EyePACS-style ids `<patient>_left` / `<patient>_right` give `<patient>`; other i
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -133,6 +134,13 @@ def _find_csv(root: Path, layout: _CsvLayout) -> Path | None:
         if header and layout.id_column in header and layout.label_column in header:
             return path
     return None
+
+
+def generator_info(root: Path) -> dict | None:
+    """The settings drdemo.data.synthetic wrote into `root`'s generator.json (n, seed, size,
+    class_balance, version, ...), or None for a folder it did not make."""
+    path = Path(root) / _GENERATOR_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _is_synthetic(root: Path) -> bool:
