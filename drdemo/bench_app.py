@@ -13,14 +13,10 @@ app's CPU use (the queue should keep it near the core count, not above).
 from __future__ import annotations
 
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +26,13 @@ import numpy as np
 import torch
 import torchvision
 
+from drdemo.app_process import (  # noqa: F401  (process_memory_mb, process_cpu_seconds: read by tests)
+    AppProcess,
+    process_cpu_seconds,
+    process_memory_mb,
+    start_app,
+    wait_until_serving,
+)
 from drdemo.tasks import ICDR_GRADES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,28 +43,6 @@ REQUEST_TIMEOUT_S = 300
 
 class BadAnswer(Exception):
     """The app answered, but not with what the endpoint promises."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_memory_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) resident set size of a process in MiB, from /proc (Linux)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (all its threads) has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    after_name = stat.rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_label(label: dict) -> str:
@@ -89,57 +70,6 @@ def check_answer(endpoint: str, answer: tuple) -> None:
         raise ValueError(f"unknown endpoint {endpoint}")
     if not text or not all(isinstance(p, str) and Path(p).is_file() for p in images):
         raise BadAnswer(f"{endpoint} answered without its text or heat map images")
-
-
-@dataclass
-class AppProcess:
-    """app.py started by the benchmark, with the moment it was started."""
-
-    process: subprocess.Popen
-    url: str
-    started: float
-    log: Path
-
-    def memory_mb(self) -> tuple[float, float]:
-        return process_memory_mb(self.process.pid)
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.process.pid)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def start_app(workdir: Path, extra_env: dict[str, str] | None = None, app_dir: Path = ROOT) -> AppProcess:
-    """Start app.py (of `app_dir`, by default this repository, from that folder as a Space does) on a free
-    loopback port, analytics off, its temporary files under `workdir`."""
-    port = _free_port()
-    log = workdir / "app.log"
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio"), **(extra_env or {})}
-    with open(log, "w") as out:
-        started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, str(app_dir / "app.py")], cwd=app_dir, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    return AppProcess(process, f"http://127.0.0.1:{port}/", started, log)
-
-
-def wait_until_serving(app: AppProcess, timeout_s: float = 300) -> float:
-    """Seconds from process start until the page answers; raises with the app's log if it never does."""
-    deadline = time.perf_counter() + timeout_s
-    while time.perf_counter() < deadline:
-        if app.process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {app.process.returncode}:\n{app.log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(app.url, timeout=2)
-            return time.perf_counter() - app.started
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s:\n{app.log.read_text()[-3000:]}")
 
 
 def _client(url: str):
