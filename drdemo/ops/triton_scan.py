@@ -104,6 +104,91 @@ def _cuda_reason(index: int) -> str | None:
 
 
 @triton.jit
+def _tile(groups, channels, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's (batch * group) index, batch, group, channels and state indices, their masks,
+    and the offsets of its (BLOCK_D, BLOCK_N) state tile in a (channels, dstate) matrix."""
+    pid_bg = tl.program_id(0).to(tl.int64)
+    cs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    ns = tl.arange(0, BLOCK_N)
+    c_mask = cs < channels
+    n_mask = ns < dstate
+    cn_mask = c_mask[:, None] & n_mask[None, :]
+    tile = cs[:, None] * dstate + ns[None, :]
+    return pid_bg, pid_bg // groups, pid_bg % groups, cs, ns, c_mask, n_mask, cn_mask, tile
+
+
+@triton.jit
+def _parameters(A_ptr, D_ptr, bias_ptr, g, channels, dstate, cs, c_mask, cn_mask, tile,
+                HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The group's A tile and its channels' D and delta bias, as float32 (zeros, never read, where
+    absent)."""
+    A = tl.load(A_ptr + g * channels * dstate + tile, mask=cn_mask, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + g * channels + cs, mask=c_mask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros(cs.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + g * channels + cs, mask=c_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros(cs.shape, dtype=tl.float32)
+    return A, Dv, bias
+
+
+@triton.jit
+def _input_rows(u_ptr, delta_ptr, B_ptr, C_ptr, b, g, cs, ns,
+                u_sb, u_sg, u_sc, d_sb, d_sg, d_sc, b_sb, b_sg, b_sn, c_sb, c_sg, c_sn):
+    """Pointers to this program's u and delta channels and its B and C states at position 0."""
+    return (u_ptr + b * u_sb + g * u_sg + cs * u_sc, delta_ptr + b * d_sb + g * d_sg + cs * d_sc,
+            B_ptr + b * b_sb + g * b_sg + ns * b_sn, C_ptr + b * c_sb + g * c_sg + ns * c_sn)
+
+
+@triton.jit
+def _position(order_ptr, g, o_sg, t, HAS_ORDER: tl.constexpr):
+    """The position the group visits at step t: its own order's, or t itself."""
+    if HAS_ORDER:
+        pos = tl.load(order_ptr + g * o_sg + t).to(tl.int64)
+    else:
+        pos = tl.cast(t, tl.int64)
+    return pos
+
+
+@triton.jit
+def _softplus(x):
+    """softplus(x) and its slope, sigmoid(x).
+
+    softplus is max(x, 0) + log1p(exp(-|x|)), identity above 20 as torch; log1p(w) as
+    log(1 + w) * w / ((1 + w) - 1) keeps its precision for tiny w.
+    """
+    w = tl.exp(-tl.abs(x))
+    up = 1.0 + w
+    um1 = up - 1.0
+    log1p_w = tl.where(um1 == 0.0, w, tl.log(up) * w / tl.where(um1 == 0.0, 1.0, um1))
+    value = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p_w)
+    slope = tl.where(x > 20.0, 1.0, tl.where(x < 0.0, w / up, 1.0 / up))
+    return value, slope
+
+
+@triton.jit
+def _delta_at(d_base, pos, d_sl, c_mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta at one position as the recurrence uses it (bias added, then softplus), and its
+    derivative with respect to the stored delta (the softplus slope; 1 without softplus)."""
+    dv = tl.load(d_base + pos * d_sl, mask=c_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dv = dv + bias
+    if SOFTPLUS:
+        dv, slope = _softplus(dv)
+    else:
+        slope = tl.full(dv.shape, 1.0, tl.float32)
+    return dv, slope
+
+
+@triton.jit
+def _step(h, A, dv, uv, Bv):
+    """One step of the recurrence: h_t = exp(delta * A) * h_{t-1} + delta * u * B."""
+    return tl.exp(dv[:, None] * A) * h + (dv * uv)[:, None] * Bv[None, :]
+
+
+@triton.jit
 def _forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, order_ptr, y_ptr, last_ptr, ckpt_ptr,
     groups, channels, length, dstate, n_chunks,
@@ -113,25 +198,10 @@ def _forward_kernel(
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr, STORE_LAST: tl.constexpr,
     STORE_CKPT: tl.constexpr,
 ):
-    pid_bg = tl.program_id(0).to(tl.int64)
-    b = pid_bg // groups
-    g = pid_bg % groups
-    cs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    ns = tl.arange(0, BLOCK_N)
-    c_mask = cs < channels
-    n_mask = ns < dstate
-    cn_mask = c_mask[:, None] & n_mask[None, :]
-    tile = cs[:, None] * dstate + ns[None, :]
-
-    A = tl.load(A_ptr + g * channels * dstate + tile, mask=cn_mask, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + g * channels + cs, mask=c_mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + g * channels + cs, mask=c_mask, other=0.0).to(tl.float32)
-    u_base = u_ptr + b * u_sb + g * u_sg + cs * u_sc
-    d_base = delta_ptr + b * d_sb + g * d_sg + cs * d_sc
-    b_base = B_ptr + b * b_sb + g * b_sg + ns * b_sn
-    c_base = C_ptr + b * c_sb + g * c_sg + ns * c_sn
+    pid_bg, b, g, cs, ns, c_mask, n_mask, cn_mask, tile = _tile(groups, channels, dstate, BLOCK_D, BLOCK_N)
+    A, Dv, bias = _parameters(A_ptr, D_ptr, bias_ptr, g, channels, dstate, cs, c_mask, cn_mask, tile, HAS_D, HAS_BIAS)
+    u_base, d_base, b_base, c_base = _input_rows(u_ptr, delta_ptr, B_ptr, C_ptr, b, g, cs, ns, u_sb, u_sg, u_sc,
+                                                 d_sb, d_sg, d_sc, b_sb, b_sg, b_sn, c_sb, c_sg, c_sn)
     y_base = y_ptr + b * y_sb + g * y_sg + cs * y_sc
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
 
@@ -141,25 +211,11 @@ def _forward_kernel(
         t0 = ci * CHUNK
         t1 = tl.minimum(t0 + CHUNK, length)
         for t in range(t0, t1):
-            if HAS_ORDER:
-                pos = tl.load(order_ptr + g * o_sg + t).to(tl.int64)
-            else:
-                pos = tl.cast(t, tl.int64)
+            pos = _position(order_ptr, g, o_sg, t, HAS_ORDER)
             uv = tl.load(u_base + pos * u_sl, mask=c_mask, other=0.0).to(tl.float32)
-            dv = tl.load(d_base + pos * d_sl, mask=c_mask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dv = dv + bias
-            if SOFTPLUS:
-                # max(x, 0) + log1p(exp(-|x|)), identity above 20 as torch; log1p(w) as
-                # log(1 + w) * w / ((1 + w) - 1) keeps its precision for tiny w.
-                w = tl.exp(-tl.abs(dv))
-                up = 1.0 + w
-                um1 = up - 1.0
-                log1p_w = tl.where(um1 == 0.0, w, tl.log(up) * w / tl.where(um1 == 0.0, 1.0, um1))
-                dv = tl.where(dv > 20.0, dv, tl.maximum(dv, 0.0) + log1p_w)
-            Bv = tl.load(b_base + pos * b_sl, mask=n_mask, other=0.0).to(tl.float32)
+            dv, _ = _delta_at(d_base, pos, d_sl, c_mask, bias, HAS_BIAS, SOFTPLUS)
+            h = _step(h, A, dv, uv, tl.load(b_base + pos * b_sl, mask=n_mask, other=0.0).to(tl.float32))
             Cv = tl.load(c_base + pos * c_sl, mask=n_mask, other=0.0).to(tl.float32)
-            h = tl.exp(dv[:, None] * A) * h + (dv * uv)[:, None] * Bv[None, :]
             yv = tl.sum(h * Cv[None, :], axis=1)
             if HAS_D:
                 yv = yv + Dv * uv
@@ -178,30 +234,14 @@ def _backward_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HAS_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr,
 ):
-    pid_bg = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1)
-    b = pid_bg // groups
-    g = pid_bg % groups
-    cs = pid_c * BLOCK_D + tl.arange(0, BLOCK_D)
-    ns = tl.arange(0, BLOCK_N)
-    c_mask = cs < channels
-    n_mask = ns < dstate
-    cn_mask = c_mask[:, None] & n_mask[None, :]
-    tile = cs[:, None] * dstate + ns[None, :]
-
-    A = tl.load(A_ptr + g * channels * dstate + tile, mask=cn_mask, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + g * channels + cs, mask=c_mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + g * channels + cs, mask=c_mask, other=0.0).to(tl.float32)
-    u_base = u_ptr + b * u_sb + g * u_sg + cs * u_sc
-    d_base = delta_ptr + b * d_sb + g * d_sg + cs * d_sc
-    b_base = B_ptr + b * b_sb + g * b_sg + ns * b_sn
-    c_base = C_ptr + b * c_sb + g * c_sg + ns * c_sn
+    pid_bg, b, g, cs, ns, c_mask, n_mask, cn_mask, tile = _tile(groups, channels, dstate, BLOCK_D, BLOCK_N)
+    A, Dv, bias = _parameters(A_ptr, D_ptr, bias_ptr, g, channels, dstate, cs, c_mask, cn_mask, tile, HAS_D, HAS_BIAS)
+    u_base, d_base, b_base, c_base = _input_rows(u_ptr, delta_ptr, B_ptr, C_ptr, b, g, cs, ns, u_sb, u_sg, u_sc,
+                                                 d_sb, d_sg, d_sc, b_sb, b_sg, b_sn, c_sb, c_sg, c_sn)
     dy_base = dy_ptr + b * dy_sb + g * dy_sg + cs * dy_sc
     du_base = du_ptr + b * du_sb + g * du_sg + cs * du_sc
     dd_base = ddelta_ptr + b * dd_sb + g * dd_sg + cs * dd_sc
-    program = pid_bg * n_cblocks + pid_c
+    program = pid_bg * n_cblocks + tl.program_id(1)
     partial = dB_ptr + program * length * dstate + ns  # dB and dC partials share one layout
     partial_c = dC_ptr + program * length * dstate + ns
     scratch = (scratch_ptr + program * CHUNK * BLOCK_D * BLOCK_N
@@ -218,45 +258,19 @@ def _backward_kernel(
         # Recompute this chunk's states from its checkpoint; slot t - t0 holds h before step t.
         h = tl.load(ckpt_ptr + (pid_bg * n_chunks + ci) * channels * dstate + tile, mask=cn_mask, other=0.0)
         for t in range(t0, t1):
-            if HAS_ORDER:
-                pos = tl.load(order_ptr + g * o_sg + t).to(tl.int64)
-            else:
-                pos = tl.cast(t, tl.int64)
+            pos = _position(order_ptr, g, o_sg, t, HAS_ORDER)
             tl.store(scratch + (t - t0) * BLOCK_D * BLOCK_N, h)
             uv = tl.load(u_base + pos * u_sl, mask=c_mask, other=0.0).to(tl.float32)
-            dv = tl.load(d_base + pos * d_sl, mask=c_mask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dv = dv + bias
-            if SOFTPLUS:
-                w = tl.exp(-tl.abs(dv))
-                up = 1.0 + w
-                um1 = up - 1.0
-                log1p_w = tl.where(um1 == 0.0, w, tl.log(up) * w / tl.where(um1 == 0.0, 1.0, um1))
-                dv = tl.where(dv > 20.0, dv, tl.maximum(dv, 0.0) + log1p_w)
-            Bv = tl.load(b_base + pos * b_sl, mask=n_mask, other=0.0).to(tl.float32)
-            h = tl.exp(dv[:, None] * A) * h + (dv * uv)[:, None] * Bv[None, :]
+            dv, _ = _delta_at(d_base, pos, d_sl, c_mask, bias, HAS_BIAS, SOFTPLUS)
+            h = _step(h, A, dv, uv, tl.load(b_base + pos * b_sl, mask=n_mask, other=0.0).to(tl.float32))
         tl.debug_barrier()  # the scratch writes above are read back by other threads below
 
         for s in range(0, t1 - t0):
             t = t1 - 1 - s
-            if HAS_ORDER:
-                pos = tl.load(order_ptr + g * o_sg + t).to(tl.int64)
-            else:
-                pos = tl.cast(t, tl.int64)
+            pos = _position(order_ptr, g, o_sg, t, HAS_ORDER)
             h_prev = tl.load(scratch + (t - t0) * BLOCK_D * BLOCK_N)
             uv = tl.load(u_base + pos * u_sl, mask=c_mask, other=0.0).to(tl.float32)
-            raw = tl.load(d_base + pos * d_sl, mask=c_mask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw = raw + bias
-            if SOFTPLUS:
-                w = tl.exp(-tl.abs(raw))
-                up = 1.0 + w
-                um1 = up - 1.0
-                log1p_w = tl.where(um1 == 0.0, w, tl.log(up) * w / tl.where(um1 == 0.0, 1.0, um1))
-                dv = tl.where(raw > 20.0, raw, tl.maximum(raw, 0.0) + log1p_w)
-                slope = tl.where(raw > 20.0, 1.0, tl.where(raw < 0.0, w / up, 1.0 / up))
-            else:
-                dv = raw
+            dv, slope = _delta_at(d_base, pos, d_sl, c_mask, bias, HAS_BIAS, SOFTPLUS)
             Bv = tl.load(b_base + pos * b_sl, mask=n_mask, other=0.0).to(tl.float32)
             Cv = tl.load(c_base + pos * c_sl, mask=n_mask, other=0.0).to(tl.float32)
             gy = tl.load(dy_base + pos * dy_sl, mask=c_mask, other=0.0).to(tl.float32)
