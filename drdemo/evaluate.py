@@ -9,11 +9,11 @@ came from and how fast it ran), OUT/predictions.csv (one row per image), OUT/con
 and OUT/roc.png. Images are preprocessed exactly as the checkpoint's config.json says
 (drdemo.preprocess.preprocess_kwargs), the same path the app and training use.
 
-`evaluate(loaded, samples)` is the reusable part (the training loop calls it for validation);
-the CLI adds loading, the files and the plots. `--part` names an official part of the data set
-(IDRiD's train or test) or, with `--split`, a part of that split file (a training run's
-training/split.json has train and val). `--cam` on a folder of lesion masks without grades
-(IDRiD's segmentation set) scores the heat maps only.
+`evaluate(loaded, samples)` is the reusable part (its loop, drdemo.inference.loader_logits, is
+training's validation loop too); the CLI adds loading, the files and the plots. `--part` names an
+official part of the data set (IDRiD's train or test) or, with `--split`, a part of that split file
+(a training run's training/split.json has train and val). `--cam` on a folder of lesion masks
+without grades (IDRiD's segmentation set) scores the heat maps only.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities, fit_calibration
 from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
@@ -70,7 +69,7 @@ from drdemo.data.lesions import (
 )
 from drdemo.errors import DrdemoError
 from drdemo.explain import CAM_METHODS, ExplainError
-from drdemo.inference import VIEW_COUNTS, view_logits
+from drdemo.inference import VIEW_COUNTS, loader_logits
 from drdemo.metrics import MetricsError, grading_metrics, task_probabilities
 from drdemo.preprocess import preprocess_kwargs, to_model_input
 from drdemo.tasks import DERIVED_MIN_GRADE, task_targets
@@ -116,24 +115,10 @@ def predict_logits(loaded: LoadedModel, samples: Sequence[Sample], batch_size: i
         raise EvaluateError("no samples to evaluate")
     if batch_size < 1 or workers < 0:
         raise EvaluateError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
-    model = loaded.model
-    device = next(model.parameters()).device
-    transform = partial(_image_tensor, **preprocess_kwargs(loaded.config))
-    loader = DataLoader(FundusDataset(samples, transform), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda")
-    chunks = []
-    modes = {module: module.training for module in model.modules()}  # per module: training may freeze some
-    model.eval()
-    try:
-        with torch.inference_mode(), tqdm(total=len(samples), unit="img", desc="evaluate", disable=not progress,
-                                          file=sys.stderr) as bar:
-            for images, _ in loader:
-                chunks.append(view_logits(model, images.to(device, non_blocking=True), views))
-                bar.update(len(images))
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    return np.concatenate(chunks)
+    pin = next(loaded.model.parameters()).device.type == "cuda"
+    loader = DataLoader(FundusDataset(samples, partial(_image_tensor, **preprocess_kwargs(loaded.config))),
+                        batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    return loader_logits(loaded.model, loader, views, progress="evaluate" if progress else None)[0]
 
 
 def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,

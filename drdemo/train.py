@@ -62,7 +62,7 @@ from drdemo.data.augment import (
     train_transform,
 )
 from drdemo.errors import DrdemoError
-from drdemo.inference import main_logits, view_logits
+from drdemo.inference import loader_logits, main_logits
 from drdemo.models import create_model, list_models, model_defaults
 from drdemo.tasks import TASK_CLASS_NAMES
 
@@ -524,21 +524,18 @@ class Trainer:
         """The weights validated and saved: the moving average where the recipe keeps one."""
         return self.model if self.ema is None else self.ema.module
 
-    @torch.inference_mode()
     def validate(self) -> dict:
         """Loss and grading metrics on the validation part (every process computes them alike)."""
         from drdemo.metrics import grading_metrics
-        model = self.kept_model.eval()
-        probabilities, losses, weights = [], [], []
-        for images, targets in self.val_loader:
-            logits = view_logits(model, images.to(self.device, memory_format=self.memory_format),
-                                 self.config.test_time_views)
-            losses.append(self.val_loss_fn(torch.from_numpy(logits[:, 0]), targets).item())
-            weights.append(len(targets))
-            probabilities.append(class_probabilities(logits, self.config.calibration))
+        logits, targets = loader_logits(self.kept_model, self.val_loader, self.config.test_time_views,
+                                        memory_format=self.memory_format)
+        weights = [len(batch) for batch in targets]
+        batches = np.split(logits, np.cumsum(weights)[:-1])  # the loss per batch, as it was loaded
+        losses = [self.val_loss_fn(torch.from_numpy(batch[:, 0]), batch_targets).item()
+                  for batch, batch_targets in zip(batches, targets)]
         grades = np.asarray([s.grade for s in self.parts["val"]])
-        metrics = grading_metrics(grades, np.concatenate(probabilities), task=self.options.task,
-                                  class_names=self.config.class_names,
+        metrics = grading_metrics(grades, class_probabilities(logits, self.config.calibration),
+                                  task=self.options.task, class_names=self.config.class_names,
                                   referable_threshold=self.config.referable_threshold)
         metrics["loss"] = float(np.average(losses, weights=weights))
         return metrics
