@@ -17,6 +17,9 @@ then needs `part` ("train" or "test"), so no caller mixes test photos into train
 
 The patient id groups a person's two eyes so that a split never puts them in different parts:
 EyePACS-style ids `<patient>_left` / `<patient>_right` give `<patient>`; other ids are their own patient.
+
+Over 400 lines because the five layouts' detection and loading rules are one table read top to
+bottom: they share the CSV reader, the image index and the messages that say what a folder lacks.
 """
 
 from __future__ import annotations
