@@ -133,10 +133,10 @@ def test_an_interrupted_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, em
         return original_clip(*args, **kwargs)
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(train.nn.utils, "clip_grad_norm_", clip_then_crash)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train.main(_args(tiny_data, interrupted, *extra))
-    monkeypatch.setattr(train.nn.utils, "clip_grad_norm_", original_clip)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", original_clip)
     state = torch.load(interrupted / "training" / "state.pt", weights_only=True)
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 1, 5)
 

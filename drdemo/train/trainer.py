@@ -1,26 +1,16 @@
-"""Train a registry model on a fundus folder and save the best epoch as a drdemo checkpoint.
-
-    python -m drdemo.train --model medmamba_t --data DIR --out FOLDER [--epochs 30 --batch-size 32 ...]
-    torchrun --nproc_per_node 2 -m drdemo.train ...        (DDP: gloo on CPU, nccl on CUDA)
-
-The best epoch by validation quadratic weighted kappa is written to FOLDER in the checkpoint
-format (model.safetensors, config.json, README.md). FOLDER/training/ keeps what a run needs to
-go on after an interruption (state.pt, rewritten every few minutes and at each epoch's end) and
-what it did (log.jsonl, curves.png, split.json). `--resume` continues a run from state.pt,
-mid-epoch included: each epoch's order is a fixed permutation of (seed, epoch), so the
-remaining batches are the ones the interrupted run had not seen.
-"""
+"""One training run: data, model, optimiser, schedule, the loop, validation and the checkpoints it
+writes (drdemo.train's package docstring says what a run leaves in FOLDER). Over 400 lines because
+the Trainer's methods share one run's state (model, EMA, optimiser, sampler position, log), which
+splitting would pass around instead of keeping in one object."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
@@ -45,26 +35,22 @@ from drdemo.checkpoint import (
 )
 from drdemo.data import (
     PARTS,
-    DatasetError,
     FundusDataset,
     Sample,
-    class_counts,
     generator_info,
     load_samples,
     split_samples,
 )
 from drdemo.data.augment import (
-    DRDEMO_AUGMENTATION,
-    PAPER_AUGMENTATION,
-    REAL_AUGMENTATION,
-    Augmentation,
     eval_transform,
     train_transform,
 )
 from drdemo.errors import DrdemoError
 from drdemo.inference import loader_logits, main_logits
-from drdemo.models import create_model, list_models, model_defaults
+from drdemo.models import create_model, model_defaults
 from drdemo.tasks import TASK_CLASS_NAMES
+from drdemo.train.distributed import EpochSampler, init_distributed
+from drdemo.train.recipes import Recipe, class_weights, lr_factor, parameter_groups
 
 STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"
@@ -74,131 +60,6 @@ SPLIT_NAME = "split.json"
 
 class TrainingError(DrdemoError, ValueError):
     """A run that cannot start or go on; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Optimisation and augmentation choices. Presets below; CLI flags override single fields."""
-
-    optimizer: str = "adamw"          # adamw | adam
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    batch_size: int = 32
-    epochs: int = 30
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"          # cosine (after linear warmup) | constant
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    class_weights: bool = True        # inverse label frequency, as in seed 001's EyePACS pipeline
-    aux_loss_weight: float = 0.4      # InceptionV3's auxiliary classifier (Szegedy et al.)
-    grad_clip: float = 5.0
-    augmentation: Augmentation = DRDEMO_AUGMENTATION
-    local_contrast: float = 0.0       # preprocessing: drdemo.preprocess.local_contrast's sigma (0: off)
-    ema_decay: float = 0.0            # exponential moving average of the weights (0: off); validated and saved
-                                      # instead of the raw weights: on a few hundred photos the raw weights'
-                                      # validation QWK jumps by 0.1 from one epoch to the next
-
-
-PRESETS = {
-    "drdemo": Recipe(),
-    # Seed 000: Adam lr 1e-4, batch 64, plain cross-entropy, constant rate, its augmentation.
-    "medmamba-paper": Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=64, epochs=300,
-                             warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, class_weights=False,
-                             grad_clip=0.0, augmentation=PAPER_AUGMENTATION),
-    # A few hundred real photographs from one camera (IDRiD): a lower peak rate, longer warmup, strong
-    # camera augmentation, and Ben Graham's local contrast (sigma = side / 60, his 10 px at 300 px
-    # radius), which removes most of a camera's illumination and colour before the network sees it.
-    "real": Recipe(lr=3e-4, batch_size=16, epochs=30, warmup_epochs=2.0, augmentation=REAL_AUGMENTATION,
-                   local_contrast=0.0167),
-}
-
-
-# ---------------------------------------------------------------------------- distributed
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: torch.device) -> Distributed:
-    """Join the process group torchrun set up (WORLD_SIZE > 1); a single process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-class EpochSampler(Sampler[int]):
-    """The epoch's permutation of (seed, epoch), this rank's share of it, from batch `start_batch` on.
-
-    Every rank draws the same permutation and takes every world_size-th index, cut to a whole
-    number of batches per rank so all ranks step together.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, dist_info: Distributed):
-        self.size, self.batch_size, self.seed, self.dist = size, batch_size, seed, dist_info
-        self.epoch, self.start_batch = 0, 0
-
-    def batches_per_epoch(self) -> int:
-        return (self.size // self.dist.world_size) // self.batch_size
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)[self.dist.rank::self.dist.world_size]
-        order = order[:self.batches_per_epoch() * self.batch_size]
-        return iter(order[self.start_batch * self.batch_size:].tolist())
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch() - self.start_batch) * self.batch_size
-
-
-# ---------------------------------------------------------------------------- pieces
-
-def class_weights(samples: Sequence[Sample], task: str) -> torch.Tensor:
-    """n / (classes * count) per class (scikit-learn's "balanced"); absent classes get weight 0."""
-    counts = np.asarray(class_counts(samples, task), dtype=np.float64)
-    weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and the parameters a model marks `_no_weight_decay`
-    (MedMamba's A_logs and Ds, as in the official code)."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.ndim <= 1 or getattr(parameter, "_no_weight_decay", False) or name.endswith(".bias"):
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
-    """Linear warmup from ~0, then cosine decay to `min_ratio` (or constant)."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
@@ -610,109 +471,3 @@ def _pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"--device {name}: CUDA is not available on this machine")
     return resolve_device(name)
-
-
-# ---------------------------------------------------------------------------- CLI
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m drdemo.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, choices=list_models())
-    parser.add_argument("--data", required=True, type=Path, help="dataset folder (IDRiD grading, EyePACS, APTOS, "
-                        "ImageFolder or synthetic layout, detected)")
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
-    parser.add_argument("--task", default="icdr5", choices=sorted(TASK_CLASS_NAMES))
-    parser.add_argument("--preset", default="drdemo", choices=sorted(PRESETS))
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--warmup-epochs", type=float)
-    parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--no-class-weights", action="store_true")
-    parser.add_argument("--local-contrast", type=float, help="local contrast sigma as a share of the input size "
-                        "(0: off; the real preset's 0.0167 is Ben Graham's)")
-    parser.add_argument("--part", choices=("train", "test"), help="official part of a data set that has one "
-                        "(IDRiD; default train)")
-    parser.add_argument("--ema", type=float, help="decay of an exponential moving average of the weights, which "
-                        "is validated and saved instead of the raw weights (0.98: about the last 50 steps)")
-    parser.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU (fast on CPUs with "
-                        "AVX512-BF16 or AMX)")
-    parser.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of patients held out to validate")
-    parser.add_argument("--val-data", type=Path, help="a separate validation folder instead of a split")
-    parser.add_argument("--limit", type=int, help="use only this many images (quick runs)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
-    parser.add_argument("--save-every-minutes", type=float, default=10.0)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--init-from", type=Path, help="start from this checkpoint folder's weights (new optimiser)")
-    return parser
-
-
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    recipe = PRESETS[args.preset]
-    overrides = {name: value for name, value in (
-        ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
-        ("weight_decay", args.weight_decay), ("warmup_epochs", args.warmup_epochs),
-        ("label_smoothing", args.label_smoothing), ("local_contrast", args.local_contrast),
-        ("ema_decay", args.ema)) if value is not None}
-    if args.no_class_weights:
-        overrides["class_weights"] = False
-    return replace(recipe, **overrides)
-
-
-def _validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    checks = [
-        (args.epochs is not None and args.epochs < 1, "--epochs must be at least 1"),
-        (args.batch_size is not None and args.batch_size < 1, "--batch-size must be at least 1"),
-        (args.lr is not None and not 0 < args.lr < 1, "--lr must be in (0, 1)"),
-        (args.label_smoothing is not None and not 0 <= args.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-        (args.local_contrast is not None and not 0 <= args.local_contrast <= 0.5,
-         "--local-contrast must be in [0, 0.5]"),
-        (args.ema is not None and not 0 <= args.ema < 1, "--ema must be in [0, 1) (0: off)"),
-        (args.img_size is not None and not 64 <= args.img_size <= 1024, "--img-size must be in [64, 1024]"),
-        (not 0 < args.val_fraction < 1, "--val-fraction must be in (0, 1)"),
-        (args.workers < 0, "--workers must be >= 0"),
-        (args.limit is not None and args.limit < 2, "--limit must be at least 2"),
-        (not args.data.is_dir(), f"--data {args.data} is not a folder"),
-        (args.val_data is not None and not args.val_data.is_dir(), f"--val-data {args.val_data} is not a folder"),
-    ]
-    for failed, message in checks:
-        if failed:
-            parser.error(message)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _validate_args(args, parser)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m drdemo.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        command = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m drdemo.train " + command.split(" ", 3)[3]
-    options = RunOptions(model=args.model, data=args.data, out=args.out, task=args.task, preset=args.preset,
-                         img_size=args.img_size, seed=args.seed, val_fraction=args.val_fraction,
-                         val_data=args.val_data, workers=args.workers, limit=args.limit, resume=args.resume,
-                         device=args.device, amp=not args.no_amp, save_every_minutes=args.save_every_minutes,
-                         init_from=args.init_from, part=args.part, cpu_bf16=args.cpu_bf16, command=command)
-    try:
-        trainer = Trainer(options, recipe_from_args(args))
-        trainer.run()
-    except (TrainingError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if trainer.dist.is_main:
-        print(f"best epoch {trainer.best['epoch']} (validation QWK {trainer.best['qwk']:.4f}) saved to {options.out}",
-              file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
