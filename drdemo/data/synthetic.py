@@ -17,6 +17,11 @@ Every length is a fraction of the field-of-view diameter or of the image size, s
 grade stays visible after the field of view is cropped and resized to a 224-299 px model input.
 
     python -m drdemo.data.synthetic --out DIR --n N --seed S [--size 512] [--class-balance uniform|eyepacs]
+
+The module is longer than 400 lines because the generator is one deterministic program: the scene,
+anatomy and lesion stages draw from one random stream per image in a fixed order, so a seed always
+gives the same images (the checkpoints' cards name seeds); keeping the stages in one file keeps that
+order in view.
 """
 
 from __future__ import annotations

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from drdemo.calibration import fit_calibration
-from drdemo.cam_evaluation import CamEvaluationError, evaluate_cams, plot_cam_grid
+from drdemo.cam_evaluation import evaluate_cams, plot_cam_grid
 from drdemo.checkpoint import (
-    CheckpointError,
     LoadedModel,
     choose_cam_default,
     choose_referable_threshold,
@@ -45,6 +44,7 @@ from drdemo.data.lesions import (
     load_lesion_samples,
     split_by_copies,
 )
+from drdemo.errors import DrdemoError
 from drdemo.evaluate.predictions import (
     CAM_GRID_NAME,
     CAM_METRICS_NAME,
@@ -62,9 +62,9 @@ from drdemo.evaluate.predictions import (
     score,
     write_predictions,
 )
-from drdemo.explain import CAM_METHODS, ExplainError
+from drdemo.explain import CAM_METHODS
 from drdemo.inference import VIEW_COUNTS
-from drdemo.metrics import MetricsError, grading_metrics, task_probabilities
+from drdemo.metrics import grading_metrics, task_probabilities
 from drdemo.tasks import task_targets
 
 
@@ -386,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:
         metrics = run(args)
-    except (CheckpointError, DatasetError, MetricsError, EvaluateError, CamEvaluationError, ExplainError,
-            OSError) as exc:
+    except (DrdemoError, OSError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
     if "share" in metrics:

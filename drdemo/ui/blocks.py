@@ -21,7 +21,8 @@ from drdemo import batch as batch_grading
 from drdemo.cam_methods import CAM_METHOD_NAMES
 from drdemo.checkpoint import model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
-from drdemo.explain import CAM_METHODS, ExplainError
+from drdemo.errors import DrdemoError
+from drdemo.explain import CAM_METHODS
 from drdemo.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
@@ -158,7 +159,7 @@ def _user_errors(function: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (ImageRejected, ExplainError, batch_grading.BatchError) as exc:
+        except DrdemoError as exc:  # refused uploads, CAMs that cannot be made, bad batches: said in words
             log.info("request refused: %s", exc)
             raise gr.Error(str(exc)) from None
         except gr.Error:
