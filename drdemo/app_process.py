@@ -1,7 +1,7 @@
 """app.py as a child process on a free loopback port: started, waited for, measured and stopped.
 
 Shared by the tests that need the running app (tests/conftest.py, test_space.py, test_ui_browser.py)
-and the app benchmark (drdemo.bench_app), so the tests do not depend on the benchmark.
+and the app benchmark (benchmarks/app.py), so the tests do not depend on the benchmark.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import pytest
 
-from drdemo import bench
+from benchmarks import suites as bench
 
 
 def test_unknown_model_is_an_argument_error(capsys):

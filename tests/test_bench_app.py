@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from drdemo import bench, bench_app
+from benchmarks import app as bench_app
+from benchmarks import suites as bench
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jp*g"))

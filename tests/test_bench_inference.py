@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from drdemo import bench_inference
+from benchmarks import inference as bench_inference
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
 from drdemo.models import create_model
 

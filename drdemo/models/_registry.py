@@ -32,7 +32,7 @@ class ModelDefaults:
     mean: tuple[float, float, float] = FUNDUS_MEAN
     std: tuple[float, float, float] = FUNDUS_STD
     display_name: str = ""  # what people read ("MedMamba-T"); empty: the registry id
-    # Serve and train with channels-last weights: measured faster on CPU by `python -m drdemo.bench
+    # Serve and train with channels-last weights: measured faster on CPU by `python -m benchmarks
     # inference` with no grade changed (InceptionV3 0.78x; a training step 0.75x); left off where it
     # gained nothing (MedMamba-T 1.03x).
     channels_last: bool = False

@@ -1,6 +1,6 @@
 """End-to-end benchmark of the running app, as users feel it: HTTP in, probabilities and heat maps out.
 
-    python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
+    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
 
 Starts app.py on 127.0.0.1 and measures in one run: cold start (process start to the first answered
 /grade); /grade and /compare latency over real HTTP with gradio_client, interleaved round by round with
@@ -295,7 +295,7 @@ def markdown(report: dict) -> str:
     latency, load = report["latency"], report["load"]
     unit = report["unit_inception_v3_ms"]
     lines = [
-        f"Measured by `python -m drdemo.bench app` ({report['cpu_count']} CPUs, torch {report['torch']}): app.py on "
+        f"Measured by `python -m benchmarks app` ({report['cpu_count']} CPUs, torch {report['torch']}): app.py on "
         f"127.0.0.1, requests through gradio_client (certificate checks off: plain HTTP), interleaved with a bare "
         f"torchvision InceptionV3 forward at 299 px ({unit} ms, the unit).",
         "",

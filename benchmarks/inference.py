@@ -1,7 +1,7 @@
 """Which inference options are worth keeping: each is timed against plain float32 eager in the same rounds
 and must give the same grade on every image of a synthetic test set.
 
-    python -m drdemo.bench inference [--checkpoints checkpoints/medmamba_t,checkpoints/inception_v3]
+    python -m benchmarks inference [--checkpoints checkpoints/medmamba_t,checkpoints/inception_v3]
                                      [--images 100] [--repeats 20] [--json OUT] [--readme README.md]
 
 Options: channels-last memory format, dynamic int8 quantisation of the linear layers, torch.compile
@@ -144,7 +144,7 @@ def keep(row: dict) -> bool:
 
 
 def markdown(rows: list[dict], threads: int) -> str:
-    lines = [f"Measured by `python -m drdemo.bench inference` ({threads} threads): forward at batch 1, each option "
+    lines = [f"Measured by `python -m benchmarks inference` ({threads} threads): forward at batch 1, each option "
              f"timed against eager float32 in the same rounds; grades compared on synthetic images from a seed no "
              f"checkpoint saw.", "",
              "| model | option | ms | vs eager | first call (s) | grades changed | max prob. change | "

@@ -1,18 +1,18 @@
 """Benchmarks that report ratios measured in one run, so a noisy shared machine cancels out.
 
-    python -m drdemo.bench [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
-    python -m drdemo.bench inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme README.md]
-    python -m drdemo.bench app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
-    python -m drdemo.bench gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
-    python -m drdemo.bench gpu [--repeats N] [--json OUT]
+    python -m benchmarks [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
+    python -m benchmarks inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme README.md]
+    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
+    python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
+    python -m benchmarks gpu [--repeats N] [--json OUT]
 
 Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and
 the ratio to torchvision InceptionV3 timed in the same rounds (models are interleaved round
 by round); the selective scan's speedup over the sequential PyTorch loop and its error
 against the float64 oracle (also under stress); and MedMamba-T training throughput.
-The `inference` suite tries inference options on the bundled checkpoints (drdemo.bench_inference);
-the `app` suite measures the running app end to end (drdemo.bench_app); the `gate` suite runs the image
-gate over real and synthetic fundus photos and a corpus of other pictures, and times it (drdemo.bench_gate).
+The `inference` suite tries inference options on the bundled checkpoints (benchmarks/inference.py);
+the `app` suite measures the running app end to end (benchmarks/app.py); the `gate` suite runs the image
+gate over real and synthetic fundus photos and a corpus of other pictures, and times it (benchmarks/gate.py).
 With CUDA present, `models` adds a GPU section (the `gpu` suite alone): the scan per backend at
 MedMamba-T's stage-1 shape (sequential loop, Triton, mamba_ssm if installed), MedMamba-T and
 InceptionV3 images/s at batch 1, 8 and 64 in float32 and with AMP, MedMamba-T's logits on the GPU
@@ -37,7 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drdemo import bench_app, bench_gate, bench_inference
+from benchmarks import app as bench_app
+from benchmarks import gate as bench_gate
+from benchmarks import inference as bench_inference
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref, triton_parity
@@ -291,7 +293,7 @@ def environment() -> dict:
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
-        f"Measured by `python -m drdemo.bench` ({env['threads']} threads, torch {env['torch']}, "
+        f"Measured by `python -m benchmarks` ({env['threads']} threads, torch {env['torch']}, "
         f"{env['cpu_capability']}, scan backend `{env['scan_backend']}`). Ratios are to torchvision "
         f"InceptionV3 at 299 px timed in the same rounds.",
         "",
@@ -333,7 +335,7 @@ def update_readme(path: Path, table: str, start: str = README_START, end: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drdemo.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app", "gate", "gpu"],
                         help="models: bare networks (and the GPU section with CUDA); inference: options such as "
                              "int8 and torch.compile on the checkpoints; app: app.py end to end over HTTP; gate: "

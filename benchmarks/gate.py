@@ -1,7 +1,7 @@
 """How the image gate does on real fundus photos, on synthetic ones and on pictures that are not fundus photos,
 and what it costs on a 12 MP upload.
 
-    python -m drdemo.bench gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
+    python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
 
 Prints, per set of real photos under `--data` (IDRiD, DRIVE, CHASE_DB1; sets that are absent are skipped), how
 many are refused, warned that they may not be colour fundus photos, warned about their quality only, and
@@ -118,7 +118,7 @@ def time_camera_upload(data: Path, repeats: int) -> dict:
 
 def markdown(report: dict) -> str:
     """The README section: real sets, synthetic photos, the corpus by category, and the timing."""
-    lines = ["Measured by `python -m drdemo.bench gate`. Thresholds were chosen on "
+    lines = ["Measured by `python -m benchmarks gate`. Thresholds were chosen on "
              f"{' and '.join(TUNED_ON)} (and synthetic photos of other seeds); the other sets are held out.", "",
              "| photos | n | refused | warned: what it is | warned: quality only | accepted | with a quality note |",
              "|---|---|---|---|---|---|---|"]
