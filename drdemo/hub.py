@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import HfHubHTTPError
 
-from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as drdemo.hub's)
+from drdemo.checkpoint import (  # HubUnavailable, LoadedModel, load_model: re-exported (__all__)
     CARD_NAME,
     CONFIG_NAME,
     REPO_ID,
@@ -41,16 +41,16 @@ from drdemo.checkpoint import (  # noqa: F401  (the store's API, documented as d
     code_commit,
     count_parameters,
     fetch,
-    is_repo_id,
     load_model,
     push,
     read_config,
-    resolve_device,
     save_checkpoint,
     weight_files,
 )
 from drdemo.models import create_model
 from drdemo.tasks import TASK_CLASS_NAMES
+
+__all__ = ["HubUnavailable", "LoadedModel", "convert_official", "describe", "fetch", "load_model", "main", "push"]
 
 
 def convert_official(weights: str | Path, variant: str, out: str | Path, task: str | None = None) -> Path:

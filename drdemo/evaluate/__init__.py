@@ -19,25 +19,9 @@ The package: predictions.py (the library: logits, metrics, rows, files and plots
 command line); `python -m drdemo.evaluate` runs cli.main.
 """
 
-from drdemo.evaluate.cli import build_parser, main, run, select_samples
-from drdemo.evaluate.predictions import (
-    CONFUSION_NAME,
-    METRICS_NAME,
-    PREDICTIONS_NAME,
-    ROC_NAME,
-    EvaluateError,
-    evaluate,
-    plot_confusion_matrix,
-    plot_roc,
-    predict_logits,
-    predict_probabilities,
-    probability_column,
-    score,
-    write_predictions,
-)
+from drdemo.evaluate.cli import main
+from drdemo.evaluate.predictions import EvaluateError, evaluate, predict_logits, predict_probabilities, score
 
-__all__ = [
-    "CONFUSION_NAME", "METRICS_NAME", "PREDICTIONS_NAME", "ROC_NAME", "EvaluateError", "build_parser", "evaluate",
-    "main", "plot_confusion_matrix", "plot_roc", "predict_logits", "predict_probabilities", "probability_column",
-    "run", "score", "select_samples", "write_predictions",
-]
+# The library's entry points; the files' names, the plots and the CLI's pieces are imported from
+# drdemo.evaluate.predictions and drdemo.evaluate.cli themselves.
+__all__ = ["EvaluateError", "evaluate", "main", "predict_logits", "predict_probabilities", "score"]
