@@ -65,8 +65,8 @@ def to_rgb(image: Image.Image, fmt: str | None = None) -> Image.Image:
 def decode_opened(image: Image.Image, path: str | Path) -> Image.Image:
     """Upright 8-bit RGB of a file Pillow has opened (header read, pixels not yet) from `path`:
     large files at a reduced scale, 16-bit colour at its full depth; info["stored_size"] is the
-    file's own (W, H). Raises what Pillow and OpenCV
-    raise for damaged data; the callers turn that into their own messages."""
+    file's own (W, H). Damaged data raises Pillow's error types (OpenCV's as OSError); the callers
+    turn them into their own messages."""
     fmt = image.format
     width, height = image.size
     if _is_deep_colour(image, Path(path)):
