@@ -121,8 +121,8 @@ def serve(settings: SlotSettings) -> ServedModel:
             problems.append(str(exc))
             continue
         except Exception as exc:  # a checkpoint must never take the app down: report it and fall back
-            log.exception("%s: %s loaded but cannot be served", settings.slot, source)
-            problems.append(f"{source} loaded but cannot be served ({type(exc).__name__}: {exc})")
+            log.exception("%s: %s cannot be served", settings.slot, source)
+            problems.append(f"{source} cannot be served ({type(exc).__name__}: {exc})")
             continue
         status = (origin if not problems
                   else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead")

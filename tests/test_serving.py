@@ -116,5 +116,5 @@ def test_checkpoint_that_loads_but_cannot_grade_falls_back(tmp_path, monkeypatch
     monkeypatch.setattr(Predictor, "warm_up", warm_up)
     served = serve(_slot(tmp_path, source=str(configured), bundled=bundled))
     assert served.fallback and not served.predictor.config.provenance.get("broken")
-    assert served.status == (f"{configured} loaded but cannot be served (RuntimeError: out of memory); "
+    assert served.status == (f"{configured} cannot be served (RuntimeError: out of memory); "
                              f"serving the bundled {bundled} instead")
