@@ -42,7 +42,7 @@ from benchmarks import gate as bench_gate
 from benchmarks import inference as bench_inference
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
-from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_ref, triton_parity
+from drdemo.ops import cpu_kernel, relative_error, scan_backend, selective_scan, selective_scan_ref, triton_parity
 
 UNIT_MODEL = "inception_v3"
 README_START, README_END = "<!-- bench:models:start -->", "<!-- bench:models:end -->"
@@ -117,9 +117,8 @@ def bench_scan(repeats: int) -> dict:
         oracle = selective_scan_ref(u.double(), delta.double(), A.double(), B.double(), C.double(), D.double())
         fast = selective_scan(u, delta, A, B, C, D)
         loop = selective_scan_ref(u, delta, A, B, C, D)
-        scale = oracle.abs().max().item()
-        result[f"{case}_max_error"] = float(f"{(fast.double() - oracle).abs().max().item() / scale:.3g}")
-        result[f"{case}_loop_max_error"] = float(f"{(loop.double() - oracle).abs().max().item() / scale:.3g}")
+        result[f"{case}_max_error"] = float(f"{relative_error(fast, oracle):.3g}")
+        result[f"{case}_loop_max_error"] = float(f"{relative_error(loop, oracle):.3g}")
     times = _median_interleaved({"fast": lambda: selective_scan(u, delta, A, B, C, D)}, repeats)
     loop_times = _median_interleaved({"loop": lambda: selective_scan_ref(u, delta, A, B, C, D)}, 3, warmup=1)
     result["fast_ms"] = round(times["fast"] * 1e3, 2)

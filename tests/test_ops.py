@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from drdemo.ops import (
     cpu_kernel,
     cross_scan_orders,
+    relative_error,
     scan_backend,
     selective_scan,
     selective_scan_2d,
@@ -47,10 +48,6 @@ def make_inputs(batch, dim, length, d_state, groups, dtype=torch.float32, seed=0
     B_shape = (batch, d_state, length) if groups is None else (batch, groups, d_state, length)
     return dict(u=randn(batch, dim, length), delta=delta, A=A, B=randn(*B_shape), C=randn(*B_shape),
                 D=randn(dim), z=randn(batch, dim, length), delta_bias=0.5 * randn(dim))
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
 def oracle(inputs, **options):

@@ -2,10 +2,13 @@
 
 from drdemo.ops.scan import (
     cross_scan_orders,
+    relative_error,
     scan_backend,
     selective_scan,
     selective_scan_2d,
     selective_scan_ref,
 )
 
-__all__ = ["cross_scan_orders", "scan_backend", "selective_scan", "selective_scan_2d", "selective_scan_ref"]
+__all__ = [
+    "cross_scan_orders", "relative_error", "scan_backend", "selective_scan", "selective_scan_2d", "selective_scan_ref",
+]

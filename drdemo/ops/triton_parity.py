@@ -23,7 +23,14 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from drdemo.ops import cpu_kernel, scan_backend, selective_scan, selective_scan_2d, selective_scan_ref
+from drdemo.ops import (
+    cpu_kernel,
+    relative_error,
+    scan_backend,
+    selective_scan,
+    selective_scan_2d,
+    selective_scan_ref,
+)
 
 FORWARD_TOLERANCE = 1e-4
 GRAD_TOLERANCE = 1e-3
@@ -61,10 +68,6 @@ def _chunk(chunk: int | None) -> Iterator[None]:
         yield
     finally:
         triton_scan.CHUNK = saved
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double().cpu() - expected.double().cpu()).abs().max() / expected.double().abs().max()).item()
 
 
 def _inputs(batch: int, dim: int, length: int, d_state: int, groups: int | None, device: str, seed: int = 0,
