@@ -3,7 +3,7 @@
 import logging
 import os
 
-from drdemo.serving import load_settings, serve
+from drdemo.serving.slots import load_settings, serve
 from drdemo.ui import build_demo
 
 

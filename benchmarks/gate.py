@@ -8,7 +8,7 @@ many are refused, warned that they may not be colour fundus photos, warned about
 accepted; the same for synthetic photos from the project's generator; per category of the non-fundus corpus
 (tests/gate_corpus.py, made at run time), how many are refused, warned and accepted without a warning; and the
 p50 time of the fundus check on a 4000 x 3000 JPEG beside the time to decode it. Which photos the check's
-thresholds were chosen on is in `drdemo.fundus_check`.
+thresholds were chosen on is in `drdemo.intake.fundus_check`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from drdemo.data.synthetic import generate_fundus
-from drdemo.gate import ImageRejected, assess, load_image
+from drdemo.intake.gate import ImageRejected, assess, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from drdemo.errors import DrdemoError
-from drdemo.gate import MAX_BYTES, GateResult, ImageRejected
+from drdemo.intake.gate import MAX_BYTES, GateResult, ImageRejected
 from drdemo.predictor import Prediction, Predictor
 
 MAX_IMAGES = 200
@@ -87,7 +87,7 @@ def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], ad
           referable_threshold: float | None = None,
           progress: Callable[[float, str], None] | None = None,
           referable_thresholds: Mapping[str, float] | None = None) -> list[BatchItem]:
-    """Run every model on every admitted image. `admit(path)` is the gate (`drdemo.gate.check_upload`): it
+    """Run every model on every admitted image. `admit(path)` is the gate (`drdemo.intake.gate.check_upload`): it
     returns the image with the outcome, reason and warnings, or raises ImageRejected. A model refers at
     `referable_thresholds[its name]`, else `referable_threshold`, else its checkpoint's own threshold."""
     thresholds = dict(referable_thresholds or {})

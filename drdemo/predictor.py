@@ -18,7 +18,7 @@ from PIL import Image
 
 from drdemo.calibration import class_probabilities, view_spread
 from drdemo.checkpoint import CheckpointConfig
-from drdemo.explain import Explainer
+from drdemo.cam.explain import Explainer
 from drdemo.inference import SYMMETRIES, view_logits
 from drdemo.metrics import task_probabilities
 from drdemo.models import create_model, model_defaults

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from drdemo.decode import to_rgb
+from drdemo.intake.decode import to_rgb
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig

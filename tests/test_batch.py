@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from drdemo import batch
-from drdemo.gate import check_upload
+from drdemo.intake.gate import check_upload
 from drdemo.predictor import Predictor
 from drdemo.ui import views
 

@@ -54,7 +54,7 @@ def test_example_captions_give_the_true_grade():
 
 
 def test_the_page_and_the_api_default_to_each_checkpoints_own_threshold(tmp_path):
-    from drdemo.serving import ServedModel
+    from drdemo.serving.slots import ServedModel
     low = CheckpointConfig.for_architecture("resnet50", input_size=64, referable_threshold=0.3)
     high = CheckpointConfig.for_architecture("vgg16", input_size=64, referable_threshold=0.7)
     served = [ServedModel("medmamba", Predictor(create_model("resnet50", num_classes=5), low), "test", False),
@@ -73,7 +73,7 @@ def test_the_page_and_the_api_default_to_each_checkpoints_own_threshold(tmp_path
 
 
 def _two_models() -> list:
-    from drdemo.serving import ServedModel
+    from drdemo.serving.slots import ServedModel
     small = CheckpointConfig.for_architecture("resnet50", input_size=64, provenance={"trained": True, "data": "x"})
     large = CheckpointConfig.for_architecture("vgg16", input_size=96, display_name="Big VGG",
                                               provenance={"trained": True, "data": "x"})

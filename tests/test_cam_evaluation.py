@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.checkpoint import CheckpointConfig, read_config, save_checkpoint
 from drdemo.data import load_samples
 from drdemo.data.lesions import lesion_union, load_lesion_samples

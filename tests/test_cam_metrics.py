@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from drdemo.cam_metrics import energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
+from drdemo.cam.metrics import energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 
 
 def _mask(shape=(40, 40), box=(10, 20, 10, 20)) -> np.ndarray:
@@ -73,7 +73,7 @@ def test_shapes_and_types_are_checked():
 
 
 def test_the_centre_map_peaks_at_the_centre_of_the_field_of_view():
-    from drdemo.cam_metrics import centre_map
+    from drdemo.cam.metrics import centre_map
     inside = np.zeros((60, 80), bool)
     inside[10:50, 30:70] = True                       # a field of view right of the frame's centre
     peak = np.unravel_index(int(np.argmax(centre_map((60, 80), inside))), (60, 80))

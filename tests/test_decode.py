@@ -11,8 +11,8 @@ from PIL import Image
 from drdemo.checkpoint import CheckpointConfig
 from drdemo.data import open_image
 from drdemo.data.synthetic import generate_fundus
-from drdemo.decode import DECODE_ABOVE, read_image, to_8_bit, to_rgb
-from drdemo.gate import load_image
+from drdemo.intake.decode import DECODE_ABOVE, read_image, to_8_bit, to_rgb
+from drdemo.intake.gate import load_image
 from drdemo.preprocess import prepare_image, preprocess_kwargs
 
 

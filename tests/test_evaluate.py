@@ -186,7 +186,7 @@ def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(wo
 
     from drdemo.checkpoint import read_config
     from drdemo.data import open_image
-    from drdemo.hub import load_model
+    from drdemo.serving.hub import load_model
     from drdemo.predictor import Predictor
     checkpoint = Path(shutil.copytree(workspace.checkpoint, tmp_path / "checkpoint"))
     out = tmp_path / "val"

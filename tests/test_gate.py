@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drdemo import gate
+from drdemo.intake import gate
 from drdemo.data.synthetic import generate_fundus
-from drdemo.gate import MAX_PIXELS, Assessment, GateResult, ImageRejected, assess, check_upload, load_image
+from drdemo.intake.gate import MAX_PIXELS, Assessment, GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.ui import views
 
 # --------------------------------------------------------------------------------------------- decoding

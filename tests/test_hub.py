@@ -17,7 +17,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 
 from drdemo.checkpoint import CheckpointConfig, CheckpointError, model_card, read_weights, save_checkpoint
-from drdemo.hub import HubUnavailable, convert_official, load_model, push
+from drdemo.serving.hub import HubUnavailable, convert_official, load_model, push
 from drdemo.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def test_cli_push_and_info_through_environment_variables(hub, tmp_path):
     env.pop("HF_HUB_CACHE", None)
 
     def cli(*args, **extra_env):
-        return subprocess.run([sys.executable, "-m", "drdemo.hub", *args], env={**env, **extra_env},
+        return subprocess.run([sys.executable, "-m", "drdemo.serving.hub", *args], env={**env, **extra_env},
                               capture_output=True, text=True, timeout=300)
 
     pushed = cli("push", str(tmp_path / "ckpt"), "--repo-id", "drdemo/cli-model")

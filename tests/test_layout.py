@@ -163,9 +163,9 @@ def test_the_cycle_finder_sees_function_level_imports_and_skips_type_checking():
 
 def test_the_import_graph_counts_imports_inside_functions():
     graph = import_graph()
-    # drdemo.hub's CLI imports drdemo.space inside main(); drdemo.data's names load on first use.
-    assert "drdemo.space" in graph["drdemo.hub"]
-    assert "drdemo.data.datasets" in graph["drdemo.cam_evaluation"]
+    # drdemo.serving.hub's CLI imports drdemo.serving.space inside main(); drdemo.data's names load on first use.
+    assert "drdemo.serving.space" in graph["drdemo.serving.hub"]
+    assert "drdemo.data.datasets" in graph["drdemo.cam.evaluation"]
 
 
 def test_no_import_cycle_inside_drdemo():

@@ -89,7 +89,7 @@ def test_masks_stay_on_their_lesions_through_the_models_crop_and_resize(tmp_path
 
 
 def test_masks_follow_a_photo_decoded_at_reduced_scale(tmp_path):
-    """A camera-size photo is decoded smaller (drdemo.decode, as the app does); its full-size masks
+    """A camera-size photo is decoded smaller (drdemo.intake.decode, as the app does); its full-size masks
     are reduced with it, and a lesion of a few pixels is kept rather than averaged away."""
     size = (2600, 1800)
     root = make_segmentation(tmp_path / "seg", {})

@@ -11,7 +11,7 @@ from huggingface_hub import constants as hub_constants
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
 from drdemo.models import create_model
 from drdemo.predictor import Predictor
-from drdemo.serving import SLOTS, load_settings, serve
+from drdemo.serving.slots import SLOTS, load_settings, serve
 
 
 def write_checkpoint(folder, architecture="medmamba_t"):
@@ -71,7 +71,7 @@ def test_unreachable_repo_falls_back_to_bundled(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     bundled = write_checkpoint(tmp_path / "bundled")
-    monkeypatch.setattr("drdemo.serving.ROOT", tmp_path)
+    monkeypatch.setattr("drdemo.serving.slots.ROOT", tmp_path)
     served = serve(_slot(tmp_path, source="org/medmamba", bundled=bundled))
     assert served.fallback
     assert served.status.startswith("cannot load org/medmamba: http://127.0.0.1:9 could not be reached")

@@ -17,9 +17,9 @@ from hub_server import HubServer
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub import constants as hub_constants
 
-from drdemo import space
+from drdemo.serving import space
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
-from drdemo.hub import push
+from drdemo.serving.hub import push
 from drdemo.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_deploy_errors_say_what_to_do(hub, tmp_path, monkeypatch):
 def test_unreachable_hub_is_an_error_with_what_to_do_not_a_traceback(tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_local_test_token",
            "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "drdemo.hub", "deploy-space", "drdemo/demo"], env=env, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "drdemo.serving.hub", "deploy-space", "drdemo/demo"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot reach http://127.0.0.1:9" in result.stderr and "check the network, or HF_ENDPOINT" in result.stderr
@@ -169,7 +169,7 @@ def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hu
     staged = tmp_path / "staged" / "space"
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
     env.pop("HF_TOKEN", None)                                     # a dry run needs no token
-    result = subprocess.run([sys.executable, "-m", "drdemo.hub", "deploy-space", "drdemo/demo", "--hardware",
+    result = subprocess.run([sys.executable, "-m", "drdemo.serving.hub", "deploy-space", "drdemo/demo", "--hardware",
                              "t4-small", "--medmamba", f"drdemo/medmamba@{commits['medmamba']}", "--inception",
                              f"drdemo/inception@{commits['inception']}", "--dry-run", str(staged)],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -20,7 +20,7 @@ from drdemo import train
 from drdemo.checkpoint import read_config
 from drdemo.data import synthetic
 from drdemo.data.augment import Augmentation
-from drdemo.hub import load_model
+from drdemo.serving.hub import load_model
 from drdemo.predictor import Predictor
 from drdemo.train import Distributed, EpochSampler, class_weights, lr_factor
 

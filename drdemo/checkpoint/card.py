@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from drdemo.cam_methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
+from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.checkpoint.config import CheckpointConfig, idrid_in_training, training_stages
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 
@@ -56,7 +56,7 @@ RGB, {"cropped to the field of view (black border removed, padded to a square), 
 
 ## Loading
 ```python
-from drdemo.hub import load_model
+from drdemo.serving.hub import load_model
 loaded = load_model("<this repo id or folder>")
 ```
 """

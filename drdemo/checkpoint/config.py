@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from drdemo.calibration import check_calibration
-from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import list_models, model_defaults
@@ -46,7 +46,7 @@ class CheckpointConfig:
     cam_reshape: str | None = None
     # The name people read ("MedMamba-T"); a config.json without one gets the registry's, so older files need no edit.
     display_name: str = ""
-    cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.cam_methods.CAM_METHOD_NAMES)
+    cam_method: str = "gradcam"       # the app's default CAM method (a key of drdemo.cam.methods.CAM_METHOD_NAMES)
     # What the image goes through before normalisation (drdemo.preprocess): RGB conversion, cropping to
     # the field of view when crop_fov, a square resize, then (local_contrast > 0) subtracting the local
     # average colour with a Gaussian of sigma = local_contrast x the input size.

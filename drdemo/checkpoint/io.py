@@ -3,7 +3,7 @@ weights (safetensors only), building the registry model from them, and the store
 checkpoint from a folder or a Hugging Face Hub repo, push one), like timm's _hub.py.
 
 Hub access is huggingface_hub's own (snapshot_download), so HF_ENDPOINT, HF_HOME / HF_HUB_CACHE,
-HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says. drdemo.hub re-exports the store's
+HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says. drdemo.serving.hub re-exports the store's
 functions and adds its CLI.
 """
 
@@ -48,7 +48,7 @@ def read_config(folder: Path) -> CheckpointConfig:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}: a checkpoint folder needs {WEIGHTS_NAME} and "
-                              f"{CONFIG_NAME} (see drdemo.checkpoint.save_checkpoint, or `python -m drdemo.hub "
+                              f"{CONFIG_NAME} (see drdemo.checkpoint.save_checkpoint, or `python -m drdemo.serving.hub "
                               f"convert-official` for weights from the official MedMamba code)")
     try:
         data = json.loads(path.read_text())
@@ -78,7 +78,7 @@ def weight_files(folder: Path) -> list[Path]:
     if pickles:
         raise CheckpointError(
             f"{folder} has weights only in pickle format ({', '.join(pickles)}), which can run arbitrary code "
-            f"when loaded and is refused. Convert them once, in a place you trust: python -m drdemo.hub "
+            f"when loaded and is refused. Convert them once, in a place you trust: python -m drdemo.serving.hub "
             f"convert-official --weights {folder / pickles[0]} --variant <name> --out <folder>")
     raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from drdemo.decode import read_image
+from drdemo.intake.decode import read_image
 from drdemo.errors import DrdemoError
 from drdemo.tasks import NUM_GRADES, num_classes, task_target
 
@@ -404,7 +404,7 @@ def load_photos(root: Path | str) -> list[Sample]:
 
 
 def open_image(path: Path | str) -> Image.Image:
-    """An upright RGB image from a file, decoded as the app decodes an upload (drdemo.decode); a file
+    """An upright RGB image from a file, decoded as the app decodes an upload (drdemo.intake.decode); a file
     that cannot be decoded raises DatasetError."""
     try:
         rgb = read_image(path)

@@ -121,7 +121,7 @@ def load_lesion_samples(root: Path | str, part: str | None = None) -> list[Lesio
 def lesion_union(sample: LesionSample, size: tuple[int, int] | None = None,
                  stored_size: tuple[int, int] | None = None) -> np.ndarray:
     """All lesion masks of a photo as one boolean (H, W) mask. `size` = (W, H) of the decoded photo
-    checks it; masks drawn at the file's `stored_size` of a photo decoded smaller (drdemo.decode
+    checks it; masks drawn at the file's `stored_size` of a photo decoded smaller (drdemo.intake.decode
     reduces large files) are reduced with it, a pixel set wherever any lesion pixel falls in it."""
     union = None
     for path in sample.masks.values():

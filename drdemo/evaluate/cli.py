@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from drdemo.calibration import fit_calibration
-from drdemo.cam_evaluation import evaluate_cams, plot_cam_grid
+from drdemo.cam.evaluation import evaluate_cams, plot_cam_grid
 from drdemo.checkpoint import (
     LoadedModel,
     choose_cam_default,
@@ -62,7 +62,7 @@ from drdemo.evaluate.predictions import (
     score,
     write_predictions,
 )
-from drdemo.explain import CAM_METHODS
+from drdemo.cam.explain import CAM_METHODS
 from drdemo.inference import VIEW_COUNTS
 from drdemo.metrics import grading_metrics, task_probabilities
 from drdemo.tasks import task_targets

@@ -1,7 +1,7 @@
 """Convolutional baselines from torchvision (InceptionV3, ResNet50, VGG16), as in seed 001.
 
 Built with weights=None: no pretrained weights can be downloaded in this project's
-environment, and checkpoints come from drdemo.hub. Parameter names are torchvision's, so a
+environment, and checkpoints come from drdemo.serving.hub. Parameter names are torchvision's, so a
 torchvision state_dict with a 5-class head loads directly.
 """
 

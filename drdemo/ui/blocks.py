@@ -18,15 +18,15 @@ import gradio as gr
 from PIL import Image
 
 from drdemo import batch as batch_grading
-from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.checkpoint import model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.errors import DrdemoError
-from drdemo.explain import CAM_METHODS
-from drdemo.gate import GateResult, ImageRejected, assess, check_upload, load_image
+from drdemo.cam.explain import CAM_METHODS
+from drdemo.intake.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
-from drdemo.serving import ServedModel
+from drdemo.serving.slots import ServedModel
 from drdemo.tasks import ICDR_GRADES
 from drdemo.ui import views
 

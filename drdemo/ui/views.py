@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from drdemo.batch import BatchItem
-from drdemo.cam_methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
-from drdemo.explain import overlay
-from drdemo.gate import OUTCOME_WORDS
+from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
+from drdemo.cam.explain import overlay
+from drdemo.intake.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
 from drdemo.tasks import ICDR_GRADES
 

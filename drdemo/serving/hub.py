@@ -13,11 +13,11 @@ in the shared cache, a revision already cached loads with no network, and offlin
 touches the network. Only safetensors, config.json and the model card are ever downloaded.
 
 CLI:
-    python -m drdemo.hub push FOLDER --repo-id ORG/NAME [--revision BRANCH]
-    python -m drdemo.hub convert-official --weights FILE --variant medmamba_t --out FOLDER
-    python -m drdemo.hub info SOURCE [--revision REV]
-    python -m drdemo.hub deploy-space ORG/NAME [--hardware FLAVOR] [--medmamba SOURCE[@REV]]
-        [--inception SOURCE[@REV]] [--private] [--dry-run DIR]      (drdemo.space)
+    python -m drdemo.serving.hub push FOLDER --repo-id ORG/NAME [--revision BRANCH]
+    python -m drdemo.serving.hub convert-official --weights FILE --variant medmamba_t --out FOLDER
+    python -m drdemo.serving.hub info SOURCE [--revision REV]
+    python -m drdemo.serving.hub deploy-space ORG/NAME [--hardware FLAVOR] [--medmamba SOURCE[@REV]]
+        [--inception SOURCE[@REV]] [--private] [--dry-run DIR]      (drdemo.serving.space)
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def describe(source: str, revision: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drdemo.hub", description="drdemo checkpoint store")
+    parser = argparse.ArgumentParser(prog="python -m drdemo.serving.hub", description="drdemo checkpoint store")
     commands = parser.add_subparsers(dest="command", required=True)
     push_cmd = commands.add_parser("push", help="upload a checkpoint folder to a Hub model repo")
     push_cmd.add_argument("folder", type=Path)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     info = commands.add_parser("info", help="describe a checkpoint folder or Hub repo")
     info.add_argument("source")
     info.add_argument("--revision")
-    from drdemo import space  # imports this module: loaded only when the CLI runs
+    from drdemo.serving import space  # imports this module: loaded only when the CLI runs
     space.add_arguments(commands.add_parser("deploy-space", help="deploy the app as a Gradio Space, its models "
                                                                  "pushed and pinned to their commits"))
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """What the fundus check measures on a picture: its field of view, its vessel-like lines, its colour, its quality.
 
-Plain measurements (numbers and masks, no verdicts); `drdemo.fundus_check` holds the thresholds they are held to
+Plain measurements (numbers and masks, no verdicts); `drdemo.intake.fundus_check` holds the thresholds they are held to
 and the words. Everything runs on small copies, so a 12 MP upload costs tens of milliseconds:
 
 * `probe(image, size)`: an RGB array at most `size` px on its longer side;

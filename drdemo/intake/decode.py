@@ -1,6 +1,6 @@
 """The one decoder: every image a model sees becomes upright 8-bit RGB here, the same way.
 
-An upload (through drdemo.gate, which adds the app's limits), a training or evaluation photo
+An upload (through drdemo.intake.gate, which adds the app's limits), a training or evaluation photo
 (through drdemo.data), a batch member and a PIL image handed to the preprocessing all pass
 through `decode_opened` / `to_rgb`, so training and serving see the same pixels for every
 encoding. The rules:

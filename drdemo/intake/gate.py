@@ -4,10 +4,10 @@
   before any pixel is decoded (a decompression bomb is refused without allocating it; PIL's own bomb
   check stays on as a second line), only the formats the page offers are parsed (the content is
   sniffed, the file name is ignored), the whole image is decoded (so a truncated file fails here, not
-  in a model), and drdemo.decode turns it into upright 8-bit RGB exactly as training's data loaders
+  in a model), and drdemo.intake.decode turns it into upright 8-bit RGB exactly as training's data loaders
   do (large camera files at a reduced scale; CMYK, 16-bit, RGBA, LA, palette, greyscale). Every
   failure is an `ImageRejected` whose message says what is wrong.
-* `assess(image)` (drdemo.fundus_check) asks whether the picture is a colour fundus photograph and notes
+* `assess(image)` (drdemo.intake.fundus_check) asks whether the picture is a colour fundus photograph and notes
   its quality: accepted, warned (graded with a visible warning) or refused.
 * `check_upload(path)` runs both and returns a `GateResult` with the outcome, its reason, the measured
   values and the notes to show beside the grade; a refusal raises `ImageRejected`, whose `reason` and
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from drdemo.decode import decode_opened
+from drdemo.intake.decode import decode_opened
 from drdemo.errors import DrdemoError
-from drdemo.fundus_check import Assessment, assess
+from drdemo.intake.fundus_check import Assessment, assess
 
 __all__ = ["MAX_BYTES", "MAX_PIXELS", "OUTCOME_WORDS", "Assessment", "GateResult", "ImageRejected", "assess",
            "check_upload", "load_image"]
@@ -83,7 +83,7 @@ def _bomb_message(name: str, exc: Exception) -> str:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode `path` into an upright RGB image, or raise ImageRejected saying why not.
 
-    Pixels are decoded by drdemo.decode, as the data loaders decode them (large files at a reduced
+    Pixels are decoded by drdemo.intake.decode, as the data loaders decode them (large files at a reduced
     scale, every mode and bit depth to 8-bit RGB). `image.info["original_size"]` keeps the upright
     size of the file (after EXIF rotation), `image.info["format"]` the sniffed format.
     """

@@ -30,7 +30,7 @@ from drdemo.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # slot -> (bundled checkpoint folder, architecture of the untrained last resort)
 SLOTS: dict[str, tuple[Path, str]] = {
     "medmamba": (ROOT / "checkpoints" / "medmamba_t", "medmamba_t"),

@@ -21,7 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from drdemo.calibration import class_probabilities
-from drdemo.cam_methods import CAM_METHOD_NAMES
+from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.errors import DrdemoError
 from drdemo.inference import main_logits
 from drdemo.models import CAM_RESHAPES, target_layers
@@ -29,7 +29,7 @@ from drdemo.models import CAM_RESHAPES, target_layers
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
 
-# Method name -> pytorch-grad-cam class, in drdemo.cam_methods' order (its names are the keys).
+# Method name -> pytorch-grad-cam class, in drdemo.cam.methods' order (its names are the keys).
 # EigenCAM needs no gradients (and no target class).
 _CAM_CLASSES = {
     "gradcam": GradCAM,

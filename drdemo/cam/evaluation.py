@@ -1,7 +1,7 @@
 """Does each CAM method point at the lesions? Scores over a data set with lesion masks.
 
 For every photo with a lesion mask (up to a limit; drdemo.data.lesions), each method explains the
-model's predicted class (what the app shows by default) and is scored with `drdemo.cam_metrics` against the union of the
+model's predicted class (what the app shows by default) and is scored with `drdemo.cam.metrics` against the union of the
 image's lesion masks, moved through the model's preprocessing. The pointing game is also reported
 on the images the model itself grades as diseased (predicted class other than 0): where it answers
 "No DR", its map shows evidence for health, which has no reason to sit on a lesion. A smooth random
@@ -25,12 +25,12 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
-from drdemo.cam_methods import CAM_METHOD_NAMES
-from drdemo.cam_metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
+from drdemo.cam.methods import CAM_METHOD_NAMES
+from drdemo.cam.metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
 from drdemo.data.lesions import LesionSample, lesion_union
 from drdemo.errors import DrdemoError
-from drdemo.explain import CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, overlay
 from drdemo.inference import view_logits
 from drdemo.preprocess import fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
 

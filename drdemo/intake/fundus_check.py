@@ -1,7 +1,7 @@
 """The fundus check: is a decoded upload a colour fundus photograph, and is it good enough to grade?
 
 `assess(image)` scores three cues of what makes a fundus photo one, independent of any one camera's colours
-(the measurements are in `drdemo.fundus_measures`), and notes its quality.
+(the measurements are in `drdemo.intake.measures`), and notes its quality.
 
 1. frame: the camera's aperture. The field of view (the largest region above the black level) is round (a
    circle, or one clipped at two opposite sides) or rectangular, its surround is dark, and its rim is a sharp
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from drdemo import fundus_measures as measures
+from drdemo.intake import measures
 
 # measurement: (fails at, passes at); the score moves linearly between the two.
 RAMPS = {
@@ -162,7 +162,7 @@ def _quality_notes(m: dict[str, float]) -> tuple[str, ...]:
 
 
 def assess(image: Image.Image) -> Assessment:
-    """Is `image` (as `drdemo.gate.load_image` returns it) a colour fundus photo, and how good is it?"""
+    """Is `image` (as `drdemo.intake.gate.load_image` returns it) a colour fundus photo, and how good is it?"""
     original_size = tuple(int(v) for v in image.info.get("original_size", image.size))
     detailed = measures.probe(image, measures.DETAIL_SIZE)   # one reduction of the full image serves every step
     rgb = measures.probe(detailed, measures.PROBE_SIZE)

@@ -1,6 +1,6 @@
 """The CAM methods the app offers, as facts: their names, what people read, and which ignore the class.
 
-Kept apart from drdemo.explain, which binds each name to its pytorch-grad-cam class, so that
+Kept apart from drdemo.cam.explain, which binds each name to its pytorch-grad-cam class, so that
 validating a checkpoint's config.json or writing its model card needs neither pytorch-grad-cam
 nor OpenCV.
 """

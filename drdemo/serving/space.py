@@ -1,12 +1,12 @@
 """Deploy the app as a Hugging Face Space in one command, its models pinned to Hub commits.
 
-    python -m drdemo.hub deploy-space ORG/NAME [--hardware cpu-basic] [--medmamba SOURCE[@REV]]
+    python -m drdemo.serving.hub deploy-space ORG/NAME [--hardware cpu-basic] [--medmamba SOURCE[@REV]]
         [--inception SOURCE[@REV]] [--private] [--dry-run DIR]
 
 A model source is a checkpoint folder or a Hub model repo id with an optional @revision (default:
 the bundled folders). A folder is pushed first as the model repo ORG/<space name>-<architecture>;
 either way the Space's variables DRDEMO_<SLOT>_SOURCE and DRDEMO_<SLOT>_REVISION (read by
-drdemo.serving) name the repo and the commit it resolved to, so a restart never picks up a model
+drdemo.serving.slots) name the repo and the commit it resolved to, so a restart never picks up a model
 that changed since. The Space gets only what it runs (app.py, drdemo/, assets/, packages.txt, a
 README with the Space header, runtime requirements, a .gitattributes sending binaries to LFS):
 no tests, no checkpoints, no training logs. Everything goes through huggingface_hub's own API
@@ -36,9 +36,9 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 
 from drdemo.checkpoint import CONFIG_NAME, REPO_ID, CheckpointError, build_model, push, read_config, read_weights
 from drdemo.errors import DrdemoError
-from drdemo.serving import SLOTS
+from drdemo.serving.slots import SLOTS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What the Space runs, copied from the repository root; everything else stays behind.
 SPACE_FILES = ("app.py", "packages.txt", "drdemo", "assets")
 COPY_IGNORE = ("__pycache__", "*.pyc", "*.so", ".*")
@@ -174,7 +174,7 @@ The models are loaded from the Hub at pinned commits (the Space variables `DRDEM
 
 {models}
 
-Deployed with `python -m drdemo.hub deploy-space`; the code, its tests and the training commands are in
+Deployed with `python -m drdemo.serving.hub deploy-space`; the code, its tests and the training commands are in
 the drdemo repository.
 """
 
@@ -273,7 +273,7 @@ def _pin(api: HfApi, space_id: str, source: ModelSource, private: bool) -> Pin:
         raise DeployError(f"model repo {source.repo_id!r} has no revision {source.revision!r}") from exc
     if CONFIG_NAME not in {sibling.rfilename for sibling in info.siblings or []}:
         raise DeployError(f"{source.repo_id} has no {CONFIG_NAME}: not a drdemo checkpoint (push one with "
-                          f"`python -m drdemo.hub push FOLDER --repo-id {source.repo_id}`)")
+                          f"`python -m drdemo.serving.hub push FOLDER --repo-id {source.repo_id}`)")
     return Pin(source.slot, source.repo_id, info.sha)
 
 
