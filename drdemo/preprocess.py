@@ -144,18 +144,46 @@ def local_contrast(image: Image.Image, sigma_fraction: float) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(enhanced), 0, 255).astype(np.uint8))
 
 
+# The colour every photo's field of view is balanced to (mean R, G, B inside it): a typical colour
+# fundus photo's, so the balanced photo still looks like one.
+REFERENCE_FUNDUS_RGB = (150.0, 78.0, 27.0)
+
+
+def balance_colour(image: Image.Image) -> Image.Image:
+    """Each channel scaled so that its mean inside the field of view is `REFERENCE_FUNDUS_RGB`.
+
+    A camera's white balance, the flash and the pigment of the fundus multiply each channel by a
+    gain; dividing by the photo's own channel means removes any such gain, so a model fed the
+    balanced photo cannot tell two photos apart by their overall colour (a shortcut IDRiD's training
+    split offers: its healthy eyes were photographed bluer than its diseased ones). The surround
+    stays black.
+    """
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    inside = fundus_mask(pixels.astype(np.uint8))
+    if inside.sum() < 16:
+        return image
+    means = pixels[inside].mean(axis=0)
+    gains = np.asarray(REFERENCE_FUNDUS_RGB, dtype=np.float32) / np.maximum(means, 1.0)
+    balanced = pixels * gains
+    balanced[~inside] = 0.0
+    return Image.fromarray(np.clip(np.rint(balanced), 0, 255).astype(np.uint8))
+
+
 def normalise(image: Image.Image, mean: Sequence[float], std: Sequence[float],
-              local_contrast_sigma: float = 0.0) -> torch.Tensor:
-    """(3, H, W) float tensor: local contrast (when asked), scaled to [0, 1], then normalised per channel."""
+              local_contrast_sigma: float = 0.0, colour_balance: bool = False) -> torch.Tensor:
+    """(3, H, W) float tensor: colour balance and local contrast (when asked), scaled to [0, 1], then
+    normalised per channel."""
+    if colour_balance:
+        image = balance_colour(image)
     return TF.normalize(TF.to_tensor(local_contrast(image, local_contrast_sigma)), list(mean), list(std))
 
 
 def to_model_input(image: Image.Image, input_size: int, mean: Sequence[float], std: Sequence[float],
                    interpolation: str = "bicubic", crop_fov: bool = True,
-                   local_contrast_sigma: float = 0.0) -> torch.Tensor:
+                   local_contrast_sigma: float = 0.0, colour_balance: bool = False) -> torch.Tensor:
     """(1, 3, input_size, input_size) float tensor: `prepare_image`, then `normalise`."""
     prepared = prepare_image(image, input_size, interpolation, crop_fov)
-    return normalise(prepared, mean, std, local_contrast_sigma).unsqueeze(0)
+    return normalise(prepared, mean, std, local_contrast_sigma, colour_balance).unsqueeze(0)
 
 
 def preprocess_kwargs(config: CheckpointConfig) -> dict:
@@ -163,4 +191,5 @@ def preprocess_kwargs(config: CheckpointConfig) -> dict:
     preprocessing = config.preprocessing
     return dict(input_size=config.input_size, mean=config.mean, std=config.std,
                 interpolation=preprocessing["interpolation"], crop_fov=preprocessing["crop_fov"],
-                local_contrast_sigma=preprocessing.get("local_contrast", 0.0))
+                local_contrast_sigma=preprocessing.get("local_contrast", 0.0),
+                colour_balance=preprocessing.get("colour_balance", False))

@@ -18,6 +18,12 @@ from drdemo.errors import DrdemoError
 # The ICDR grades a DR model predicts, in class-index order.
 ICDR_GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
 NUM_GRADES = len(ICDR_GRADES)  # ICDR 0..4
+# IDRiD's risk of diabetic macular oedema, in class-index order: risk 2 (hard exudates within one disc
+# diameter of the macula centre) is referable.
+DME_RISKS = ("No DME risk", "DME risk 1: exudates away from the macula", "DME risk 2: exudates near the macula")
+REFERABLE_DME_RISK = 2
+# The lesion types a three-head model maps, in channel order (IDRiD's four lesion masks).
+LESION_TYPES = ("microaneurysm", "haemorrhage", "hard_exudate", "soft_exudate")
 # task -> its class names, in class-index order.
 TASK_CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "icdr5": ICDR_GRADES,

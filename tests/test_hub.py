@@ -258,11 +258,11 @@ def test_card_lists_every_training_stage_also_when_an_older_stage_was_stored_as_
     assert positions == sorted(positions)
 
 
-def test_a_config_written_before_local_contrast_loads_without_it(tmp_path):
+def test_a_config_written_before_local_contrast_and_colour_balance_loads_without_them(tmp_path):
     make_checkpoint(tmp_path / "ckpt", seed=8)
     _edit_config(tmp_path / "ckpt", preprocessing={"interpolation": "bicubic", "crop_fov": True})
     assert load_model(tmp_path / "ckpt").config.preprocessing == {"interpolation": "bicubic", "crop_fov": True,
-                                                                  "local_contrast": 0.0}
+                                                                  "local_contrast": 0.0, "colour_balance": False}
 
 
 def test_a_config_without_a_display_name_gets_the_registrys_and_a_blank_one_is_refused(tmp_path):

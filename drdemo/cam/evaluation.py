@@ -95,7 +95,7 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
     for index, sample in enumerate(tqdm(with_lesions, desc="CAM faithfulness", disable=not progress)):
         image = open_image(sample.path)
         view = prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"])
-        batch = normalise(view, config.mean, config.std, kwargs["local_contrast_sigma"]).unsqueeze(0)
+        batch = normalise(view, config.mean, config.std, kwargs["local_contrast_sigma"], kwargs["colour_balance"]).unsqueeze(0)
         mask = prepare_mask(lesion_union(sample, image.size, image.info.get("stored_size")), image,
                             config.input_size, kwargs["crop_fov"])
         area_shares.append(float(mask.mean()))

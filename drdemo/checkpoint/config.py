@@ -14,7 +14,8 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import list_models, model_defaults
 from drdemo.preprocess import RESAMPLING
-from drdemo.tasks import TASK_CLASS_NAMES
+from drdemo.models.heads import GRADE_HEADS
+from drdemo.tasks import DME_RISKS, ICDR_GRADES, TASK_CLASS_NAMES
 
 FORMAT = "drdemo-checkpoint/1"
 CONFIG_NAME = "config.json"
@@ -50,14 +51,22 @@ class CheckpointConfig:
     # What the image goes through before normalisation (drdemo.preprocess): RGB conversion, cropping to
     # the field of view when crop_fov, a square resize, then (local_contrast > 0) subtracting the local
     # average colour with a Gaussian of sigma = local_contrast x the input size.
+    # colour_balance: each channel scaled so that its mean inside the field of view is the reference
+    # fundus colour (drdemo.preprocess.balance_colour), before local contrast, so the photo's overall
+    # colour balance carries no information the model could use.
     preprocessing: dict = field(default_factory=lambda: {"interpolation": "bicubic", "crop_fov": True,
-                                                         "local_contrast": 0.0})
+                                                         "local_contrast": 0.0, "colour_balance": False})
     referable_threshold: float = 0.5
     # How logits become probabilities (drdemo.calibration): the mean over this many symmetric views
     # of each photo (1 or 8), after a temperature and per-class biases fitted on validation photos
     # (`python -m drdemo.evaluate --calibrate`; {} is plain softmax).
     test_time_views: int = 1
     calibration: dict = field(default_factory=dict)
+    # A three-head model (drdemo.models.heads): {"grade_head": "softmax" | "ordinal", "dme_classes": [3 names],
+    # "lesion_types": [names]}; {} is a single-head grade classifier.
+    heads: dict = field(default_factory=dict)
+    # Refer for macular oedema when P(DME risk 2) reaches this (three-head models only).
+    dme_threshold: float = 0.5
     # How well each CAM method points at lesions ("test") and how the default method and layer were
     # chosen ("selection"), written by `python -m drdemo.evaluate --cam --record / --choose-cam-default`.
     cam_evaluation: dict = field(default_factory=dict)
@@ -99,7 +108,7 @@ class CheckpointConfig:
             # Written before cropping existed: a plain resize.
             # Written before local contrast existed: none.
             values["preprocessing"] = {"interpolation": "bicubic", "crop_fov": False, "local_contrast": 0.0,
-                                       **values["preprocessing"]}
+                                       "colour_balance": False, **values["preprocessing"]}
         config = cls(**values)
         config._validate(source)
         return config
@@ -142,14 +151,21 @@ class CheckpointConfig:
         if not 0.0 < self.referable_threshold < 1.0:
             fail(f"referable_threshold must be in (0, 1), got {self.referable_threshold!r}")
         if (not isinstance(self.preprocessing, dict)
-                or set(self.preprocessing) != {"interpolation", "crop_fov", "local_contrast"}
+                or set(self.preprocessing) != {"interpolation", "crop_fov", "local_contrast", "colour_balance"}
+                or not isinstance(self.preprocessing["colour_balance"], bool)
                 or self.preprocessing["interpolation"] not in RESAMPLING
                 or not isinstance(self.preprocessing["crop_fov"], bool)
                 or isinstance(self.preprocessing["local_contrast"], bool)
                 or not isinstance(self.preprocessing["local_contrast"], (int, float))
                 or not 0 <= self.preprocessing["local_contrast"] <= 0.5):
             fail(f"preprocessing must be {{'interpolation': one of {list(RESAMPLING)}, 'crop_fov': true or false, "
-                 f"'local_contrast': a number in [0, 0.5]}}, got {self.preprocessing!r}")
+                 f"'local_contrast': a number in [0, 0.5], 'colour_balance': true or false}}, got "
+                 f"{self.preprocessing!r}")
+        problem = check_heads(self.heads, self.num_classes, self.task)
+        if problem:
+            fail(problem)
+        if not 0.0 < self.dme_threshold < 1.0:
+            fail(f"dme_threshold must be in (0, 1), got {self.dme_threshold!r}")
 
     @property
     def trained(self) -> bool:
@@ -170,6 +186,28 @@ class CheckpointConfig:
         for name in ("class_names", "mean", "std"):
             data[name] = list(data[name])
         return data
+
+
+def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
+    """What is wrong with a config's `heads`, or None when it is fine ({} is a single-head model)."""
+    if not isinstance(heads, dict):
+        return f"heads must be an object, got {heads!r}"
+    if not heads:
+        return None
+    expected = {"grade_head", "dme_classes", "lesion_types"}
+    if set(heads) != expected:
+        return f"heads must have exactly the keys {', '.join(sorted(expected))}, got {', '.join(sorted(heads))}"
+    if heads["grade_head"] not in GRADE_HEADS:
+        return f"heads.grade_head must be one of {', '.join(GRADE_HEADS)}, got {heads['grade_head']!r}"
+    if task != "icdr5" or num_classes != len(ICDR_GRADES):
+        return "heads need the icdr5 task (five grades)"
+    for key in ("dme_classes", "lesion_types"):
+        names = heads[key]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            return f"heads.{key} must be a non-empty list of names, got {names!r}"
+    if len(heads["dme_classes"]) != len(DME_RISKS):
+        return f"heads.dme_classes must name IDRiD's {len(DME_RISKS)} DME risk levels, got {heads['dme_classes']!r}"
+    return None
 
 
 def training_stages(provenance: dict) -> list[dict]:

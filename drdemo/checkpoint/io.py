@@ -111,7 +111,7 @@ def count_parameters(folder: Path) -> int:
 
 def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """The registry model of `config`, with `state` loaded strictly; mismatches explained."""
-    model = create_model(config.architecture, num_classes=config.num_classes)
+    model = create_model(config.architecture, num_classes=config.num_classes, heads=config.heads)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

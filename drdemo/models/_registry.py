@@ -8,12 +8,13 @@ the source of truth and these defaults are not consulted again.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from drdemo.models.heads import MultiHeadNet, lesion_layer_channels
 from drdemo.tasks import ICDR_GRADES
 
 # Channel statistics of colour fundus photographs (seed 000: the DR set MedMamba was trained
@@ -36,6 +37,9 @@ class ModelDefaults:
     # inference` with no grade changed (InceptionV3 0.78x; a training step 0.75x); left off where it
     # gained nothing (MedMamba-T 1.03x).
     channels_last: bool = False
+    classifier: str = "fc"            # the final linear layer; its input is the pooled features
+    lesion_layer: str = "layer2"      # where a MultiHeadNet's lesion decoder reads (about 1/8 of the input)
+    lesion_features_channels_last: bool = False  # the lesion layer's output is (B, H, W, C)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -74,11 +78,23 @@ def model_defaults(name: str) -> ModelDefaults:
     return _defaults[name]
 
 
-def create_model(name: str, num_classes: int = len(ICDR_GRADES), **kwargs) -> nn.Module:
-    """Build architecture `name` with freshly initialised weights (nothing is downloaded)."""
+def create_model(name: str, num_classes: int = len(ICDR_GRADES), heads: Mapping | None = None,
+                 **kwargs) -> nn.Module:
+    """Build architecture `name` with freshly initialised weights (nothing is downloaded).
+
+    `heads` (a checkpoint config's `heads`: grade_head, dme_classes, lesion_types) wraps it in a
+    MultiHeadNet; None or empty builds the plain single-head classifier.
+    """
     _check_known(name)
     model = _builders[name](num_classes=num_classes, **kwargs)
-    model.default_cfg = {"architecture": name, "num_classes": num_classes, **_defaults[name].to_dict()}
+    defaults = _defaults[name]
+    if heads:
+        channels = lesion_layer_channels(model, defaults.lesion_layer, defaults.lesion_features_channels_last)
+        model = MultiHeadNet(model, classifier=defaults.classifier, lesion_layer=defaults.lesion_layer,
+                             lesion_channels=channels, channels_last_features=defaults.lesion_features_channels_last,
+                             num_grades=num_classes, dme_classes=len(heads["dme_classes"]),
+                             lesion_types=len(heads["lesion_types"]), grade_head=heads.get("grade_head", "softmax"))
+    model.default_cfg = {"architecture": name, "num_classes": num_classes, **defaults.to_dict()}
     return model
 
 

@@ -232,7 +232,9 @@ class MedMamba(nn.Module):
         return self.head(self.forward_features(x).mean(dim=(1, 2)))
 
 
-_MEDMAMBA = ModelDefaults(input_size=224, cam_target_layer="layers.3", cam_reshape="bhwc_to_bchw")
+# The lesion decoder reads stage 1's merged output: 1/8 of the input, 2 x the first width (B, H, W, C).
+_MEDMAMBA = ModelDefaults(input_size=224, cam_target_layer="layers.3", cam_reshape="bhwc_to_bchw", classifier="head",
+                          lesion_layer="layers.0", lesion_features_channels_last=True)
 
 
 @register_model(replace(_MEDMAMBA, display_name="MedMamba-T"))

@@ -14,7 +14,7 @@ from drdemo.models._registry import ModelDefaults, register_model
 
 
 @register_model(ModelDefaults(input_size=299, cam_target_layer="Mixed_7c", channels_last=True,
-                              display_name="InceptionV3"))
+                              display_name="InceptionV3", lesion_layer="Mixed_5d"))
 def inception_v3(num_classes: int = 5, aux_logits: bool = True, **kwargs) -> nn.Module:
     """InceptionV3 at 299 px. The auxiliary head only runs in training mode (torchvision
     returns (logits, aux_logits) there, plain logits in eval mode)."""
@@ -28,7 +28,8 @@ def resnet50(num_classes: int = 5, **kwargs) -> nn.Module:
     return tv.resnet50(weights=None, num_classes=num_classes, **kwargs)
 
 
-@register_model(ModelDefaults(input_size=224, cam_target_layer="features.29", display_name="VGG16"))
+@register_model(ModelDefaults(input_size=224, cam_target_layer="features.29", display_name="VGG16",
+                              classifier="classifier.6", lesion_layer="features.22"))
 def vgg16(num_classes: int = 5, **kwargs) -> nn.Module:
     """VGG16 at 224 px; the CAM target is the last ReLU before the final max-pool."""
     return tv.vgg16(weights=None, num_classes=num_classes, **kwargs)
