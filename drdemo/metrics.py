@@ -19,7 +19,7 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from drdemo import tasks
 from drdemo.errors import DrdemoError
-from drdemo.tasks import DERIVED_MIN_GRADE, NUM_GRADES, TASK_CLASS_NAMES, task_targets
+from drdemo.tasks import DERIVED_MIN_GRADE, DME_RISKS, NUM_GRADES, REFERABLE_DME_RISK, TASK_CLASS_NAMES, task_targets
 
 
 class MetricsError(DrdemoError, ValueError):
@@ -152,3 +152,53 @@ def _check_probabilities(probabilities: np.ndarray, task: str) -> np.ndarray:
     if not np.isfinite(probabilities).all():
         raise MetricsError("probabilities contain NaN or inf (did training diverge?)")
     return probabilities
+
+
+def dme_metrics(risks: Sequence[int] | np.ndarray, probabilities: np.ndarray, threshold: float | None = None) -> dict:
+    """Risk of diabetic macular oedema: accuracy over IDRiD's three classes, QWK, the confusion matrix, and
+    ROC AUC of P(risk 2) for referable macular oedema (sensitivity and specificity at `threshold` when one
+    is given). Photos with no DME label (-1) are left out; an empty dict when none has one."""
+    risks = np.asarray(risks)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(DME_RISKS) or len(probabilities) != len(risks):
+        raise MetricsError(f"DME probabilities must be (n, {len(DME_RISKS)}) for {len(risks)} photos, got "
+                           f"{probabilities.shape}")
+    known = risks >= 0
+    if not known.any():
+        return {}
+    risks, probabilities = risks[known].astype(int), probabilities[known]
+    predicted = probabilities.argmax(axis=1)
+    truth = risks == REFERABLE_DME_RISK
+    scores = probabilities[:, REFERABLE_DME_RISK]
+    result = {"dme_n": int(known.sum()), "dme_accuracy": float(np.mean(predicted == risks)),
+              "dme_qwk": quadratic_weighted_kappa(risks, predicted, len(DME_RISKS)),
+              "dme_confusion_matrix": confusion_matrix(risks, predicted, labels=list(range(len(DME_RISKS)))).tolist(),
+              "referable_dme_auc": float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else None}
+    if threshold is not None:
+        called = scores >= threshold
+        result.update({"referable_dme_threshold": float(threshold),
+                       "referable_dme_sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else None,
+                       "referable_dme_specificity": float((~called & ~truth).sum() / (~truth).sum())
+                       if (~truth).any() else None})
+    return result
+
+
+def joint_accuracy(grades: Sequence[int], grade_probabilities: np.ndarray, risks: Sequence[int],
+                   dme_probabilities: np.ndarray) -> float:
+    """The IDRiD challenge's metric: the share of photos whose DR grade and DME risk are both right."""
+    grades, risks = np.asarray(grades), np.asarray(risks)
+    both = (np.asarray(grade_probabilities).argmax(axis=1) == grades) & (np.asarray(dme_probabilities).argmax(axis=1) == risks)
+    return float(both.mean())
+
+
+def combined_referral_metrics(grades: Sequence[int], risks: Sequence[int], p_referable: np.ndarray,
+                              p_dme: np.ndarray, referable_threshold: float, dme_threshold: float) -> dict:
+    """Sensitivity and specificity of the combined referral (refer when P(grade >= 2) or P(DME risk 2) reaches
+    its threshold) against the truth (grade >= 2 or DME risk 2)."""
+    grades, risks = np.asarray(grades), np.asarray(risks)
+    truth = (grades >= DERIVED_MIN_GRADE["referable"]) | (risks == REFERABLE_DME_RISK)
+    called = (np.asarray(p_referable) >= referable_threshold) | (np.asarray(p_dme) >= dme_threshold)
+    return {"combined_referral_positives": int(truth.sum()),
+            "combined_referral_sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else None,
+            "combined_referral_specificity": float((~called & ~truth).sum() / (~truth).sum()) if (~truth).any() else None,
+            "combined_referral_rate": float(called.mean())}

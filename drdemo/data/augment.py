@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from drdemo.preprocess import fundus_mask, normalise, prepare_image
 
@@ -50,23 +51,6 @@ class KeepSurround:
         return Image.fromarray(pixels)
 
 
-class ClipFieldOfView:
-    """Black out a band at the top and bottom (up to `max_share` of the height each), the shape of a
-    camera whose circular field of view is cut by its sensor's short side."""
-
-    def __init__(self, max_share: float):
-        self.max_share = max_share
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        band = int(float(torch.rand(())) * self.max_share * image.height)
-        if band == 0:
-            return image
-        pixels = np.array(image)
-        pixels[:band] = 0
-        pixels[image.height - band:] = 0
-        return Image.fromarray(pixels)
-
-
 @dataclass(frozen=True)
 class Augmentation:
     """Random changes applied to a training image after it is cropped and resized."""
@@ -85,33 +69,63 @@ class Augmentation:
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     illumination: float = 0.0              # amplitude of UnevenIllumination's ramp
     illumination_probability: float = 0.0
-    fov_clip: float = 0.0                  # ClipFieldOfView's largest band, as a share of the height
+    fov_clip: float = 0.0                  # the largest black band cut off top and bottom (a sensor's short side
+                                           # clipping a circular field of view), as a share of the height
     fov_clip_probability: float = 0.0
 
-    def build(self) -> Callable[[Image.Image], Image.Image]:
-        steps: list[Callable] = []
-        if self.fov_clip and self.fov_clip_probability:
-            steps.append(T.RandomApply([ClipFieldOfView(self.fov_clip)], p=self.fov_clip_probability))
-        if self.horizontal_flip:
-            steps.append(T.RandomHorizontalFlip())
-        if self.vertical_flip:
-            steps.append(T.RandomVerticalFlip())
-        if self.rotation_degrees or self.scale != (1.0, 1.0) or self.translate:
-            # fill 0: what rotates in from outside is the camera's black surround.
-            translate = (self.translate, self.translate) if self.translate else None
-            steps.append(T.RandomAffine(self.rotation_degrees, translate=translate,
-                                        scale=self.scale, interpolation=T.InterpolationMode.BILINEAR, fill=0))
-        if self.blur_probability:
-            blur = T.GaussianBlur(self.blur_kernel, sigma=self.blur_sigma)
-            steps.append(blur if self.blur_probability >= 1 else T.RandomApply([blur], p=self.blur_probability))
+    def build(self) -> JointAugment:
+        """The random transform this augmentation describes, for an image and (optionally) its lesion masks."""
+        return JointAugment(self)
+
+
+class JointAugment:
+    """A training image and its lesion masks changed together: the same flips, affine warp and clipped
+    field of view move both (masks with nearest-neighbour sampling, so they stay binary); blur, colour,
+    exposure and illumination change the image alone. Randomness comes from torch's global generator,
+    so the trainer's per-batch seeding makes a run repeatable."""
+
+    def __init__(self, augmentation: Augmentation):
+        self.augmentation = augmentation
+        a = augmentation
+        self.blur = T.GaussianBlur(a.blur_kernel, sigma=a.blur_sigma) if a.blur_probability else None
         photometric: list[Callable] = []
-        if self.illumination and self.illumination_probability:
-            photometric.append(T.RandomApply([UnevenIllumination(self.illumination)], p=self.illumination_probability))
-        if any((self.brightness, self.contrast, self.saturation, self.hue)):
-            photometric.append(T.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue))
-        if photometric:
-            steps.append(KeepSurround(photometric))
-        return T.Compose(steps)
+        if a.illumination and a.illumination_probability:
+            photometric.append(T.RandomApply([UnevenIllumination(a.illumination)], p=a.illumination_probability))
+        if any((a.brightness, a.contrast, a.saturation, a.hue)):
+            photometric.append(T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue))
+        self.photometric = KeepSurround(photometric) if photometric else None
+
+    def __call__(self, image: Image.Image, masks: np.ndarray | None = None) -> tuple[Image.Image, np.ndarray | None]:
+        """(image, masks) -> their augmented copies; `masks` is (types, H, W) bool over the image, or None."""
+        a = self.augmentation
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        layers = torch.from_numpy(masks.astype(np.uint8)) if masks is not None else None
+        if a.fov_clip and a.fov_clip_probability and float(torch.rand(())) < a.fov_clip_probability:
+            band = int(float(torch.rand(())) * a.fov_clip * pixels.shape[1])
+            if band:
+                pixels[:, :band] = 0
+                pixels[:, pixels.shape[1] - band:] = 0
+                if layers is not None:
+                    layers[:, :band] = 0
+                    layers[:, layers.shape[1] - band:] = 0
+        flips = [dim for dim, on in ((2, a.horizontal_flip), (1, a.vertical_flip)) if on and float(torch.rand(())) < 0.5]
+        if flips:
+            pixels = pixels.flip(flips)
+            layers = layers.flip(flips) if layers is not None else None
+        if a.rotation_degrees or a.scale != (1.0, 1.0) or a.translate:
+            translate = (a.translate, a.translate) if a.translate else None
+            angle, shift, scale, shear = T.RandomAffine.get_params(
+                (-a.rotation_degrees, a.rotation_degrees), translate, a.scale, None, [pixels.shape[2], pixels.shape[1]])
+            # fill 0: what rotates in from outside is the camera's black surround.
+            pixels = TF.affine(pixels, angle, list(shift), scale, list(shear), T.InterpolationMode.BILINEAR, fill=0)
+            if layers is not None:
+                layers = TF.affine(layers, angle, list(shift), scale, list(shear), T.InterpolationMode.NEAREST, fill=0)
+        result = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+        if self.blur is not None and float(torch.rand(())) < a.blur_probability:
+            result = self.blur(result)
+        if self.photometric is not None:
+            result = self.photometric(result)
+        return result, (layers.numpy().astype(bool) if layers is not None else None)
 
 
 # Ours: fundus photos have no canonical orientation and vary in exposure and colour cast between
@@ -134,20 +148,23 @@ PAPER_AUGMENTATION = Augmentation(rotation_degrees=10, blur_probability=1.0, blu
 
 
 def eval_transform(input_size: int, mean, std, interpolation: str = "bicubic", crop_fov: bool = True,
-                   local_contrast_sigma: float = 0.0) -> Callable[[Image.Image], torch.Tensor]:
+                   local_contrast_sigma: float = 0.0, colour_balance: bool = False) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> (3, H, W) tensor, exactly as the app feeds the model."""
     def transform(image: Image.Image) -> torch.Tensor:
-        return normalise(prepare_image(image, input_size, interpolation, crop_fov), mean, std, local_contrast_sigma)
+        return normalise(prepare_image(image, input_size, interpolation, crop_fov), mean, std, local_contrast_sigma,
+                         colour_balance)
     return transform
 
 
 def train_transform(input_size: int, mean, std, augmentation: Augmentation, interpolation: str = "bicubic",
-                    crop_fov: bool = True, local_contrast_sigma: float = 0.0) -> Callable[[Image.Image], torch.Tensor]:
-    """Like `eval_transform`, with `augmentation` applied to the resized image (before local contrast, which
-    then removes part of what the colour and illumination changes did, as it does for real cameras)."""
+                    crop_fov: bool = True, local_contrast_sigma: float = 0.0,
+                    colour_balance: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+    """Like `eval_transform`, with `augmentation` applied to the resized image (before colour balance and local
+    contrast, which then remove part of what the colour and illumination changes did, as they do for real
+    cameras)."""
     augment = augmentation.build()
 
     def transform(image: Image.Image) -> torch.Tensor:
-        prepared = augment(prepare_image(image, input_size, interpolation, crop_fov))
-        return normalise(prepared, mean, std, local_contrast_sigma)
+        prepared, _ = augment(prepare_image(image, input_size, interpolation, crop_fov))
+        return normalise(prepared, mean, std, local_contrast_sigma, colour_balance)
     return transform

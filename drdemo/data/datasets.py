@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from drdemo.intake.decode import read_image
 from drdemo.errors import DrdemoError
-from drdemo.tasks import NUM_GRADES, num_classes, task_target
+from drdemo.tasks import DME_RISKS, NUM_GRADES, num_classes, task_target
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class Sample:
     path: Path
     grade: int
     patient: str
+    dme: int | None = None   # IDRiD's risk of macular oedema (0-2), where the data set grades it
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,15 @@ class _CsvLayout:
     label_column: str
     preferred_csv: str
     image_dirs: tuple[str, ...]  # searched in this order; "." is the data folder itself
+    dme_column: str | None = None  # the risk of macular oedema, where the layout has it
 
 
 _CSV_LAYOUTS = {
     "synthetic": _CsvLayout("image", "level", _SYNTHETIC_CSV, ("images",)),
     "eyepacs": _CsvLayout("image", "level", "trainLabels.csv", ("train", "images", ".")),
     "aptos": _CsvLayout("id_code", "diagnosis", "train.csv", ("train_images", "images", ".")),
-    "idrid": _CsvLayout("image name", "retinopathy grade", "", ()),  # files found per part, see _idrid_files
+    "idrid": _CsvLayout("image name", "retinopathy grade", "", (),  # files found per part, see _idrid_files
+                        dme_column="risk of macular edema"),
 }
 
 _NEEDS = {
@@ -241,9 +244,16 @@ def _parse_grade(text: str | None, where: str) -> int:
     return grade
 
 
-def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int]]:
-    """(image id, grade) rows of a labels CSV, checked: integer grades 0-4, no empty or duplicate ids."""
-    rows: list[tuple[str, int]] = []
+def _parse_dme(text: str | None, where: str) -> int:
+    if text is None or not _INTEGER.match(text.strip()) or not 0 <= int(text.strip()) < len(DME_RISKS):
+        raise DatasetError(f"{where}: risk of macular oedema {text!r} is not 0, 1 or 2")
+    return int(text.strip())
+
+
+def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int, int | None]]:
+    """(image id, grade, DME risk or None) rows of a labels CSV, checked: integer grades 0-4, DME risks
+    0-2 where the layout has them, no empty or duplicate ids."""
+    rows: list[tuple[str, int, int | None]] = []
     first_line: dict[str, int] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -253,6 +263,7 @@ def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int]]:
                 raise DatasetError(f"{path}: needs columns {layout.id_column},{layout.label_column}; "
                                    f"the header is {','.join(header) or '(empty)'}")
             id_at, label_at = header.index(layout.id_column), header.index(layout.label_column)
+            dme_at = header.index(layout.dme_column) if layout.dme_column in header else None
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue  # blank line
@@ -265,11 +276,12 @@ def _read_labels(path: Path, layout: _CsvLayout) -> list[tuple[str, int]]:
                 if not image_id:
                     raise DatasetError(f"{where}: empty {layout.id_column}")
                 grade = _parse_grade(row[label_at], where)
+                dme = _parse_dme(row[dme_at] if dme_at < len(row) else None, where) if dme_at is not None else None
                 if image_id in first_line:
                     raise DatasetError(f"{where}: duplicate id {image_id!r} (first on line {first_line[image_id]}); "
                                        "each image must be listed once")
                 first_line[image_id] = reader.line_num
-                rows.append((image_id, grade))
+                rows.append((image_id, grade, dme))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{path}: cannot read the labels CSV ({exc}); it must be UTF-8 text with a header "
                            f"row {layout.id_column},{layout.label_column}") from exc
@@ -315,12 +327,12 @@ def _load_csv_layout(root: Path, name: str, part: str | None = None) -> list[Sam
     rows = _read_labels(csv_path, layout)
     indexes = [_image_index(folder) for folder in folders if folder.is_dir()]
     samples, missing = [], []
-    for image_id, grade in rows:
+    for image_id, grade, dme in rows:
         path = next((index[image_id] for index in indexes if image_id in index), None)
         if path is None:
             missing.append(image_id)
         else:
-            samples.append(Sample(image_id, path, grade, patient_of(image_id)))
+            samples.append(Sample(image_id, path, grade, patient_of(image_id), dme))
     if missing:
         looked = ", ".join(str(f) for f in folders)
         raise DatasetError(f"{csv_path}: {len(missing)} listed image(s) not found, e.g. "

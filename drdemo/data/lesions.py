@@ -139,18 +139,24 @@ def lesion_union(sample: LesionSample, size: tuple[int, int] | None = None,
     return union
 
 
-def grading_copies(overlap_csv: Path | str, grading_part: str = "train") -> set[str]:
-    """Segmentation photo ids that are copies of grading photos of `grading_part`, from IDRiD's overlap table
-    (segmentation_split,segmentation_image,grading_split,grading_image,correlation)."""
+def grading_copy_map(overlap_csv: Path | str, grading_part: str = "train") -> dict[str, str]:
+    """segmentation photo id -> the id of the grading photo of `grading_part` it is a copy of, from IDRiD's
+    overlap table (segmentation_split,segmentation_image,grading_split,grading_image,correlation)."""
     word = PARTS["idrid"][grading_part]
     try:
         with open(overlap_csv, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise DatasetError(f"{overlap_csv}: cannot read the overlap table ({exc})") from exc
-    if rows and not {"segmentation_image", "grading_split"} <= set(rows[0]):
-        raise DatasetError(f"{overlap_csv}: needs columns segmentation_image and grading_split")
-    return {Path(row["segmentation_image"]).stem for row in rows if word in row["grading_split"].lower()}
+    if rows and not {"segmentation_image", "grading_split", "grading_image"} <= set(rows[0]):
+        raise DatasetError(f"{overlap_csv}: needs columns segmentation_image, grading_split and grading_image")
+    return {Path(row["segmentation_image"]).stem: Path(row["grading_image"]).stem
+            for row in rows if word in (row["grading_split"] or "").lower() and row["grading_image"]}
+
+
+def grading_copies(overlap_csv: Path | str, grading_part: str = "train") -> set[str]:
+    """Segmentation photo ids that are copies of grading photos of `grading_part`."""
+    return set(grading_copy_map(overlap_csv, grading_part))
 
 
 def split_by_copies(samples: Sequence[LesionSample], copies: set[str]) -> tuple[list[LesionSample], list[LesionSample]]:

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from drdemo.data.datasets import DatasetError, Sample, load_samples, open_image
-from drdemo.preprocess import fundus_mask, local_contrast, prepare_image
+from drdemo.preprocess import balance_colour, fundus_mask, local_contrast, prepare_image
 
 
 def channel_stats(samples: Sequence[Sample], input_size: int = 224, limit: int | None = None, seed: int = 0,
                   interpolation: str = "bicubic", crop_fov: bool = True, local_contrast_sigma: float = 0.0,
+                  colour_balance: bool = False,
                   progress: bool = False) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """(mean, std) per RGB channel, on the [0, 1] scale, of the field-of-view pixels of `samples`.
 
@@ -33,13 +34,14 @@ def channel_stats(samples: Sequence[Sample], input_size: int = 224, limit: int |
     large sets. Images with no field of view (all black) contribute nothing.
     """
     mean, std, _ = _channel_stats(samples, input_size, limit, seed, interpolation, crop_fov, progress,
-                                  local_contrast_sigma)
+                                  local_contrast_sigma, colour_balance)
     return mean, std
 
 
 def _channel_stats(samples: Sequence[Sample], input_size: int, limit: int | None, seed: int, interpolation: str,
                    crop_fov: bool, progress: bool,
-                   local_contrast_sigma: float = 0.0) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+                   local_contrast_sigma: float = 0.0,
+                   colour_balance: bool = False) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """`channel_stats`, plus the number of field-of-view pixels it averaged."""
     if input_size < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
@@ -61,7 +63,8 @@ def _channel_stats(samples: Sequence[Sample], input_size: int, limit: int | None
     for sample in samples:
         prepared = prepare_image(open_image(sample.path), input_size, interpolation, crop_fov)
         pixels = np.asarray(prepared, dtype=np.uint8)
-        enhanced = np.asarray(local_contrast(prepared, local_contrast_sigma), dtype=np.uint8)
+        balanced = balance_colour(prepared) if colour_balance else prepared
+        enhanced = np.asarray(local_contrast(balanced, local_contrast_sigma), dtype=np.uint8)
         inside = enhanced[fundus_mask(pixels)].astype(np.float64) / 255.0
         total += inside.sum(axis=0)
         total_sq += np.square(inside).sum(axis=0)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 GRADE_HEADS = ("softmax", "ordinal")
+BACKBONE_PREFIX = "backbone."  # a MultiHeadNet's backbone layers are named as in the plain model, after this
 
 
 @dataclass
@@ -58,6 +59,20 @@ def corn_loss(conditional_logits: torch.Tensor, targets: torch.Tensor) -> torch.
                 conditional_logits[eligible, k].float(), (targets[eligible] > k).float(), reduction="sum"))
             count += int(eligible.sum())
     return torch.stack(losses).sum() / max(count, 1)
+
+
+def lesion_map_loss(lesion_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice of (B, T, h, w) lesion logits against (B, T, H, W) masks at the
+    input size. A map cell's target is 1 where any lesion pixel falls in it (max-pooling), so a
+    microaneurysm a few pixels wide still marks its cell; Dice keeps the rare types from being drowned
+    by the empty background, which plain cross-entropy would let the head predict everywhere."""
+    targets = F.adaptive_max_pool2d(masks.float(), lesion_logits.shape[-2:])
+    logits = lesion_logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    probabilities = torch.sigmoid(logits)
+    overlap = (probabilities * targets).sum(dim=(2, 3))
+    dice = 1 - (2 * overlap + 1) / (probabilities.sum(dim=(2, 3)) + targets.sum(dim=(2, 3)) + 1)
+    return bce + dice.mean()
 
 
 class LesionDecoder(nn.Module):

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-every-minutes", type=float, default=10.0)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--init-from", type=Path, help="start from this checkpoint folder's weights (new optimiser)")
+    parser.add_argument("--lesion-data", type=Path, help="IDRiD's 'A. Segmentation' folder, for the lesions preset's "
+                        "lesion maps (default: beside --data)")
+    parser.add_argument("--lesion-overlap", type=Path, help="IDRiD's segmentation_grading_overlap.csv (default: "
+                        "beside --data's parent)")
+    parser.add_argument("--cache-dir", type=Path, help="where prepared photos are kept (default $DRDEMO_CACHE or "
+                        "~/.cache/drdemo)")
     return parser
 
 
@@ -106,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                          img_size=args.img_size, seed=args.seed, val_fraction=args.val_fraction,
                          val_data=args.val_data, workers=args.workers, limit=args.limit, resume=args.resume,
                          device=args.device, amp=not args.no_amp, save_every_minutes=args.save_every_minutes,
-                         init_from=args.init_from, part=args.part, cpu_bf16=args.cpu_bf16, command=command)
+                         init_from=args.init_from, part=args.part, cpu_bf16=args.cpu_bf16,
+                         lesion_data=args.lesion_data, lesion_overlap=args.lesion_overlap, cache_dir=args.cache_dir,
+                         command=command)
     try:
         trainer = Trainer(options, recipe_from_args(args))
         trainer.run()

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
@@ -46,11 +46,13 @@ from drdemo.data.augment import (
     train_transform,
 )
 from drdemo.errors import DrdemoError
-from drdemo.inference import loader_logits, main_logits
+from drdemo.data.prepared import NO_LABEL, LesionGradingDataset, prepare_cached, prepared_masks
+from drdemo.inference import loader_heads, loader_logits, main_logits
 from drdemo.models import create_model, model_defaults
-from drdemo.tasks import TASK_CLASS_NAMES
+from drdemo.models.heads import BACKBONE_PREFIX, HeadsOutput, corn_loss, lesion_map_loss
+from drdemo.tasks import DME_RISKS, LESION_TYPES, TASK_CLASS_NAMES
 from drdemo.train.distributed import EpochSampler, init_distributed
-from drdemo.train.recipes import Recipe, class_weights, lr_factor, parameter_groups
+from drdemo.train.recipes import Recipe, balanced_weights, class_weights, lr_factor, parameter_groups
 
 STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"
@@ -114,6 +116,9 @@ class RunOptions:
     init_from: Path | None = None
     part: str | None = None           # official part of a data set that has them (IDRiD): default "train"
     cpu_bf16: bool = False            # bfloat16 autocast on CPU
+    lesion_data: Path | None = None   # IDRiD's "A. Segmentation" folder, for a three-head recipe's lesion maps
+    lesion_overlap: Path | None = None  # IDRiD's segmentation_grading_overlap.csv
+    cache_dir: Path | None = None     # prepared photos (drdemo.data.prepared); None: its default
     command: str = ""
 
 
@@ -138,13 +143,18 @@ class Trainer:
         defaults = model_defaults(options.model)
         input_size = options.img_size or defaults.input_size
         self.config = self._initial_config(input_size)
-        kwargs = dict(input_size=input_size, mean=self.config.mean, std=self.config.std,
-                      interpolation=self.config.preprocessing["interpolation"],
-                      crop_fov=self.config.preprocessing["crop_fov"],
-                      local_contrast_sigma=self.config.preprocessing["local_contrast"])
-        self.train_set = FundusDataset(self.parts["train"], train_transform(augmentation=recipe.augmentation, **kwargs),
-                                       task=options.task)
-        self.val_set = FundusDataset(self.parts["val"], eval_transform(**kwargs), task=options.task)
+        if recipe.heads:
+            self.train_set, self.val_set = self._lesion_grading_sets(input_size)
+        else:
+            kwargs = dict(input_size=input_size, mean=self.config.mean, std=self.config.std,
+                          interpolation=self.config.preprocessing["interpolation"],
+                          crop_fov=self.config.preprocessing["crop_fov"],
+                          local_contrast_sigma=self.config.preprocessing["local_contrast"],
+                          colour_balance=self.config.preprocessing["colour_balance"])
+            self.train_set = FundusDataset(self.parts["train"],
+                                           train_transform(augmentation=recipe.augmentation, **kwargs),
+                                           task=options.task)
+            self.val_set = FundusDataset(self.parts["val"], eval_transform(**kwargs), task=options.task)
         self.sampler = EpochSampler(len(self.train_set), recipe.batch_size, options.seed, self.dist)
         if self.sampler.batches_per_epoch() == 0:
             raise TrainingError(f"{len(self.train_set)} training images are fewer than one batch of "
@@ -155,7 +165,8 @@ class Trainer:
         self.val_loader = DataLoader(self.val_set, batch_size=recipe.batch_size, shuffle=False,
                                      num_workers=options.workers)
 
-        self.model = create_model(options.model, num_classes=len(TASK_CLASS_NAMES[options.task]))
+        self.model = create_model(options.model, num_classes=len(TASK_CLASS_NAMES[options.task]),
+                                  heads=self.config.heads or None)
         if options.init_from is not None and not options.resume:
             self._initialise_from(options.init_from)
         self.memory_format = defaults.memory_format  # as served by the Predictor
@@ -169,6 +180,11 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(self.device),
                                            label_smoothing=recipe.label_smoothing)
         self.val_loss_fn = nn.CrossEntropyLoss()
+        if recipe.heads:
+            dme_counts = np.bincount([s.dme for s in self.parts["train"] if s.dme is not None],
+                                     minlength=len(DME_RISKS))
+            self.dme_loss_fn = nn.CrossEntropyLoss(weight=balanced_weights(dme_counts).to(self.device),
+                                                   label_smoothing=recipe.label_smoothing)
         groups = parameter_groups(self.model, recipe.weight_decay)
         optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[recipe.optimizer]
         self.optimizer = optimizer_class(groups, lr=recipe.lr)
@@ -185,7 +201,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best: dict = {"qwk": -math.inf, "epoch": None, "val_loss": math.inf}
+        self.best: dict = {"qwk": -math.inf, "epoch": None, "val_loss": math.inf, "selection": -math.inf}
         self.seconds_trained = 0.0
         if options.resume:
             self._load_state()
@@ -246,18 +262,30 @@ class Trainer:
                 source = read_config(options.init_from)
             except CheckpointError as exc:
                 raise TrainingError(f"--init-from: {exc}") from exc
-        if source is not None and source.preprocessing["local_contrast"] == self.recipe.local_contrast:
+        if (source is not None and source.preprocessing["local_contrast"] == self.recipe.local_contrast
+                and source.preprocessing["colour_balance"] == self.recipe.colour_balance):
             mean, std = source.mean, source.std  # keep the statistics the weights were trained with
         else:  # new data, or inputs the source never saw (local contrast changes every pixel): measure them
             from drdemo.data.stats import channel_stats
             mean, std = channel_stats(self.parts["train"], input_size=input_size, limit=options.stats_images,
-                                      seed=options.seed, local_contrast_sigma=self.recipe.local_contrast)
+                                      seed=options.seed, local_contrast_sigma=self.recipe.local_contrast,
+                                      colour_balance=self.recipe.colour_balance)
         recipe = asdict(self.recipe)
         recipe["preset"] = options.preset
+        heads = {}
+        if self.recipe.heads:
+            if options.task != "icdr5":
+                raise TrainingError(f"the three-head recipe grades the five ICDR grades: use --task icdr5, not "
+                                    f"{options.task}")
+            heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+        layer_prefix = BACKBONE_PREFIX if heads else ""
+        defaults = model_defaults(options.model)
         return CheckpointConfig.for_architecture(
             options.model, task=options.task, input_size=input_size,
             mean=tuple(round(float(v), 5) for v in mean), std=tuple(round(float(v), 5) for v in std),
-            preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": self.recipe.local_contrast},
+            heads=heads, cam_target_layer=layer_prefix + defaults.cam_target_layer,
+            preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": self.recipe.local_contrast,
+                           "colour_balance": self.recipe.colour_balance},
             provenance={"trained": True, "data": _describe_data(options.data, self.layout, self.parts, self.part),
                         "data_command": _data_command(options.data) if self.layout == "synthetic" else None,
                         "recipe": json.dumps(recipe, default=str), "seed": options.seed,
@@ -275,7 +303,12 @@ class Trainer:
         if (source.architecture, source.task) != (self.options.model, self.options.task):
             raise TrainingError(f"--init-from {folder} is a {source.architecture} ({source.task}) checkpoint, not "
                                 f"{self.options.model} ({self.options.task})")
-        self.model.load_state_dict(state, strict=True)
+        if self.config.heads and not source.heads:  # a single-head checkpoint: its network is our backbone
+            self.model.backbone.load_state_dict(state, strict=True)
+        elif bool(self.config.heads) == bool(source.heads):
+            self.model.load_state_dict(state, strict=True)
+        else:
+            raise TrainingError(f"--init-from {folder} has three heads; a single-head recipe cannot start from it")
         provenance = dict(self.config.provenance, initialised_from=str(folder),
                           initialised_from_provenance=source.provenance)
         self.config = replace(self.config, provenance=provenance)
@@ -323,11 +356,57 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _loss(self, output, targets: torch.Tensor) -> torch.Tensor:
+    def _loss(self, output, targets) -> torch.Tensor:
+        if isinstance(output, HeadsOutput):
+            return self._heads_loss(output, targets)
         if hasattr(output, "aux_logits") and output.aux_logits is not None:
             return (self.loss_fn(output.logits, targets)
                     + self.recipe.aux_loss_weight * self.loss_fn(output.aux_logits, targets))
         return self.loss_fn(main_logits(output), targets)
+
+    def _heads_loss(self, output: HeadsOutput, targets: dict) -> torch.Tensor:
+        recipe = self.recipe
+        grades = targets["grade"]
+        loss = self.loss_fn(output.softmax_logits, grades)
+        if output.aux_logits is not None:
+            loss = loss + recipe.aux_loss_weight * self.loss_fn(output.aux_logits, grades)
+        loss = loss + recipe.ordinal_loss_weight * corn_loss(output.ordinal_logits, grades)
+        known = targets["dme"] >= 0
+        if known.any():
+            loss = loss + recipe.dme_loss_weight * self.dme_loss_fn(output.dme_logits[known], targets["dme"][known])
+        with_masks = targets["has_masks"]
+        if with_masks.any():
+            loss = loss + recipe.lesion_loss_weight * lesion_map_loss(output.lesion_logits[with_masks],
+                                                                      targets["masks"][with_masks])
+        return loss
+
+    def _lesion_grading_sets(self, input_size: int) -> tuple[Dataset, Dataset]:
+        """Training and validation sets of a three-head recipe, from prepared (cached) photos; lesion masks only
+        for training photos (the validation photos' masks would let it choose on what it learned from)."""
+        options, preprocessing = self.options, self.config.preprocessing
+        lesion_data, overlap = options.lesion_data, options.lesion_overlap
+        if self.layout == "idrid" and lesion_data is None:
+            lesion_data = options.data.parent / "A. Segmentation"
+            overlap = overlap or options.data.parent / "segmentation_grading_overlap.csv"
+        if lesion_data is None or overlap is None or not lesion_data.is_dir() or not overlap.is_file():
+            raise TrainingError("the three-head recipe needs lesion masks: pass --lesion-data (IDRiD's 'A. "
+                                "Segmentation' folder) and --lesion-overlap (segmentation_grading_overlap.csv)")
+        normalise_kwargs = dict(mean=self.config.mean, std=self.config.std,
+                                local_contrast_sigma=preprocessing["local_contrast"],
+                                colour_balance=preprocessing["colour_balance"])
+        sets = []
+        for part in ("train", "val"):
+            samples = self.parts[part]
+            images = prepare_cached(samples, input_size, preprocessing["interpolation"], preprocessing["crop_fov"],
+                                    cache_dir=options.cache_dir, progress=self.dist.is_main)
+            masks = (prepared_masks(samples, lesion_data, overlap, input_size, preprocessing["crop_fov"],
+                                    grading_part=self.part or "train", cache_dir=options.cache_dir)
+                     if part == "train" else {})
+            augment = self.recipe.augmentation.build() if part == "train" else None
+            sets.append(LesionGradingDataset(samples, images, masks, normalise_kwargs, augment))
+        if self.dist.is_main:
+            print(f"lesion masks for {len(sets[0].masks)} of {len(sets[0])} training photos", file=sys.stderr)
+        return sets[0], sets[1]
 
     def train_epoch(self) -> float:
         """Train until the epoch ends; returns the mean training loss of the batches run now."""
@@ -348,7 +427,8 @@ class Trainer:
             images, targets = next(batches)
             started = time.monotonic()
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
+            targets = ({key: value.to(self.device, non_blocking=True) for key, value in targets.items()}
+                       if isinstance(targets, dict) else targets.to(self.device, non_blocking=True))
             with self._autocast():
                 loss = self._loss(self.network(images), targets)
             self.optimizer.zero_grad(set_to_none=True)
@@ -386,8 +466,11 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
     def validate(self) -> dict:
-        """Loss and grading metrics on the validation part (every process computes them alike)."""
+        """Loss and grading metrics on the validation part (every process computes them alike); "selection"
+        is what the best epoch is chosen by."""
         from drdemo.metrics import grading_metrics
+        if self.config.heads:
+            return self._validate_heads()
         logits, targets = loader_logits(self.kept_model, self.val_loader, self.config.test_time_views,
                                         memory_format=self.memory_format)
         weights = [len(batch) for batch in targets]
@@ -399,6 +482,29 @@ class Trainer:
                                   task=self.options.task, class_names=self.config.class_names,
                                   referable_threshold=self.config.referable_threshold)
         metrics["loss"] = float(np.average(losses, weights=weights))
+        metrics["selection"] = metrics["qwk"]
+        return metrics
+
+    def _validate_heads(self) -> dict:
+        """Both grade heads' metrics, the DME risk's, and the softmax head's loss; the epoch is chosen by the
+        better grade head's QWK plus the DME accuracy, and that head becomes the served one."""
+        from drdemo.metrics import dme_metrics, grading_metrics
+        arrays, _ = loader_heads(self.kept_model, self.val_loader, self.config.test_time_views,
+                                 memory_format=self.memory_format)
+        grades = np.asarray([s.grade for s in self.parts["val"]])
+        per_head = {head: grading_metrics(grades, class_probabilities(arrays[key], {}), task="icdr5",
+                                          class_names=self.config.class_names,
+                                          referable_threshold=self.config.referable_threshold)
+                    for head, key in (("softmax", "softmax_logits"), ("ordinal", "ordinal_log_probabilities"))}
+        head = max(per_head, key=lambda name: per_head[name]["qwk"])
+        metrics = dict(per_head[head])
+        metrics["grade_head"] = head
+        metrics.update({f"{name}_qwk": values["qwk"] for name, values in per_head.items()})
+        dme = np.asarray([NO_LABEL if s.dme is None else s.dme for s in self.parts["val"]])
+        metrics.update(dme_metrics(dme, class_probabilities(arrays["dme_logits"], {})))
+        metrics["loss"] = float(self.val_loss_fn(torch.from_numpy(arrays["softmax_logits"][:, 0]),
+                                                 torch.from_numpy(grades)).item())
+        metrics["selection"] = metrics["qwk"] + metrics.get("dme_accuracy", 0.0)
         return metrics
 
     def run(self) -> CheckpointConfig:
@@ -410,18 +516,24 @@ class Trainer:
         while self.epoch < recipe.epochs:
             train_loss = self.train_epoch()
             metrics = self.validate()
-            improved = (metrics["qwk"], -metrics["loss"]) > (self.best["qwk"], -self.best["val_loss"])
+            improved = (metrics["selection"], -metrics["loss"]) > (self.best.get("selection", self.best["qwk"]),
+                                                                   -self.best["val_loss"])
             if improved:
-                self.best = {"qwk": metrics["qwk"], "epoch": self.epoch + 1, "val_loss": metrics["loss"]}
+                self.best = {"qwk": metrics["qwk"], "epoch": self.epoch + 1, "val_loss": metrics["loss"],
+                             "selection": metrics["selection"]}
                 if self.dist.is_main:
                     self._save_best(metrics)
             self._log({"event": "epoch", "epoch": self.epoch + 1, "train_loss": train_loss,
                        "val_loss": metrics["loss"], "val_qwk": metrics["qwk"], "val_accuracy": metrics["accuracy"],
-                       "val_referable_auc": metrics.get("referable_auc"), "lr": self.scheduler.get_last_lr()[0],
+                       "val_referable_auc": metrics.get("referable_auc"), "val_dme_accuracy": metrics.get("dme_accuracy"),
+                       "val_softmax_qwk": metrics.get("softmax_qwk"), "val_ordinal_qwk": metrics.get("ordinal_qwk"),
+                       "lr": self.scheduler.get_last_lr()[0],
                        "seconds_trained": self.seconds_trained, "best": improved})
             if self.dist.is_main:
                 print(f"epoch {self.epoch + 1}: train loss {train_loss:.4f}, val loss {metrics['loss']:.4f}, "
                       f"val QWK {metrics['qwk']:.4f}, accuracy {metrics['accuracy']:.4f}"
+                      + (f" ({metrics['grade_head']} head; DME accuracy {metrics['dme_accuracy']:.4f})"
+                         if "grade_head" in metrics else "")
                       + (" (best so far, saved)" if improved else ""), file=sys.stderr)
             self.epoch += 1
             self.batch_in_epoch = 0
@@ -433,11 +545,15 @@ class Trainer:
         return self.config
 
     def _save_best(self, metrics: dict) -> None:
-        keep = ("qwk", "accuracy", "referable_auc", "referable_sensitivity", "referable_specificity", "any_dr_auc")
+        keep = ("qwk", "accuracy", "referable_auc", "referable_sensitivity", "referable_specificity", "any_dr_auc",
+                "softmax_qwk", "ordinal_qwk", "dme_accuracy", "referable_dme_auc")
         recorded = {f"val_{k}": round(float(metrics[k]), 4) for k in keep if metrics.get(k) is not None}
         provenance = dict(self.config.provenance, epochs=self.recipe.epochs, best_epoch=self.epoch + 1,
                           training_seconds=round(self.seconds_trained))
-        self.config = replace(self.config, metrics=recorded, provenance=provenance)
+        heads = dict(self.config.heads, grade_head=metrics["grade_head"]) if self.config.heads else {}
+        self.config = replace(self.config, metrics=recorded, provenance=provenance, heads=heads)
+        if heads:
+            self.kept_model.grade_head = heads["grade_head"]
         save_checkpoint(self.kept_model, self.config, self.options.out)
 
 
