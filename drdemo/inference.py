@@ -90,35 +90,43 @@ def inverse_view(maps: torch.Tensor, transpose: bool, flip_horizontal: bool, fli
     return maps
 
 
-def view_heads(model: nn.Module, batch: torch.Tensor, views: int = 1) -> dict[str, np.ndarray]:
-    """Every head of a three-head model (drdemo.models.heads.MultiHeadNet) on `batch` and its first `views`
-    symmetries, in one forward pass: "logits", "softmax_logits", "ordinal_log_probabilities" (n, views, 5),
-    "dme_logits" (n, views, 3), "lesion_probabilities" (n, types, h, w) averaged over the views after
-    each is turned back over the original image, and "features" (n, F) of the first view."""
-    from drdemo.models.heads import corn_log_probabilities
+def view_outputs(model: nn.Module, batch: torch.Tensor, views: int = 1, classifier: str | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Every output of `model` on `batch` and its first `views` symmetries, in one forward pass of n x views
+    images: "logits" (n, views, C) and "features" (n, F), the pooled features of the first view (the input
+    of the `classifier` layer; omitted when None for a single-head model). A three-head model
+    (drdemo.models.heads.MultiHeadNet) adds "softmax_logits" and "ordinal_log_probabilities" (n, views, 5),
+    "dme_logits" (n, views, 3) and "lesion_probabilities" (n, types, h, w), averaged over the views after
+    each is turned back over the original image."""
+    from drdemo.models.heads import MultiHeadNet, corn_log_probabilities, pooled_features
 
     if views not in VIEW_COUNTS:
         raise ValueError(f"test_time_views must be one of {VIEW_COUNTS}, got {views!r}")
     n = batch.shape[0]
+
+    def per_view(values: torch.Tensor) -> np.ndarray:
+        return values.float().cpu().double().numpy().reshape(views, n, -1).transpose(1, 0, 2)
+
     with torch.inference_mode():
         stacked = torch.cat([symmetric_view(batch, *symmetry) for symmetry in SYMMETRIES[:views]])
+        if not isinstance(model, MultiHeadNet):
+            if classifier is None:
+                return {"logits": per_view(main_logits(model(stacked)))}
+            output, features = pooled_features(model, classifier, stacked)
+            return {"logits": per_view(main_logits(output)), "features": features[:n].float().cpu().numpy()}
         output = model(stacked)
         lesions = torch.sigmoid(output.lesion_logits.float())
         lesions = torch.stack([inverse_view(lesions[v * n:(v + 1) * n], *SYMMETRIES[v]) for v in range(views)]).mean(0)
-
-        def per_view(values: torch.Tensor) -> np.ndarray:
-            return values.float().cpu().double().numpy().reshape(views, n, -1).transpose(1, 0, 2)
-
         return {"logits": per_view(output.logits), "softmax_logits": per_view(output.softmax_logits),
                 "ordinal_log_probabilities": per_view(corn_log_probabilities(output.ordinal_logits)),
                 "dme_logits": per_view(output.dme_logits), "lesion_probabilities": lesions.cpu().numpy(),
                 "features": output.features[:n].float().cpu().numpy()}
 
 
-def loader_heads(model: nn.Module, loader: Iterable, views: int = 1, *,
-                 memory_format: torch.memory_format = torch.preserve_format,
-                 progress: str | None = None, keep_lesions: bool = False) -> tuple[dict[str, np.ndarray], list]:
-    """`view_heads` over every batch `loader` yields as (images, labels), concatenated, and the labels batch by
+def loader_outputs(model: nn.Module, loader: Iterable, views: int = 1, *, classifier: str | None = None,
+                   memory_format: torch.memory_format = torch.preserve_format,
+                   progress: str | None = None, keep_lesions: bool = False) -> tuple[dict[str, np.ndarray], list]:
+    """`view_outputs` over every batch `loader` yields as (images, labels), concatenated, and the labels batch by
     batch; in eval mode, every module's mode restored afterwards (as `loader_logits`). Lesion maps are kept
     only when `keep_lesions` (they are large)."""
     device = next(model.parameters()).device
@@ -131,7 +139,7 @@ def loader_heads(model: nn.Module, loader: Iterable, views: int = 1, *,
                                           disable=progress is None, file=sys.stderr) as bar:
             for images, batch_labels in loader:
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
-                for key, value in view_heads(model, images, views).items():
+                for key, value in view_outputs(model, images, views, classifier).items():
                     if key != "lesion_probabilities" or keep_lesions:
                         parts.setdefault(key, []).append(value)
                 labels.append(batch_labels)

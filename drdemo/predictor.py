@@ -9,7 +9,7 @@ checkpoint's config.json (`Predictor.config`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,11 +19,16 @@ from PIL import Image
 from drdemo.calibration import class_probabilities, view_spread
 from drdemo.checkpoint import CheckpointConfig
 from drdemo.cam.explain import Explainer
-from drdemo.inference import SYMMETRIES, view_logits
+from drdemo.cam.lesion_maps import upsample_lesion_maps
+from drdemo.inference import SYMMETRIES, view_outputs
 from drdemo.metrics import task_probabilities
 from drdemo.models import create_model, model_defaults
-from drdemo.preprocess import normalise, prepare_image
-from drdemo.tasks import ICDR_GRADES
+from drdemo.cam.explain import on_field_of_view
+from drdemo.preprocess import field_of_view, normalise, prepare_image
+from drdemo.tasks import ICDR_GRADES, REFERABLE_DME_RISK
+
+# Why a photo is referred: moderate or worse retinopathy, referable macular oedema (DME risk 2), or both.
+REFERRAL_REASONS = ("retinopathy", "macular oedema")
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import LoadedModel
@@ -38,6 +43,19 @@ class Prediction:
     seconds: float                   # preprocessing + forward (+ backward for a CAM)
     referable_probability: float | None = None   # P(grade >= 2), where the task defines it
     referable: bool | None = None                  # referable_probability >= the threshold used
+    # Three-head models only (empty / None otherwise): the DME risk and the combined referral.
+    dme_probabilities: dict[str, float] = field(default_factory=dict)  # DME risk name -> probability
+    dme_referable_probability: float | None = None  # P(DME risk 2)
+    dme_referable: bool | None = None               # dme_referable_probability >= the checkpoint's dme_threshold
+    referral_reasons: tuple[str, ...] = ()          # of REFERRAL_REASONS, in that order: why the photo is referred
+
+    @property
+    def referred(self) -> bool | None:
+        """The referral decision: for retinopathy or (three-head models) macular oedema; None where the task
+        cannot tell referable disease."""
+        if self.referable is None:
+            return None
+        return bool(self.referral_reasons) if self.dme_referable is not None else self.referable
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,9 @@ class Analysis:
     cam_target: int | None = None            # the class the map explains
     spread: dict[str, float] | None = None   # over several views: class name -> std of its probability
     views: int = 1                           # symmetric views the probabilities are the mean of
+    lesion_maps: dict[str, np.ndarray] | None = None  # lesion type -> (H, W) probability over model_view
+                                                      # (three-head models), zero outside the field of view
+    features: np.ndarray | None = None       # (F,) pooled features of the first view, the classifier's input
 
 
 class Predictor:
@@ -116,15 +137,19 @@ class Predictor:
         comes from the same forward pass (plus one backward)."""
         start = time.perf_counter()
         view = self.model_view(image)
-        batch = normalise(view, self.config.mean, self.config.std,
-                          self.config.preprocessing["local_contrast"]).unsqueeze(0).to(self.device)
+        preprocessing = self.config.preprocessing
+        batch = normalise(view, self.config.mean, self.config.std, preprocessing["local_contrast"],
+                          preprocessing["colour_balance"]).unsqueeze(0).to(self.device)
         views = len(SYMMETRIES) if tta else self.config.test_time_views
-        heatmap = target = spread = None
+        heatmap = target = spread = heads = None
         if views == 1 and cam_method is not None:
             explanation = self.explainer.explain(batch, method=cam_method, target=cam_target)
             probabilities, heatmap, target = explanation.probabilities, explanation.heatmap, explanation.target
+            heads, features = explanation.heads, explanation.features
         else:
-            logits = view_logits(self.model, batch, views)
+            outputs = view_outputs(self.model, batch, views, self._classifier)
+            logits, features = outputs["logits"], outputs["features"][0]
+            heads = outputs if self.config.heads else None
             probabilities = class_probabilities(logits, self.config.calibration)[0]
             if views > 1:
                 spread = dict(zip(self.class_names, view_spread(logits, self.config.calibration)[0].tolist()))
@@ -132,17 +157,39 @@ class Predictor:
                 target = int(probabilities.argmax()) if cam_target is None else cam_target
                 explanation = self.explainer.explain(batch, method=cam_method, target=target)
                 heatmap = explanation.heatmap
-        prediction = self._prediction(probabilities, time.perf_counter() - start, referable_threshold)
+        inside = field_of_view(view)
+        if heatmap is not None:
+            heatmap = on_field_of_view(heatmap, inside)
+        lesion_maps = dme = None
+        if heads is not None:
+            dme = class_probabilities(heads["dme_logits"], None)[0]
+            lesion_maps = upsample_lesion_maps(heads["lesion_probabilities"][0], self.config.heads["lesion_types"],
+                                               inside)
+        prediction = self._prediction(probabilities, time.perf_counter() - start, referable_threshold, dme)
         return Analysis(prediction=prediction, model_view=view, heatmap=heatmap, cam_method=cam_method,
-                        cam_target=target, spread=spread, views=views)
+                        cam_target=target, spread=spread, views=views, lesion_maps=lesion_maps,
+                        features=None if features is None else np.asarray(features, dtype=np.float32))
 
-    def _prediction(self, probabilities: np.ndarray, seconds: float, threshold: float | None) -> Prediction:
+    @property
+    def _classifier(self) -> str:
+        return model_defaults(self.config.architecture).classifier
+
+    def _prediction(self, probabilities: np.ndarray, seconds: float, threshold: float | None,
+                    dme: np.ndarray | None = None) -> Prediction:
         threshold = self.config.referable_threshold if threshold is None else threshold
         grade = int(np.argmax(probabilities))
         referable = task_probabilities(probabilities[None], self.config.task).get("referable")
         referable_probability = None if referable is None else float(referable[0])
+        is_referable = None if referable_probability is None else referable_probability >= threshold
+        extra: dict = {}
+        if dme is not None:
+            dme_probability = float(dme[REFERABLE_DME_RISK])
+            dme_referable = dme_probability >= self.config.dme_threshold
+            reasons = tuple(reason for reason, on in zip(REFERRAL_REASONS, (bool(is_referable), dme_referable)) if on)
+            extra = dict(dme_probabilities=dict(zip(self.config.heads["dme_classes"], map(float, dme))),
+                         dme_referable_probability=dme_probability, dme_referable=dme_referable,
+                         referral_reasons=reasons)
         return Prediction(probabilities=dict(zip(self.class_names, map(float, probabilities))), grade=grade,
                           grade_name=self.class_names[grade], seconds=seconds,
-                          referable_probability=referable_probability,
-                          referable=None if referable_probability is None else referable_probability >= threshold)
+                          referable_probability=referable_probability, referable=is_referable, **extra)
 

@@ -41,6 +41,12 @@ def fundus_mask(pixels: np.ndarray) -> np.ndarray:
     return brightest > max(_FOV_ABSOLUTE_FLOOR, _FOV_RELATIVE_THRESHOLD * level)
 
 
+def field_of_view(view: Image.Image) -> np.ndarray:
+    """Boolean (H, W) mask of the retina in a model view (`prepare_image`'s output): where heat maps and
+    lesion maps may show anything."""
+    return fundus_mask(np.asarray(view.convert("RGB"), dtype=np.uint8))
+
+
 def field_of_view_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of the bright field of view, or None when nothing stands out.
 

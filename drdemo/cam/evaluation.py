@@ -30,9 +30,9 @@ from drdemo.cam.metrics import centre_map, energy_share, is_flat, pointing_hit, 
 from drdemo.data import open_image
 from drdemo.data.lesions import LesionSample, lesion_union
 from drdemo.errors import DrdemoError
-from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, on_field_of_view, overlay
 from drdemo.inference import view_logits
-from drdemo.preprocess import fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
+from drdemo.preprocess import field_of_view, fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
 
 DEFAULT_ROAD_PERCENTILES = (20, 40, 60, 80)
 RANDOM_BASELINE = "random"
@@ -84,6 +84,7 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
            explainers: dict[str, Explainer], road_limit: int | None, road_percentiles: Sequence[int],
            rng: np.random.Generator, grid_cases: int, progress: bool) -> tuple[dict, list[dict]]:
     config, model = loaded.config, loaded.model
+    grade_model = next(iter(explainers.values())).cam_model  # the served grade logits, for ROAD's targets
     kwargs = preprocess_kwargs(config)
     tolerance = pointing_tolerance(config.input_size)
     road = ROADCombined(percentiles=list(road_percentiles))
@@ -103,9 +104,11 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
         # every method explains the class the app would show: over the checkpoint's views, calibrated
         predicted = int(class_probabilities(view_logits(model, batch, config.test_time_views),
                                             config.calibration)[0].argmax())
+        inside = field_of_view(view)
         for layer, explainer in explainers.items():
-            for method in methods:
-                maps[layer, method] = explainer.explain(batch, method=method, target=predicted).heatmap
+            for method in methods:  # on the retina only, as the app shows it
+                maps[layer, method] = on_field_of_view(explainer.explain(batch, method=method, target=predicted).heatmap,
+                                                       inside)
         graded_dr.append(predicted != 0)
         maps[None, RANDOM_BASELINE] = random_map(mask.shape, rng)
         maps[None, CENTRE_BASELINE] = centre_map(mask.shape, fundus_mask(np.asarray(view, dtype=np.uint8)))
@@ -117,7 +120,7 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
             if road_limit is None or index < road_limit:
                 with torch.no_grad():
                     scores[key]["road"].append(float(road(batch, heatmap[None], [ClassifierOutputTarget(predicted)],
-                                                          model)[0]))
+                                                          grade_model)[0]))
         if len(cases) < grid_cases:
             cases.append({"image_id": sample.image_id, "grade": sample.grade, "predicted": predicted,
                           "image": view,

@@ -24,7 +24,8 @@ from drdemo.calibration import class_probabilities
 from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.errors import DrdemoError
 from drdemo.inference import main_logits
-from drdemo.models import CAM_RESHAPES, target_layers
+from drdemo.models import CAM_RESHAPES, model_defaults, target_layers
+from drdemo.models.heads import HeadsOutput, MultiHeadNet
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
@@ -53,6 +54,23 @@ class Explanation:
     heatmap: np.ndarray         # (H, W) float32 in [0, 1], at the model input's resolution
     target: int                 # the class whose score the map explains
     method: str
+    features: np.ndarray | None = None   # (F,) pooled features of the same forward pass, the classifier's input
+    heads: dict | None = None            # a three-head model's other outputs of that pass, as
+                                         # drdemo.inference.view_outputs returns them (one view)
+
+
+class _GradeLogits(nn.Module):
+    """A three-head model seen by pytorch-grad-cam: its served grade logits, the other heads of the same
+    forward pass kept in `last` for the caller."""
+
+    def __init__(self, model: MultiHeadNet):
+        super().__init__()
+        self.model = model
+        self.last: HeadsOutput | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = self.model(x)
+        return self.last.logits
 
 
 class _MostProbableClass:
@@ -77,11 +95,14 @@ class Explainer:
     @classmethod
     def for_checkpoint(cls, model: nn.Module, config: CheckpointConfig) -> Explainer:
         """Target layer, reshape and classes as the checkpoint's config.json states them."""
-        return cls(model, config.cam_target_layer, config.cam_reshape, config.num_classes, config.calibration)
+        return cls(model, config.cam_target_layer, config.cam_reshape, config.num_classes, config.calibration,
+                   classifier=model_defaults(config.architecture).classifier)
 
     def __init__(self, model: nn.Module, target_layer: str, reshape: str | None, num_classes: int,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, classifier: str | None = None):
         self.model, self.num_classes, self.calibration = model, num_classes, calibration
+        self.classifier = classifier  # its input is recorded as the pooled features (single-head models)
+        self.cam_model = _GradeLogits(model) if isinstance(model, MultiHeadNet) else model
         try:
             self.layers = target_layers(model, target_layer)
         except ValueError as exc:
@@ -100,9 +121,13 @@ class Explainer:
             raise ExplainError(f"class {target} does not exist; the model has {self.num_classes} classes")
         # Registered before the CAM's own hooks, so they run first on each target layer's output.
         graph_starts = [layer.register_forward_hook(_start_graph_here) for layer in self.layers]
+        captured: dict[str, torch.Tensor] = {}
+        if self.classifier is not None and not isinstance(self.model, MultiHeadNet):
+            graph_starts.append(self.model.get_submodule(self.classifier).register_forward_pre_hook(
+                lambda _module, inputs: captured.__setitem__("features", inputs[0])))
         cam = None
         try:
-            cam = CAM_METHODS[method](model=self.model, target_layers=self.layers, reshape_transform=self.reshape)
+            cam = CAM_METHODS[method](model=self.cam_model, target_layers=self.layers, reshape_transform=self.reshape)
             targets = [_MostProbableClass(self.calibration) if target is None else ClassifierOutputTarget(int(target))]
             with torch.enable_grad():
                 maps = cam(input_tensor=batch, targets=targets)
@@ -115,8 +140,37 @@ class Explainer:
                 hook.remove()
         probabilities = class_probabilities(logits, self.calibration)[0]
         chosen = int(probabilities.argmax()) if target is None else int(target)
+        heads = features = None
+        if isinstance(self.cam_model, _GradeLogits) and self.cam_model.last is not None:
+            heads = _heads_arrays(self.cam_model.last)
+            features = heads["features"][0]
+            self.cam_model.last = None
+        elif "features" in captured:
+            features = captured["features"].detach().flatten(1)[0].float().cpu().numpy()
         return Explanation(logits=logits[0], probabilities=probabilities,
-                           heatmap=np.nan_to_num(maps[0]).astype(np.float32), target=chosen, method=method)
+                           heatmap=np.nan_to_num(maps[0]).astype(np.float32), target=chosen, method=method,
+                           features=features, heads=heads)
+
+
+def _heads_arrays(output: HeadsOutput) -> dict[str, np.ndarray]:
+    """One image's three-head output as drdemo.inference.view_outputs lays it out for one view."""
+    def one_view(values: torch.Tensor) -> np.ndarray:
+        return values.detach().float().cpu().double().numpy()[:, None]
+
+    return {"logits": one_view(output.logits), "dme_logits": one_view(output.dme_logits),
+            "lesion_probabilities": torch.sigmoid(output.lesion_logits.detach().float()).cpu().numpy(),
+            "features": output.features.detach().float().cpu().numpy()}
+
+
+def on_field_of_view(heatmap: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """`heatmap` with everything outside the field of view (`inside`, a boolean mask of the same size) set to 0
+    and rescaled so its peak on the retina is 1: a CAM's upsampling spreads energy into the black surround
+    and the padding, which shows no retina and must not look like evidence."""
+    if heatmap.shape != inside.shape:
+        raise ExplainError(f"heat map {heatmap.shape} and field-of-view mask {inside.shape} differ in size")
+    masked = np.where(inside, heatmap, 0.0).astype(np.float32)
+    peak = float(masked.max())
+    return masked / peak if peak > 0 else masked
 
 
 def _start_graph_here(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:

@@ -47,7 +47,7 @@ from drdemo.data.augment import (
 )
 from drdemo.errors import DrdemoError
 from drdemo.data.prepared import NO_LABEL, LesionGradingDataset, prepare_cached, prepared_masks
-from drdemo.inference import loader_heads, loader_logits, main_logits
+from drdemo.inference import loader_outputs, loader_logits, main_logits
 from drdemo.models import create_model, model_defaults
 from drdemo.models.heads import BACKBONE_PREFIX, HeadsOutput, corn_loss, lesion_map_loss
 from drdemo.tasks import DME_RISKS, LESION_TYPES, TASK_CLASS_NAMES
@@ -489,7 +489,7 @@ class Trainer:
         """Both grade heads' metrics, the DME risk's, and the softmax head's loss; the epoch is chosen by the
         better grade head's QWK plus the DME accuracy, and that head becomes the served one."""
         from drdemo.metrics import dme_metrics, grading_metrics
-        arrays, _ = loader_heads(self.kept_model, self.val_loader, self.config.test_time_views,
+        arrays, _ = loader_outputs(self.kept_model, self.val_loader, self.config.test_time_views,
                                  memory_format=self.memory_format)
         grades = np.asarray([s.grade for s in self.parts["val"]])
         per_head = {head: grading_metrics(grades, class_probabilities(arrays[key], {}), task="icdr5",
