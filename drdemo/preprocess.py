@@ -155,8 +155,8 @@ def local_contrast(image: Image.Image, sigma_fraction: float) -> Image.Image:
 REFERENCE_FUNDUS_RGB = (150.0, 78.0, 27.0)
 
 
-def balance_colour(image: Image.Image) -> Image.Image:
-    """Each channel scaled so that its mean inside the field of view is `REFERENCE_FUNDUS_RGB`.
+def balance_colour(image: Image.Image, target_rgb: Sequence[float] = REFERENCE_FUNDUS_RGB) -> Image.Image:
+    """Each channel scaled so that its mean inside the field of view is `target_rgb`.
 
     A camera's white balance, the flash and the pigment of the fundus multiply each channel by a
     gain; dividing by the photo's own channel means removes any such gain, so a model fed the
@@ -169,7 +169,7 @@ def balance_colour(image: Image.Image) -> Image.Image:
     if inside.sum() < 16:
         return image
     means = pixels[inside].mean(axis=0)
-    gains = np.asarray(REFERENCE_FUNDUS_RGB, dtype=np.float32) / np.maximum(means, 1.0)
+    gains = np.asarray(target_rgb, dtype=np.float32) / np.maximum(means, 1.0)
     balanced = pixels * gains
     balanced[~inside] = 0.0
     return Image.fromarray(np.clip(np.rint(balanced), 0, 255).astype(np.uint8))

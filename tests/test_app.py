@@ -42,9 +42,25 @@ def _probabilities(label: dict) -> dict[str, float]:
     return confidences
 
 
+def _dme_probabilities(label: dict) -> None:
+    """The bundled checkpoints have three heads: a DME risk label with IDRiD's three levels."""
+    confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert len(confidences) == 3 and all(name.startswith(("No DME", "DME risk")) for name in confidences)
+    assert abs(sum(confidences.values()) - 1) < 1e-4
+
+
+def test_the_lesion_map_is_a_heat_map_choice_and_the_verdict_gives_the_referral_reason(client, fundus, tmp_path):
+    path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
+    _, pair, text, _ = client.predict(path, "medmamba", "lesions", "predicted", 0.8, 0.01, False, api_name="/grade")
+    assert "Lesion map" in text and "Refer: retinopathy" in text   # threshold 1%: referred for retinopathy
+    original, drawn = (np.asarray(Image.open(p), float) for p in pair)
+    assert original.shape == drawn.shape
+
+
 def test_grade_takes_just_an_image(client, fundus, tmp_path):
-    label, pair, text = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/grade")
+    label, pair, text, dme = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/grade")
     _probabilities(label)
+    _dme_probabilities(dme)
     original, overlay = (Image.open(p) for p in pair)
     assert original.size == overlay.size and original.width >= 192
     assert np.abs(np.asarray(original, float) - np.asarray(overlay, float)).mean() > 5  # the heat map is drawn
@@ -53,7 +69,7 @@ def test_grade_takes_just_an_image(client, fundus, tmp_path):
 
 def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
-    _, pair, text = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
+    _, pair, text, _ = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
     assert "InceptionV3" in text and 'HiResCAM for "Proliferative DR"' in text and "threshold 5%" in text
     assert "over 8 flips/rotations" in text
     original, overlay = (np.asarray(Image.open(p), float) for p in pair)
@@ -61,10 +77,12 @@ def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
 
 
 def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path):
-    first, second, cam_first, cam_second, text, chart = client.predict(
+    first, second, cam_first, cam_second, text, chart, dme_first, dme_second = client.predict(
         handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/compare")
     _probabilities(first)
     _probabilities(second)
+    _dme_probabilities(dme_first)
+    _dme_probabilities(dme_second)
     assert Image.open(cam_first).size == Image.open(cam_second).size == (299, 299)   # one display size
     assert ("Same grade" in text or "Different grades" in text) and "Largest probability difference" in text
     assert "MedMamba-T" in text and "InceptionV3" in text

@@ -365,20 +365,7 @@ class Trainer:
         return self.loss_fn(main_logits(output), targets)
 
     def _heads_loss(self, output: HeadsOutput, targets: dict) -> torch.Tensor:
-        recipe = self.recipe
-        grades = targets["grade"]
-        loss = self.loss_fn(output.softmax_logits, grades)
-        if output.aux_logits is not None:
-            loss = loss + recipe.aux_loss_weight * self.loss_fn(output.aux_logits, grades)
-        loss = loss + recipe.ordinal_loss_weight * corn_loss(output.ordinal_logits, grades)
-        known = targets["dme"] >= 0
-        if known.any():
-            loss = loss + recipe.dme_loss_weight * self.dme_loss_fn(output.dme_logits[known], targets["dme"][known])
-        with_masks = targets["has_masks"]
-        if with_masks.any():
-            loss = loss + recipe.lesion_loss_weight * lesion_map_loss(output.lesion_logits[with_masks],
-                                                                      targets["masks"][with_masks])
-        return loss
+        return three_head_loss(output, targets, self.recipe, self.loss_fn, self.dme_loss_fn)
 
     def _lesion_grading_sets(self, input_size: int) -> tuple[Dataset, Dataset]:
         """Training and validation sets of a three-head recipe, from prepared (cached) photos; lesion masks only
@@ -555,6 +542,26 @@ class Trainer:
         if heads:
             self.kept_model.grade_head = heads["grade_head"]
         save_checkpoint(self.kept_model, self.config, self.options.out)
+
+
+def three_head_loss(output: HeadsOutput, targets: dict, recipe: Recipe, grade_loss: nn.Module,
+                    dme_loss: nn.Module) -> torch.Tensor:
+    """The loss of a three-head model: the softmax grade head's (and InceptionV3's auxiliary head's), CORN's
+    for the ordinal head, the DME risk's where the photo has one, and the lesion maps' on the photos with
+    masks only (the others contribute nothing to the lesion head)."""
+    grades = targets["grade"]
+    loss = grade_loss(output.softmax_logits, grades)
+    if output.aux_logits is not None:
+        loss = loss + recipe.aux_loss_weight * grade_loss(output.aux_logits, grades)
+    loss = loss + recipe.ordinal_loss_weight * corn_loss(output.ordinal_logits, grades)
+    known = targets["dme"] >= 0
+    if known.any():
+        loss = loss + recipe.dme_loss_weight * dme_loss(output.dme_logits[known], targets["dme"][known])
+    with_masks = targets["has_masks"]
+    if with_masks.any():
+        loss = loss + recipe.lesion_loss_weight * lesion_map_loss(output.lesion_logits[with_masks],
+                                                                  targets["masks"][with_masks])
+    return loss
 
 
 def plot_curves(log_path: Path, out_path: Path) -> None:

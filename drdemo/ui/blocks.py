@@ -120,7 +120,7 @@ def _reading(predictor: Predictor) -> views.ModelReading:
     rule = f"{threshold['rule'].removeprefix('the ')} on {threshold['data']}" if threshold else None
     return views.ModelReading(_name(predictor), config.test_time_views,
                               calibration.get("data", "validation photos") if config.calibration else None,
-                              config.referable_threshold, rule)
+                              config.referable_threshold, rule, config.dme_threshold if config.heads else None)
 
 
 def _how_to_read(predictors: Sequence[Predictor]) -> None:
@@ -177,11 +177,19 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
     predictors = [s.predictor for s in served]
     model_choices = [(_name(p), slot) for slot, p in by_slot.items()]
     method_choices = [("Default for the model", DEFAULT_METHOD)] + [(CAM_METHOD_NAMES[m], m) for m in CAM_METHODS]
+    if any(p.config.heads for p in predictors):
+        method_choices.append((views.LESION_MAP_LABEL, views.LESION_MAP))
     largest = max(predictors, key=lambda p: p.config.num_classes)
     target_choices = [("Predicted class", PREDICTED)] + [(f"{i}: {name}", str(i))
                                                           for i, name in enumerate(largest.class_names)]
 
-    def method_for(predictor: Predictor, method: str) -> str:
+    def method_for(predictor: Predictor, method: str) -> str | None:
+        """The CAM to compute: the checkpoint's default, the one asked for, or none for the lesion map."""
+        if method == views.LESION_MAP:
+            if not predictor.config.heads:
+                raise gr.Error(f"{_name(predictor)} has no lesion head, so it has no lesion map; choose a heat map "
+                               f"method")
+            return None
         return predictor.config.cam_method if method in (None, DEFAULT_METHOD) else method
 
     @_user_errors
@@ -196,9 +204,10 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
         cam_target = None if target in (None, PREDICTED) else int(target)
         analysis = predictor.analyse(checked.image, cam_method=method_for(predictor, method), cam_target=cam_target,
                                      tta=bool(tta), referable_threshold=float(threshold))
-        text = views.verdict(analysis, _name(predictor), predictor.class_names, float(threshold))
-        return (views.label_value(analysis), views.overlay_pair(analysis, float(opacity)),
-                f"{text}\n\n{_gate_note(checked)}")
+        lesions = method == views.LESION_MAP
+        text = views.verdict(analysis, _name(predictor), predictor.class_names, float(threshold), lesions)
+        return (views.label_value(analysis), views.overlay_pair(analysis, float(opacity), lesions),
+                f"{text}\n\n{_gate_note(checked)}", views.dme_value(analysis))
 
     @_user_errors
     @_on_gpu
@@ -207,16 +216,18 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
         first, second = predictors[0], predictors[1]
         thresholds = [float(p.config.referable_threshold if t is None else t)
                       for p, t in ((first, threshold), (second, second_threshold))]
+        lesions = method == views.LESION_MAP
         analyses = [p.analyse(checked.image, cam_method=method_for(p, method), referable_threshold=t)
                     for p, t in zip((first, second), thresholds)]
         names = (_name(first), _name(second))
-        texts = [views.verdict(a, n, p.class_names, t)
+        texts = [views.verdict(a, n, p.class_names, t, lesions)
                  for a, n, p, t in zip(analyses, names, (first, second), thresholds)]
         line = views.agreement(analyses[0], analyses[1], names)
         return (views.label_value(analyses[0]), views.label_value(analyses[1]),
-                *_compare_maps(checked, (first, second), analyses, float(opacity)),
+                *_compare_maps(checked, (first, second), analyses, float(opacity), lesions),
                 "\n\n".join([line, *texts, _gate_note(checked)]),
-                views.probability_chart(names, analyses, views.agreement_headline(*analyses, names)))
+                views.probability_chart(names, analyses, views.agreement_headline(*analyses, names)),
+                views.dme_value(analyses[0]), views.dme_value(analyses[1]))
 
     @_user_errors
     @_on_gpu
@@ -299,10 +310,14 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
                         verdict = gr.Markdown(elem_id="verdict")
                         slider = gr.ImageSlider(label="What the model saw | heat map", type="pil",
                                                 interactive=False)
+                        dme = gr.Label(num_top_classes=3, label="Risk of macular oedema (DME)", elem_id="dme",
+                                       visible=any(p.config.heads for p in predictors))
+                        if any(p.config.heads for p in predictors):
+                            gr.HTML(views.lesion_legend(), elem_id="lesion-legend")
                         _how_to_read([by_slot[slot] for slot in by_slot])
                 model.change(lambda slot: own[slot], inputs=model, outputs=threshold, api_name=False)
                 inputs = [upload, model, method, target, opacity, threshold, tta]
-                button.click(grade, inputs=inputs, outputs=[label, slider, verdict], api_name="grade",
+                button.click(grade, inputs=inputs, outputs=[label, slider, verdict, dme], api_name="grade",
                              concurrency_id="models")
             with gr.Tab("Compare", id="compare"):
                 c_strip = example_strip("compare")
@@ -329,10 +344,16 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
                                 c_cam_b = gr.Image(label=f"{_name(predictors[1])}: heat map", type="pil",
                                                    height=COMPARE_VIEW_SIZE, interactive=False,
                                                    elem_id="compare-cam-b")
+                        with gr.Row(equal_height=True, visible=any(p.config.heads for p in predictors[:2])):
+                            c_dme_a = gr.Label(num_top_classes=3, label=f"{_name(predictors[0])}: DME risk")
+                            c_dme_b = gr.Label(num_top_classes=3, label=f"{_name(predictors[1])}: DME risk")
+                        if any(p.config.heads for p in predictors[:2]):
+                            gr.HTML(views.lesion_legend(), elem_id="compare-lesion-legend")
                         agreement = gr.Markdown(elem_id="agreement")
                         _how_to_read(predictors[:2])
                 c_button.click(compare, inputs=[c_upload, c_method, c_opacity, c_threshold, c_threshold_b],
-                               outputs=[c_label_a, c_label_b, c_cam_a, c_cam_b, agreement, chart], api_name="compare",
+                               outputs=[c_label_a, c_label_b, c_cam_a, c_cam_b, agreement, chart, c_dme_a, c_dme_b],
+                               api_name="compare",
                                concurrency_id="models")
             with gr.Tab("Batch", id="batch"):
                 b_files = gr.File(label=f"Images or a zip archive (up to {batch_grading.MAX_IMAGES} images)",
@@ -352,7 +373,7 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
 
 
 def _compare_maps(checked: GateResult, predictors: Sequence[Predictor], analyses: Sequence[Analysis],
-                  opacity: float) -> list[Image.Image]:
+                  opacity: float, lesions: bool = False) -> list[Image.Image]:
     """Both heat maps at COMPARE_VIEW_SIZE over one view of the photo, cropped as the models crop it. Were
     the checkpoints to crop differently there is no shared view, and each map is drawn over its own
     model's view, at the same size still."""
@@ -360,9 +381,9 @@ def _compare_maps(checked: GateResult, predictors: Sequence[Predictor], analyses
     if len(crops) == 1:
         view = prepare_image(checked.image, COMPARE_VIEW_SIZE, predictors[0].config.preprocessing["interpolation"],
                              crops.pop())
-        return views.shared_view_overlays(view, analyses, opacity)
+        return views.shared_view_overlays(view, analyses, opacity, lesions)
     size = (COMPARE_VIEW_SIZE, COMPARE_VIEW_SIZE)
-    return [views.shared_view_overlays(a.model_view.resize(size), [a], opacity)[0] for a in analyses]
+    return [views.shared_view_overlays(a.model_view.resize(size), [a], opacity, lesions)[0] for a in analyses]
 
 
 def _output_folder() -> Path:

@@ -16,6 +16,7 @@ from PIL import Image
 from drdemo.batch import BatchItem
 from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.cam.explain import overlay
+from drdemo.cam.lesion_maps import LESION_COLOURS, lesion_overlay
 from drdemo.intake.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
 from drdemo.tasks import ICDR_GRADES
@@ -39,18 +40,46 @@ def label_value(analysis: Analysis) -> dict[str, float]:
     return dict(analysis.prediction.probabilities)
 
 
-def overlay_pair(analysis: Analysis, opacity: float) -> tuple[Image.Image, Image.Image]:
-    """(what the model saw, the same with the CAM over it), equal sizes for an image slider."""
+# The heat-map choice that shows a three-head model's lesion map instead of a CAM.
+LESION_MAP = "lesions"
+LESION_MAP_LABEL = "Lesion map (models with a lesion head)"
+LESION_NAMES = {"microaneurysm": "Microaneurysms", "haemorrhage": "Haemorrhages", "hard_exudate": "Hard exudates",
+                "soft_exudate": "Soft exudates (cotton-wool spots)"}
+
+
+def dme_value(analysis: Analysis) -> dict[str, float] | None:
+    """gr.Label value of the macular oedema risk, or None for a model without a DME head."""
+    return dict(analysis.prediction.dme_probabilities) or None
+
+
+def lesion_legend() -> str:
+    """HTML legend of the lesion map's colours."""
+    swatch = ('<span style="display:inline-block;width:0.9em;height:0.9em;background:rgb{};'
+              'border:1px solid #444;margin:0 0.3em 0 0.8em;vertical-align:middle"></span>{}')
+    return "Lesion map: " + "".join(swatch.format(LESION_COLOURS[k], v) for k, v in LESION_NAMES.items())
+
+
+def overlay_pair(analysis: Analysis, opacity: float, show_lesions: bool = False) -> tuple[Image.Image, Image.Image]:
+    """(what the model saw, the same with the CAM, or with `show_lesions` the lesion map, over it), equal sizes
+    for an image slider."""
+    if show_lesions and analysis.lesion_maps is not None:
+        return analysis.model_view, lesion_overlay(analysis.model_view, analysis.lesion_maps, opacity)
     if analysis.heatmap is None:
         return analysis.model_view, analysis.model_view
     return analysis.model_view, overlay(analysis.model_view, analysis.heatmap, opacity)
 
 
-def shared_view_overlays(view: Image.Image, analyses: Sequence[Analysis], opacity: float) -> list[Image.Image]:
-    """Each analysis's heat map over the same picture `view`, so maps of models with different input sizes
-    are drawn at one size over one view of the photo and can be compared point by point."""
+def shared_view_overlays(view: Image.Image, analyses: Sequence[Analysis], opacity: float,
+                         show_lesions: bool = False) -> list[Image.Image]:
+    """Each analysis's heat map (or lesion map, with `show_lesions`) over the same picture `view`, so maps of
+    models with different input sizes are drawn at one size over one view of the photo and can be compared
+    point by point."""
     drawn = []
     for analysis in analyses:
+        if show_lesions and analysis.lesion_maps is not None:
+            maps = {k: cv2.resize(v, view.size, interpolation=cv2.INTER_LINEAR) for k, v in analysis.lesion_maps.items()}
+            drawn.append(lesion_overlay(view, maps, opacity))
+            continue
         if analysis.heatmap is None:
             drawn.append(view)
             continue
@@ -108,6 +137,7 @@ class ModelReading:
     calibrated_on: str | None          # the photos its calibration was fitted on; None: plain softmax
     threshold: float
     threshold_rule: str | None         # how the threshold was chosen, e.g. "... sensitivity >= 0.9 on ..."
+    dme_threshold: float | None = None  # three-head models: the threshold on P(DME risk 2)
 
 
 def how_to_read(models: Sequence[ModelReading]) -> str:
@@ -122,6 +152,18 @@ def how_to_read(models: Sequence[ModelReading]) -> str:
         return f"{m.name} {m.threshold:.0%}" + (f" ({m.threshold_rule})" if m.threshold_rule else "")
 
     averaged = any(m.views > 1 for m in models)
+    heads = [m for m in models if m.dme_threshold is not None]
+    extra = [] if not heads else [
+        "- **Macular oedema risk (DME)**: IDRiD's second label, from the same photo: risk 0 no hard exudates, risk "
+        "1 exudates further than one disc diameter from the centre of the macula, risk 2 within one disc diameter "
+        "(referable). The photo is *referred* when P(grade 2 or worse) or P(DME risk 2) reaches its threshold ("
+        + "; ".join(f"{m.name} {m.dme_threshold:.0%} for DME risk 2" for m in heads) + "), and the verdict says "
+        "which reason applies.",
+        "- **Lesion map** (pick it as the heat map): where the model's lesion head, trained on IDRiD's pixel "
+        "masks of 59 training photos, places microaneurysms, haemorrhages, hard and soft exudates, one colour per "
+        "type, strong where its probability reaches 50%, faint from 25%. Its cells are 8 pixels of the model "
+        "input, so small lesions are shown as blocks; an empty map is not proof that the retina is healthy.",
+    ]
     return "\n".join([
         "- **Probabilities**: how strongly the model matches this one photo to each ICDR grade, learned from its "
         "training photos (" + "; ".join(probabilities(m) for m in models) + "). They are not the chance that the "
@@ -134,20 +176,29 @@ def how_to_read(models: Sequence[ModelReading]) -> str:
         "received it (cropped to the field of view)" + (", computed on that one view even where the probabilities "
                                                         "average several" if averaged else "") + ". It does not "
         "outline lesions or say why; a hot spot on healthy-looking retina is a reason for doubt, not a finding.",
+        *extra,
     ])
 
 
-def verdict(analysis: Analysis, model_name: str, class_names: Sequence[str], threshold: float) -> str:
+def verdict(analysis: Analysis, model_name: str, class_names: Sequence[str], threshold: float,
+            show_lesions: bool = False) -> str:
     """Markdown: the grade with its ICDR name, the referral verdict, the CAM and the uncertainty."""
     prediction = analysis.prediction
     confidence = prediction.probabilities[prediction.grade_name]
     lines = [f"**{model_name}: {prediction.grade_name}** ({_grade_label(prediction.grade_name)}, "
              f"probability {confidence:.0%})"]
-    if prediction.referable_probability is not None:
+    if prediction.dme_referable is not None and prediction.referable_probability is not None:
+        reasons = " and ".join(prediction.referral_reasons)
+        decision = f"**Refer: {reasons}**" if prediction.referred else "Not referred"
+        lines.append(f"{decision}. P(grade 2 or worse) = {prediction.referable_probability:.0%} (threshold "
+                     f"{threshold:.0%}); P(DME risk 2) = {prediction.dme_referable_probability:.0%}.")
+    elif prediction.referable_probability is not None:
         decision = "**Referable**" if prediction.referable else "Not referable"
         lines.append(f"{decision}: P(grade 2 or worse) = {prediction.referable_probability:.0%}, "
                      f"threshold {threshold:.0%}.")
-    if analysis.cam_method in CLASS_INDEPENDENT_METHODS:
+    if analysis.cam_method is None and analysis.lesion_maps is not None and show_lesions:
+        lines.append("Lesion map: where the lesion head places each lesion type (see the legend).")
+    elif analysis.cam_method in CLASS_INDEPENDENT_METHODS:
         lines.append(f"Heat map: {CAM_METHOD_NAMES[analysis.cam_method]}: where the model's features respond most "
                      f"strongly. It is the same whichever grade is asked for, so it does not show evidence for "
                      f"one grade over another.")
@@ -169,10 +220,10 @@ def agreement(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
     same_grade = a.grade_name == b.grade_name
     parts = [f"**{'Same grade' if same_grade else 'Different grades'}**: {names[0]} says {a.grade_name}, "
              f"{names[1]} says {b.grade_name}."]
-    if a.referable is not None and b.referable is not None:
-        parts.append(f"**{'Same referral' if a.referable == b.referable else 'Different referral'}**: "
-                     f"{names[0]} {'refers' if a.referable else 'does not refer'}, "
-                     f"{names[1]} {'refers' if b.referable else 'does not refer'}.")
+    if a.referred is not None and b.referred is not None:
+        parts.append(f"**{'Same referral' if a.referred == b.referred else 'Different referral'}**: "
+                     f"{names[0]} {'refers' if a.referred else 'does not refer'}, "
+                     f"{names[1]} {'refers' if b.referred else 'does not refer'}.")
     shared = [c for c in a.probabilities if c in b.probabilities]
     if shared:
         gap_class = max(shared, key=lambda c: abs(a.probabilities[c] - b.probabilities[c]))
@@ -187,11 +238,11 @@ def agreement_headline(first: Analysis, second: Analysis, names: tuple[str, str]
     a, b = first.prediction, second.prediction
     grade = (f"Same grade ({a.grade_name})" if a.grade_name == b.grade_name
              else f"Different grades: {names[0]} {a.grade_name}, {names[1]} {b.grade_name}")
-    if a.referable is None or b.referable is None:
+    if a.referred is None or b.referred is None:
         return grade
-    if a.referable == b.referable:
-        return f"{grade}; both {'refer' if a.referable else 'do not refer'}"
-    return f"{grade}; only {names[0] if a.referable else names[1]} refers"
+    if a.referred == b.referred:
+        return f"{grade}; both {'refer' if a.referred else 'do not refer'}"
+    return f"{grade}; only {names[0] if a.referred else names[1]} refers"
 
 
 def gate_note(outcome: str, reason: str, warnings: Sequence[str], details: str) -> str:
