@@ -6,7 +6,7 @@ and what it costs on a 12 MP upload.
 Prints, per set of real photos under `--data` (IDRiD, DRIVE, CHASE_DB1; sets that are absent are skipped), how
 many are refused, warned that they may not be colour fundus photos, warned about their quality only, and
 accepted; the same for synthetic photos from the project's generator; per category of the non-fundus corpus
-(tests/gate_corpus.py, made at run time), how many are refused, warned and accepted without a warning; and the
+(benchmarks/gate_corpus.py, made at run time), how many are refused, warned and accepted without a warning; and the
 p50 time of the fundus check on a 4000 x 3000 JPEG beside the time to decode it. Which photos the check's
 thresholds were chosen on is in `drdemo.intake.fundus_check`.
 """
@@ -14,7 +14,6 @@ thresholds were chosen on is in `drdemo.intake.fundus_check`.
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks import gate_corpus
 from drdemo.data.synthetic import generate_fundus
 from drdemo.intake.gate import ImageRejected, assess, load_image
 
@@ -32,14 +32,6 @@ README_START, README_END = "<!-- bench:gate:start -->", "<!-- bench:gate:end -->
 SYNTHETIC_SEED, SYNTHETIC_COUNT = 7, 100   # a generator seed no tuning looked at
 CAMERA_SIZE = (4000, 3000)
 TUNED_ON = ("IDRiD grading train", "DRIVE training")
-
-
-def _corpus():
-    """tests/gate_corpus.py: the corpus lives with the tests, which build it the same way."""
-    if str(ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests"))
-    import gate_corpus
-    return gate_corpus
 
 
 def _tally(outcomes: list) -> dict[str, int]:
@@ -70,9 +62,8 @@ def _assess_file(path: Path):
 
 def bench_gate(data: Path, repeats: int) -> dict:
     """The report: outcomes per real set, on synthetic photos and per corpus category, and the 12 MP timing."""
-    corpus = _corpus()
     report: dict = {"real": {}, "warned_real": {}}
-    for name, paths in corpus.real_photo_sets(data).items():
+    for name, paths in gate_corpus.real_photo_sets(data).items():
         outcomes = [_assess_file(path) for path in paths]
         report["real"][name] = _tally(outcomes)
         report["warned_real"][name] = {path.name: list(a.warnings) if a else ["refused"]
@@ -83,7 +74,7 @@ def bench_gate(data: Path, repeats: int) -> dict:
     report["synthetic"] = _tally(synthetic)
     by_category: dict[str, list] = {}
     report["corpus_cases"] = {}
-    for name, (category, picture) in corpus.non_fundus_cases(data).items():
+    for name, (category, picture) in gate_corpus.non_fundus_cases(data).items():
         assessment = assess(picture)
         by_category.setdefault(category, []).append(assessment)
         report["corpus_cases"][name] = {"category": category, "outcome": assessment.outcome,
@@ -95,7 +86,7 @@ def bench_gate(data: Path, repeats: int) -> dict:
 
 def time_camera_upload(data: Path, repeats: int) -> dict:
     """p50 ms of decoding a 4000 x 3000 JPEG and of the fundus check on what it decodes to, alternated."""
-    photos = [p for paths in _corpus().real_photo_sets(data).values() for p in paths]
+    photos = [p for paths in gate_corpus.real_photo_sets(data).values() for p in paths]
     source = Image.open(photos[0]).convert("RGB") if photos else Image.fromarray(generate_fundus(0, 2, 768).image)
     with tempfile.TemporaryDirectory(prefix="drdemo-bench-gate-") as folder:
         path = Path(folder) / "camera.jpg"

@@ -5,11 +5,11 @@ import csv
 import zipfile
 from pathlib import Path
 
-import gate_corpus  # tests/ is on sys.path (conftest.py)
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import gate_corpus
 from drdemo import batch
 from drdemo.intake.gate import check_upload
 from drdemo.predictor import Predictor

@@ -1,6 +1,6 @@
 """The image gate: safe decoding with specific refusals, and a fundus check that holds across cameras.
 
-The corpus (tests/gate_corpus.py) is made at test time: synthetic fundus photos in camera variety, pictures
+The corpus (benchmarks/gate_corpus.py) is made at test time: synthetic fundus photos in camera variety, pictures
 that are not colour fundus photos (drawn here, or shipped inside scikit-learn and matplotlib), and a sample of
 the real photos under ../shared/data (those tests skip when the data are absent). Each case has its expected
 outcome: accepted, warned (graded with a warning: which one) or refused.
@@ -11,11 +11,11 @@ import zlib
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
-import gate_corpus  # tests/ is on sys.path (conftest.py)
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import gate_corpus
 from drdemo.intake import gate
 from drdemo.data.synthetic import generate_fundus
 from drdemo.intake.gate import MAX_PIXELS, Assessment, GateResult, ImageRejected, assess, check_upload, load_image

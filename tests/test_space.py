@@ -85,7 +85,7 @@ def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_s
     files = _space_files(hub, "drdemo/demo")
     assert {path.split("/")[0] for path in files} == {"app.py", "drdemo", "assets", "packages.txt", "README.md",
                                                       "requirements.txt", ".gitattributes"}
-    assert "drdemo/ui/blocks.py" in files and "drdemo/ops/csrc/selective_scan_cpu.cpp" in files
+    assert "drdemo/ui/page.py" in files and "drdemo/ops/csrc/selective_scan_cpu.cpp" in files
     assert not any(path.endswith((".safetensors", ".pyc")) or "__pycache__" in path for path in files)
     assert b"pytest" not in files["requirements.txt"] and b"gradio==" + gradio.__version__.encode() in \
         files["requirements.txt"]
@@ -194,7 +194,7 @@ def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hu
     try:
         wait_until_serving(app, timeout_s=240)
         client = Client(app.url, verbose=False)
-        label, _, text = client.predict(handle_file(str(ROOT / "assets" / "examples" /
+        label, _, text, _ = client.predict(handle_file(str(ROOT / "assets" / "examples" /
                                                         "idrid_test_008_grade2_moderate_npdr.jpg")), api_name="/grade")
         assert len(label["confidences"]) == 5 and "P(grade 2 or worse)" in text
         page = urllib.request.urlopen(app.url + "config", timeout=10).read().decode()

@@ -103,3 +103,51 @@ def test_agreement_headline_over_the_chart():
     assert views.agreement_headline(a, b, ("M", "I")) == "Different grades: M Moderate NPDR, I Severe NPDR; both refer"
     assert views.agreement_headline(a, c, ("M", "I")).endswith("; only M refers")
     assert views.agreement_headline(c, c, ("M", "I")) == "Same grade (No DR); both do not refer"
+
+
+def _config(provenance: dict | None = None, **fields):
+    from drdemo.checkpoint import CheckpointConfig
+    return CheckpointConfig.for_architecture("resnet50", input_size=64, provenance=provenance or {}, **fields)
+
+
+def test_notice_says_untrained_synthetic_or_neither():
+    untrained = _config({"trained": False})
+    synthetic = _config({"trained": True, "data": "Synthetic fundus images made by drdemo.data.synthetic"})
+    real = _config({"trained": True, "data": "EyePACS train split"})
+    assert "untrained" in views.notice([untrained, synthetic])
+    assert "trained only on synthetic fundus images" in views.notice([synthetic, real])
+    assert views.notice([real]) == f"**{views.NOT_A_DEVICE}**"
+
+
+def test_notice_for_idrid_trained_models_gives_their_test_numbers_and_what_was_not_validated():
+    idrid = _config({"trained": True, "data": "IDRiD disease grading (B. Disease Grading), its official train part"})
+    idrid.metrics.update(test_qwk=0.712, test_referable_auc=0.901, test_n=103)
+    notice = views.notice([idrid])
+    assert "trained on photos of one camera from one hospital in India (IDRiD)" in notice
+    assert "ResNet50 QWK 0.71, referable-DR AUC 0.90 (n = 103)" in notice
+    assert "Other cameras, populations and image quality were not validated" in notice
+
+
+def test_example_captions_give_the_true_grade():
+    from pathlib import Path
+    assert views.example_label(Path("assets/examples/idrid_test_029_grade0_no_dr.jpg")) == "Grade 0: No DR"
+    assert views.example_label(Path("own_photo.jpg")) == "own_photo"
+
+
+def test_the_examples_label_carries_idrids_attribution():
+    from drdemo.data.datasets import IDRID_ATTRIBUTION
+    assert views.EXAMPLES_LABEL.endswith(IDRID_ATTRIBUTION) and "IDRiD test photos" in views.EXAMPLES_LABEL
+
+
+def test_the_tta_box_names_the_models_that_always_average_eight_views():
+    from dataclasses import replace
+
+    from drdemo.checkpoint import CheckpointConfig
+
+    def config(architecture: str, views_: int) -> CheckpointConfig:
+        return replace(CheckpointConfig.for_architecture(architecture), test_time_views=views_)
+
+    assert views.tta_label([config("medmamba_t", 1), config("inception_v3", 1)]).endswith("(up to 8x slower)")
+    assert views.tta_label([config("medmamba_t", 8), config("inception_v3", 1)]).endswith("; MedMamba-T always does")
+    assert views.tta_label([config("medmamba_t", 8), config("inception_v3", 8)]).endswith(
+        "; MedMamba-T and InceptionV3 always do")

@@ -1,12 +1,15 @@
-"""Analyses -> what the page shows: label values, verdict text, overlay images, agreement lines.
+"""Everything the page says and shows, from plain values: the notice and the About text from checkpoint
+configs, label values, verdict text, overlay images and agreement lines from analyses.
 
-Plain functions of plain values (no Gradio, no tensors), so the wording is tested on its own.
+No Gradio and no tensors here, so the wording is tested on its own; `handlers` calls these with what the
+models returned and `page` with what the served checkpoints are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,12 +17,23 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from drdemo.batch import BatchItem
-from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.cam.explain import overlay
 from drdemo.cam.lesion_maps import LESION_COLOURS, lesion_overlay
+from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
+from drdemo.checkpoint import CheckpointConfig, model_card
+from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.intake.gate import OUTCOME_WORDS
 from drdemo.predictor import Analysis
+from drdemo.serving.slots import ServedModel
 from drdemo.tasks import ICDR_GRADES
+
+TITLE = "drdemo: diabetic retinopathy grading with MedMamba and InceptionV3"
+NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and must not be used "
+                "to diagnose, grade or triage patients.")
+# Where IDRiD's photos come from, as a reader of the page needs it to judge the numbers.
+IDRID_CAMERA = "one camera (Kowa VX-10 alpha) at one hospital in India"
+EXAMPLES_LABEL = ("Examples (click one): IDRiD test photos, true grade from IDRiD's retina specialists. "
+                  + IDRID_ATTRIBUTION)
 
 PREVIEW_SIDE = 640          # the longest side of the photo shown on upload (a display copy only)
 CHART_COLOURS = ("#4C72B0", "#DD8452")   # colour-blind-safe blue and orange, one per model
@@ -33,6 +47,100 @@ ICDR_MEANINGS = tuple((str(grade), name, meaning) for grade, (name, meaning) in 
     "IRMA in 1 or more quadrant; no signs of proliferation.",
     "Neovascularisation and/or vitreous or pre-retinal haemorrhage.",
 ), strict=True)))
+
+
+def real_data_results(configs: Sequence[CheckpointConfig]) -> str:
+    """ "MedMamba-T QWK 0.70, referable-DR AUC 0.90 (n = 103); ..." from each checkpoint's test metrics."""
+    parts = []
+    for config in configs:
+        metrics = config.metrics
+        if "test_qwk" in metrics and "test_referable_auc" in metrics:
+            parts.append(f"{config.display_name} QWK {metrics['test_qwk']:.2f}, referable-DR AUC "
+                         f"{metrics['test_referable_auc']:.2f} (n = {metrics.get('test_n', '?')})")
+    return "; ".join(parts)
+
+
+def notice(configs: Sequence[CheckpointConfig]) -> str:
+    """The bold line under the title: what the served models were trained on, and that this is no device."""
+    untrained = [c.display_name for c in configs if not c.trained]
+    synthetic = [c.display_name for c in configs if c.trained_on_synthetic_data]
+    idrid = [c.display_name for c in configs if c.trained_on_idrid]
+    if untrained:
+        return (f"**The models on this page ({', '.join(untrained)}) are untrained: their weights are randomly "
+                f"initialised, so the probabilities below are meaningless.** {NOT_A_DEVICE}")
+    if synthetic:
+        return (f"**The models on this page ({', '.join(synthetic)}) were trained only on synthetic fundus images "
+                f"made by this project's generator, not on patient photographs: their grades on real photos are not "
+                f"validated.** {NOT_A_DEVICE}")
+    if idrid:
+        results = real_data_results(configs)
+        on_test = f"; on IDRiD's test photos: {results}" if results else ""
+        return (f"**The models on this page ({', '.join(idrid)}) were trained on photos of one camera from one "
+                f"hospital in India (IDRiD){on_test}. "
+                f"Other cameras, populations and image quality were not validated.** {NOT_A_DEVICE}")
+    return f"**{NOT_A_DEVICE}**"
+
+
+def example_label(path: Path) -> str:
+    """'Grade 0: No DR' from idrid_test_029_grade0_no_dr.jpg: a thumbnail's caption, short enough to be read
+    whole (the strip's label says these are IDRiD test photos graded by its specialists)."""
+    parts = path.stem.split("_")
+    if parts[:2] == ["idrid", "test"] and len(parts) > 3 and parts[3].startswith("grade"):
+        grade = int(parts[3][len("grade"):])
+        return f"Grade {grade}: {ICDR_GRADES[grade]}"
+    return path.stem
+
+
+def sources(served: Sequence[ServedModel]) -> str:
+    """Markdown list: each slot's model by name and registry id, with where its checkpoint came from."""
+    return "\n".join(f"- **{s.predictor.config.display_name}** (`{s.predictor.name}`): "
+                     f"{'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
+
+
+def tta_label(configs: Sequence[CheckpointConfig]) -> str:
+    """The test-time augmentation checkbox's label, naming the models whose checkpoints average eight views
+    anyway (for them the box changes nothing)."""
+    label = "Test-time augmentation: grade 8 flips/rotations and show how much they disagree (up to 8x slower)"
+    always = [c.display_name for c in configs if c.test_time_views > 1]
+    return label + (f"; {' and '.join(always)} always {'does' if len(always) == 1 else 'do'}" if always else "")
+
+
+def about(served: Sequence[ServedModel]) -> str:
+    """The About tab: what the models are, the ICDR grades, where each checkpoint came from, the model cards."""
+    configs = [model.predictor.config for model in served]
+    if any(c.trained_on_idrid for c in configs):
+        results = real_data_results(configs)
+        on_test = f"On IDRiD's 103 test photos: {results}. " if results else ""
+        what = (f"{NOT_A_DEVICE} The models were trained on IDRiD's training photos (a part of them held out to "
+                f"choose epochs and thresholds): {IDRID_CAMERA}, graded by retina specialists. {on_test}Other "
+                f"cameras, populations and image quality were not validated; the model cards below give every "
+                f"number with its data. Example photos: {IDRID_ATTRIBUTION}")
+    else:
+        what = (f"{NOT_A_DEVICE} The demo models were trained on synthetic fundus images made by this project's "
+                f"generator; how they behave on real photographs is unknown.")
+    sections = [f"## What this is\n\n{what}", "## ICDR grades\n\n" + grades_table(),
+                "## Models served\n\n" + sources(served)]
+    for model in served:
+        card = model_card(model.predictor.config)
+        body = card.split("\n---\n", 1)[1] if card.startswith("---") else card
+        sections.append(f"## Model card: {model.predictor.config.display_name} (`{model.predictor.name}`)\n\n"
+                        + body.replace("\n# ", "\n### "))
+    return "\n\n".join(sections)
+
+
+def reading(config: CheckpointConfig) -> ModelReading:
+    """What 'How to read this' says of one checkpoint: its views, calibration, thresholds and how they were chosen."""
+    calibration = config.provenance.get("calibration_choice") or {}
+    threshold = config.provenance.get("referable_threshold_choice") or {}
+    rule = f"{threshold['rule'].removeprefix('the ')} on {threshold['data']}" if threshold else None
+    return ModelReading(config.display_name, config.test_time_views,
+                        calibration.get("data", "validation photos") if config.calibration else None,
+                        config.referable_threshold, rule, config.dme_threshold if config.heads else None)
+
+
+def lesion_head_missing(model_name: str) -> str:
+    """The refusal when a lesion map is asked of a model without a lesion head."""
+    return f"{model_name} has no lesion head, so it has no lesion map; choose a heat map method"
 
 
 def label_value(analysis: Analysis) -> dict[str, float]:
@@ -95,12 +203,17 @@ def preview(image: Image.Image) -> Image.Image:
     return shown
 
 
+def refused_note(reason: str) -> str:
+    """The line under an upload the image check refused before anything else could be read from it."""
+    return f"**Image check: refused.** {reason} It will not be graded."
+
+
 def preview_note(outcome: str, reason: str) -> str:
     """One line under the preview: what the image check says before anything is graded."""
     if outcome == "accepted":
         return f"Image check: {OUTCOME_WORDS[outcome]}. Press the button to grade it."
     if outcome == "refused":
-        return f"**Image check: refused.** {reason} It will not be graded."
+        return refused_note(reason)
     return f"**Image check: {OUTCOME_WORDS[outcome]}.** {reason}"
 
 

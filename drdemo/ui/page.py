@@ -1,0 +1,191 @@
+"""The page's layout: Grade, Compare, Batch and About tabs over the served models, as one gr.Blocks.
+
+Components only: what each tab computes is in `drdemo.ui.handlers`, what it says in `drdemo.ui.views`.
+A tab's result components are gathered in its handler's outputs NamedTuple, field by field, so the
+endpoint and the components stay in one order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from drdemo import batch as batch_grading
+from drdemo.cam.explain import CAM_METHODS
+from drdemo.cam.methods import CAM_METHOD_NAMES
+from drdemo.predictor import Predictor
+from drdemo.serving.slots import ServedModel
+from drdemo.ui import views
+from drdemo.ui.handlers import (CACHE_SECONDS, COMPARE_VIEW_SIZE, DEFAULT_METHOD, PREDICTED, BatchOutputs,
+                                CompareOutputs, GradeOutputs, make_handlers, preview)
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+UPLOAD_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"]
+
+
+def _examples() -> list[tuple[str, str]]:
+    """(path, caption) of each example photo in assets/examples."""
+    return [(str(p), views.example_label(p)) for p in sorted((ASSETS / "examples").glob("*.jp*g"))]
+
+
+def _example_strip(examples: list[tuple[str, str]], elem_id: str) -> gr.Gallery | None:
+    """The example photos as a strip of captioned thumbnails across the tab."""
+    if not examples:
+        return None
+    return gr.Gallery(examples, label=views.EXAMPLES_LABEL, columns=len(examples), rows=1, height=270,
+                      allow_preview=False, interactive=False, object_fit="contain", elem_id=f"{elem_id}-examples")
+
+
+def _photo_input(label: str, elem_id: str, examples: list[tuple[str, str]], strip: gr.Gallery | None) -> gr.File:
+    """The upload (the file itself reaches the gate), with the photo shown as soon as it is chosen;
+    a thumbnail picked in `strip` fills it in."""
+    upload = gr.File(label=label, type="filepath", file_types=UPLOAD_TYPES, height=90, elem_id=f"{elem_id}-file")
+    shown = gr.Image(label="Your photo", type="pil", interactive=False, height=300, elem_id=f"{elem_id}-preview",
+                     alt_text="the uploaded fundus photo", buttons=[])
+    note = gr.Markdown(elem_id=f"{elem_id}-check")
+    upload.change(preview, inputs=upload, outputs=[shown, note], api_visibility="private",
+                  concurrency_id="preview", concurrency_limit=4)
+    if strip is not None:
+        def pick_example(event: gr.SelectData) -> str:
+            return examples[event.index][0]
+        strip.select(pick_example, inputs=None, outputs=upload, api_visibility="private")
+    return upload
+
+
+def _threshold_slider(predictor: Predictor, label: str) -> gr.Slider:
+    return gr.Slider(0.01, 0.99, value=predictor.config.referable_threshold, step=0.01,
+                     label=f"{label} (its checkpoint's: {predictor.config.referable_threshold:g})")
+
+
+def _how_to_read(predictors: Sequence[Predictor]) -> None:
+    """The 'How to read this' section beside a tab's results."""
+    with gr.Accordion("How to read this", open=True):
+        gr.Markdown(views.how_to_read([views.reading(p.config) for p in predictors]), elem_classes=["how-to-read"])
+
+
+def _lesion_legend(predictors: Sequence[Predictor], elem_id: str) -> None:
+    if any(p.config.heads for p in predictors):
+        gr.HTML(views.lesion_legend(), elem_id=elem_id)
+
+
+def _method_dropdown(predictors: Sequence[Predictor]) -> gr.Dropdown:
+    choices = [("Default for the model", DEFAULT_METHOD)] + [(CAM_METHOD_NAMES[m], m) for m in CAM_METHODS]
+    if any(p.config.heads for p in predictors):
+        choices.append((views.LESION_MAP_LABEL, views.LESION_MAP))
+    return gr.Dropdown(choices, value=DEFAULT_METHOD, label="Heat map method")
+
+
+def _opacity_slider() -> gr.Slider:
+    return gr.Slider(0, 1, value=0.5, step=0.05, label="Heat map opacity")
+
+
+def _grade_tab(served: Sequence[ServedModel], grade, examples: list[tuple[str, str]]) -> None:
+    by_slot = {s.slot: s.predictor for s in served}
+    predictors = list(by_slot.values())
+    model_choices = [(p.config.display_name, slot) for slot, p in by_slot.items()]
+    own = {slot: p.config.referable_threshold for slot, p in by_slot.items()}
+    largest = max(predictors, key=lambda p: p.config.num_classes)
+    target_choices = [("Predicted class", PREDICTED)] + [(f"{i}: {name}", str(i))
+                                                          for i, name in enumerate(largest.class_names)]
+    strip = _example_strip(examples, "grade")
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = _photo_input("Colour fundus photo (JPEG, PNG, TIFF, BMP, WebP)", "grade", examples, strip)
+            model = gr.Dropdown(model_choices, value=model_choices[0][1], label="Model")
+            threshold = gr.Slider(0.01, 0.99, value=own[model_choices[0][1]], step=0.01,
+                                  label="Referral threshold: refer when P(grade ≥ 2) reaches (the "
+                                        "chosen model's own until you move it)")
+            with gr.Accordion("Heat map and stability options", open=False):
+                method = _method_dropdown(predictors)
+                target = gr.Dropdown(target_choices, value=PREDICTED, label="Heat map explains")
+                opacity = _opacity_slider()
+                tta = gr.Checkbox(False, label=views.tta_label([p.config for p in predictors]))
+            button = gr.Button("Grade", variant="primary")
+        with gr.Column(scale=2):
+            probabilities = gr.Label(num_top_classes=5, label="Probability of each grade")
+            verdict = gr.Markdown(elem_id="verdict")
+            maps = gr.ImageSlider(label="What the model saw | heat map", type="pil", interactive=False)
+            dme = gr.Label(num_top_classes=3, label="Risk of macular oedema (DME)", elem_id="dme",
+                           visible=any(p.config.heads for p in predictors))
+            _lesion_legend(predictors, "lesion-legend")
+            _how_to_read(predictors)
+    model.change(lambda slot: own[slot], inputs=model, outputs=threshold, api_name=False)
+    outputs = GradeOutputs(probabilities=probabilities, maps=maps, verdict=verdict, dme=dme)
+    button.click(grade, inputs=[upload, model, method, target, opacity, threshold, tta], outputs=list(outputs),
+                 api_name="grade", concurrency_id="models")
+
+
+def _compare_tab(predictors: Sequence[Predictor], compare, examples: list[tuple[str, str]]) -> None:
+    first, second = predictors[0], predictors[1]
+    strip = _example_strip(examples, "compare")
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = _photo_input("Colour fundus photo", "compare", examples, strip)
+            threshold = _threshold_slider(first, f"Referral threshold, {first.config.display_name}")
+            second_threshold = _threshold_slider(second, f"Referral threshold, {second.config.display_name}")
+            with gr.Accordion("Heat map options", open=False):
+                method = _method_dropdown(predictors)
+                opacity = _opacity_slider()
+            button = gr.Button("Compare both models", variant="primary")
+        with gr.Column(scale=2):
+            chart = gr.Plot(label="Probability of each grade, both models", show_label=False, format="png",
+                            elem_id="compare-chart")
+            labels, cams = [], []
+            with gr.Row(equal_height=True):
+                for predictor, side in ((first, "a"), (second, "b")):
+                    name = predictor.config.display_name
+                    with gr.Column():
+                        labels.append(gr.Label(num_top_classes=5, label=name))
+                        cams.append(gr.Image(label=f"{name}: heat map", type="pil", height=COMPARE_VIEW_SIZE,
+                                             interactive=False, elem_id=f"compare-cam-{side}"))
+            with gr.Row(equal_height=True, visible=any(p.config.heads for p in predictors)):
+                dmes = [gr.Label(num_top_classes=3, label=f"{p.config.display_name}: DME risk") for p in predictors]
+            _lesion_legend(predictors, "compare-lesion-legend")
+            agreement = gr.Markdown(elem_id="agreement")
+            _how_to_read(predictors)
+    outputs = CompareOutputs(first_probabilities=labels[0], second_probabilities=labels[1], first_map=cams[0],
+                             second_map=cams[1], agreement=agreement, chart=chart, first_dme=dmes[0],
+                             second_dme=dmes[1])
+    button.click(compare, inputs=[upload, method, opacity, threshold, second_threshold], outputs=list(outputs),
+                 api_name="compare", concurrency_id="models")
+
+
+def _batch_tab(predictors: Sequence[Predictor], grade_batch) -> None:
+    first, second = predictors[0], predictors[1]
+    files = gr.File(label=f"Images or a zip archive (up to {batch_grading.MAX_IMAGES} images)",
+                    file_count="multiple", type="filepath", file_types=[*UPLOAD_TYPES, ".zip"])
+    threshold = _threshold_slider(first, f"Referral threshold, {first.config.display_name}")
+    second_threshold = _threshold_slider(second, f"Referral threshold, {second.config.display_name}")
+    button = gr.Button("Grade all", variant="primary")
+    summary = gr.Markdown()
+    csv = gr.File(label="Results (CSV)")
+    gallery = gr.Gallery(label="Most and least confident", columns=4, height="auto")
+    outputs = BatchOutputs(csv=csv, gallery=gallery, summary=summary)
+    button.click(grade_batch, inputs=[files, threshold, second_threshold], outputs=list(outputs),
+                 api_name="batch", concurrency_id="models")
+
+
+def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
+    """The whole page. `served` lists the models in slot order (MedMamba, then InceptionV3)."""
+    handlers = make_handlers(served)
+    predictors = [s.predictor for s in served]
+    examples = _examples()
+    if examples:
+        gr.set_static_paths([ASSETS / "examples"])   # served as they are, from wherever the app is started
+    with gr.Blocks(title="drdemo", delete_cache=(CACHE_SECONDS, CACHE_SECONDS), analytics_enabled=False) as demo:
+        gr.Markdown(f"# {views.TITLE}")
+        gr.Markdown(views.notice([p.config for p in predictors]), elem_id="notice")
+        with gr.Accordion("Models served", open=any(s.fallback for s in served)):
+            gr.Markdown(views.sources(served), elem_id="sources")
+        with gr.Tabs():
+            with gr.Tab("Grade", id="grade"):
+                _grade_tab(served, handlers.grade, examples)
+            with gr.Tab("Compare", id="compare"):
+                _compare_tab(predictors[:2], handlers.compare, examples)
+            with gr.Tab("Batch", id="batch"):
+                _batch_tab(predictors, handlers.grade_batch)
+            with gr.Tab("About", id="about"):
+                gr.Markdown(views.about(served))
+    return demo
