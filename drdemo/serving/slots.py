@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drdemo.checkpoint import CheckpointError, load_model, resolve_device
+from drdemo.intake.ood import FeatureScore, load_feature_score
 from drdemo.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ServedModel:
     predictor: Predictor
     status: str          # one line for the page: where the weights came from, and any fallback
     fallback: bool       # True when the configured checkpoint was not the one served
+    feature_score: FeatureScore | None = None   # the checkpoint's ood.safetensors; None: the image check's rules only
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> list[SlotSettings]:
@@ -89,14 +91,14 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _serveable(source: str, revision: str | None) -> tuple[Predictor, str]:
+def _serveable(source: str, revision: str | None) -> tuple[Predictor, str, FeatureScore | None]:
     """Everything between a configured source and a model ready for its first user: load and
     validate the checkpoint (CAM layer included), build the predictor, run one warm-up analysis.
-    Returns the predictor and where its weights came from."""
+    Returns the predictor, where its weights came from and its stored feature score (if any)."""
     loaded = load_model(source, revision, device=serving_device())
     predictor = Predictor.from_loaded(loaded)
     predictor.warm_up()
-    return predictor, loaded.origin
+    return predictor, loaded.origin, load_feature_score(loaded.folder)
 
 
 def serve(settings: SlotSettings) -> ServedModel:
@@ -115,7 +117,7 @@ def serve(settings: SlotSettings) -> ServedModel:
             problems.append(f"no bundled checkpoint at {_shown(settings.bundled)}")
             continue
         try:
-            predictor, origin = _serveable(source, revision)
+            predictor, origin, feature_score = _serveable(source, revision)
         except CheckpointError as exc:
             log.warning("%s: %s", settings.slot, exc)
             problems.append(str(exc))
@@ -126,7 +128,7 @@ def serve(settings: SlotSettings) -> ServedModel:
             continue
         status = (origin if not problems
                   else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead")
-        return ServedModel(settings.slot, predictor, status, fallback=bool(problems))
+        return ServedModel(settings.slot, predictor, status, fallback=bool(problems), feature_score=feature_score)
     untrained = Predictor.untrained(settings.architecture)
     untrained.model.to(resolve_device(serving_device()))
     untrained.warm_up()
