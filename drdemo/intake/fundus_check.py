@@ -47,7 +47,7 @@ grey-level contrast at least 0.085, evenness at least 0.46 (held out: 0.68).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -85,6 +85,11 @@ FIELD_WORDS = {"circular": "a round field of view", "clipped circle": "a round f
                "rectangular": "a rectangular field of view", "no border": "a crop without a border"}
 SHOWN_INSIDE = ("The retina appears inside a larger picture (a photo of a screen, a slide or a screenshot): "
                 "the grade may not be reliable; upload the original photo if you can.")
+UNLIKE_TRAINING = ("This does not look like the photos this model learned from (feature distance {score:.2f}; above "
+                   "{threshold:.2f} counts as unlike them): the grade may not be reliable.")
+ASK_FULL_PHOTO = " Upload the full photo, with the camera's round border."
+BORDERLESS_UNCHECKED = ("This is a crop without the camera's border, and this model has no feature score to confirm "
+                        "it is a fundus photo: the grade may not be reliable.")
 RED_FREE = ("This looks like a red-free or greyscale fundus photo: the models were trained on colour photos, "
             "so the grade may not be reliable.")
 
@@ -249,3 +254,28 @@ def _details(m: dict[str, float], kind: str, cues: dict | None) -> str:
     else:
         parts.append(f"brightness spread {m.get('brightness_spread', 0):.1f} of 255")
     return "; ".join(parts) + "."
+
+
+def second_opinion(assessment: Assessment, score: float | None, threshold: float | None) -> Assessment:
+    """The rules' assessment with the model's feature score (drdemo.intake.ood) added: a photo whose score is above
+    `threshold` is warned that it is unlike the training photos, whatever the rules said; a crop without a border
+    is accepted only when the score is in distribution (with no score at all it is warned too), and asked for as
+    the full photo otherwise. A refusal stays a refusal."""
+    if assessment.outcome == "refused":
+        return assessment
+    borderless = assessment.field_of_view == "no border"
+    measurements = dict(assessment.measurements)
+    details = assessment.details
+    if score is not None and threshold is not None:
+        measurements.update(feature_distance=round(float(score), 4), feature_threshold=round(float(threshold), 4))
+        details = details.rstrip(".") + f"; feature distance {score:.2f} (unlike the training photos above {threshold:.2f})."
+        far = score > threshold
+        warning = UNLIKE_TRAINING.format(score=score, threshold=threshold) if far else None
+    else:
+        warning = BORDERLESS_UNCHECKED if borderless else None
+    if warning is None:
+        return replace(assessment, measurements=measurements, details=details)
+    if borderless:
+        warning += ASK_FULL_PHOTO
+    return replace(assessment, outcome="warned", reason=warning, warnings=(warning,) + assessment.warnings,
+                   measurements=measurements, details=details)

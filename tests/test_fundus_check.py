@@ -1,0 +1,59 @@
+"""The fundus check's second opinion: the served model's feature score, and borderless crops never accepted silently."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drdemo.data.synthetic import generate_fundus
+from drdemo.intake.fundus_check import assess, second_opinion
+
+
+def _borderless_warm_photo(seed: int = 0, size: int = 480) -> Image.Image:
+    """An everyday photo made here: a warm, fur- or wood-like texture with dark streaks that fills the frame."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    streaks = np.sin(40 * (x + 0.3 * np.sin(6 * y)) + rng.normal(0, 0.3, (size, size))) > 0.8
+    base = np.stack([200 - 40 * y, 110 - 30 * y, 50 - 10 * y], axis=-1) + rng.normal(0, 8, (size, size, 3))
+    base[streaks] *= 0.45
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def _cropped_fundus() -> Image.Image:
+    """A synthetic fundus photo cropped inside its field of view: a crop without the camera's border."""
+    image = Image.fromarray(generate_fundus(np.random.SeedSequence([77, 1]), 2, size=512).image)
+    return image.crop((150, 150, 362, 362)).resize((424, 424))
+
+
+def test_a_borderless_everyday_photo_is_never_accepted_silently():
+    assessment = assess(_borderless_warm_photo())
+    for score, threshold in ((None, None), (3.0, 1.0)):
+        checked = second_opinion(assessment, score, threshold)
+        assert checked.outcome in ("warned", "refused")
+        assert not checked.is_fundus
+
+
+def test_a_borderless_crop_without_a_score_is_warned_and_asked_for_as_the_full_photo():
+    assessment = assess(_cropped_fundus())
+    if assessment.field_of_view != "no border" or assessment.outcome == "refused":
+        pytest.skip(f"the crop was read as {assessment.field_of_view}, {assessment.outcome}")
+    checked = second_opinion(assessment, None, None)
+    assert checked.outcome == "warned" and "full photo" in checked.reason
+    in_distribution = second_opinion(assessment, 0.8, 1.0)
+    assert in_distribution.outcome == assessment.outcome and "feature distance 0.80" in in_distribution.details
+
+
+def test_a_photo_far_from_the_training_photos_is_warned_whatever_the_rules_said():
+    photo = Image.fromarray(generate_fundus(np.random.SeedSequence([77, 2]), 0, size=512).image)
+    assessment = assess(photo)
+    assert assessment.outcome != "refused"
+    far = second_opinion(assessment, 2.5, 1.0)
+    assert far.outcome == "warned" and "does not look like the photos this model learned from" in far.reason
+    assert far.measurements["feature_distance"] == 2.5
+    near = second_opinion(assessment, 0.5, 1.0)
+    assert near.outcome == assessment.outcome and near.warnings == assessment.warnings
+
+
+def test_a_refusal_stays_a_refusal():
+    refused = assess(Image.new("RGB", (300, 300), (128, 128, 128)))
+    assert refused.outcome == "refused"
+    assert second_opinion(refused, 0.1, 1.0) is refused
