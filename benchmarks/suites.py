@@ -16,7 +16,7 @@ gate over real and synthetic fundus photos and a corpus of other pictures, and t
 With CUDA present, `models` adds a GPU section (the `gpu` suite alone): the scan per backend at
 MedMamba-T's stage-1 shape (sequential loop, Triton, mamba_ssm if installed), MedMamba-T and
 InceptionV3 images/s at batch 1, 8 and 64 in float32 and with AMP, MedMamba-T's logits on the GPU
-against the CPU path, and the Triton kernel against the float64 oracle (drdemo.ops.triton_parity).
+against the CPU path, and the Triton kernel against the float64 oracle (benchmarks.triton_parity).
 
 Over 400 lines because it is also the one command line for every suite (the other suites' code
 lives in their own modules); its GPU section is the part that could move out next.
@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from benchmarks import app as bench_app
 from benchmarks import gate as bench_gate
 from benchmarks import inference as bench_inference
+from benchmarks import triton_parity
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
-from drdemo.ops import cpu_kernel, relative_error, scan_backend, selective_scan, selective_scan_ref, triton_parity
+from drdemo.ops import cpu_kernel, relative_error, scan_backend, selective_scan, selective_scan_ref
 
 UNIT_MODEL = "inception_v3"
 README_START, README_END = "<!-- bench:models:start -->", "<!-- bench:models:end -->"

@@ -4,21 +4,24 @@ about the weights, written from config.json alone, so the card never says what t
 
 from __future__ import annotations
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.checkpoint.config import CheckpointConfig, idrid_in_training, training_stages
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 
 
-def model_card(config: CheckpointConfig) -> str:
-    """README.md for the checkpoint: Hub YAML metadata, then what a reader must know."""
+def model_card(config: CheckpointConfig, evaluations: dict[str, dict] | None = None) -> str:
+    """README.md for the checkpoint: Hub YAML metadata (with a model-index of the recorded test results),
+    then what a reader must know. `evaluations` are the folder's eval/*.json by name."""
     provenance, metrics = config.provenance, config.metrics
+    evaluations = evaluations or {}
     data = ModelCardData(
         license="other", license_name="research-demo", library_name="pytorch", pipeline_tag="image-classification",
         tags=["diabetic-retinopathy", "fundus", "medical-imaging", config.architecture, "safetensors", "drdemo"]
         + (["synthetic-data"] if config.trained_on_synthetic_data else []),
-        metrics=sorted(metrics) or None,
+        model_name=config.display_name,
+        eval_results=(_eval_results(evaluations.get("lesion_aware_test")) + model_index(evaluations)) or None,
     )
     metric_rows = "\n".join(f"| {name} | {value} |" for name, value in sorted(metrics.items())) or "| (none) | - |"
     trained = config.trained
@@ -43,8 +46,8 @@ Code commit: {provenance.get("code_commit", "not recorded")}.
 | metric | value |
 |---|---|
 {metric_rows}
-{_confusion_matrices(config)}{_generalisation(provenance)}
-{_explanations(config)}
+{_lesion_aware_text(config, evaluations)}{_confusion_matrices(config)}{_generalisation(provenance)}
+{_explanations(config)}{_other_evaluations(evaluations)}
 ## Input
 RGB, {"cropped to the field of view (black border removed, padded to a square), " if config.preprocessing["crop_fov"]
       else ""}resized to {config.input_size} x {config.input_size} ({config.preprocessing["interpolation"]}),
@@ -61,6 +64,85 @@ loaded = load_model("<this repo id or folder>")
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+# The IDRiD challenge's reported results on the same test split (sub-challenge 2, grading), beside ours: all
+# used ImageNet-pretrained weights and outside data; ours start from random weights and this project's data.
+CHALLENGE_RESULTS = (
+    ("IDRiD challenge, 1st (joint accuracy)", "0.631", "ImageNet weights, outside data"),
+    ("IDRiD challenge, 2nd", "0.554", "ImageNet weights, outside data"),
+    ("IDRiD challenge, 3rd", "0.515", "ImageNet weights, outside data"),
+    ("CANet (Li et al., IEEE TMI 2019)", "0.65", "ImageNet weights"),
+    ("ResNet-50, ImageNet-pretrained (DR accuracy 0.73, DME accuracy 0.80)", "-", "ImageNet weights"),
+)
+_MODEL_INDEX = (("qwk", "Quadratic weighted kappa (DR grade)"), ("accuracy", "DR grade accuracy"),
+                ("referable_auc", "Referable DR ROC AUC"), ("dme_accuracy", "DME risk accuracy"),
+                ("referable_dme_auc", "Referable DME ROC AUC"), ("joint_accuracy", "Joint accuracy (DR and DME)"))
+
+
+def _eval_results(test: dict | None) -> list[EvalResult]:
+    if not test:
+        return []
+    return [EvalResult(task_type="image-classification", dataset_type="idrid", dataset_name="IDRiD disease grading",
+                       dataset_split="test", metric_type=key, metric_name=name, metric_value=round(float(test[key]), 4))
+            for key, name in _MODEL_INDEX if test.get(key) is not None]
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -> str:
+    """The three-head results (validation and test), the shortcut checks, the lesion maps and the challenge's."""
+    runs = {part: evaluations.get(f"lesion_aware_{part}") for part in ("val", "test")}
+    if not config.heads or not any(runs.values()):
+        return ""
+    keys = (("qwk", "DR grade: QWK"), ("accuracy", "DR grade: accuracy"), ("referable_auc", "referable DR: ROC AUC"),
+            ("referable_sensitivity", "referable DR: sensitivity at the threshold"),
+            ("referable_specificity", "referable DR: specificity at the threshold"),
+            ("dme_accuracy", "DME risk: accuracy"), ("referable_dme_auc", "referable DME (risk 2): ROC AUC"),
+            ("joint_accuracy", "joint accuracy (grade and DME risk both right)"),
+            ("combined_referral_sensitivity", "combined referral: sensitivity"),
+            ("combined_referral_specificity", "combined referral: specificity"))
+    header = " | ".join(f"{'validation' if p == 'val' else 'test'} ({runs[p]['n']} photos)" for p in runs if runs[p])
+    rows = "\n".join(f"| {label} | " + " | ".join(_number(runs[p].get(k)) for p in runs if runs[p]) + " |"
+                     for k, label in keys)
+    lines = [f"\n### Three heads: DR grade ({config.heads['grade_head']} head served), macular oedema risk, lesion maps"
+             f"\n\nThresholds: refer when P(grade >= 2) reaches {config.referable_threshold:g} or P(DME risk 2) reaches "
+             f"{config.dme_threshold:g}, both chosen on the validation photos for sensitivity >= 0.9.\n\n"
+             f"| metric | {header} |\n|---|" + "---|" * sum(1 for p in runs if runs[p]) + f"\n{rows}\n"]
+    test = runs["test"]
+    if test:
+        shift, probe = test["colour_shift"], test["mean_colour_probe"]
+        lines.append(f"\nColour-shift test on the test photos (each re-balanced to the healthy-train mean colour "
+                     f"{shift['healthy_train_rgb']} and to the diseased-train one {shift['diseased_train_rgb']}): mean "
+                     f"|change in P(referable)| {shift['mean_abs_delta_p_referable']:.4f}, "
+                     f"{shift['flipped_referrals']} of {shift['n']} referrals flipped. Mean-colour probe (any DR from "
+                     f"the mean colour inside the field of view alone, logistic regression): ROC AUC "
+                     f"{_number(probe['raw_photo']['train_cv_auc'])} in 5-fold cross-validation on the training photos "
+                     f"and {_number(probe['raw_photo']['evaluated_auc'])} on the test photos from the raw photo; "
+                     f"{_number(probe['model_input']['train_cv_auc'])} and {_number(probe['model_input']['evaluated_auc'])}"
+                     f" from the model's input.\n")
+        lesions = test.get("lesion_maps")
+        if lesions:
+            per_type = "\n".join(f"| {name} | {row['photos_with_lesion']} | {row['aupr']:.4f} | {row['blank_aupr']:.4f} | "
+                                 f"{row['centre_aupr']:.4f} | {row['aupr_over_blank']:.1f}x |"
+                                 for name, row in lesions["per_type"].items())
+            lines.append(f"\nLesion maps on the {lesions['n']} IDRiD segmentation photos that are not copies of "
+                         f"grading-training photos (pixel AUPR inside the field of view; a blank map scores the pixel "
+                         f"prevalence): pointing game {_number(lesions['pointing_game'])} against "
+                         f"{_number(lesions['centre_pointing_game'])} for a centre-peaked map.\n\n| lesion type | photos "
+                         f"with it | AUPR | blank map | centre map | AUPR / blank |\n|---|---|---|---|---|---|\n{per_type}\n")
+        others = test.get("other_cameras") or {}
+        if others:
+            lines.append("\nOther cameras (combined referral): " + "; ".join(
+                f"{name}: {row['referred']} of {row['n']} referred ({100 * row['referred_share']:.1f}%)"
+                for name, row in others.items()) + ".\n")
+        challenge = "\n".join(f"| {name} | {joint} | {source} |" for name, joint, source in CHALLENGE_RESULTS)
+        lines.append(f"\nOn the same test split, reported by others (joint accuracy): \n\n| model | joint accuracy | "
+                     f"trained with |\n|---|---|---|\n| this checkpoint | {_number(test.get('joint_accuracy'))} | random "
+                     f"initialisation, IDRiD training photos and this project's synthetic images only |\n{challenge}\n")
+    return "".join(lines)
 
 
 def _attribution(provenance: dict) -> str:
@@ -229,3 +311,60 @@ def _how_it_was_made(provenance: dict) -> str:
                   f"so these numbers are optimistic; the test_ ones are not)") if chosen else ""
         evaluated_on += f"Metrics prefixed val_ were measured on: {provenance['validation_data']}{caveat}\n"
     return f"\n### How it was made\n```bash\n{lines}\n```\n{evaluated_on}"
+
+
+# eval/ records the card's own sections show; every other kind is listed under "Other recorded evaluations".
+SHOWN_EVALUATIONS = ("validation", "test", "calibration", "referable_threshold", "cam", "cam_selection",
+                     "lesion_aware_val", "lesion_aware_test")
+INDEX_SKIPPED = {"n", "seconds", "images_per_second", "threshold", "referable_threshold", "views"}
+
+
+def _scalars(results: dict, prefix: str = "") -> dict:
+    """The numbers of a record's results, nested objects flattened to dotted names (lists left out)."""
+    numbers = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            numbers.update(_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers[f"{prefix}{key}"] = value
+    return numbers
+
+
+def model_index(evaluations: dict[str, dict]) -> list[EvalResult]:
+    """The Hub's model-index: every top-level number of each recorded graded evaluation (validation, test
+    and any new kind), with its data set and split; the heat map and choice records stay in the card's text."""
+    from drdemo.checkpoint.layout import CAMS, CHOICES, dataset_of, is_legacy_name, results_of
+
+    entries = []
+    for name, record in evaluations.items():
+        if name in CAMS or name in CHOICES or name.startswith("lesion_aware_") or (
+                is_legacy_name(name) and name not in ("validation", "test")):
+            continue
+        dataset = record.get("dataset") or dataset_of(record.get("data"))
+        for key, value in results_of(record).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or key in INDEX_SKIPPED:
+                continue
+            entries.append(EvalResult(
+                task_type="image-classification", dataset_type=dataset.get("type") or "unknown",
+                dataset_name=dataset.get("name") or "unknown", dataset_split=dataset.get("split"),
+                metric_type=key, metric_name=f"{key} ({name})", metric_value=value))
+    return entries
+
+
+def _other_evaluations(evaluations: dict[str, dict]) -> str:
+    """Recorded evaluations of kinds the sections above do not show: data, command and numbers each."""
+    from drdemo.checkpoint.layout import OTHER_CAMERA_PREFIX, results_of
+
+    blocks = []
+    for name, record in evaluations.items():
+        if name in SHOWN_EVALUATIONS or name.startswith(OTHER_CAMERA_PREFIX):
+            continue
+        rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                         for key, value in _scalars(results_of(record)).items()) or "| (none) | - |"
+        made = ", ".join(part for part in (f"code {record['code_commit'][:7]}" if record.get("code_commit") else "",
+                                           record.get("date") or "") if part)
+        blocks.append(f"\n### {name.replace('_', ' ').capitalize()}\nData: {record.get('data') or 'not recorded'}"
+                      f"{f' ({made})' if made else ''}.\n"
+                      + (f"\n```bash\n{record['command']}\n```\n" if record.get("command") else "")
+                      + f"\n| result | value |\n|---|---|\n{rows}\n")
+    return "\n## Other recorded evaluations\n" + "".join(blocks) if blocks else ""

@@ -23,7 +23,10 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-HUB_FILE_PATTERNS = ["*.safetensors", INDEX_NAME, CONFIG_NAME, CARD_NAME]
+# The record files beside config.json (drdemo.checkpoint.layout): the training lineage, one file per evaluation.
+PROVENANCE_NAME = "training/provenance.json"
+EVAL_PATTERN = "eval/*.json"
+HUB_FILE_PATTERNS = ["*.safetensors", INDEX_NAME, CONFIG_NAME, CARD_NAME, PROVENANCE_NAME, EVAL_PATTERN]
 MAX_DISPLAY_NAME = 40  # fits a dropdown, a chart legend and a column header
 
 
@@ -67,8 +70,9 @@ class CheckpointConfig:
     heads: dict = field(default_factory=dict)
     # Refer for macular oedema when P(DME risk 2) reaches this (three-head models only).
     dme_threshold: float = 0.5
-    # How well each CAM method points at lesions ("test") and how the default method and layer were
-    # chosen ("selection"), written by `python -m drdemo.evaluate --cam --record / --choose-cam-default`.
+    # The records (RECORD_FIELDS), read from training/provenance.json and eval/*.json: how well each CAM
+    # method points at lesions ("test") and how the default was chosen ("selection"); the training lineage;
+    # the flat val_* / test_* numbers.
     cam_evaluation: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)  # trained, data, recipe, seed, code_commit, ...
     metrics: dict = field(default_factory=dict)
@@ -186,6 +190,16 @@ class CheckpointConfig:
         for name in ("class_names", "mean", "std"):
             data[name] = list(data[name])
         return data
+
+    def contract_dict(self) -> dict:
+        """config.json's contents: the model contract and the serving settings, without the records
+        (provenance, metrics, cam_evaluation), which live in training/ and eval/ beside it."""
+        return {key: value for key, value in self.to_dict().items() if key not in RECORD_FIELDS}
+
+
+# Fields held in memory for the trainer, the card and the app, and written to the record files
+# (drdemo.checkpoint.layout), not to config.json.
+RECORD_FIELDS = ("cam_evaluation", "provenance", "metrics")
 
 
 def check_heads(heads: dict, num_classes: int, task: str) -> str | None:

@@ -1,5 +1,5 @@
-"""Checkpoint folders and Hub repos: reading and writing config.json, the model card and the
-weights (safetensors only), building the registry model from them, and the store (load a
+"""Checkpoint folders and Hub repos: reading and writing config.json, its record files
+(drdemo.checkpoint.layout), the model card and the weights (safetensors only), building the registry model from them, and the store (load a
 checkpoint from a folder or a Hugging Face Hub repo, push one), like timm's _hub.py.
 
 Hub access is huggingface_hub's own (snapshot_download), so HF_ENDPOINT, HF_HOME / HF_HUB_CACHE,
@@ -37,26 +37,36 @@ from drdemo.checkpoint.config import (
     HUB_FILE_PATTERNS,
     INDEX_NAME,
     PICKLE_SUFFIXES,
+    PROVENANCE_NAME,
+    RECORD_FIELDS,
     WEIGHTS_NAME,
     CheckpointConfig,
     CheckpointError,
 )
+from drdemo.checkpoint import layout
 from drdemo.models import create_model, target_layers
 
 
 def read_config(folder: Path) -> CheckpointConfig:
+    """config.json with the records (training/provenance.json, eval/*.json) in memory beside it. A
+    config.json that still holds the records itself (written before the record files) reads as it is;
+    `python -m drdemo.serving.hub convert FOLDER` rewrites such a folder."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}: a checkpoint folder needs {WEIGHTS_NAME} and "
                               f"{CONFIG_NAME} (see drdemo.checkpoint.save_checkpoint, or `python -m drdemo.serving.hub "
                               f"convert-official` for weights from the official MedMamba code)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+    data = layout.read_json(path)
+    if not is_old_form(data):
+        provenance, metrics, cam_evaluation = layout.in_memory(layout.read_provenance(folder)["stages"],
+                                                               layout.read_evaluations(folder))
+        data = {**data, "provenance": provenance, "metrics": metrics, "cam_evaluation": cam_evaluation}
     return CheckpointConfig.from_dict(data, source=str(path))
+
+
+def is_old_form(config_json: dict) -> bool:
+    """Whether a config.json holds the records itself (the form before training/ and eval/ held them)."""
+    return any(key in config_json for key in RECORD_FIELDS)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -138,24 +148,59 @@ def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source
     return model.eval()
 
 
+read_evaluations = layout.read_evaluations
+
+
 def write_config(folder: Path, config: CheckpointConfig) -> CheckpointConfig:
-    """Validate `config`, make it `folder`'s config.json and rewrite the model card from it; returns it."""
+    """Validate `config` and write it as `folder`'s files: config.json (the contract), its records
+    (training/provenance.json and the eval/ files of the kinds the records hold; other eval files are
+    left as they are) and the model card generated from them; returns it."""
     config = CheckpointConfig.from_dict(config.to_dict(), source=str(folder / CONFIG_NAME))
-    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    (folder / CARD_NAME).write_text(model_card(config))
+    write_records(folder, config)
+    layout.write_json(folder / CONFIG_NAME, config.contract_dict())
+    write_card(folder)
     return config
+
+
+def write_records(folder: Path, config: CheckpointConfig) -> None:
+    """training/provenance.json and the eval/ files of `config`'s in-memory records. A recorded evaluation
+    whose data, command and results are unchanged keeps its file (and with it its code commit and date)."""
+    layout.write_json(folder / PROVENANCE_NAME, layout.provenance_file(config.provenance))
+    existing = layout.read_evaluations(folder)
+    wanted = layout.evaluations_of(config.provenance, config.metrics, config.cam_evaluation)
+    for name, record in wanted.items():
+        kept = existing.get(name)
+        if kept is None or any(kept.get(key) != record[key] for key in ("data", "command")) \
+                or layout.results_of(kept) != record["results"]:
+            layout.write_evaluation(folder, record)
+    for name in existing:
+        if layout.is_legacy_name(name) and name not in wanted:
+            layout.remove_evaluation(folder, name)
+
+
+def write_card(folder: Path) -> Path:
+    """Regenerate README.md from the folder's config.json and record files."""
+    path = folder / CARD_NAME
+    path.write_text(model_card(read_config(folder), layout.read_evaluations(folder)))
+    return path
+
+
+def convert_folder(folder: str | Path) -> CheckpointConfig:
+    """Rewrite a checkpoint folder in the current form (config.json the contract only; the records in
+    training/provenance.json and eval/*.json; the card regenerated). The weights are not touched."""
+    folder = Path(folder)
+    return write_config(folder, read_config(folder))
 
 
 def save_checkpoint(model: nn.Module, config: CheckpointConfig, folder: str | Path,
                     dtype: torch.dtype = torch.float16) -> Path:
-    """Write model.safetensors (floating tensors as `dtype`), config.json and README.md."""
+    """Write model.safetensors (floating tensors as `dtype`), config.json, the record files and README.md."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: (value.detach().to(dtype) if value.is_floating_point() else value.detach()).contiguous().cpu()
              for key, value in model.state_dict().items()}
     save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "drdemo": FORMAT})
-    (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    (folder / CARD_NAME).write_text(model_card(config))
+    write_config(folder, config)
     return folder
 
 

@@ -23,7 +23,8 @@ from drdemo.checkpoint import (
     choose_referable_threshold,
     load_model,
     record_calibration,
-    record_evaluation,
+    record_cam_test,
+    record_grading,
     record_referral_share,
 )
 from drdemo.data import (
@@ -244,8 +245,9 @@ def run(args: argparse.Namespace) -> dict:
                           "file": CAM_METRICS_NAME}
     (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     if args.record:
-        record_evaluation(args.checkpoint, metrics, description, command, cam_metrics if args.cam else None,
-                          prefix=args.record_as)
+        record_grading(args.checkpoint, metrics, description, command, part=args.record_as)
+        if args.cam:
+            record_cam_test(args.checkpoint, cam_metrics, description, command)
     if args.choose_cam_default:
         _choose_cam(args, cam_metrics, description, command)
     return metrics
@@ -258,7 +260,7 @@ def _calibrate(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[
     targets = task_targets(np.array([s.grade for s in samples]), loaded.config.task)
     calibration = fit_calibration(logits, targets)
     config = record_calibration(args.checkpoint, calibration, logits, targets, description, command)
-    choice = config.provenance["calibration_choice"]
+    choice = config.provenance["calibration_choice"]  # eval/calibration.json, as the config's records show it
     print(f"calibration of {args.checkpoint} over {logits.shape[1]} view(s): temperature "
           f"{calibration['temperature']:g}, biases {calibration['logit_bias']}; NLL on these images "
           f"{choice['nll_before']:.4f} -> {choice['nll_after']:.4f}", file=sys.stderr)
@@ -346,7 +348,7 @@ def run_cams_only(args: argparse.Namespace) -> dict:
     description = f"{what} of {args.data.name}{part}"
     command = _command(args)
     if args.record:
-        record_evaluation(args.checkpoint, None, description, command, cam_metrics)
+        record_cam_test(args.checkpoint, cam_metrics, description, command)
     if args.choose_cam_default:
         _choose_cam(args, cam_metrics, description, command)
     return {"cam": cam_metrics, "n": len(samples)}

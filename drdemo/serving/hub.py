@@ -10,10 +10,12 @@ README and the model cards document them. This module adds the CLI and convertin
 Hub access is huggingface_hub's own (snapshot_download), so HF_ENDPOINT, HF_HOME /
 HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says: downloads land
 in the shared cache, a revision already cached loads with no network, and offline mode never
-touches the network. Only safetensors, config.json and the model card are ever downloaded.
+touches the network. Only safetensors, config.json, the record files (training/provenance.json,
+eval/*.json) and the model card are ever downloaded.
 
 CLI:
     python -m drdemo.serving.hub push FOLDER --repo-id ORG/NAME [--revision BRANCH]
+    python -m drdemo.serving.hub convert FOLDER     (rewrite a folder whose config.json still holds its records)
     python -m drdemo.serving.hub convert-official --weights FILE --variant medmamba_t --out FOLDER
     python -m drdemo.serving.hub info SOURCE [--revision REV]
     python -m drdemo.serving.hub deploy-space ORG/NAME [--hardware FLAVOR] [--medmamba SOURCE[@REV]]
@@ -33,12 +35,14 @@ from huggingface_hub.errors import HfHubHTTPError
 from drdemo.checkpoint import (  # HubUnavailable, LoadedModel, load_model: re-exported (__all__)
     CARD_NAME,
     CONFIG_NAME,
+    PROVENANCE_NAME,
     REPO_ID,
     CheckpointConfig,
     CheckpointError,
     HubUnavailable,
     LoadedModel,
     code_commit,
+    convert_folder,
     count_parameters,
     fetch,
     load_model,
@@ -99,7 +103,8 @@ def describe(source: str, revision: str | None = None) -> str:
     folder, commit = fetch(source, revision)
     config = read_config(folder)
     card = [folder / CARD_NAME] if (folder / CARD_NAME).exists() else []
-    files = weight_files(folder) + [folder / CONFIG_NAME] + card
+    records = [p for p in [folder / PROVENANCE_NAME, *sorted((folder / "eval").glob("*.json"))] if p.is_file()]
+    files = weight_files(folder) + [folder / CONFIG_NAME] + card + records
     lines = [
         f"source:       {source}" + (f" (revision {revision})" if revision else ""),
         f"commit:       {commit or '(local folder)'}",
@@ -111,7 +116,7 @@ def describe(source: str, revision: str | None = None) -> str:
         f"trained:      {'yes' if config.trained else 'NO (random weights)'}; "
         f"data: {config.provenance.get('data', '-')}",
         f"metrics:      {config.metrics or '-'}",
-        "files:        " + ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.1f} MB)" for f in files),
+        "files:        " + ", ".join(f"{f.relative_to(folder)} ({f.stat().st_size / 1e3:.1f} KB)" for f in files),
     ]
     return "\n".join(lines)
 
@@ -124,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     push_cmd.add_argument("--repo-id", required=True, help="ORG/NAME")
     push_cmd.add_argument("--revision", help="branch to commit to (created from main if new)")
     push_cmd.add_argument("--private", action="store_true")
+    rewrite = commands.add_parser("convert", help="rewrite a checkpoint folder in the current form (config.json "
+                                  "the contract; training/provenance.json and eval/*.json the records); weights untouched")
+    rewrite.add_argument("folder", type=Path)
     convert = commands.add_parser("convert-official", help="convert an official MedMamba train.py state_dict")
     convert.add_argument("--weights", type=Path, required=True)
     convert.add_argument("--variant", required=True, choices=["medmamba_t", "medmamba_s", "medmamba_b"])
@@ -144,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             if not REPO_ID.match(args.repo_id):
                 parser.error(f"--repo-id must look like ORG/NAME, got {args.repo_id!r}")
             print(push(args.folder, args.repo_id, args.revision, args.private))
+        elif args.command == "convert":
+            if not args.folder.is_dir():
+                raise CheckpointError(f"{args.folder} is not a checkpoint folder")
+            convert_folder(args.folder)
+            print(f"rewrote {args.folder}")
         elif args.command == "convert-official":
             folder = convert_official(args.weights, args.variant, args.out, args.task)
             print(f"wrote {folder}")
