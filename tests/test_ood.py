@@ -104,6 +104,8 @@ def test_a_checkpoint_without_a_score_serves_with_rules_only_and_says_so(tmp_pat
     served = serve(_slot(tmp_path, source=str(folder), bundled=tmp_path / "no-bundle"))
     assert not served.fallback and served.feature_score is None
     assert "rules only" in describe(served.feature_score)
+    from drdemo.ui import views
+    assert "rules only" in views.about([served])
 
 
 def test_features_for_the_score_are_the_ones_the_grading_forward_computes():

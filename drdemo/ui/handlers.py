@@ -23,6 +23,7 @@ from PIL import Image
 
 from drdemo import batch as batch_grading
 from drdemo.errors import DrdemoError
+from drdemo.intake.fundus_check import Assessment, second_opinion
 from drdemo.intake.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
@@ -97,8 +98,18 @@ def admit(path: str | Path | None) -> GateResult:
     return check_upload(path)
 
 
-def _gate_note(checked: GateResult) -> str:
-    return views.gate_note(checked.outcome, checked.reason, checked.notes, checked.details)
+def _gate_note(checked: GateResult | Assessment) -> str:
+    assessment = checked.assessment if isinstance(checked, GateResult) else checked
+    return views.gate_note(assessment.outcome, assessment.reason, assessment.warnings, assessment.details)
+
+
+def checked_by_model(checked: GateResult, served: ServedModel, analysis: Analysis) -> Assessment:
+    """The image check with the served model's own feature score of the grading forward (rules only where the
+    checkpoint has no stored score)."""
+    score = served.feature_score
+    if score is None or analysis.features is None:
+        return second_opinion(checked.assessment, None, None)
+    return second_opinion(checked.assessment, float(score.score(analysis.features)[0]), score.threshold)
 
 
 def user_errors(function: Callable) -> Callable:
@@ -165,6 +176,7 @@ class Handlers:
 def make_handlers(served: Sequence[ServedModel]) -> Handlers:
     """Handlers over `served` (slot order: MedMamba, then InceptionV3); Compare and Batch use the first two."""
     by_slot = {s.slot: s.predictor for s in served}
+    served_by_slot = {s.slot: s for s in served}
     predictors = [s.predictor for s in served]
 
     @user_errors
@@ -182,7 +194,8 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         lesions = method == views.LESION_MAP
         text = views.verdict(analysis, predictor.config.display_name, predictor.class_names, threshold, lesions)
         return GradeOutputs(views.label_value(analysis), views.overlay_pair(analysis, float(opacity), lesions),
-                            f"{text}\n\n{_gate_note(checked)}", views.dme_value(analysis))
+                            f"{text}\n\n{_gate_note(checked_by_model(checked, served_by_slot[slot], analysis))}",
+                            views.dme_value(analysis))
 
     @user_errors
     @_on_gpu
@@ -198,10 +211,13 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         names = tuple(p.config.display_name for p in pair)
         texts = [views.verdict(a, n, p.class_names, t, lesions)
                  for a, n, p, t in zip(analyses, names, pair, thresholds)]
+        # the more cautious of the two models' image checks (more warnings) is the one shown
+        gate_check = max((checked_by_model(checked, s, a) for s, a in zip(served[:2], analyses)),
+                         key=lambda a: (a.outcome != "accepted", len(a.warnings)))
         first_map, second_map = compare_maps(checked, pair, analyses, float(opacity), lesions)
         return CompareOutputs(
             views.label_value(analyses[0]), views.label_value(analyses[1]), first_map, second_map,
-            "\n\n".join([views.agreement(analyses[0], analyses[1], names), *texts, _gate_note(checked)]),
+            "\n\n".join([views.agreement(analyses[0], analyses[1], names), *texts, _gate_note(gate_check)]),
             views.probability_chart(names, analyses, views.agreement_headline(*analyses, names)),
             views.dme_value(analyses[0]), views.dme_value(analyses[1]))
 

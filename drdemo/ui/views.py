@@ -23,6 +23,7 @@ from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.checkpoint import CheckpointConfig, model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
 from drdemo.intake.gate import OUTCOME_WORDS
+from drdemo.intake.ood import describe as describe_feature_score
 from drdemo.predictor import Analysis
 from drdemo.serving.slots import ServedModel
 from drdemo.tasks import ICDR_GRADES
@@ -97,6 +98,11 @@ def sources(served: Sequence[ServedModel]) -> str:
                      f"{'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
 
 
+def image_checks(served: Sequence[ServedModel]) -> str:
+    """Markdown list: for each served model, whether the image check adds its own feature score to the rules."""
+    return "\n".join(f"- {s.predictor.config.display_name}: {describe_feature_score(s.feature_score)}" for s in served)
+
+
 def tta_label(configs: Sequence[CheckpointConfig]) -> str:
     """The test-time augmentation checkbox's label, naming the models whose checkpoints average eight views
     anyway (for them the box changes nothing)."""
@@ -119,7 +125,7 @@ def about(served: Sequence[ServedModel]) -> str:
         what = (f"{NOT_A_DEVICE} The demo models were trained on synthetic fundus images made by this project's "
                 f"generator; how they behave on real photographs is unknown.")
     sections = [f"## What this is\n\n{what}", "## ICDR grades\n\n" + grades_table(),
-                "## Models served\n\n" + sources(served)]
+                "## Models served\n\n" + sources(served) + "\n\n" + image_checks(served)]
     for model in served:
         card = model_card(model.predictor.config)
         body = card.split("\n---\n", 1)[1] if card.startswith("---") else card
