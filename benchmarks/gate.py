@@ -1,7 +1,7 @@
 """How the image gate does on real fundus photos, on synthetic ones and on pictures that are not fundus photos,
 and what it costs on a 12 MP upload.
 
-    python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
+    python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme benchmarks/README.md]
 
 Prints, per set of real photos under `--data` (IDRiD, DRIVE, CHASE_DB1; sets that are absent are skipped), how
 many are refused, warned that they may not be colour fundus photos, warned about their quality only, and
@@ -13,6 +13,7 @@ thresholds were chosen on is in `drdemo.intake.fundus_check`.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -24,7 +25,10 @@ from PIL import Image
 
 from benchmarks import gate_corpus
 from drdemo.data.synthetic import generate_fundus
+from benchmarks import gate_setup
+from drdemo.intake.fundus_check import second_opinion
 from drdemo.intake.gate import ImageRejected, assess, load_image
+from drdemo.intake.ood import image_features, load_feature_score
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -81,7 +85,63 @@ def bench_gate(data: Path, repeats: int) -> dict:
                                         "reason": assessment.reason}
     report["corpus"] = {category: _tally(items) for category, items in by_category.items()}
     report["timing"] = time_camera_upload(data, repeats)
+    report["second_opinion"] = bench_second_opinion(data, gate_setup.DEFAULT_OUT)
     return report
+
+
+def _everyday_report_part(root: Path) -> list[Path]:
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        return []
+    entries = json.loads(manifest.read_text())["photos"]
+    return [root / e["file"] for e in entries if e["part"] == "report"]
+
+
+def bench_second_opinion(data: Path, everyday: Path, slots: tuple[str, ...] | None = None) -> dict:
+    """Rules alone, rules with the borderless-crop rule but no score, and rules with each bundled checkpoint's
+    stored feature score, on the real photos, the report part of the everyday corpus (benchmarks/gate_setup.py)
+    and the drawn corpus; a photo counts as caught when refused or warned that it may not be a fundus photo."""
+    from drdemo.checkpoint import load_model
+    from drdemo.predictor import Predictor
+    from drdemo.serving.slots import SLOTS
+    sets: dict[str, list] = {name: [(p.name, _decoded(p)) for p in paths]
+                             for name, paths in gate_corpus.real_photo_sets(data).items()}
+    sets["everyday (report part)"] = [(p.name, _decoded(p)) for p in _everyday_report_part(everyday)]
+    sets["drawn and library pictures"] = [(name, picture) for name, (_, picture)
+                                          in gate_corpus.non_fundus_cases(data).items()]
+    rules = {name: [(label, image, assess(image) if image is not None else None) for label, image in items]
+             for name, items in sets.items()}
+    report: dict = {"rules": {n: _tally([a for *_, a in items]) for n, items in rules.items()},
+                    "no score": {n: _tally([a and second_opinion(a, None, None) for *_, a in items])
+                                 for n, items in rules.items()}, "models": {}}
+    for slot, (folder, _) in SLOTS.items():
+        if slots is not None and slot not in slots:
+            continue
+        score = load_feature_score(folder)
+        if score is None:
+            report["models"][slot] = "no ood.safetensors"
+            continue
+        predictor = Predictor.from_loaded(load_model(folder, device="cpu"))
+        per_set, distances = {}, {}
+        for name, items in rules.items():
+            graded = [(image, a) for _, image, a in items if a is not None and a.outcome != "refused"]
+            values = score.score(image_features(predictor, [image for image, _ in graded])) if graded else []
+            combined = [second_opinion(a, float(v), score.threshold) for (_, a), v in zip(graded, values)]
+            per_set[name] = _tally(combined + [None] * (len(items) - len(graded)))
+            if len(values):
+                distances[name] = {"n": len(values), "median": round(float(np.median(values)), 3),
+                                   "max": round(float(np.max(values)), 3),
+                                   "above_threshold": int((np.asarray(values) > score.threshold).sum())}
+        report["models"][slot] = {"threshold": round(score.threshold, 3), "threshold_from": score.threshold_from,
+                                  "fitted_on": score.fitted_on, "sets": per_set, "distances": distances}
+    return report
+
+
+def _decoded(path: Path):
+    try:
+        return load_image(path)
+    except ImageRejected:
+        return None
 
 
 def time_camera_upload(data: Path, repeats: int) -> dict:
@@ -133,7 +193,29 @@ def markdown(report: dict) -> str:
               "", f"A {timing['upload']}: decoded (at reduced scale, to {timing['decoded_to'][0]} x "
                   f"{timing['decoded_to'][1]}) in {timing['decode_p50_ms']} ms p50, checked in "
                   f"{timing['check_p50_ms']} ms p50 ({timing['repeats']} rounds)."]
+    lines += second_opinion_markdown(report["second_opinion"])
     return "\n".join(lines)
+
+
+def second_opinion_markdown(report: dict) -> list[str]:
+    """Caught (refused, or warned that it may not be a fundus photo) per set: rules, rules without a score,
+    rules with each model's score; and how far each set's photos fall from the training photos."""
+    def caught(c: dict) -> str:
+        hit = c["refused"] + c["warned: what it is"]
+        return f"{hit} / {c['n']} ({hit / c['n']:.1%})" if c["n"] else "-"
+
+    models = {slot: r for slot, r in report["models"].items() if isinstance(r, dict)}
+    lines = ["", "| photos | rules | rules, borderless crops warned | " + " | ".join(f"rules + {s} score" for s in models)
+             + " |", "|---|---|---|" + "---|" * len(models)]
+    for name in report["rules"]:
+        lines.append(f"| {name} | {caught(report['rules'][name])} | {caught(report['no score'][name])} | "
+                     + " | ".join(caught(r["sets"][name]) for r in models.values()) + " |")
+    for slot, r in models.items():
+        lines += ["", f"{slot}: threshold {r['threshold']} ({r['threshold_from']}); fitted on {r['fitted_on']}. "
+                      "Feature distance of the photos the rules let through: " + "; ".join(
+                          f"{name} median {d['median']}, max {d['max']}, {d['above_threshold']} of {d['n']} above"
+                          for name, d in r["distances"].items()) + "."]
+    return lines
 
 
 def _row(name: str, c: dict[str, int]) -> str:
