@@ -1,6 +1,6 @@
 """End-to-end benchmark of the running app, as users feel it: HTTP in, probabilities and heat maps out.
 
-    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
+    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme benchmarks/README.md]
 
 Starts app.py on 127.0.0.1 and measures in one run: cold start (process start to the first answered
 /grade); /grade and /compare latency over real HTTP with gradio_client, interleaved round by round with
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torchvision
 
-from drdemo.app_process import (  # noqa: F401  (process_memory_mb, process_cpu_seconds: read by tests)
+from benchmarks.app_process import (  # noqa: F401  (process_memory_mb, process_cpu_seconds: read by tests)
     AppProcess,
     process_cpu_seconds,
     process_memory_mb,
@@ -58,11 +58,11 @@ def check_label(label: dict) -> str:
 def check_answer(endpoint: str, answer: tuple) -> None:
     """Raise BadAnswer unless `answer` has the shape `endpoint` documents, with image files that exist."""
     if endpoint == "/grade":
-        label, pair, text = answer
+        label, pair, text, _dme = answer
         check_label(label)
         images = list(pair)
     elif endpoint == "/compare":
-        label_a, label_b, cam_a, cam_b, text, _chart = answer
+        label_a, label_b, cam_a, cam_b, text, _chart, _dme_a, _dme_b = answer
         check_label(label_a)
         check_label(label_b)
         images = [cam_a, cam_b]

@@ -1,7 +1,8 @@
 """app.py as a child process on a free loopback port: started, waited for, measured and stopped.
 
-Shared by the tests that need the running app (tests/conftest.py, test_space.py, test_ui_browser.py)
-and the app benchmark (benchmarks/app.py), so the tests do not depend on the benchmark.
+Used by the app benchmark (benchmarks/app.py) and by the tests that need the running app
+(tests/conftest.py, test_space.py, test_ui_browser.py); it lives outside the package, which only
+holds what the app, training and evaluation run.
 """
 
 from __future__ import annotations

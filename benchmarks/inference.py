@@ -2,7 +2,7 @@
 and must give the same grade on every image of a synthetic test set.
 
     python -m benchmarks inference [--checkpoints checkpoints/medmamba_t,checkpoints/inception_v3]
-                                     [--images 100] [--repeats 20] [--json OUT] [--readme README.md]
+                                     [--images 100] [--repeats 20] [--json OUT] [--readme benchmarks/README.md]
 
 Options: channels-last memory format, dynamic int8 quantisation of the linear layers, torch.compile
 (inductor), and one thread instead of all. The app's path is forward + backward (probabilities and

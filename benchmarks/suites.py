@@ -1,9 +1,9 @@
 """Benchmarks that report ratios measured in one run, so a noisy shared machine cancels out.
 
-    python -m benchmarks [models] [--models a,b] [--repeats N] [--json OUT] [--readme README.md]
-    python -m benchmarks inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme README.md]
-    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme README.md]
-    python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme README.md]
+    python -m benchmarks [models] [--models a,b] [--repeats N] [--json OUT] [--readme benchmarks/README.md]
+    python -m benchmarks inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme benchmarks/README.md]
+    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme benchmarks/README.md]
+    python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme benchmarks/README.md]
     python -m benchmarks gpu [--repeats N] [--json OUT]
 
 Prints, for every registry model, forward latency at batch 1 and 8 at its own input size and

@@ -1,7 +1,7 @@
 """The Triton selective scan against the float64 oracle, on one device: the errors per case.
 
-    python -m drdemo.ops.triton_parity --device cuda            # on a GPU: the issue's targets
-    TRITON_INTERPRET=1 python -m drdemo.ops.triton_parity --device cpu --small   # no GPU
+    python -m benchmarks.triton_parity --device cuda            # on a GPU: the full-size cases
+    TRITON_INTERPRET=1 python -m benchmarks.triton_parity --device cpu --small   # no GPU
 
 Prints one JSON object: the backend that served, and for every case the max error relative to
 the oracle's largest value, of the output, the last state and every gradient, with `passed`
@@ -220,7 +220,7 @@ def report(device: str, small: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drdemo.ops.triton_parity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.triton_parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="interpreter-sized shapes, checkpoints every 8 steps")
     args = parser.parse_args(argv)

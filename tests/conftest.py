@@ -29,7 +29,7 @@ def app_url(tmp_path_factory):
     reached (nothing listens on the discard port), and InceptionV3's at a copy of its bundled
     checkpoint whose config names a CAM layer the network does not have: the app must start, fall
     back for both and say why."""
-    from drdemo.app_process import start_app, wait_until_serving
+    from benchmarks.app_process import start_app, wait_until_serving
 
     env = {"DRDEMO_MEDMAMBA_SOURCE": "drdemo/unreachable", "HF_ENDPOINT": "http://127.0.0.1:9",
            "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}

@@ -1,4 +1,5 @@
-"""The package's layout: no import cycle inside drdemo/, counting imports inside functions.
+"""The package's layout: its layers (a module imports only from its own layer and the ones below), and no
+import cycle inside drdemo/, counting imports inside functions.
 
 A cycle hidden behind a function-level import still ties two modules together (neither can be
 read, tested or moved without the other) and breaks as soon as someone hoists the import. Only
@@ -14,6 +15,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "drdemo"
+# The package's layers, lowest first (docs/architecture.md shows the same table); a module may import only from its own layer and the layers before it. A module belongs to
+# the longest prefix that names it.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("drdemo", "drdemo.errors", "drdemo.tasks", "drdemo.cam.methods"),
+    ("drdemo.ops",),
+    ("drdemo.models",),
+    ("drdemo.intake", "drdemo.preprocess"),
+    ("drdemo.data", "drdemo.calibration", "drdemo.inference", "drdemo.metrics"),
+    ("drdemo.checkpoint",),
+    ("drdemo.cam",),
+    ("drdemo.predictor",),
+    ("drdemo.intake.ood", "drdemo.batch"),
+    ("drdemo.serving", "drdemo.evaluate", "drdemo.train"),
+    ("drdemo.ui",),
+)
 
 
 def _module_name(path: Path) -> str:
@@ -205,3 +221,50 @@ def test_every_error_of_drdemo_s_is_a_drdemo_error():
 
     for error in (CheckpointError, HubUnavailable, DatasetError, TaskError):
         assert issubclass(error, DrdemoError) and issubclass(error, ValueError)
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the longest prefix naming `module` (the bare "drdemo" names only the package's
+    __init__); None when no prefix names it."""
+    best: tuple[int, int] | None = None
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or (prefix != "drdemo" and module.startswith(prefix + "."))) and (best is None or len(prefix) > best[1]):
+                best = (index, len(prefix))
+    return None if best is None else best[0]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer into a higher one. A package whose __init__ imports nothing of drdemo's
+    is left out as a target: importing one of its modules runs it, and it can pull nothing in."""
+    found = []
+    for importer in sorted(graph):
+        for imported in sorted(graph[importer]):
+            if (PACKAGE.parent / imported.replace(".", "/") / "__init__.py").is_file() and not graph[imported]:
+                continue
+            if layer_of(imported) > layer_of(importer):
+                found.append(f"{importer} (layer {layer_of(importer)}) imports {imported} (layer {layer_of(imported)})")
+    return found
+
+
+def test_every_module_has_a_layer():
+    unplaced = [module for module in _modules() if layer_of(module) is None]
+    assert not unplaced, f"add these to LAYERS: {', '.join(unplaced)}"
+
+
+def test_the_layer_check_sees_an_import_from_below():
+    assert layer_violations({"drdemo.ops.scan": {"drdemo.models.medmamba"}, "drdemo.models.medmamba": set()}) == [
+        "drdemo.ops.scan (layer 1) imports drdemo.models.medmamba (layer 2)"]
+    assert layer_violations({"drdemo.ui.page": {"drdemo.predictor"}, "drdemo.predictor": set()}) == []
+
+
+def test_no_module_imports_from_a_higher_layer():
+    violations = layer_violations(import_graph())
+    assert not violations, "imports against the layers (LAYERS in this file):\n" + "\n".join(violations)
+
+
+def test_the_package_imports_neither_tests_nor_benchmarks():
+    found = [f"{path.relative_to(ROOT)}: {line.strip()}" for path in sorted(PACKAGE.rglob("*.py"))
+             for line in path.read_text().splitlines()
+             if line.lstrip().startswith(("import tests", "from tests", "import benchmarks", "from benchmarks"))]
+    assert not found, "\n".join(found)

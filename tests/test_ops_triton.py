@@ -4,7 +4,7 @@ and its compilation for real GPU targets (no GPU needed for any of it).
 Triton decides between compiling and interpreting when a function is wrapped by `triton.jit`,
 its own language helpers included at `import triton`, so TRITON_INTERPRET=1 cannot be switched
 on inside this test process: the interpreter checks run once, in a subprocess, through
-drdemo.ops.triton_parity (small shapes, checkpoints every 8 positions so short sequences cross
+benchmarks.triton_parity (small shapes, checkpoints every 8 positions so short sequences cross
 chunk boundaries), and each case is asserted here. Tolerances are the issue's targets: forward
 max error <= 1e-4 and gradients <= 1e-3, relative to the oracle's largest value.
 """
@@ -20,7 +20,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from drdemo.ops import cpu_kernel, scan, scan_backend, triton_parity, triton_scan  # noqa: E402
+from benchmarks import triton_parity  # noqa: E402
+from drdemo.ops import cpu_kernel, scan, scan_backend, triton_scan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parity() -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("DRDEMO_SCAN_BACKEND", None)
-    result = subprocess.run([sys.executable, "-m", "drdemo.ops.triton_parity", "--device", "cpu", "--small"],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.triton_parity", "--device", "cpu", "--small"],
                             env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.stdout.strip(), result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

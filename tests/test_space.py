@@ -161,7 +161,7 @@ def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hu
     models from the Hub at the pinned commits and answers /grade. The dry run itself sends nothing."""
     from gradio_client import Client, handle_file
 
-    from drdemo.app_process import start_app, wait_until_serving
+    from benchmarks.app_process import start_app, wait_until_serving
 
     commits = {slot: push(_checkpoint(tmp_path / slot, architecture, seed), f"drdemo/{slot}")
                for slot, architecture, seed in (("medmamba", "medmamba_t", 4), ("inception", "inception_v3", 5))}

@@ -93,7 +93,7 @@ if __name__ == "__main__":  # PYTHONPATH=. python tests/test_ui_browser.py asset
     import sys
     import tempfile
 
-    from drdemo.app_process import start_app, wait_until_serving
+    from benchmarks.app_process import start_app, wait_until_serving
 
     with tempfile.TemporaryDirectory() as tmp:
         app = start_app(Path(tmp))

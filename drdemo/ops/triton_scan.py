@@ -4,7 +4,7 @@ torch's CUDA wheel ships Triton, which compiles these kernels at first use on wh
 present, so CUDA tensors get a fused scan without building mamba_ssm (nvcc, a matching toolkit
 and a long compile). Under TRITON_INTERPRET=1 (set before the process imports Triton)
 the same kernels run on CPU tensors in Triton's interpreter, which is how the tests check them
-on machines without a GPU (in a subprocess: drdemo.ops.triton_parity).
+on machines without a GPU (in a subprocess: benchmarks.triton_parity).
 
 Design. One program per (batch, group, block of channels) holds the recurrent state of its
 channels, a (BLOCK_D, BLOCK_N) tile, in registers and walks the sequence once; the channel
