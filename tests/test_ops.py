@@ -39,7 +39,7 @@ def make_inputs(batch, dim, length, d_state, groups, dtype=torch.float32, seed=0
     def randn(*shape):
         return torch.randn(*shape, generator=g, dtype=dtype)
 
-    if stress:  # the stress case: very negative A, large steps
+    if stress:  # the stress case: very negative A, large steps
         A = -torch.exp(6 * torch.rand(dim, d_state, generator=g, dtype=dtype))
         delta = F.softplus(2 * randn(batch, dim, length) + 1)
     else:
@@ -168,6 +168,17 @@ def test_backend_override(monkeypatch):
     monkeypatch.setenv("DRDEMO_SCAN_BACKEND", "fastest")
     with pytest.raises(ValueError, match="DRDEMO_SCAN_BACKEND"):
         scan_backend("cpu")
+
+
+def test_a_caller_names_the_backend_over_the_environments_default(monkeypatch):
+    monkeypatch.setenv("DRDEMO_SCAN_BACKEND", "torch")
+    assert scan_backend("cpu", "cpu") == "cpu" and scan_backend("cpu") == "torch"
+    monkeypatch.delenv("DRDEMO_SCAN_BACKEND")
+    assert scan_backend("cpu", "torch") == "torch" and scan_backend("cpu") == "cpu"
+    with pytest.raises(ValueError, match="scan backend 'fastest'"):
+        scan_backend("cpu", "fastest")
+    inputs = make_inputs(batch=1, dim=4, length=6, d_state=3, groups=1)
+    assert relative_error(selective_scan(**inputs, backend="cpu"), selective_scan(**inputs, backend="torch")) < TOLERANCE
 
 
 def test_mismatched_groups_are_refused():

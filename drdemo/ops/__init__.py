@@ -2,6 +2,7 @@
 
 from drdemo.ops.scan import (
     cross_scan_orders,
+    default_backend,
     relative_error,
     scan_backend,
     selective_scan,
@@ -10,5 +11,6 @@ from drdemo.ops.scan import (
 )
 
 __all__ = [
-    "cross_scan_orders", "relative_error", "scan_backend", "selective_scan", "selective_scan_2d", "selective_scan_ref",
+    "cross_scan_orders", "default_backend", "relative_error", "scan_backend", "selective_scan", "selective_scan_2d",
+    "selective_scan_ref",
 ]

@@ -14,8 +14,9 @@ mamba_ssm's CUDA kernel, behind one signature and one dispatcher.
 `selective_scan_2d` is the four-direction scan of MedMamba's SS2D, taking the feature map
 in its natural channels-last layout; the CPU kernel reads the four directions by index.
 
-Backends, chosen per call by device and availability (override: DRDEMO_SCAN_BACKEND=
-auto|cpu|torch|triton): "cuda" (mamba_ssm, CUDA tensors only), "triton" (the Triton kernels
+Backends, chosen per call by device and availability, or named by the caller's `backend=`
+(auto|cpu|torch|triton; where a caller names none, the DRDEMO_SCAN_BACKEND environment variable,
+read in `default_backend` only, sets the process's default): "cuda" (mamba_ssm, CUDA tensors only), "triton" (the Triton kernels
 of drdemo.ops.triton_scan: CUDA tensors when mamba_ssm is not installed, or any device when
 forced; CPU tensors only under TRITON_INTERPRET=1), "cpu" (the fused kernel, CPU tensors),
 "torch" (the sequential reference, anywhere). CUDA tensors take mamba_ssm, else Triton, else
@@ -180,11 +181,20 @@ def _positional_scan(u, delta, A, B, C, D=None, delta_bias=None, order=None, sof
                                  small(delta_bias), order, softplus, sum_groups, return_last_state)
 
 
-def _requested_backend() -> str:
+def default_backend() -> str:
+    """The backend a call that names none asks for: DRDEMO_SCAN_BACKEND, else 'auto'."""
     name = os.environ.get("DRDEMO_SCAN_BACKEND", "auto").strip().lower() or "auto"
     if name not in BACKENDS:
         raise ValueError(f"DRDEMO_SCAN_BACKEND={name!r}: expected one of {', '.join(BACKENDS)}")
     return name
+
+
+def _requested_backend(backend: str | None) -> str:
+    if backend is None:
+        return default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"scan backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    return backend
 
 
 @functools.lru_cache(maxsize=1)
@@ -218,14 +228,15 @@ def _warn_slow_cuda(reason: str) -> None:
                 "Triton kernel cannot run (%s)", reason)
 
 
-def scan_backend(device: torch.device | str) -> str:
-    """Which implementation serves tensors on `device`: 'cuda', 'triton', 'cpu' or 'torch'."""
+def scan_backend(device: torch.device | str, backend: str | None = None) -> str:
+    """Which implementation serves tensors on `device` when `backend` (default: `default_backend()`) is asked
+    for: 'cuda', 'triton', 'cpu' or 'torch'."""
     device = torch.device(device)
-    requested = _requested_backend()
+    requested = _requested_backend(backend)
     if requested == "triton":
         reason = _triton_unavailable(device)
         if reason is not None:
-            raise RuntimeError(f"DRDEMO_SCAN_BACKEND=triton but the Triton kernel cannot run on {device.type} "
+            raise RuntimeError(f"scan backend 'triton' asked for, but the Triton kernel cannot run on {device.type} "
                                f"tensors: {reason}")
         return "triton"
     if device.type == "cuda":
@@ -242,7 +253,7 @@ def scan_backend(device: torch.device | str) -> str:
         if cpu_kernel.load() is not None:
             return "cpu"
         if requested == "cpu":
-            raise RuntimeError(f"DRDEMO_SCAN_BACKEND=cpu but the CPU kernel is unavailable: "
+            raise RuntimeError(f"scan backend 'cpu' asked for, but the CPU kernel is unavailable: "
                                f"{cpu_kernel.unavailable_reason()}")
     return "torch"
 
@@ -250,14 +261,15 @@ def scan_backend(device: torch.device | str) -> str:
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                    C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False):
-    """mamba_ssm.selective_scan_fn semantics on any device; see the module docstring.
+                   return_last_state: bool = False, backend: str | None = None):
+    """mamba_ssm.selective_scan_fn semantics on any device; `backend` as in `scan_backend`; see the module
+    docstring.
 
     The CPU and Triton kernels serve variable (per-position) B and C; constant (dim, N) B or C
     and complex A take the reference path, and so do float64 inputs on the Triton backend (its
     state is float32).
     """
-    backend = scan_backend(u.device)
+    backend = scan_backend(u.device, backend)
     if backend == "cuda":
         return _mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if (backend == "torch" or B.dim() == 2 or C.dim() == 2 or A.is_complex() or u.shape[2] == 0
@@ -334,8 +346,10 @@ def cross_scan_orders(height: int, width: int, device: str = "cpu") -> torch.Ten
 
 
 def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                      C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
-    """SS2D's four-direction scan, summed over directions, in channels-last layout.
+                      C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
+                      backend: str | None = None) -> torch.Tensor:
+    """SS2D's four-direction scan, summed over directions, in channels-last layout; `backend` as in
+    `scan_backend`.
 
     x: (batch, H, W, d); delta: (batch, H, W, 4, d) before bias and softplus; A: (4, d, N)
     (negative); B, C: (batch, H, W, 4, N), any strides; D, delta_bias: (4, d).
@@ -343,8 +357,8 @@ def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
     """
     batch, height, width, dim = x.shape
     K, N, length = delta.shape[3], A.shape[-1], height * width
-    backend = scan_backend(x.device)
-    if backend == "triton" and not _any_float64(x, delta, A):
+    chosen = scan_backend(x.device, backend)
+    if chosen == "triton" and not _any_float64(x, delta, A):
         # The kernel reads the channels-last map in place: (batch, K, d, L) views with strides.
         y, _ = _triton_module()[0].TritonScan.apply(
             x.reshape(batch, length, 1, dim).permute(0, 2, 3, 1).expand(batch, K, dim, length),
@@ -352,7 +366,7 @@ def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
             B.reshape(batch, length, K, N).permute(0, 2, 3, 1), C.reshape(batch, length, K, N).permute(0, 2, 3, 1),
             D, delta_bias, cross_scan_orders(height, width, str(x.device)), True, False)
         return y.sum(1).transpose(1, 2).reshape(batch, height, width, dim).to(x.dtype)
-    if backend == "cpu":
+    if chosen == "cpu":
         y, _ = _positional_scan(
             x.reshape(batch, length, 1, dim), delta.reshape(batch, length, K, dim), A.transpose(1, 2),
             B.reshape(batch, length, K, N), C.reshape(batch, length, K, N), D, delta_bias,
@@ -371,6 +385,7 @@ def selective_scan_2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
         xs.reshape(batch, K * dim, length).to(compute), ds.reshape(batch, K * dim, length).to(compute),
         A.reshape(K * dim, N).to(compute), Bs.to(compute).contiguous(), Cs.to(compute).contiguous(),
         D.reshape(-1).to(compute), delta_bias=delta_bias.reshape(-1).to(compute), delta_softplus=True,
+        backend=backend,
     ).view(batch, K, dim, length)
     y = ys.new_zeros(batch, dim, length)
     for k in range(K):
