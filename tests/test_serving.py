@@ -110,9 +110,10 @@ def test_checkpoint_that_loads_but_cannot_grade_falls_back(tmp_path, monkeypatch
             raise RuntimeError("out of memory")
         original(self)
 
-    config = json.loads((configured / "config.json").read_text())
-    config["provenance"]["broken"] = True
-    (configured / "config.json").write_text(json.dumps(config))
+    provenance_file = configured / "training" / "provenance.json"
+    provenance = json.loads(provenance_file.read_text())
+    provenance["stages"][-1]["broken"] = True
+    provenance_file.write_text(json.dumps(provenance))
     monkeypatch.setattr(Predictor, "warm_up", warm_up)
     served = serve(_slot(tmp_path, source=str(configured), bundled=bundled))
     assert served.fallback and not served.predictor.config.provenance.get("broken")
