@@ -278,7 +278,7 @@ def bench_app(repeats: int = 10, load_clients: int = 4, load_requests: int = 25,
 
 
 def targets(report: dict) -> dict:
-    """Each target of the issue, met or not, from the measured numbers."""
+    """Each of the app's speed and memory targets, met or not, from the measured numbers."""
     latency, load = report["latency"], report["load"]
     return {
         "compare_p50_le_5x_inception": latency["/compare"]["p50_vs_inception"] <= 5,

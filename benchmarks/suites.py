@@ -93,7 +93,7 @@ def bench_models(names: list[str], batch_sizes: tuple[int, ...], repeats: int) -
 
 def _stress_inputs(generator: torch.Generator, batch: int, dim: int, length: int, d_state: int, groups: int,
                    stress: bool) -> tuple[torch.Tensor, ...]:
-    """Inputs at MedMamba shapes; `stress` uses the issue's hard case (A = -exp(6U), large steps)."""
+    """Inputs at MedMamba shapes; `stress` uses the hard case (A = -exp(6U), large steps)."""
     def randn(*shape):
         return torch.randn(*shape, generator=generator)
 

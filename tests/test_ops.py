@@ -1,6 +1,6 @@
 """The fast selective scan against the sequential float64 oracle: values, gradients, dispatch.
 
-Tolerance: the issue's contract is a max error <= 1e-4 relative to the oracle's largest
+Tolerance: the scan's contract is a max error <= 1e-4 relative to the oracle's largest
 output; the fused kernel measures ~1e-7, so the tests hold it to 1e-5 to catch regressions.
 """
 

@@ -5,7 +5,7 @@ Triton decides between compiling and interpreting when a function is wrapped by 
 its own language helpers included at `import triton`, so TRITON_INTERPRET=1 cannot be switched
 on inside this test process: the interpreter checks run once, in a subprocess, through
 benchmarks.triton_parity (small shapes, checkpoints every 8 positions so short sequences cross
-chunk boundaries), and each case is asserted here. Tolerances are the issue's targets: forward
+chunk boundaries), and each case is asserted here. Tolerances are the stated targets: forward
 max error <= 1e-4 and gradients <= 1e-3, relative to the oracle's largest value.
 """
 
