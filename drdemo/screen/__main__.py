@@ -1,0 +1,7 @@
+"""`python -m drdemo.screen` and `torchrun ... -m drdemo.screen`."""
+
+import sys
+
+from drdemo.screen.cli import main
+
+sys.exit(main())
