@@ -152,7 +152,7 @@ def test_bad_uploads_get_specific_messages_and_the_app_stays_up(client, fundus, 
         with pytest.raises(Exception, match=message) as refused:
             client.predict(handle_file(str(path)), api_name="/grade")
         assert "Traceback" not in str(refused.value), case
-    label, _, _ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
+    label, _, _, _ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
     _probabilities(label)
 
 
@@ -171,7 +171,7 @@ def test_awkward_but_valid_fundus_files_are_graded(client, fundus, tmp_path):
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        label, _, text = client.predict(handle_file(str(path)), api_name="/grade")
+        label, _, text, _ = client.predict(handle_file(str(path)), api_name="/grade")
         _probabilities(label)
         assert "ICDR grade" in text, name
 

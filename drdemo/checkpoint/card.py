@@ -55,7 +55,7 @@ RGB, {"cropped to the field of view (black border removed, padded to a square), 
 {list(config.std)}.
 
 ## Limitations
-{_limitations(provenance)} Grad-CAM overlays show where the model looked, not why.
+{_limitations(provenance, config.heads)} Grad-CAM overlays show where the model looked, not why.
 
 ## Loading
 ```python
@@ -156,12 +156,14 @@ IDRID_LIMITATIONS = (
     "Training data); the test numbers above come from IDRiD's own test split, the same camera and clinic. "
     "Other cameras, populations, image quality and screening settings were not validated (the referral "
     "shares on DRIVE and CHASE_DB1 above are the only check on other cameras). IDRiD's training split has "
-    "20 photos of Mild NPDR, so grade 1 is barely learned. Macular oedema is not graded.")
+    "20 photos of Mild NPDR, so grade 1 is barely learned.")
 
 
-def _limitations(provenance: dict) -> str:
+def _limitations(provenance: dict, heads: dict | None = None) -> str:
     if idrid_in_training(provenance):
-        return IDRID_LIMITATIONS
+        return IDRID_LIMITATIONS + (" The macular oedema risk and the lesion maps were learned from the same camera's "
+                                    "photos (lesion masks of 59 of them) and share these limits." if heads else
+                                    " Macular oedema is not graded.")
     return provenance.get("limitations") or ("Performance on real fundus photographs, other cameras, populations or "
                                             "image quality is unknown unless reported above on such data.")
 
