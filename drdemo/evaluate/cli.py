@@ -33,11 +33,11 @@ from drdemo.data import (
     DatasetError,
     Sample,
     detect_layout,
-    generator_info,
     load_photos,
     load_samples,
     load_split,
 )
+from drdemo.data.describe import describe_evaluation_data
 from drdemo.data.lesions import (
     LesionSample,
     detect_lesion_layout,
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"evaluating {config.architecture} ({config.task}) from {loaded.origin} on {len(samples)} images "
           f"of {args.data}", file=sys.stderr)
     command = _command(args)
-    description = _describe(args.data, layout, len(samples), (args.part or "test") if args.split else args.part)
+    description = describe_evaluation_data(args.data, layout, len(samples), (args.part or "test") if args.split else args.part)
     start = time.perf_counter()
     logits = predict_logits(loaded, samples, args.batch_size, args.workers, views=args.views)
     seconds = time.perf_counter() - start
@@ -223,8 +223,7 @@ def run(args: argparse.Namespace) -> dict:
                                                 config.class_names, referable_threshold=threshold)}
 
     metrics = {
-        "checkpoint": {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
-                       "architecture": config.architecture, "task": config.task, "trained": config.trained},
+        "checkpoint": checkpoint_summary(loaded),
         "data": {"root": str(args.data.resolve()), "layout": layout, "n": len(samples),
                  "split": str(args.split.resolve()) if args.split else None,
                  "part": (args.part or "test") if args.split else args.part, "limit": args.limit},
@@ -265,6 +264,13 @@ def _calibrate(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[
           f"{calibration['temperature']:g}, biases {calibration['logit_bias']}; NLL on these images "
           f"{choice['nll_before']:.4f} -> {choice['nll_after']:.4f}", file=sys.stderr)
     return dataclasses.replace(loaded, config=config)
+
+
+def checkpoint_summary(loaded: LoadedModel) -> dict:
+    """Which checkpoint an evaluation ran, as its metrics.json and cam_metrics.json record it."""
+    config = loaded.config
+    return {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
+            "architecture": config.architecture, "task": config.task, "trained": config.trained}
 
 
 def _lesions_only(root: Path) -> bool:
@@ -339,9 +345,7 @@ def run_cams_only(args: argparse.Namespace) -> dict:
     samples = samples[:min(args.cam_limit, args.limit or args.cam_limit)]
     what = f"{len(samples)} of the {what}"
     loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
-    checkpoint = {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
-                  "architecture": loaded.config.architecture, "task": loaded.config.task,
-                  "trained": loaded.config.trained}
+    checkpoint = checkpoint_summary(loaded)
     print(f"scoring heat maps of {loaded.config.architecture} on {what} of {args.data}", file=sys.stderr)
     cam_metrics = _score_cams(args, loaded, samples, checkpoint)
     part = f", {args.part} part" if args.part else ""
@@ -352,17 +356,6 @@ def run_cams_only(args: argparse.Namespace) -> dict:
     if args.choose_cam_default:
         _choose_cam(args, cam_metrics, description, command)
     return {"cam": cam_metrics, "n": len(samples)}
-
-
-def _describe(root: Path, layout: str, n: int, part: str | None = None) -> str:
-    """One line naming the evaluation images; for our generator, enough to make them again."""
-    info = generator_info(root) if layout == "synthetic" else None
-    if info is not None:
-        return (f"{n} synthetic images (drdemo.data.synthetic version {info.get('version')}, seed {info.get('seed')}, "
-                f"{info.get('size')} px, {info.get('class_balance')} grade balance), a seed not used for training")
-    if layout == "idrid":
-        return f"{n} photos of IDRiD's disease grading set ({part} part)"
-    return f"{n} images of the {layout} data set at {root.name}"
 
 
 def _summary(metrics: dict) -> str:
