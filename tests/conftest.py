@@ -38,7 +38,7 @@ def app_url(tmp_path_factory):
         broken = tmp_path_factory.mktemp("broken") / "inception_v3"
         shutil.copytree(bundled, broken)
         config = json.loads((broken / "config.json").read_text())
-        config["cam_target_layer"] = "Mixed_6z"
+        config["cam_target_layer"] = "backbone.Mixed_6z"
         (broken / "config.json").write_text(json.dumps(config))
         env["DRDEMO_INCEPTION_SOURCE"] = str(broken)
     app = start_app(tmp_path_factory.mktemp("app"), env)

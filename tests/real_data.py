@@ -1,6 +1,8 @@
 """Where the real photos of ../shared/data are, for the tests that read them at run time (never committed).
 
-`DRDEMO_SHARED_DATA` moves it; tests that need it skip with `needs_real_data` when it is absent.
+`DRDEMO_SHARED_DATA` moves it; tests that need it skip with `needs_real_data` or `skip_without_real_data` when
+it is absent, and fail instead when DRDEMO_REQUIRE_DATA=1 (.ci/run sets it where the data are), so a
+missing or moved data folder cannot pass as a green run.
 """
 
 import os
@@ -14,7 +16,21 @@ IDRID_GRADING = SHARED_DATA / "idrid" / "B. Disease Grading"
 IDRID_SEGMENTATION = SHARED_DATA / "idrid" / "A. Segmentation"
 IDRID_OVERLAP = SHARED_DATA / "idrid" / "segmentation_grading_overlap.csv"
 
-needs_real_data = pytest.mark.skipif(not IDRID_GRADING.is_dir(),
+REQUIRE_DATA = os.environ.get("DRDEMO_REQUIRE_DATA") == "1"
+
+
+def skip_without_real_data(what: Path | None = None) -> None:
+    """Skip the calling test when `what` (default: IDRiD's grading folder) is absent; fail under DRDEMO_REQUIRE_DATA=1."""
+    what = IDRID_GRADING if what is None else what
+    if what.exists():
+        return
+    message = f"the real photos are not on this machine ({what})"
+    if REQUIRE_DATA:
+        pytest.fail(f"{message}, and DRDEMO_REQUIRE_DATA=1 requires them")
+    pytest.skip(message)
+
+
+needs_real_data = pytest.mark.skipif(not IDRID_GRADING.is_dir() and not REQUIRE_DATA,
                                      reason=f"the real photos are not on this machine ({SHARED_DATA})")
 
 DRIVE = SHARED_DATA / "drive"

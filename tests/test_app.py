@@ -184,8 +184,8 @@ def test_page_says_what_it_serves_and_that_it_is_not_a_device(app_url):
         from drdemo.checkpoint import read_config
         bundled = read_config(ROOT / "checkpoints" / "medmamba_t")
         assert "serving the bundled checkpoints/medmamba_t instead" in page
-        assert ("cam_target_layer in config.json: Inception3 has no submodule 'Mixed_6z'" in page
-                and "did you mean 'Mixed_6e'" in page)          # loads, cannot explain: named, and fallen back
+        assert ("cam_target_layer in config.json: MultiHeadNet has no submodule 'backbone.Mixed_6z'" in page
+                and "did you mean 'backbone.Mixed_6e'" in page)          # loads, cannot explain: named, and fallen back
         assert "serving the bundled checkpoints/inception_v3 instead" in page
         if bundled.trained_on_idrid:       # the default since the real-data checkpoints
             assert "trained on photos of one camera from one hospital in India (IDRiD)" in page

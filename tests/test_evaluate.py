@@ -186,8 +186,8 @@ def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(wo
 
     from drdemo.checkpoint import read_config
     from drdemo.data import open_image
-    from drdemo.serving.hub import load_model
     from drdemo.predictor import Predictor
+    from drdemo.serving.hub import load_model
     checkpoint = Path(shutil.copytree(workspace.checkpoint, tmp_path / "checkpoint"))
     out = tmp_path / "val"
     assert main(["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out), "--calibrate",
@@ -220,9 +220,8 @@ def test_views_need_calibrate(workspace, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory, workspace):
-    from real_data import IDRID_GRADING, tiny_idrid, tiny_segmentation
-    if not IDRID_GRADING.is_dir():
-        pytest.skip("the real photos (../shared/data) are not on this machine")
+    from real_data import skip_without_real_data, tiny_idrid, tiny_segmentation
+    skip_without_real_data()
     root = tmp_path_factory.mktemp("real")
     grading = tiny_idrid(root / "B. Disease Grading", per_grade=2)
     segmentation = tiny_segmentation(root / "A. Segmentation", count=3)

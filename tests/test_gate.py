@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from real_data import skip_without_real_data
 
 from benchmarks import gate_corpus
-from drdemo.intake import gate
 from drdemo.data.synthetic import generate_fundus
+from drdemo.intake import gate
 from drdemo.intake.gate import MAX_PIXELS, Assessment, GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.ui import views
 
@@ -281,7 +282,8 @@ def test_every_corpus_picture_has_an_expected_outcome(fundus_photos, non_fundus)
 @pytest.mark.parametrize("name", NON_FUNDUS_EXPECTED)
 def test_pictures_that_are_not_colour_fundus_photos_are_never_graded_silently(non_fundus, name):
     if name not in non_fundus:
-        pytest.skip(f"{name} is read from ../shared/data, which is not here")
+        skip_without_real_data(gate_corpus.REAL_DATA)
+        pytest.skip(f"{name} is not among the pictures built from ../shared/data")
     category, picture = non_fundus[name]
     result = assess(picture)
     expected = NON_FUNDUS_EXPECTED[name]
@@ -344,7 +346,8 @@ REAL_NAMED = [("IDRiD grading test", "IDRiD_090.jpg"), ("IDRiD grading train", "
 def _real_set(name: str) -> list[Path]:
     paths = gate_corpus.real_photo_sets().get(name)
     if not paths:
-        pytest.skip(f"no {name} photos under {gate_corpus.REAL_DATA} (the real data are not here)")
+        skip_without_real_data(gate_corpus.REAL_DATA / name)
+        pytest.skip(f"no {name} photos under {gate_corpus.REAL_DATA}")
     return paths
 
 

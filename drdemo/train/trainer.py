@@ -45,9 +45,10 @@ from drdemo.data.augment import (
     eval_transform,
     train_transform,
 )
-from drdemo.errors import DrdemoError
+from drdemo.data.describe import describe_training_data
 from drdemo.data.prepared import NO_LABEL, LesionGradingDataset, prepare_cached, prepared_masks
-from drdemo.inference import loader_outputs, loader_logits, main_logits
+from drdemo.errors import DrdemoError
+from drdemo.inference import loader_logits, loader_outputs, main_logits
 from drdemo.models import create_model, model_defaults
 from drdemo.models.heads import BACKBONE_PREFIX, HeadsOutput, corn_loss, lesion_map_loss
 from drdemo.tasks import DME_RISKS, LESION_TYPES, TASK_CLASS_NAMES
@@ -76,21 +77,6 @@ def _data_command(root: Path) -> str | None:
         return None
     return (f"python -m drdemo.data.synthetic --out {shlex.quote(str(root))} --n {info['n']} --seed {info['seed']} "
             f"--size {info['size']} --class-balance {info['class_balance']}")
-
-
-def _describe_data(root: Path, layout: str, parts: dict[str, list[Sample]], part: str | None = None) -> str:
-    sizes = ", ".join(f"{len(v)} {k}" for k, v in parts.items())
-    if layout == "idrid":
-        return (f"IDRiD disease grading ({root.name}), its official {part} part ({sum(map(len, parts.values()))} "
-                f"photos from one Kowa VX-10 alpha camera at Aravind Eye Hospital, Nanded, India; ICDR grades by "
-                f"retina specialists), split grade-stratified into {sizes}. IDRiD: Porwal et al., IEEE Dataport "
-                f"2018, doi:10.21227/H25W98, CC BY 4.0.")
-    info = generator_info(root) if layout == "synthetic" else None
-    if info is not None:
-        return (f"Synthetic fundus images made by drdemo.data.synthetic (version {info.get('version')}, seed "
-                f"{info.get('seed')}, {info.get('n')} images at {info.get('size')} px, {info.get('class_balance')} "
-                f"grade balance), split by patient into {sizes}. No real patient images.")
-    return f"{layout} dataset at {root.name}, split by patient into {sizes}."
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -286,9 +272,10 @@ class Trainer:
             heads=heads, cam_target_layer=layer_prefix + defaults.cam_target_layer,
             preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": self.recipe.local_contrast,
                            "colour_balance": self.recipe.colour_balance},
-            provenance={"trained": True, "data": _describe_data(options.data, self.layout, self.parts, self.part),
+            provenance={"trained": True,
+                        "data": describe_training_data(options.data, self.layout, self.parts, self.part),
                         "data_command": _data_command(options.data) if self.layout == "synthetic" else None,
-                        "recipe": json.dumps(recipe, default=str), "seed": options.seed,
+                        "recipe": json.loads(json.dumps(recipe, default=str)), "seed": options.seed,
                         "command": options.command, "code_commit": code_commit(),
                         "torch": torch.__version__, "device": self.device.type, "processes": self.dist.world_size})
 
