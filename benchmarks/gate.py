@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks import gate_corpus
+from benchmarks import gate_corpus, gate_setup
 from drdemo.data.synthetic import generate_fundus
-from benchmarks import gate_setup
 from drdemo.intake.fundus_check import second_opinion
 from drdemo.intake.gate import ImageRejected, assess, load_image
 from drdemo.intake.ood import image_features, load_feature_score

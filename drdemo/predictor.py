@@ -17,13 +17,12 @@ import torch
 from PIL import Image
 
 from drdemo.calibration import class_probabilities, view_spread
-from drdemo.checkpoint import CheckpointConfig
-from drdemo.cam.explain import Explainer
+from drdemo.cam.explain import Explainer, on_field_of_view
 from drdemo.cam.lesion_maps import upsample_lesion_maps
+from drdemo.checkpoint import CheckpointConfig
 from drdemo.inference import SYMMETRIES, view_outputs
 from drdemo.metrics import task_probabilities
 from drdemo.models import create_model, model_defaults
-from drdemo.cam.explain import on_field_of_view
 from drdemo.preprocess import field_of_view, normalise, prepare_image
 from drdemo.tasks import ICDR_GRADES, REFERABLE_DME_RISK
 

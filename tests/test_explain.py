@@ -8,8 +8,8 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import nn
 
-from drdemo.cam.methods import CLASS_INDEPENDENT_METHODS
 from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, overlay
+from drdemo.cam.methods import CLASS_INDEPENDENT_METHODS
 from drdemo.models import create_model
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from real_data import IDRID_GRADING, needs_real_data
 from torch import nn
 
 from drdemo.checkpoint import CheckpointConfig, CheckpointError
@@ -19,7 +20,6 @@ from drdemo.preprocess import balance_colour, fundus_mask
 from drdemo.tasks import DME_RISKS, LESION_TYPES
 from drdemo.train.recipes import PRESETS
 from drdemo.train.trainer import three_head_loss
-from real_data import IDRID_GRADING, needs_real_data
 
 HEADS = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
 

@@ -17,8 +17,8 @@ from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 
 from drdemo.checkpoint import CheckpointConfig, CheckpointError, model_card, read_weights, save_checkpoint
-from drdemo.serving.hub import HubUnavailable, convert_official, load_model, push
 from drdemo.models import create_model
+from drdemo.serving.hub import HubUnavailable, convert_official, load_model, push
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ from torch import nn
 
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
 from drdemo.data.synthetic import generate_fundus
-from drdemo.intake.ood import (OOD_NAME, OodError, choose_threshold, describe, fit, load_feature_score, save)
+from drdemo.intake.ood import OOD_NAME, OodError, choose_threshold, describe, fit, load_feature_score, save
 from drdemo.models import create_model
 from drdemo.models.heads import pooled_features
 

@@ -17,10 +17,10 @@ from hub_server import HubServer
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub import constants as hub_constants
 
-from drdemo.serving import space
 from drdemo.checkpoint import CheckpointConfig, save_checkpoint
-from drdemo.serving.hub import push
 from drdemo.models import create_model
+from drdemo.serving import space
+from drdemo.serving.hub import push
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,12 +25,12 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
+from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, on_field_of_view, overlay
 from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.cam.metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
 from drdemo.data.lesions import LesionSample, lesion_union
 from drdemo.errors import DrdemoError
-from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, on_field_of_view, overlay
 from drdemo.inference import view_logits
 from drdemo.preprocess import field_of_view, fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
 

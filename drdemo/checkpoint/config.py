@@ -13,8 +13,8 @@ from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import list_models, model_defaults
-from drdemo.preprocess import RESAMPLING
 from drdemo.models.heads import GRADE_HEADS
+from drdemo.preprocess import RESAMPLING
 from drdemo.tasks import DME_RISKS, ICDR_GRADES, TASK_CLASS_NAMES
 
 FORMAT = "drdemo-checkpoint/1"

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from drdemo.checkpoint import layout
 from drdemo.checkpoint.card import model_card
 from drdemo.checkpoint.config import (
     CARD_NAME,
@@ -43,7 +44,6 @@ from drdemo.checkpoint.config import (
     CheckpointConfig,
     CheckpointError,
 )
-from drdemo.checkpoint import layout
 from drdemo.models import create_model, target_layers
 
 

@@ -8,12 +8,12 @@ calibration) and record how they chose.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from drdemo.calibration import SHRINKAGE, class_probabilities, negative_log_likelihood
-from drdemo.checkpoint.config import CheckpointConfig, CheckpointError
 from drdemo.checkpoint import layout
+from drdemo.checkpoint.config import CheckpointConfig, CheckpointError
 from drdemo.checkpoint.io import code_commit, read_config, write_card, write_config
 from drdemo.checkpoint.layout import OTHER_CAMERA_PREFIX, evaluation_record, remove_evaluation, write_evaluation
 
@@ -32,7 +32,7 @@ def record_evaluation(folder: str | Path, name: str, *, data, command: str | Non
     folder = Path(folder)
     read_config(folder)  # only into a checkpoint folder that loads
     record = evaluation_record(name, data=data, command=command, results=results, code_commit=code_commit(),
-                               date=datetime.now(timezone.utc).isoformat(timespec="seconds"), dataset=dataset)
+                               date=datetime.now(UTC).isoformat(timespec="seconds"), dataset=dataset)
     path = write_evaluation(folder, record)
     write_card(folder)
     return path

@@ -36,8 +36,8 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from drdemo.intake.decode import read_image
 from drdemo.errors import DrdemoError
+from drdemo.intake.decode import read_image
 from drdemo.tasks import DME_RISKS, NUM_GRADES, num_classes, task_target
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import numpy as np
 
 from drdemo.calibration import fit_calibration
 from drdemo.cam.evaluation import evaluate_cams, plot_cam_grid
+from drdemo.cam.explain import CAM_METHODS
 from drdemo.checkpoint import (
     LoadedModel,
     choose_cam_default,
@@ -63,7 +64,6 @@ from drdemo.evaluate.predictions import (
     score,
     write_predictions,
 )
-from drdemo.cam.explain import CAM_METHODS
 from drdemo.inference import VIEW_COUNTS
 from drdemo.metrics import grading_metrics, task_probabilities
 from drdemo.tasks import task_targets

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from drdemo.intake.decode import decode_opened
 from drdemo.errors import DrdemoError
+from drdemo.intake.decode import decode_opened
 from drdemo.intake.fundus_check import Assessment, assess
 
 __all__ = ["MAX_BYTES", "MAX_PIXELS", "OUTCOME_WORDS", "Assessment", "GateResult", "ImageRejected", "assess",

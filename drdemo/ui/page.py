@@ -18,8 +18,17 @@ from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.predictor import Predictor
 from drdemo.serving.slots import ServedModel
 from drdemo.ui import views
-from drdemo.ui.handlers import (CACHE_SECONDS, COMPARE_VIEW_SIZE, DEFAULT_METHOD, PREDICTED, BatchOutputs,
-                                CompareOutputs, GradeOutputs, make_handlers, preview)
+from drdemo.ui.handlers import (
+    CACHE_SECONDS,
+    COMPARE_VIEW_SIZE,
+    DEFAULT_METHOD,
+    PREDICTED,
+    BatchOutputs,
+    CompareOutputs,
+    GradeOutputs,
+    make_handlers,
+    preview,
+)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 UPLOAD_TYPES = [".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"]
