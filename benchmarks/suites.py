@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from benchmarks import app as bench_app
 from benchmarks import gate as bench_gate
 from benchmarks import inference as bench_inference
+from benchmarks import screen as bench_screen
 from benchmarks import triton_parity
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
@@ -335,6 +336,9 @@ def update_readme(path: Path, table: str, start: str = README_START, end: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["screen"]:                   # its own options: benchmarks/screen.py
+        return bench_screen.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app", "gate", "gpu"],
                         help="models: bare networks (and the GPU section with CUDA); inference: options such as "

@@ -1,0 +1,209 @@
+"""`python -m benchmarks screen`: screening throughput on a generated folder of synthetic fundus photos.
+
+It grades the folder with `python -m drdemo.screen` under torchrun at 1 and 2 processes (each with its share of
+the cores as torch threads) and reports photos/s of the grading loop (from summary.json, model loading excluded)
+and of the whole command, the scaling efficiency, the ratio to the bare batched forward passes of the served
+models on random inputs (the same batch size, in this process, on every core), each rank's peak RSS growth
+after the first tenth of its run, and the projected wall time for 100,000 photos. With CUDA, a GPU run with one process
+per device follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECTED_PHOTOS = 100_000
+
+
+def generate_folder(folder: Path, photos: int, size: int) -> Path:
+    """`photos` synthetic fundus photos (PNG, `size` pixels, grades 0-4 in turn), kept for the next run."""
+    from drdemo.data.synthetic import generate_fundus
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(photos):
+        target = folder / f"{index // 500:03d}" / f"photo-{index:06d}.png"
+        if not target.is_file():
+            target.parent.mkdir(exist_ok=True)
+            Image.fromarray(generate_fundus(index, index % 5, size=size).image).save(target)
+    return folder
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(), [])
+        found += children
+        queue += children
+    return found
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _is_rank(pid: int) -> bool:
+    try:
+        return b"drdemo.screen" in Path(f"/proc/{pid}/cmdline").read_bytes() and b"torch.distributed.run" not in \
+            Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def run_screen(folder: Path, out: Path, processes: int, batch_size: int, device: str, threads: int) -> dict:
+    """One screening run under torchrun; photos/s and each rank's RSS (sampled from /proc every 0.2 s) from the
+    first sample after its part file holds a row to the end."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m",
+               "drdemo.screen", str(folder), "--out", str(out), "--batch-size", str(batch_size), "--device", device]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rss: dict[int, list[float]] = {}
+    while process.poll() is None:
+        grading = any(p.stat().st_size > 0 for p in out.glob("part-*.csv")) if out.is_dir() else False
+        for pid in _descendants(process.pid):
+            if grading and _is_rank(pid) and (value := _rss_mib(pid)) is not None:
+                rss.setdefault(pid, []).append(value)
+        time.sleep(0.2)
+    wall = time.perf_counter() - start
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    loop = summary["throughput"]
+    # growth after warm-up: the peak over the run against the RSS once a tenth of the run has passed
+    growth = [max(values) / values[len(values) // 10] - 1 for values in rss.values() if len(values) >= 2]
+    return {"processes": processes, "threads_per_process": threads, "photos": summary["photos"],
+            "loop_seconds": loop["seconds"], "loop_photos_per_second": loop["photos_per_second"],
+            "wall_seconds": wall, "wall_photos_per_second": summary["photos"] / wall,
+            "rss_start_mib": [round(v[len(v) // 10], 1) for v in rss.values()],
+            "rss_peak_mib": [round(max(v), 1) for v in rss.values()],
+            "rss_growth": [round(g, 4) for g in growth], "outcomes": summary["outcomes"]}
+
+
+def bare_forward(batch_size: int, repeats: int, device: str) -> dict:
+    """Photos/s of the served models' batched forwards alone (random inputs, every model once per photo)."""
+    from drdemo.inference import view_outputs
+    from drdemo.serving.slots import load_settings, serve
+
+    os.environ["DRDEMO_DEVICE"] = device
+    seconds = {}
+    for settings in load_settings():
+        predictor = serve(settings).predictor
+        config = predictor.config
+        batch = torch.randn(batch_size, 3, config.input_size, config.input_size, device=predictor.device)
+        view_outputs(predictor.model, batch, config.test_time_views)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            view_outputs(predictor.model, batch, config.test_time_views)
+            if predictor.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        seconds[settings.slot] = float(np.median(times))
+    return {"seconds_per_batch": seconds, "batch_size": batch_size,
+            "photos_per_second": batch_size / sum(seconds.values())}
+
+
+def bench_screen(folder: Path, photos: int, size: int, batch_size: int, process_counts: list[int],
+                 repeats: int) -> dict:
+    cores = os.cpu_count() or 1
+    generate_start = time.perf_counter()
+    generate_folder(folder, photos, size)
+    report: dict = {"photos": photos, "photo_size": size, "batch_size": batch_size, "cores": cores,
+                    "folder_seconds": time.perf_counter() - generate_start, "runs": []}
+    torch.set_num_threads(cores)
+    report["bare_forward"] = bare_forward(batch_size, repeats, "cpu")
+    with tempfile.TemporaryDirectory() as scratch:
+        for count in process_counts:
+            run = run_screen(folder, Path(scratch) / f"cpu-{count}", count, batch_size, "cpu",
+                             max(1, cores // count))
+            report["runs"].append(run)
+            print(json.dumps(run), flush=True)
+        one = next((r for r in report["runs"] if r["processes"] == 1), None)
+        for run in report["runs"]:
+            run["speedup"] = None if one is None else run["loop_photos_per_second"] / one["loop_photos_per_second"]
+            run["scaling_efficiency"] = None if run["speedup"] is None else run["speedup"] / run["processes"]
+            run["vs_bare_forward"] = run["loop_photos_per_second"] / report["bare_forward"]["photos_per_second"]
+            run["projected_hours_100k"] = PROJECTED_PHOTOS / run["wall_photos_per_second"] / 3600
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            report["gpu"] = {"device": torch.cuda.get_device_name(0), "devices": gpus,
+                             "bare_forward": bare_forward(batch_size * 4, repeats, "cuda"),
+                             "run": run_screen(folder, Path(scratch) / "gpu", gpus, batch_size * 4, "cuda", 4)}
+            gpu_run = report["gpu"]["run"]
+            gpu_run["vs_bare_forward"] = (gpu_run["loop_photos_per_second"]
+                                          / report["gpu"]["bare_forward"]["photos_per_second"])
+            gpu_run["projected_hours_100k"] = PROJECTED_PHOTOS / gpu_run["wall_photos_per_second"] / 3600
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Screening {report['photos']} synthetic {report['photo_size']}-pixel photos, batch "
+             f"{report['batch_size']}, {report['cores']} cores; bare batched forwards of the served models: "
+             f"{report['bare_forward']['photos_per_second']:.1f} photos/s.", "",
+             "| processes | threads each | photos/s (loop) | photos/s (wall) | speedup | efficiency | vs bare forward "
+             "| RSS growth per rank | 100,000 photos |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = list(report["runs"]) + ([report["gpu"]["run"]] if "gpu" in report else [])
+    for run in rows:
+        speedup = "" if run.get("speedup") is None else f"{run['speedup']:.2f}x"
+        efficiency = "" if run.get("scaling_efficiency") is None else f"{run['scaling_efficiency']:.0%}"
+        growth = ", ".join(f"{g:+.1%}" for g in run["rss_growth"]) or "n/a"
+        lines.append(f"| {run['processes']} | {run['threads_per_process']} | {run['loop_photos_per_second']:.1f} | "
+                     f"{run['wall_photos_per_second']:.1f} | {speedup} | {efficiency} | {run['vs_bare_forward']:.2f}x "
+                     f"| {growth} | {run['projected_hours_100k']:.1f} h |")
+    if "gpu" in report:
+        lines.append(f"\nGPU row: {report['gpu']['devices']} x {report['gpu']['device']}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks screen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=2000, help="photos in the generated folder (default 2000)")
+    parser.add_argument("--size", type=int, default=512, help="side of each synthetic photo in pixels (default 512)")
+    parser.add_argument("--batch-size", type=int, default=16, help="photos per forward pass (default 16)")
+    parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of the bare forwards (default 5)")
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "drdemo-screen-bench",
+                        help="where the generated photos are kept between runs")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        counts = [int(c) for c in args.processes.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--processes must be comma-separated integers, got {args.processes!r}")
+    for name in ("photos", "size", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not counts or min(counts) < 1:
+        parser.error("--processes needs positive process counts")
+    report = bench_screen(args.folder, args.photos, args.size, args.batch_size, counts, args.repeats)
+    print(markdown(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
