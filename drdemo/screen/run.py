@@ -22,13 +22,13 @@ from PIL import Image
 
 from drdemo.calibration import class_probabilities
 from drdemo.cam.explain import overlay
+from drdemo.inference import view_outputs
 from drdemo.intake.gate import ImageRejected, check_upload
 from drdemo.metrics import task_probabilities
-from drdemo.inference import view_outputs
 from drdemo.predictor import Predictor
 from drdemo.preprocess import preprocess_kwargs, to_model_input
-from drdemo.tasks import REFERABLE_DME_RISK
 from drdemo.screen.writer import slug
+from drdemo.tasks import REFERABLE_DME_RISK
 
 
 @dataclass
@@ -42,7 +42,8 @@ class Admitted:
 
 
 def admit(root: Path, name: str) -> tuple[Admitted | None, dict]:
-    """Run the app's gate on one file: (the admitted photo, None-free row start) or (None, a finished row)."""
+    """Run the app's gate on one file: (the admitted photo, its row so far) or (None, the finished row of a refused
+    or unreadable file)."""
     try:
         checked = check_upload(root / name)
     except ImageRejected as exc:
@@ -120,7 +121,8 @@ def grade_batch(root: Path, names: Sequence[str], graders: Sequence[BatchGrader]
 
 
 def save_cams(cams: Path, photo: Admitted, graders: Sequence[BatchGrader]) -> None:
-    """Each model's default heat map of `photo`, as the app draws it, to cams/<slot>/<file>.png."""
+    """Each model's default heat map of `photo`, as the app draws it, to cams/<slot>/<file>.png (the full file name kept, so
+    a.jpg and a.png cannot overwrite each other)."""
     for grader in graders:
         analysis = grader.predictor.analyse(photo.image, cam_method=grader.config.cam_method)
         target = cams / grader.slot / f"{photo.name}.png"
