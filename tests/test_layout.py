@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("drdemo.cam",),
     ("drdemo.predictor",),
     ("drdemo.intake.ood", "drdemo.batch"),
-    ("drdemo.serving", "drdemo.evaluate", "drdemo.train"),
+    ("drdemo.serving", "drdemo.evaluate", "drdemo.train", "drdemo.screen"),
     ("drdemo.ui",),
 )
 

@@ -104,7 +104,8 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_data, tmp_path, m
     assert min(r["val_loss"] for r in epochs) < math.log(2)  # better than chance on held-out patients
     config = read_config(out)
     assert config.task == "referable" and config.input_size == 64 and config.trained
-    assert config.preprocessing == {"interpolation": "bicubic", "crop_fov": True, "local_contrast": 0.0}
+    assert config.preprocessing == {"interpolation": "bicubic", "crop_fov": True, "local_contrast": 0.0,
+                                    "colour_balance": False}
     assert "python -m drdemo.train --model medmamba_t" in config.provenance["command"]
     assert config.metrics["val_qwk"] == pytest.approx(max(r["val_qwk"] for r in epochs), abs=1e-4)
     assert (out / "README.md").read_text().count("val_qwk") >= 1
