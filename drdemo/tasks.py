@@ -2,7 +2,7 @@
 a task's class probabilities define.
 
     icdr5       the five ICDR grades, one class each
-    binary      No DR / DR: any DR, grade >= 1 (the task of seed 000)
+    binary      No DR / DR: any DR, grade >= 1 (the MedMamba paper's DR task)
     referable   Non-referable / Referable: grade >= 2, the screening question
 
 The one home of these facts: the checkpoint format, the data loaders, the synthetic generator,
@@ -27,7 +27,7 @@ LESION_TYPES = ("microaneurysm", "haemorrhage", "hard_exudate", "soft_exudate")
 # task -> its class names, in class-index order.
 TASK_CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "icdr5": ICDR_GRADES,
-    "binary": ("No DR", "DR"),                      # any DR, grade >= 1 (the task of seed 000)
+    "binary": ("No DR", "DR"),                      # any DR, grade >= 1 (the MedMamba paper's DR task)
     "referable": ("Non-referable", "Referable"),    # grade >= 2
 }
 # task -> the lowest grade counted as positive (None: the grade itself is the class).

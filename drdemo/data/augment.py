@@ -142,7 +142,7 @@ REAL_AUGMENTATION = Augmentation(rotation_degrees=180, scale=(0.85, 1.15), trans
                                  blur_probability=0.25, blur_kernel=5, blur_sigma=(0.1, 1.0),
                                  illumination=0.3, illumination_probability=0.5,
                                  fov_clip=0.12, fov_clip_probability=0.3)
-# Seed 000's MedMamba recipe: RandomRotation(10), GaussianBlur(5, sigma 0.1-3.0), ColorJitter(0.5, 0.5, 0.5).
+# The MedMamba paper's augmentation: RandomRotation(10), GaussianBlur(5, sigma 0.1-3.0), ColorJitter(0.5, 0.5, 0.5).
 PAPER_AUGMENTATION = Augmentation(rotation_degrees=10, blur_probability=1.0, blur_kernel=5, blur_sigma=(0.1, 3.0),
                                   brightness=0.5, contrast=0.5, saturation=0.5)
 

@@ -17,8 +17,8 @@ from torch import nn
 from drdemo.models.heads import MultiHeadNet, lesion_layer_channels
 from drdemo.tasks import ICDR_GRADES
 
-# Channel statistics of colour fundus photographs (seed 000: the DR set MedMamba was trained
-# on). The default for new checkpoints until the training data's own statistics are measured.
+# Channel statistics of colour fundus photographs (the MedMamba paper's DR set), the default for new
+# checkpoints until the training data's own statistics are measured.
 FUNDUS_MEAN = (0.416, 0.222, 0.076)
 FUNDUS_STD = (0.238, 0.132, 0.053)
 

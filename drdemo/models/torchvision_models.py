@@ -1,4 +1,4 @@
-"""Convolutional baselines from torchvision (InceptionV3, ResNet50, VGG16), as in seed 001.
+"""Convolutional baselines from torchvision (InceptionV3, ResNet50, VGG16), the usual DR-grading baselines.
 
 Built with weights=None: no pretrained weights can be downloaded in this project's
 environment, and checkpoints come from drdemo.serving.hub. Parameter names are torchvision's, so a

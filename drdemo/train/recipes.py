@@ -37,7 +37,7 @@ class Recipe:
     schedule: str = "cosine"          # cosine (after linear warmup) | constant
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.1
-    class_weights: bool = True        # inverse label frequency, as in seed 001's EyePACS pipeline
+    class_weights: bool = True        # inverse label frequency, as in the InceptionV3 EyePACS baseline
     aux_loss_weight: float = 0.4      # InceptionV3's auxiliary classifier (Szegedy et al.)
     grad_clip: float = 5.0
     augmentation: Augmentation = DRDEMO_AUGMENTATION
@@ -54,7 +54,8 @@ class Recipe:
 
 PRESETS = {
     "drdemo": Recipe(),
-    # Seed 000: Adam lr 1e-4, batch 64, plain cross-entropy, constant rate, its augmentation.
+    # The MedMamba paper's recipe (Yue & Li, 2024): Adam lr 1e-4, batch 64, plain cross-entropy, constant rate,
+    # its augmentation.
     "medmamba-paper": Recipe(optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=64, epochs=300,
                              warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, class_weights=False,
                              grad_clip=0.0, augmentation=PAPER_AUGMENTATION),
