@@ -38,17 +38,23 @@ def symmetric_view(batch: torch.Tensor, transpose: bool, flip_horizontal: bool, 
     return batch
 
 
+def _stacked_views(batch: torch.Tensor, views: int) -> torch.Tensor:
+    """`batch` and its first `views` symmetries in one batch: view v of image i at row v * n + i."""
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"test_time_views must be one of {VIEW_COUNTS}, got {views!r}")
+    return torch.cat([symmetric_view(batch, *symmetry) for symmetry in SYMMETRIES[:views]])
+
+
+def _by_view(values: torch.Tensor, views: int) -> np.ndarray:
+    """(n x views, ...) rows of a stacked forward pass -> (n, views, C) float64."""
+    return values.float().cpu().double().numpy().reshape(views, len(values) // views, -1).transpose(1, 0, 2)
+
+
 def view_logits(model: nn.Module, batch: torch.Tensor, views: int = 1) -> np.ndarray:
     """(n, views, C) float64 logits of `batch` (n, 3, H, W) and its first `views` symmetries, in one
     forward pass of n x views images, under inference mode and in the model's current mode."""
-    if views not in VIEW_COUNTS:
-        raise ValueError(f"test_time_views must be one of {VIEW_COUNTS}, got {views!r}")
     with torch.inference_mode():
-        stacked = torch.cat([symmetric_view(batch, *symmetry) for symmetry in SYMMETRIES[:views]])
-        logits = main_logits(model(stacked)).float()
-    n = batch.shape[0]
-    # torch.cat puts view v of image i at row v * n + i
-    return logits.cpu().double().numpy().reshape(views, n, -1).transpose(1, 0, 2)
+        return _by_view(main_logits(model(_stacked_views(batch, views))), views)
 
 
 def loader_logits(model: nn.Module, loader: Iterable, views: int = 1, *,
@@ -61,22 +67,8 @@ def loader_logits(model: nn.Module, loader: Iterable, views: int = 1, *,
     may freeze some). Images go to the model's device in `memory_format`. `progress` is the label
     of a progress bar over the images on stderr; None shows none.
     """
-    device = next(model.parameters()).device
-    chunks, labels = [], []
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode(), tqdm(total=len(loader.dataset), unit="img", desc=progress,
-                                          disable=progress is None, file=sys.stderr) as bar:
-            for images, batch_labels in loader:
-                images = images.to(device, non_blocking=True, memory_format=memory_format)
-                chunks.append(view_logits(model, images, views))
-                labels.append(batch_labels)
-                bar.update(len(images))
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    return np.concatenate(chunks), labels
+    outputs, labels = loader_outputs(model, loader, views, memory_format=memory_format, progress=progress)
+    return outputs["logits"], labels
 
 
 def inverse_view(maps: torch.Tensor, transpose: bool, flip_horizontal: bool, flip_vertical: bool) -> torch.Tensor:
@@ -100,26 +92,20 @@ def view_outputs(model: nn.Module, batch: torch.Tensor, views: int = 1, classifi
     each is turned back over the original image."""
     from drdemo.models.heads import MultiHeadNet, corn_log_probabilities, pooled_features
 
-    if views not in VIEW_COUNTS:
-        raise ValueError(f"test_time_views must be one of {VIEW_COUNTS}, got {views!r}")
     n = batch.shape[0]
-
-    def per_view(values: torch.Tensor) -> np.ndarray:
-        return values.float().cpu().double().numpy().reshape(views, n, -1).transpose(1, 0, 2)
-
     with torch.inference_mode():
-        stacked = torch.cat([symmetric_view(batch, *symmetry) for symmetry in SYMMETRIES[:views]])
+        stacked = _stacked_views(batch, views)
         if not isinstance(model, MultiHeadNet):
             if classifier is None:
-                return {"logits": per_view(main_logits(model(stacked)))}
+                return {"logits": _by_view(main_logits(model(stacked)), views)}
             output, features = pooled_features(model, classifier, stacked)
-            return {"logits": per_view(main_logits(output)), "features": features[:n].float().cpu().numpy()}
+            return {"logits": _by_view(main_logits(output), views), "features": features[:n].float().cpu().numpy()}
         output = model(stacked)
         lesions = torch.sigmoid(output.lesion_logits.float())
         lesions = torch.stack([inverse_view(lesions[v * n:(v + 1) * n], *SYMMETRIES[v]) for v in range(views)]).mean(0)
-        return {"logits": per_view(output.logits), "softmax_logits": per_view(output.softmax_logits),
-                "ordinal_log_probabilities": per_view(corn_log_probabilities(output.ordinal_logits)),
-                "dme_logits": per_view(output.dme_logits), "lesion_probabilities": lesions.cpu().numpy(),
+        return {"logits": _by_view(output.logits, views), "softmax_logits": _by_view(output.softmax_logits, views),
+                "ordinal_log_probabilities": _by_view(corn_log_probabilities(output.ordinal_logits), views),
+                "dme_logits": _by_view(output.dme_logits, views), "lesion_probabilities": lesions.cpu().numpy(),
                 "features": output.features[:n].float().cpu().numpy()}
 
 
