@@ -133,7 +133,8 @@ def test_the_dme_risk_is_read_from_idrids_csv_layout(tmp_path):
     # The published header: a trailing space after the DME column, empty trailing columns, CRLF lines.
     (labels / "a. IDRiD_Disease Grading_Training Labels.csv").write_bytes(
         b"Image name,Retinopathy grade,Risk of macular edema ,,,\r\nIDRiD_001,3,2,,,\r\nIDRiD_002,0,0,,,\r\n")
-    (labels / "b. IDRiD_Disease Grading_Testing Labels.csv").write_bytes(b"Image name,Retinopathy grade,Risk of macular edema \r\n")
+    (labels / "b. IDRiD_Disease Grading_Testing Labels.csv").write_bytes(
+        b"Image name,Retinopathy grade,Risk of macular edema \r\n")
     samples = load_samples(root, part="train")
     assert [(s.grade, s.dme) for s in samples] == [(3, 2), (0, 0)]
 
@@ -166,3 +167,17 @@ def test_three_head_configs_are_validated():
 def test_a_real_idrid_csv_gives_every_photo_a_dme_risk():
     samples = load_samples(IDRID_GRADING, part="train")
     assert len(samples) == 413 and {s.dme for s in samples} == {0, 1, 2}
+
+
+def test_lesion_maps_are_scored_against_a_blank_and_a_centre_map():
+    from drdemo.cam.lesion_maps import score_lesion_maps
+    inside = np.zeros((32, 32), bool)
+    inside[4:28, 4:28] = True
+    masks = np.zeros((2, 32, 32), bool)
+    masks[0, 5:8, 5:8] = True                     # off-centre, where the centre map is low
+    on_lesion = {"a": masks[0].astype(np.float32), "b": np.zeros((32, 32), np.float32)}
+    result = score_lesion_maps([(on_lesion, masks, inside)], ["a", "b"])
+    row = result["per_type"]["a"]
+    assert row["aupr"] == 1.0 and row["blank_aupr"] == pytest.approx(9 / inside.sum()) and row["centre_aupr"] < 0.5
+    assert "b" not in result["per_type"]           # a type absent from every photo is left out
+    assert result["pointing_game"] == 1.0 and result["centre_pointing_game"] == 0.0

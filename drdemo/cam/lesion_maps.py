@@ -66,11 +66,12 @@ def score_lesion_maps(cases: Sequence[tuple[Mapping[str, np.ndarray], np.ndarray
     summed map against the union of all lesions, beside the centre map's. Types absent from every
     photo are left out."""
     result: dict = {"n": len(cases), "per_type": {}}
+    centres = [centre_map(inside.shape, inside) for _, _, inside in cases]
     for t, name in enumerate(lesion_types):
         scores, centre, truth = [], [], []
-        for maps, masks, inside in cases:
+        for (maps, masks, inside), centred in zip(cases, centres):
             scores.append(maps[name][inside])
-            centre.append(centre_map(inside.shape, inside)[inside])
+            centre.append(centred[inside])
             truth.append(masks[t][inside])
         truth_all = np.concatenate(truth)
         if not truth_all.any():
@@ -82,13 +83,13 @@ def score_lesion_maps(cases: Sequence[tuple[Mapping[str, np.ndarray], np.ndarray
             "centre_aupr": float(average_precision_score(truth_all, np.concatenate(centre))),
             "aupr_over_blank": aupr / prevalence}
     hits, centre_hits = [], []
-    for maps, masks, inside in cases:
+    for (maps, masks, _), centred in zip(cases, centres):
         union = masks.any(axis=0)
         if not union.any():
             continue
         summed = np.sum([maps[name] for name in lesion_types], axis=0)
         hits.append(pointing_hit(summed, union, tolerance))
-        centre_hits.append(pointing_hit(centre_map(inside.shape, inside), union, tolerance))
+        centre_hits.append(pointing_hit(centred, union, tolerance))
     result["pointing_game"] = float(np.mean(hits)) if hits else None
     result["centre_pointing_game"] = float(np.mean(centre_hits)) if centre_hits else None
     return result
