@@ -6,7 +6,7 @@ from PIL import Image
 from real_data import IDRID_OVERLAP, IDRID_SEGMENTATION, needs_real_data
 
 from drdemo.data import DatasetError, open_image
-from drdemo.data.lesions import grading_copies, lesion_union, load_lesion_samples, split_by_copies
+from drdemo.data.lesions import grading_copies, lesion_stack, lesion_union, load_lesion_samples, split_by_copies
 from drdemo.data.synthetic import write_dataset
 from drdemo.preprocess import prepare_image, prepare_mask
 
@@ -61,6 +61,19 @@ def test_absent_lesion_folders_and_splits_mean_no_such_lesions(tmp_path):
         load_lesion_samples(root, part="test")
     with pytest.raises(DatasetError, match="needs lesion masks"):
         load_lesion_samples(tmp_path / "seg" / "1. Original Images")
+
+
+def test_the_stack_has_one_layer_per_lesion_type_in_order_and_refuses_masks_of_two_sizes(tmp_path):
+    root = make_segmentation(tmp_path / "seg", {("a. Training Set", "01"): {"EX": (40, 20, 44, 24),
+                                                                            "MA": (30, 30, 32, 32)}})
+    sample = load_lesion_samples(root)[0]
+    stack = lesion_stack(sample)
+    assert stack.shape == (4, 64, 96) and stack.dtype == bool
+    assert [int(layer.sum()) for layer in stack] == [4, 0, 16, 0]   # microaneurysm, haemorrhage, hard, soft exudate
+    assert (stack.any(axis=0) == lesion_union(sample)).all()
+    _mask(root / TRUTHS / "a. Training Set" / FOLDERS["MA"] / "IDRiD_01_MA.tif", (1, 1, 2, 2), size=(48, 32))
+    with pytest.raises(DatasetError, match="differ in size"):
+        lesion_stack(sample)
 
 
 def test_a_mask_of_another_size_is_refused(tmp_path):

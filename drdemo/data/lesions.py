@@ -32,6 +32,7 @@ from drdemo.data.datasets import (
     load_samples,
     named_entry,
 )
+from drdemo.tasks import LESION_TYPES
 
 LESION_LAYOUTS = ("idrid-segmentation", "synthetic")
 # IDRiD's lesion folders (by the words after their number) and file suffixes; the optic disc is left out.
@@ -118,24 +119,37 @@ def load_lesion_samples(root: Path | str, part: str | None = None) -> list[Lesio
     return sorted(with_lesions, key=lambda s: s.image_id)
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file as a boolean (H, W) array: set where the file is brighter than mid-grey (or set, in a 1-bit file)."""
+    with Image.open(path) as mask:
+        return np.asarray(mask, dtype=bool) if mask.mode == "1" else np.asarray(mask.convert("L")) > 127
+
+
+def lesion_stack(sample: LesionSample, types: Sequence[str] = LESION_TYPES) -> np.ndarray:
+    """(types, H, W) bool masks of a lesion sample, all False for a type it has no file for."""
+    layers = {name: read_mask(sample.masks[name]) for name in types if name in sample.masks}
+    if not layers:
+        raise DatasetError(f"{sample.path}: no lesion mask")
+    shapes = {pixels.shape for pixels in layers.values()}
+    if len(shapes) > 1:
+        raise DatasetError(f"{sample.path}: its lesion masks differ in size ({sorted(shapes)})")
+    (shape,) = shapes
+    return np.stack([layers[name] if name in layers else np.zeros(shape, bool) for name in types])
+
+
 def lesion_union(sample: LesionSample, size: tuple[int, int] | None = None,
                  stored_size: tuple[int, int] | None = None) -> np.ndarray:
     """All lesion masks of a photo as one boolean (H, W) mask. `size` = (W, H) of the decoded photo
     checks it; masks drawn at the file's `stored_size` of a photo decoded smaller (drdemo.intake.decode
     reduces large files) are reduced with it, a pixel set wherever any lesion pixel falls in it."""
-    union = None
-    for path in sample.masks.values():
-        with Image.open(path) as mask:
-            pixels = np.asarray(mask.convert("L")) > 127 if mask.mode != "1" else np.asarray(mask, dtype=bool)
-        if size is not None and pixels.shape != (size[1], size[0]):
-            if stored_size is None or pixels.shape != (stored_size[1], stored_size[0]):
-                raise DatasetError(f"{path}: mask is {pixels.shape[1]} x {pixels.shape[0]} but its photo is "
-                                   f"{(stored_size or size)[0]} x {(stored_size or size)[1]}")
-            layer = Image.fromarray(pixels.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
-            pixels = np.asarray(layer) > 0
-        union = pixels if union is None else union | pixels
-    if union is None:
-        raise DatasetError(f"{sample.path}: no lesion mask")
+    union = lesion_stack(sample, tuple(sample.masks)).any(axis=0)
+    if size is not None and union.shape != (size[1], size[0]):
+        if stored_size is None or union.shape != (stored_size[1], stored_size[0]):
+            photo = stored_size or size
+            raise DatasetError(f"{sample.path}: its lesion mask is {union.shape[1]} x {union.shape[0]} "
+                               f"but its photo is {photo[0]} x {photo[1]}")
+        layer = Image.fromarray(union.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
+        union = np.asarray(layer) > 0
     return union
 
 

@@ -26,8 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from drdemo.data.datasets import DatasetError, Sample, open_image
-from drdemo.data.lesions import LesionSample, grading_copy_map, load_lesion_samples
+from drdemo.data.datasets import Sample, open_image
+from drdemo.data.lesions import grading_copy_map, lesion_stack, load_lesion_samples
 from drdemo.preprocess import normalise, prepare_image, prepare_mask
 from drdemo.tasks import LESION_TYPES
 
@@ -71,24 +71,6 @@ def prepare_cached(samples: Sequence[Sample], input_size: int, interpolation: st
         return out
 
     return _cached((cache_dir or default_cache_dir()) / name, build)
-
-
-def lesion_stack(sample: LesionSample, types: Sequence[str] = LESION_TYPES) -> np.ndarray:
-    """(types, H, W) bool masks of a lesion sample, all False for a type it has no file for."""
-    layers = []
-    size = None
-    for name in types:
-        path = sample.masks.get(name)
-        if path is None:
-            layers.append(None)
-            continue
-        with Image.open(path) as mask:
-            pixels = np.asarray(mask.convert("L")) > 127 if mask.mode != "1" else np.asarray(mask, dtype=bool)
-        size = pixels.shape
-        layers.append(pixels)
-    if size is None:
-        raise DatasetError(f"{sample.path}: no lesion mask")
-    return np.stack([np.zeros(size, bool) if layer is None else layer for layer in layers])
 
 
 def prepared_masks(samples: Sequence[Sample], segmentation_root: Path | str, overlap_csv: Path | str,

@@ -40,7 +40,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from drdemo.errors import DrdemoError
@@ -941,25 +940,6 @@ def write_dataset(out: str | os.PathLike, n: int, seed: int, size: int = 512, cl
     }
     (out / "generator.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
-
-
-def read_lesion_masks(root: str | os.PathLike, image_id: str) -> dict[str, np.ndarray]:
-    """Boolean mask per lesion type for one image of a synthetic dataset (all False where no file exists)."""
-    root = Path(root)
-    image_path = root / "images" / f"{image_id}.jpeg"
-    if not image_path.is_file():
-        raise SyntheticDataError(f"{image_path} not found; is {root} a dataset written by drdemo.data.synthetic?")
-    with Image.open(image_path) as image:
-        width, height = image.size
-    masks = {}
-    for name in LESION_TYPES:
-        path = root / "masks" / name / f"{image_id}.png"
-        if path.is_file():
-            with Image.open(path) as m:
-                masks[name] = np.asarray(m.convert("L")) > 127
-        else:
-            masks[name] = np.zeros((height, width), bool)
-    return masks
 
 
 def main(argv: list[str] | None = None) -> int:
