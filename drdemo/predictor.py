@@ -9,6 +9,7 @@ checkpoint's config.json (`Predictor.config`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -136,9 +137,7 @@ class Predictor:
         comes from the same forward pass (plus one backward)."""
         start = time.perf_counter()
         view = self.model_view(image)
-        preprocessing = self.config.preprocessing
-        batch = normalise(view, self.config.mean, self.config.std, preprocessing["local_contrast"],
-                          preprocessing["colour_balance"]).unsqueeze(0).to(self.device)
+        batch = self._model_input([view])
         views = len(SYMMETRIES) if tta else self.config.test_time_views
         heatmap = target = spread = heads = None
         if views == 1 and cam_method is not None:
@@ -168,6 +167,31 @@ class Predictor:
         return Analysis(prediction=prediction, model_view=view, heatmap=heatmap, cam_method=cam_method,
                         cam_target=target, spread=spread, views=views, lesion_maps=lesion_maps,
                         features=None if features is None else np.asarray(features, dtype=np.float32))
+
+    def predict_batch(self, images: Sequence[Image.Image], referable_threshold: float | None = None
+                      ) -> list[Analysis]:
+        """Each image's prediction and pooled features from one forward pass over the stacked batch, over the
+        checkpoint's `test_time_views`: what `analyse` returns without a heat map, spread or lesion maps, for
+        grading many photos at once (screening). `Prediction.seconds` is the batch's time per image."""
+        if not images:
+            return []
+        start = time.perf_counter()
+        shown = [self.model_view(image) for image in images]
+        outputs = view_outputs(self.model, self._model_input(shown), self.config.test_time_views, self._classifier)
+        probabilities = class_probabilities(outputs["logits"], self.config.calibration)
+        dme = class_probabilities(outputs["dme_logits"], None) if self.config.heads else [None] * len(images)
+        seconds = (time.perf_counter() - start) / len(images)
+        features = outputs.get("features")
+        return [Analysis(prediction=self._prediction(p, seconds, referable_threshold, d), model_view=view,
+                         views=self.config.test_time_views,
+                         features=None if features is None else np.asarray(features[i], dtype=np.float32))
+                for i, (p, d, view) in enumerate(zip(probabilities, dme, shown))]
+
+    def _model_input(self, views: Sequence[Image.Image]) -> torch.Tensor:
+        """Model views normalised as the checkpoint says, stacked on the model's device."""
+        preprocessing = self.config.preprocessing
+        return torch.stack([normalise(view, self.config.mean, self.config.std, preprocessing["local_contrast"],
+                                      preprocessing["colour_balance"]) for view in views]).to(self.device)
 
     @property
     def _classifier(self) -> str:

@@ -84,3 +84,22 @@ def test_the_checkpoints_views_and_calibration_decide_grade_and_cam_target(predi
             assert analysis.prediction.grade == 3 and analysis.views == views
             assert analysis.cam_target == (3 if cam else None)
             assert (analysis.spread is not None) == (views == 8)
+
+
+def test_a_batch_gets_each_photos_own_answer_from_one_forward(predictor, photo):
+    """predict_batch over the checkpoint's views: the probabilities, grade, referral and pooled features that
+    analyse gives each photo alone."""
+    from dataclasses import replace
+    photos = [photo, photo.rotate(90), Image.new("RGB", (90, 90), (120, 40, 10))]
+    for views in (1, 8):
+        served = Predictor(predictor.model, replace(predictor.config, test_time_views=views))
+        batch = served.predict_batch(photos, referable_threshold=0.2)
+        assert len(batch) == len(photos)
+        for alone, together in zip((served.analyse(p, referable_threshold=0.2) for p in photos), batch):
+            np.testing.assert_allclose(list(together.prediction.probabilities.values()),
+                                       list(alone.prediction.probabilities.values()), atol=1e-5)
+            assert together.prediction.grade == alone.prediction.grade
+            assert together.prediction.referable == alone.prediction.referable
+            np.testing.assert_allclose(together.features, alone.features, atol=1e-4)
+            assert together.views == views and together.heatmap is None
+    assert predictor.predict_batch([]) == []
