@@ -58,11 +58,11 @@ def check_label(label: dict) -> str:
 def check_answer(endpoint: str, answer: tuple) -> None:
     """Raise BadAnswer unless `answer` has the shape `endpoint` documents, with image files that exist."""
     if endpoint == "/grade":
-        label, pair, text, _dme = answer
+        label, pair, text, _dme, _check = answer
         check_label(label)
         images = list(pair)
     elif endpoint == "/compare":
-        label_a, label_b, cam_a, cam_b, text, _chart, _dme_a, _dme_b = answer
+        label_a, label_b, cam_a, cam_b, text, _chart, _dme_a, _dme_b, _check = answer
         check_label(label_a)
         check_label(label_b)
         images = [cam_a, cam_b]

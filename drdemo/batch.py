@@ -2,9 +2,9 @@
 
 Zip archives are read member by member into a private temporary folder with bounded sizes and
 counts (no path from inside the archive is ever used as a path on disk), every image goes
-through the same gate as a single upload, and each row carries the gate's outcome (accepted,
-warned or refused), its reason and the measured values; an image that is refused becomes a
-row saying why instead of stopping the batch.
+through the same image check as a single upload (the rules, then each served model's feature
+score), and each row carries the check's outcome (accepted, warned or refused), its reason and the
+measured values; an image that is refused becomes a row saying why instead of stopping the batch.
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from PIL import Image
 
 from drdemo.errors import DrdemoError
+from drdemo.intake.fundus_check import Assessment, most_cautious
 from drdemo.intake.gate import MAX_BYTES, GateResult, ImageRejected
 from drdemo.predictor import Prediction, Predictor
+
+if TYPE_CHECKING:
+    from drdemo.serving.slots import ServedModel
 
 MAX_IMAGES = 200
 MAX_ARCHIVE_TOTAL_BYTES = 2 * 1024**3
@@ -83,13 +89,15 @@ def _extract(archive: Path, workdir: Path, already: int) -> Iterator[tuple[str, 
         raise BatchError(f"{archive.name}: the archive cannot be read ({exc})") from exc
 
 
-def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], admit: Callable[[Path], GateResult],
+def grade(items: Sequence[tuple[str, Path]], models: Sequence[ServedModel], admit: Callable[[Path], GateResult],
           referable_threshold: float | None = None,
           progress: Callable[[float, str], None] | None = None,
           referable_thresholds: Mapping[str, float] | None = None) -> list[BatchItem]:
-    """Run every model on every admitted image. `admit(path)` is the gate (`drdemo.intake.gate.check_upload`): it
-    returns the image with the outcome, reason and warnings, or raises ImageRejected. A model refers at
-    `referable_thresholds[its name]`, else `referable_threshold`, else its checkpoint's own threshold."""
+    """Run every served model on every admitted image. `admit(path)` is the gate
+    (`drdemo.intake.gate.check_upload`): it returns the image with what the rules found, or raises ImageRejected.
+    Each model then adds its feature score to the check, as on the Grade tab, and the most cautious check is the
+    row's. A model refers at `referable_thresholds[its name]`, else `referable_threshold`, else its checkpoint's
+    own threshold."""
     thresholds = dict(referable_thresholds or {})
     results = []
     for index, (name, path) in enumerate(items):
@@ -103,27 +111,45 @@ def grade(items: Sequence[tuple[str, Path]], predictors: Sequence[Predictor], ad
             item.notes.append(f"refused: {exc}")
             results.append(item)
             continue
-        item.outcome, item.reason, item.details = checked.outcome, checked.reason, checked.details
-        item.notes.extend(checked.notes)
-        for predictor in predictors:
+        checks = []
+        for model in models:
+            predictor = model.predictor
             threshold = thresholds.get(predictor.name, referable_threshold)
-            item.predictions[predictor.name] = predictor.predict(checked.image, referable_threshold=threshold)
-        item.thumbnail = predictors[0].model_view(checked.image) if predictors else None
+            analysis = predictor.analyse(checked.image, referable_threshold=threshold)
+            item.predictions[predictor.name] = analysis.prediction
+            checks.append((predictor.config.display_name, model.check(checked.assessment, analysis)))
+        shown = most_cautious([check for _, check in checks]) if checks else checked.assessment
+        item.outcome, item.reason = shown.outcome, shown.reason
+        item.details = _details(checked.details, checks)
+        item.notes.extend(shown.warnings)
+        item.thumbnail = models[0].predictor.model_view(checked.image) if models else None
         results.append(item)
     if progress is not None:
         progress(1.0, "done")
     return results
 
 
+def _details(rules: str, checks: Sequence[tuple[str, Assessment]]) -> str:
+    """The rules' measured values, then each model's feature distance and threshold where it has a score."""
+    scores = [f"{name} feature distance {c.measurements['feature_distance']:.2f} (unlike the training photos above "
+              f"{c.measurements['feature_threshold']:.2f})" for name, c in checks if "feature_distance" in c.measurements]
+    return "; ".join([rules.rstrip("."), *scores]) + "." if scores else rules
+
+
 def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], path: Path) -> Path:
-    """One row per image: the gate's outcome, reason and measured values, every model's class probabilities,
-    grade and referral, and the gate's warnings (or the refusal) as notes."""
+    """One row per image: the image check's outcome, reason and measured values, every model's class
+    probabilities, grade and referral (with three-head models the DME risk and the referral's reasons too), and
+    the check's warnings (or the refusal) as notes."""
     columns = ["file", "outcome", "reason", "details"]
     for predictor in predictors:
         prefix = predictor.name
         columns += [f"{prefix}_p_{_slug(c)}" for c in predictor.class_names]
         columns += [f"{prefix}_grade", f"{prefix}_grade_name", f"{prefix}_referable_probability",
                     f"{prefix}_referable"]
+        if predictor.config.heads:
+            columns += [f"{prefix}_dme_p_{_slug(c)}" for c in predictor.config.heads["dme_classes"]]
+            columns += [f"{prefix}_dme_referable_probability", f"{prefix}_dme_referable", f"{prefix}_referred",
+                        f"{prefix}_referral_reasons"]
     columns += ["notes"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -133,16 +159,24 @@ def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], pat
                    "notes": " | ".join(item.notes)}
             for predictor in predictors:
                 prediction = item.predictions.get(predictor.name)
-                if prediction is None:
-                    continue
-                prefix = predictor.name
-                row.update({f"{prefix}_p_{_slug(c)}": f"{p:.6f}" for c, p in prediction.probabilities.items()})
-                row.update({f"{prefix}_grade": prediction.grade, f"{prefix}_grade_name": prediction.grade_name,
-                            f"{prefix}_referable_probability": "" if prediction.referable_probability is None
-                            else f"{prediction.referable_probability:.6f}",
-                            f"{prefix}_referable": "" if prediction.referable is None else prediction.referable})
+                if prediction is not None:
+                    row.update(_prediction_columns(predictor.name, prediction))
             writer.writerow(row)
     return path
+
+
+def _prediction_columns(prefix: str, prediction: Prediction) -> dict[str, object]:
+    row: dict[str, object] = {f"{prefix}_p_{_slug(c)}": f"{p:.6f}" for c, p in prediction.probabilities.items()}
+    row.update({f"{prefix}_grade": prediction.grade, f"{prefix}_grade_name": prediction.grade_name,
+                f"{prefix}_referable_probability": "" if prediction.referable_probability is None
+                else f"{prediction.referable_probability:.6f}",
+                f"{prefix}_referable": "" if prediction.referable is None else prediction.referable})
+    if prediction.dme_referable_probability is not None:
+        row.update({f"{prefix}_dme_p_{_slug(c)}": f"{p:.6f}" for c, p in prediction.dme_probabilities.items()})
+        row.update({f"{prefix}_dme_referable_probability": f"{prediction.dme_referable_probability:.6f}",
+                    f"{prefix}_dme_referable": prediction.dme_referable, f"{prefix}_referred": prediction.referred,
+                    f"{prefix}_referral_reasons": " and ".join(prediction.referral_reasons)})
+    return row
 
 
 def extremes(results: Sequence[BatchItem], model: str, count: int = 4) -> tuple[list[BatchItem], list[BatchItem]]:

@@ -51,25 +51,30 @@ def _dme_probabilities(label: dict) -> None:
 
 def test_the_lesion_map_is_a_heat_map_choice_and_the_verdict_gives_the_referral_reason(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
-    _, pair, text, _ = client.predict(path, "medmamba", "lesions", "predicted", 0.8, 0.01, False, api_name="/grade")
+    _, pair, text, _, _ = client.predict(path, "medmamba", "lesions", "predicted", 0.8, 0.01, False, api_name="/grade")
     assert "Lesion map" in text and "Refer: retinopathy" in text   # threshold 1%: referred for retinopathy
     original, drawn = (np.asarray(Image.open(p), float) for p in pair)
     assert original.shape == drawn.shape
 
 
 def test_grade_takes_just_an_image(client, fundus, tmp_path):
-    label, pair, text, dme = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/grade")
+    label, pair, text, dme, check = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))),
+                                                   api_name="/grade")
     _probabilities(label)
     _dme_probabilities(dme)
     original, overlay = (Image.open(p) for p in pair)
     assert original.size == overlay.size and original.width >= 192
     assert np.abs(np.asarray(original, float) - np.asarray(overlay, float)).mean() > 5  # the heat map is drawn
     assert "ICDR grade" in text and "P(grade 2 or worse)" in text and " ms" in text
+    # the check's outcome beside the grade, its measured values and the model's own score in the details
+    assert "**Image check:" in text and "rim step" not in text and "feature distance" not in text
+    assert check.startswith("**Measured by the rules:** field of view:") and "rim step" in check
+    assert "- MedMamba-T: feature distance" in check
 
 
 def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
-    _, pair, text, _ = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
+    _, pair, text, _, _ = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
     assert "InceptionV3" in text and 'HiResCAM for "Proliferative DR"' in text and "threshold 5%" in text
     assert "over 8 flips/rotations" in text
     original, overlay = (np.asarray(Image.open(p), float) for p in pair)
@@ -77,7 +82,7 @@ def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
 
 
 def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path):
-    first, second, cam_first, cam_second, text, chart, dme_first, dme_second = client.predict(
+    first, second, cam_first, cam_second, text, chart, dme_first, dme_second, check = client.predict(
         handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/compare")
     _probabilities(first)
     _probabilities(second)
@@ -85,7 +90,8 @@ def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path)
     _dme_probabilities(dme_second)
     assert Image.open(cam_first).size == Image.open(cam_second).size == (299, 299)   # one display size
     assert ("Same grade" in text or "Different grades" in text) and "Largest probability difference" in text
-    assert "MedMamba-T" in text and "InceptionV3" in text
+    assert "MedMamba-T" in text and "InceptionV3" in text and "rim step" not in text
+    assert "- MedMamba-T: feature distance" in check and "- InceptionV3: feature distance" in check
     assert chart["type"] == "matplotlib" and chart["plot"].startswith("data:image/png;base64,")
 
 
@@ -152,7 +158,7 @@ def test_bad_uploads_get_specific_messages_and_the_app_stays_up(client, fundus, 
         with pytest.raises(Exception, match=message) as refused:
             client.predict(handle_file(str(path)), api_name="/grade")
         assert "Traceback" not in str(refused.value), case
-    label, _, _, _ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
+    label, *_ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
     _probabilities(label)
 
 
@@ -171,7 +177,7 @@ def test_awkward_but_valid_fundus_files_are_graded(client, fundus, tmp_path):
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        label, _, text, _ = client.predict(handle_file(str(path)), api_name="/grade")
+        label, _, text, *_ = client.predict(handle_file(str(path)), api_name="/grade")
         _probabilities(label)
         assert "ICDR grade" in text, name
 

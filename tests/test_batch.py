@@ -13,12 +13,18 @@ from benchmarks import gate_corpus
 from drdemo import batch
 from drdemo.intake.gate import check_upload
 from drdemo.predictor import Predictor
+from drdemo.serving.slots import ServedModel
 from drdemo.ui import views
 
 
 @pytest.fixture(scope="module")
 def predictors():
     return [Predictor.untrained("resnet50", seed=1), Predictor.untrained("vgg16", seed=2)]
+
+
+def _served(predictors, feature_score=None):
+    """The predictors as the app serves them, without a stored feature score unless one is given."""
+    return [ServedModel(p.name, p, "test", False, feature_score) for p in predictors]
 
 
 def _png(path: Path, size=(96, 96), colour=(180, 70, 30)) -> Path:
@@ -77,7 +83,7 @@ def clinic(tmp_path) -> list[tuple[str, Path]]:
 
 def test_grading_writes_one_row_per_image_with_outcome_and_reason(tmp_path, predictors, clinic):
     seen = []
-    results = batch.grade(clinic, predictors, check_upload, referable_threshold=0.3,
+    results = batch.grade(clinic, _served(predictors), check_upload, referable_threshold=0.3,
                           progress=lambda share, text: seen.append(share))
     assert seen[0] == 0 and seen[-1] == 1.0
     assert [r.outcome for r in results] == ["accepted", "warned", "refused", "refused"]
@@ -113,7 +119,7 @@ def test_grading_writes_one_row_per_image_with_outcome_and_reason(tmp_path, pred
 
 
 def test_the_batch_tab_lists_each_images_outcome_and_reason(predictors, clinic):
-    results = batch.grade(clinic, predictors[:1], check_upload)
+    results = batch.grade(clinic, _served(predictors[:1]), check_upload)
     summary = views.batch_summary(results, predictors[0].name)
     assert summary.startswith("Graded 2 of 4 images; 2 refused; 1 graded with a warning")
     table = summary.split("\n\n", 1)[1].splitlines()
@@ -123,3 +129,32 @@ def test_the_batch_tab_lists_each_images_outcome_and_reason(predictors, clinic):
     assert table[4].startswith("| cat.jpg | refused | This does not look like a fundus photo")
     assert table[4].endswith("|  |")   # no grade
     assert results[0].predictions[predictors[0].name].grade_name in table[2]
+
+
+def test_each_models_feature_score_joins_the_check_and_three_head_models_add_dme_columns(tmp_path, clinic):
+    """A score that calls every photo unlike the training photos warns the fundus photo that the rules accepted,
+    and says so with the distance in the row; a three-head model's DME risk and referral reasons are columns."""
+    import torch
+
+    from drdemo.checkpoint import CheckpointConfig
+    from drdemo.intake.ood import fit
+    from drdemo.models import create_model
+
+    heads = {"grade_head": "softmax", "dme_classes": ["No DME", "DME risk 1", "DME risk 2"],
+             "lesion_types": ["MA", "HE", "EX", "SE"]}
+    torch.manual_seed(0)
+    three_head = Predictor(create_model("resnet50", heads=heads), CheckpointConfig.for_architecture(
+        "resnet50", heads=heads, input_size=64, cam_target_layer="backbone.layer4"))
+    rng = np.random.default_rng(0)
+    score = fit(rng.normal(size=(40, 2048)) * 1e-3, [i % 2 for i in range(40)], components=4, fitted_on="noise")
+    score = score.with_threshold(1e-6, "test")
+    results = batch.grade(clinic[:1], _served([three_head], score), check_upload)
+    assert results[0].outcome == "warned" and "unlike" in results[0].reason
+    assert "ResNet50 feature distance" in results[0].details and "scores: frame" in results[0].details
+    row = next(csv.DictReader(open(batch.write_csv(results, [three_head], tmp_path / "out.csv"), newline="")))
+    dme = [float(row[f"resnet50_dme_p_{c}"]) for c in ("no_dme", "dme_risk_1", "dme_risk_2")]
+    assert sum(dme) == pytest.approx(1, abs=1e-5)
+    assert float(row["resnet50_dme_referable_probability"]) == pytest.approx(dme[2], abs=1e-6)
+    prediction = results[0].predictions["resnet50"]
+    assert row["resnet50_referred"] == str(prediction.referred)
+    assert row["resnet50_referral_reasons"] == " and ".join(prediction.referral_reasons)

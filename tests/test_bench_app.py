@@ -38,9 +38,10 @@ def test_a_wrong_label_is_a_bad_answer(label, message):
 def test_answers_without_their_images_are_bad(tmp_path):
     image = tmp_path / "cam.png"
     image.write_bytes(b"png")
-    bench_app.check_answer("/grade", (_label(FIVE), [str(image), str(image)], "text", None))
+    bench_app.check_answer("/grade", (_label(FIVE), [str(image), str(image)], "text", None, "check"))
     with pytest.raises(bench_app.BadAnswer, match="heat map images"):
-        bench_app.check_answer("/compare", (_label(FIVE), _label(FIVE), str(image), None, "text", None, None, None))
+        bench_app.check_answer("/compare", (_label(FIVE), _label(FIVE), str(image), None, "text", None, None, None,
+                                            "check"))
 
 
 def test_memory_and_cpu_readings_of_this_process():

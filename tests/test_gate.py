@@ -417,8 +417,11 @@ def test_check_upload_passes_warnings_to_the_page(tmp_path, fundus_photos, non_f
 
 def test_the_page_shows_outcome_reason_warnings_and_measured_values(tmp_path, fundus_photos):
     checked = check_upload(_write(tmp_path, "dim.png", gate_corpus.encoded(fundus_photos["very dark"])))
-    note = views.gate_note(checked.outcome, checked.reason, checked.notes, checked.details)
+    note = views.gate_note(checked.outcome, checked.reason, checked.notes)
     assert note.startswith("**Image check: accepted with a warning.** Looks like a colour fundus photo")
-    assert "- Warning: The photo is too dark" in note and f"*Measured:* {checked.details}" in note
+    assert "- Warning: The photo is too dark" in note and checked.details not in note
+    details = views.check_details(checked.details, [("Model A", checked.assessment)])
+    assert f"**Measured by the rules:** {checked.details}" in details
+    assert "- Model A: its checkpoint stores no feature score" in details
     good = check_upload(_write(tmp_path, "eye.png", gate_corpus.encoded(fundus_photos["synthetic circle"])))
-    assert views.gate_note(good.outcome, good.reason, good.notes, good.details).count("Warning") == 0
+    assert views.gate_note(good.outcome, good.reason, good.notes).count("Warning") == 0

@@ -48,7 +48,7 @@ def test_called_with_just_an_image_each_model_refers_at_its_checkpoints_threshol
     photo = _photo(tmp_path / "fundus.png", seed=7, grade=2)
     graded = answer.grade(photo)
     compared = answer.compare(photo)
-    assert len(graded) == 4 and len(compared) == 8       # the /grade and /compare endpoints' outputs
+    assert len(graded) == 5 and len(compared) == 9       # the /grade and /compare endpoints' outputs
     assert "threshold 30%" in graded.verdict
     assert "threshold 30%" in compared.agreement and "threshold 70%" in compared.agreement
 

@@ -28,11 +28,19 @@ def test_sliders_start_at_each_checkpoints_own_threshold():
 def test_the_named_endpoints_take_the_handlers_outputs_in_order():
     demo = page.build_demo(_served())
     endpoints = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("grade", "compare", "batch")}
-    assert {name: len(fn.outputs) for name, fn in endpoints.items()} == {"grade": 4, "compare": 8, "batch": 3}
+    assert {name: len(fn.outputs) for name, fn in endpoints.items()} == {"grade": 5, "compare": 9, "batch": 3}
     grade_outputs = [type(c).__name__ for c in endpoints["grade"].outputs]
-    assert grade_outputs == ["Label", "ImageSlider", "Markdown", "Label"]
+    assert grade_outputs == ["Label", "ImageSlider", "Markdown", "Label", "Markdown"]
     compare_ids = [c.elem_id for c in endpoints["compare"].outputs]
     assert compare_ids[2:6] == ["compare-cam-a", "compare-cam-b", "agreement", "compare-chart"]
+    assert compare_ids[-1] == "compare-check-values" and endpoints["grade"].outputs[-1].elem_id == "grade-check-values"
+
+
+def test_the_image_checks_measured_values_sit_in_a_closed_section():
+    components = list(page.build_demo(_served()).blocks.values())
+    sections = [c for c in components if type(c).__name__ == "Accordion" and c.label == "Image check details"]
+    assert [s.elem_id for s in sections] == ["grade-check-details", "compare-check-details"]
+    assert not any(s.open for s in sections)
 
 
 def test_the_page_names_models_as_people_do_and_says_how_to_read_it():

@@ -119,3 +119,36 @@ def test_checkpoint_that_loads_but_cannot_grade_falls_back(tmp_path, monkeypatch
     assert served.fallback and not served.predictor.config.provenance.get("broken")
     assert served.status == (f"{configured} cannot be served (RuntimeError: out of memory); "
                              f"serving the bundled {bundled} instead")
+
+
+def test_a_served_model_adds_its_feature_score_to_the_image_check_and_the_most_cautious_is_shown():
+    import numpy as np
+    from PIL import Image
+
+    from drdemo.data.synthetic import generate_fundus
+    from drdemo.intake.fundus_check import assess
+    from drdemo.intake.ood import fit
+    from drdemo.predictor import Analysis, Prediction
+    from drdemo.intake.fundus_check import most_cautious
+    from drdemo.serving.slots import ServedModel
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 6))
+    score = fit(features, [i % 3 for i in range(60)], components=4, fitted_on="60 random vectors")
+    score = score.with_threshold(float(np.quantile(score.score(features), 0.99)) * 1.5, "test")
+    predictor = Predictor.untrained("resnet50")
+    scored, unscored = ServedModel("a", predictor, "ok", False, score), ServedModel("b", predictor, "ok", False)
+    rules = assess(Image.fromarray(generate_fundus(np.random.SeedSequence(1), 2, size=256).image))
+    assert rules.outcome == "accepted"
+
+    def analysis(vector):
+        prediction = Prediction(probabilities={}, grade=0, grade_name="", seconds=0.0)
+        return Analysis(prediction=prediction, model_view=Image.new("RGB", (8, 8)), features=vector)
+
+    near, far = scored.check(rules, analysis(features[0])), scored.check(rules, analysis(features[0] + 50))
+    assert near.outcome == "accepted" and near.measurements["feature_distance"] <= score.threshold
+    assert far.outcome == "warned" and far.measurements["feature_distance"] > score.threshold
+    assert "unlike" in far.reason
+    alone = unscored.check(rules, analysis(features[0]))
+    assert alone.outcome == "accepted" and "feature_distance" not in alone.measurements
+    assert most_cautious([near, far]) is far and most_cautious([alone, near]) is alone

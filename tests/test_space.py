@@ -194,7 +194,7 @@ def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hu
     try:
         wait_until_serving(app, timeout_s=240)
         client = Client(app.url, verbose=False)
-        label, _, text, _ = client.predict(handle_file(str(ROOT / "assets" / "examples" /
+        label, _, text, *_ = client.predict(handle_file(str(ROOT / "assets" / "examples" /
                                                         "idrid_test_008_grade2_moderate_npdr.jpg")), api_name="/grade")
         assert len(label["confidences"]) == 5 and "P(grade 2 or worse)" in text
         page = urllib.request.urlopen(app.url + "config", timeout=10).read().decode()

@@ -47,6 +47,7 @@ grey-level contrast at least 0.085, evenness at least 0.46 (held out: 0.68).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -279,3 +280,9 @@ def second_opinion(assessment: Assessment, score: float | None, threshold: float
         warning += ASK_FULL_PHOTO
     return replace(assessment, outcome="warned", reason=warning, warnings=(warning,) + assessment.warnings,
                    measurements=measurements, details=details)
+
+
+def most_cautious(assessments: Sequence[Assessment]) -> Assessment:
+    """Of several models' checks of one photo (`second_opinion` with each model's score), the one to show: not
+    accepted before accepted, then the one with more warnings (the first of equals)."""
+    return max(assessments, key=lambda a: (a.outcome != "accepted", len(a.warnings)))

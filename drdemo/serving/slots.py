@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drdemo.checkpoint import CheckpointError, load_model, resolve_device
+from drdemo.intake.fundus_check import Assessment, second_opinion
 from drdemo.intake.ood import FeatureScore, load_feature_score
-from drdemo.predictor import Predictor
+from drdemo.predictor import Analysis, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class ServedModel:
     status: str          # one line for the page: where the weights came from, and any fallback
     fallback: bool       # True when the configured checkpoint was not the one served
     feature_score: FeatureScore | None = None   # the checkpoint's ood.safetensors; None: the image check's rules only
+
+    def check(self, assessment: Assessment, analysis: Analysis) -> Assessment:
+        """The image check's rules with this model's feature score of the grading forward (`analysis.features`)
+        added; the rules alone where the checkpoint stores no score."""
+        if self.feature_score is None or analysis.features is None:
+            return second_opinion(assessment, None, None)
+        score = float(self.feature_score.score(analysis.features)[0])
+        return second_opinion(assessment, score, self.feature_score.threshold)
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> list[SlotSettings]:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from drdemo import batch as batch_grading
 from drdemo.errors import DrdemoError
-from drdemo.intake.fundus_check import Assessment, second_opinion
+from drdemo.intake.fundus_check import most_cautious
 from drdemo.intake.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
@@ -53,8 +53,9 @@ class GradeOutputs(NamedTuple):
 
     probabilities: Any         # gr.Label value
     maps: Any                  # (what the model saw, the map over it) for gr.ImageSlider
-    verdict: Any               # Markdown: the verdict and the image check
+    verdict: Any               # Markdown: the verdict and the image check's outcome
     dme: Any                   # gr.Label value of the DME risk, None without a DME head
+    check_details: Any         # Markdown: what the image check measured (a closed section)
 
 
 class CompareOutputs(NamedTuple):
@@ -68,6 +69,7 @@ class CompareOutputs(NamedTuple):
     chart: Any                 # both models' probabilities as one bar chart
     first_dme: Any
     second_dme: Any
+    check_details: Any         # Markdown: what the image check measured, with both models' scores
 
 
 class BatchOutputs(NamedTuple):
@@ -98,18 +100,13 @@ def admit(path: str | Path | None) -> GateResult:
     return check_upload(path)
 
 
-def _gate_note(checked: GateResult | Assessment) -> str:
-    assessment = checked.assessment if isinstance(checked, GateResult) else checked
-    return views.gate_note(assessment.outcome, assessment.reason, assessment.warnings, assessment.details)
-
-
-def checked_by_model(checked: GateResult, served: ServedModel, analysis: Analysis) -> Assessment:
-    """The image check with the served model's own feature score of the grading forward (rules only where the
-    checkpoint has no stored score)."""
-    score = served.feature_score
-    if score is None or analysis.features is None:
-        return second_opinion(checked.assessment, None, None)
-    return second_opinion(checked.assessment, float(score.score(analysis.features)[0]), score.threshold)
+def image_check(checked: GateResult, served: Sequence[ServedModel], analyses: Sequence[Analysis]) -> tuple[str, str]:
+    """(the check's outcome beside the grade, its measured values for the details section): the rules with each
+    model's feature score of its grading forward, the most cautious of the models' checks shown."""
+    by_model = [(s.predictor.config.display_name, s.check(checked.assessment, a)) for s, a in zip(served, analyses)]
+    shown = most_cautious([assessment for _, assessment in by_model])
+    return (views.gate_note(shown.outcome, shown.reason, shown.warnings),
+            views.check_details(checked.assessment.details, by_model))
 
 
 def user_errors(function: Callable) -> Callable:
@@ -193,9 +190,9 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
                                      tta=bool(tta), referable_threshold=threshold)
         lesions = method == views.LESION_MAP
         text = views.verdict(analysis, predictor.config.display_name, predictor.class_names, threshold, lesions)
+        note, details = image_check(checked, [served_by_slot[slot]], [analysis])
         return GradeOutputs(views.label_value(analysis), views.overlay_pair(analysis, float(opacity), lesions),
-                            f"{text}\n\n{_gate_note(checked_by_model(checked, served_by_slot[slot], analysis))}",
-                            views.dme_value(analysis))
+                            f"{text}\n\n{note}", views.dme_value(analysis), details)
 
     @user_errors
     @_on_gpu
@@ -211,15 +208,13 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         names = tuple(p.config.display_name for p in pair)
         texts = [views.verdict(a, n, p.class_names, t, lesions)
                  for a, n, p, t in zip(analyses, names, pair, thresholds)]
-        # the more cautious of the two models' image checks (more warnings) is the one shown
-        gate_check = max((checked_by_model(checked, s, a) for s, a in zip(served[:2], analyses)),
-                         key=lambda a: (a.outcome != "accepted", len(a.warnings)))
+        note, details = image_check(checked, served[:2], analyses)
         first_map, second_map = compare_maps(checked, pair, analyses, float(opacity), lesions)
         return CompareOutputs(
             views.label_value(analyses[0]), views.label_value(analyses[1]), first_map, second_map,
-            "\n\n".join([views.agreement(analyses[0], analyses[1], names), *texts, _gate_note(gate_check)]),
+            "\n\n".join([views.agreement(analyses[0], analyses[1], names), *texts, note]),
             views.probability_chart(names, analyses, views.agreement_headline(*analyses, names)),
-            views.dme_value(analyses[0]), views.dme_value(analyses[1]))
+            views.dme_value(analyses[0]), views.dme_value(analyses[1]), details)
 
     @user_errors
     @_on_gpu
@@ -231,7 +226,7 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         with tempfile.TemporaryDirectory(prefix="drdemo-batch-") as workdir:
             items = batch_grading.collect(paths, Path(workdir))
             chosen = {p.name: float(t) for p, t in zip(predictors, (threshold, second_threshold)) if t is not None}
-            results = batch_grading.grade(items, predictors, admit, referable_thresholds=chosen,
+            results = batch_grading.grade(items, served, admit, referable_thresholds=chosen,
                                           progress=lambda share, text: progress(share, desc=text))
         out = output_folder() / f"drdemo_batch_{time.strftime('%Y%m%d_%H%M%S')}_{time.monotonic_ns()}.csv"
         batch_grading.write_csv(results, predictors, out)

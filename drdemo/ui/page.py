@@ -74,6 +74,12 @@ def _how_to_read(predictors: Sequence[Predictor]) -> None:
         gr.Markdown(views.how_to_read([views.reading(p.config) for p in predictors]), elem_classes=["how-to-read"])
 
 
+def _check_details(elem_id: str) -> gr.Markdown:
+    """The closed "Image check details" section: the values behind the check's one-line outcome."""
+    with gr.Accordion(views.CHECK_DETAILS_LABEL, open=False, elem_id=f"{elem_id}-check-details"):
+        return gr.Markdown(elem_id=f"{elem_id}-check-values")
+
+
 def _lesion_legend(predictors: Sequence[Predictor], elem_id: str) -> None:
     if any(p.config.heads for p in predictors):
         gr.HTML(views.lesion_legend(), elem_id=elem_id)
@@ -119,9 +125,10 @@ def _grade_tab(served: Sequence[ServedModel], grade, examples: list[tuple[str, s
             dme = gr.Label(num_top_classes=3, label="Risk of macular oedema (DME)", elem_id="dme",
                            visible=any(p.config.heads for p in predictors))
             _lesion_legend(predictors, "lesion-legend")
+            details = _check_details("grade")
             _how_to_read(predictors)
     model.change(lambda slot: own[slot], inputs=model, outputs=threshold, api_name=False)
-    outputs = GradeOutputs(probabilities=probabilities, maps=maps, verdict=verdict, dme=dme)
+    outputs = GradeOutputs(probabilities=probabilities, maps=maps, verdict=verdict, dme=dme, check_details=details)
     button.click(grade, inputs=[upload, model, method, target, opacity, threshold, tta], outputs=list(outputs),
                  api_name="grade", concurrency_id="models")
 
@@ -153,10 +160,11 @@ def _compare_tab(predictors: Sequence[Predictor], compare, examples: list[tuple[
                 dmes = [gr.Label(num_top_classes=3, label=f"{p.config.display_name}: DME risk") for p in predictors]
             _lesion_legend(predictors, "compare-lesion-legend")
             agreement = gr.Markdown(elem_id="agreement")
+            details = _check_details("compare")
             _how_to_read(predictors)
     outputs = CompareOutputs(first_probabilities=labels[0], second_probabilities=labels[1], first_map=cams[0],
                              second_map=cams[1], agreement=agreement, chart=chart, first_dme=dmes[0],
-                             second_dme=dmes[1])
+                             second_dme=dmes[1], check_details=details)
     button.click(compare, inputs=[upload, method, opacity, threshold, second_threshold], outputs=list(outputs),
                  api_name="compare", concurrency_id="models")
 

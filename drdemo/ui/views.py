@@ -22,6 +22,7 @@ from drdemo.cam.lesion_maps import LESION_COLOURS, lesion_overlay
 from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.checkpoint import CheckpointConfig, model_card
 from drdemo.data.datasets import IDRID_ATTRIBUTION
+from drdemo.intake.fundus_check import Assessment
 from drdemo.intake.gate import OUTCOME_WORDS
 from drdemo.intake.ood import describe as describe_feature_score
 from drdemo.predictor import Analysis
@@ -36,6 +37,7 @@ IDRID_CAMERA = "one camera (Kowa VX-10 alpha) at one hospital in India"
 EXAMPLES_LABEL = ("Examples (click one): IDRiD test photos, true grade from IDRiD's retina specialists. "
                   + IDRID_ATTRIBUTION)
 
+CHECK_DETAILS_LABEL = "Image check details"
 PREVIEW_SIDE = 640          # the longest side of the photo shown on upload (a display copy only)
 CHART_COLOURS = ("#4C72B0", "#DD8452")   # colour-blind-safe blue and orange, one per model
 
@@ -364,12 +366,29 @@ def agreement_headline(first: Analysis, second: Analysis, names: tuple[str, str]
     return f"{grade}; only {names[0] if a.referred else names[1]} refers"
 
 
-def gate_note(outcome: str, reason: str, warnings: Sequence[str], details: str) -> str:
-    """Markdown: the image check's outcome and reason, the warnings to heed, and the values it measured."""
+def gate_note(outcome: str, reason: str, warnings: Sequence[str]) -> str:
+    """Markdown beside the grade: the image check's outcome and reason, and the warnings to heed (the values
+    behind them are in `check_details`)."""
     lines = [f"**Image check: {OUTCOME_WORDS[outcome]}.** {reason}"]
     lines += [f"- Warning: {warning}" for warning in warnings if warning != reason]
-    lines.append(f"*Measured:* {details}")
     return "\n\n".join(lines)
+
+
+def check_details(rules: str, by_model: Sequence[tuple[str, Assessment]]) -> str:
+    """Markdown for the closed "Image check details" section: the values the rules measured, then each model's
+    feature distance to its training photos with the threshold it is read against (or that its checkpoint
+    stores no score, so only the rules decided)."""
+    lines = [f"**Measured by the rules:** {rules}"]
+    for name, assessment in by_model:
+        measured = assessment.measurements
+        if "feature_distance" in measured:
+            far = measured["feature_distance"] > measured["feature_threshold"]
+            lines.append(f"- {name}: feature distance {measured['feature_distance']:.2f} to its training photos "
+                         f"({'above' if far else 'within'} its threshold {measured['feature_threshold']:.2f}; "
+                         f"above it a photo is unlike anything the model learned from).")
+        else:
+            lines.append(f"- {name}: its checkpoint stores no feature score; the rules alone decided.")
+    return "\n".join(lines)
 
 
 def batch_summary(results: Sequence[BatchItem], model: str, shown: str | None = None) -> str:
