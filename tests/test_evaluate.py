@@ -184,10 +184,9 @@ def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(wo
     and the app's predictor then gives each photo exactly the probabilities predictions.csv holds."""
     import shutil
 
-    from drdemo.checkpoint import read_config
+    from drdemo.checkpoint import load_model, read_config
     from drdemo.data import open_image
     from drdemo.predictor import Predictor
-    from drdemo.serving.hub import load_model
     checkpoint = Path(shutil.copytree(workspace.checkpoint, tmp_path / "checkpoint"))
     out = tmp_path / "val"
     assert main(["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out), "--calibrate",

@@ -16,9 +16,18 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import save_torch_state_dict
 from safetensors import safe_open
 
-from drdemo.checkpoint import CheckpointConfig, CheckpointError, model_card, read_weights, save_checkpoint
+from drdemo.checkpoint import (
+    CheckpointConfig,
+    CheckpointError,
+    HubUnavailable,
+    load_model,
+    model_card,
+    push,
+    read_weights,
+    save_checkpoint,
+)
 from drdemo.models import create_model
-from drdemo.serving.hub import HubUnavailable, convert_official, load_model, push
+from drdemo.serving.hub import convert_official
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

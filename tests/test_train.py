@@ -17,11 +17,10 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from drdemo import train
-from drdemo.checkpoint import read_config
+from drdemo.checkpoint import load_model, read_config
 from drdemo.data import synthetic
 from drdemo.data.augment import Augmentation
 from drdemo.predictor import Predictor
-from drdemo.serving.hub import load_model
 from drdemo.train import Distributed, EpochSampler, class_weights, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,7 +59,7 @@ RGB, {"cropped to the field of view (black border removed, padded to a square), 
 
 ## Loading
 ```python
-from drdemo.serving.hub import load_model
+from drdemo.checkpoint import load_model
 loaded = load_model("<this repo id or folder>")
 ```
 """

@@ -1,9 +1,10 @@
-"""The checkpoint store: load a checkpoint from a folder or a Hugging Face Hub repo, push one.
+"""The checkpoint store's CLI: push a checkpoint folder to a Hugging Face Hub repo, describe one, convert
+official weights.
 
-The functions live in drdemo.checkpoint (its io.py) beside the format they read and write (so the app's
-serving and the Space deployment need not import this CLI); they are re-exported here, where the
-README and the model cards document them. This module adds the CLI and converting official weights.
+Loading lives in drdemo.checkpoint (its io.py) beside the format it reads and writes, so the app's serving
+and the Space deployment need not import this CLI:
 
+    from drdemo.checkpoint import load_model
     load_model("checkpoints/medmamba_t")                 # a local folder
     load_model("org/drdemo-medmamba-t", revision="v1")   # a Hub repo, pinned to a tag/branch/commit
 
@@ -32,20 +33,17 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import HfHubHTTPError
 
-from drdemo.checkpoint import (  # HubUnavailable, LoadedModel, load_model: re-exported (__all__)
+from drdemo.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
     PROVENANCE_NAME,
     REPO_ID,
     CheckpointConfig,
     CheckpointError,
-    HubUnavailable,
-    LoadedModel,
     code_commit,
     convert_folder,
     count_parameters,
     fetch,
-    load_model,
     push,
     read_config,
     save_checkpoint,
@@ -54,7 +52,7 @@ from drdemo.checkpoint import (  # HubUnavailable, LoadedModel, load_model: re-e
 from drdemo.models import create_model
 from drdemo.tasks import TASK_CLASS_NAMES
 
-__all__ = ["HubUnavailable", "LoadedModel", "convert_official", "describe", "fetch", "load_model", "main", "push"]
+__all__ = ["convert_official", "describe", "main"]
 
 
 def convert_official(weights: str | Path, variant: str, out: str | Path, task: str | None = None) -> Path:
