@@ -94,8 +94,15 @@ def test_grades_every_photo_with_unreadable_and_refused_rows(served, photos, tmp
                                                          "proliferative_dr")]
             assert abs(sum(p) - 1) < 1e-4 and int(row[f"{slot}_grade"]) == int(np.argmax(p))
             assert float(row[f"{slot}_p_referable"]) == pytest.approx(sum(p[2:]), abs=1e-5)
+            assert row[f"{slot}_referred"] == str(float(row[f"{slot}_p_referable"]) >= 0.5)   # the config's default
     assert "8 photos" in capsys.readouterr().out
-    assert (tmp_path / "out" / "summary.json").is_file()
+    import json
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for slot in ("medmamba", "inception"):
+        assert summary["referral_rate"][slot] == pytest.approx(
+            sum(row[f"{slot}_referred"] == "True" for row in graded) / len(graded))
+    agree = sum(row["medmamba_referred"] == row["inception_referred"] for row in graded) / len(graded)
+    assert summary["agreement"]["referral"] == pytest.approx(agree) and summary["graded"] == 6
 
 
 def test_resume_after_a_kill_mid_part_grades_each_photo_once(served, photos, tmp_path):
@@ -152,3 +159,33 @@ def test_torchrun_on_two_processes_gives_the_grades_of_one(served, photos, tmp_p
         for key in a:
             if key.endswith(tuple(f"_p_{c}" for c in ("referable", "no_dr", "proliferative_dr"))) and a[key]:
                 assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-4)   # batch composition differs
+
+
+def test_each_models_feature_score_joins_the_image_check_as_in_the_app(served, checkpoints, photos, tmp_path,
+                                                                       monkeypatch):
+    """A stored score that calls every photo unlike the training photos turns the rules' accepted rows into warned
+    ones with the app's wording, and a DIR graded without that score will not resume with it."""
+    import shutil
+
+    from drdemo.checkpoint import load_model
+    from drdemo.intake.ood import fit, save
+    from drdemo.predictor import Predictor
+
+    assert cli.main([str(photos), "--out", str(tmp_path / "out"), "--models", "medmamba"]) == 0
+    before = {r["file"]: r for r in _rows(tmp_path / "out" / writer.GRADES)}
+    scored = tmp_path / "mm-scored"
+    shutil.copytree(checkpoints["DRDEMO_MEDMAMBA_SOURCE"], scored)
+    predictor = Predictor.from_loaded(load_model(str(scored)))
+    root, names = list_inputs(photos)
+    features = np.stack([a.features for a in predictor.predict_batch(
+        [Image.open(root / n).convert("RGB") for n in names if n.endswith(".png") and "green" not in n])])
+    score = fit(np.concatenate([features, features + 1e-3]), [0, 1, 2, 3, 4, 0] * 2, components=4, fitted_on="test")
+    save(score.with_threshold(-1.0, "everything is far"), scored)
+    monkeypatch.setenv("DRDEMO_MEDMAMBA_SOURCE", str(scored))
+    assert cli.main([str(photos), "--out", str(tmp_path / "out"), "--models", "medmamba"]) == 2
+    assert cli.main([str(photos), "--out", str(tmp_path / "scored"), "--models", "medmamba"]) == 0
+    after = {r["file"]: r for r in _rows(tmp_path / "scored" / writer.GRADES)}
+    admitted = [name for name, row in before.items() if row["outcome"] in ("accepted", "warned")]
+    assert admitted and all(after[n]["outcome"] == "warned" and "unlike" in after[n]["reason"] for n in admitted)
+    assert all(after[n]["medmamba_grade"] == before[n]["medmamba_grade"] for n in admitted)
+    assert all(after[n]["outcome"] == before[n]["outcome"] for n in before if n not in admitted)

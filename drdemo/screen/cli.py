@@ -91,7 +91,7 @@ def _run(args, root: Path, names: list[str], device: str, rank: int, world_size:
         served = serve(settings[slot])
         if rank == 0:
             print(f"{slot}: {served.status}", file=sys.stderr)
-        graders.append(BatchGrader(slot, served.predictor))
+        graders.append(BatchGrader(served))
     fieldnames = writer.columns({g.slot: (g.config.class_names, g.dme_classes) for g in graders})
     fingerprint = {"models": {g.slot: g.fingerprint() for g in graders}, "columns": fieldnames,
                    "input": str(args.input.resolve()), "files": len(names)}
@@ -118,7 +118,7 @@ def _run(args, root: Path, names: list[str], device: str, rank: int, world_size:
     if rank != 0:
         return 0
     rows = writer.merge(args.out, names, fieldnames)
-    summary = summarise(rows, {g.slot: g.config.referable_threshold for g in graders}, gathered)
+    summary = summarise(rows, [g.slot for g in graders], gathered)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(summary_text(summary, args.out / writer.GRADES))
     return 0

@@ -25,7 +25,7 @@ def columns(slots: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> list[s
     """CSV columns for `slots` = {slot: (class names, DME class names or () for a single-head model)}."""
     names = ["file", "outcome", "reason"]
     for slot, (classes, dme_classes) in slots.items():
-        names += [f"{slot}_grade", f"{slot}_p_referable"] + [f"{slot}_p_{slug(c)}" for c in classes]
+        names += [f"{slot}_grade", f"{slot}_p_referable", f"{slot}_referred"] + [f"{slot}_p_{slug(c)}" for c in classes]
         if dme_classes:
             names += [f"{slot}_dme_p_referable"] + [f"{slot}_dme_p_{slug(c)}" for c in dme_classes]
     return names
