@@ -126,10 +126,9 @@ def test_a_served_model_adds_its_feature_score_to_the_image_check_and_the_most_c
     from PIL import Image
 
     from drdemo.data.synthetic import generate_fundus
-    from drdemo.intake.fundus_check import assess
+    from drdemo.intake.fundus_check import assess, most_cautious
     from drdemo.intake.ood import fit
     from drdemo.predictor import Analysis, Prediction
-    from drdemo.intake.fundus_check import most_cautious
     from drdemo.serving.slots import ServedModel
 
     rng = np.random.default_rng(0)
