@@ -131,7 +131,8 @@ def grade(items: Sequence[tuple[str, Path]], models: Sequence[ServedModel], admi
 def _details(rules: str, checks: Sequence[tuple[str, Assessment]]) -> str:
     """The rules' measured values, then each model's feature distance and threshold where it has a score."""
     scores = [f"{name} feature distance {c.measurements['feature_distance']:.2f} (unlike the training photos above "
-              f"{c.measurements['feature_threshold']:.2f})" for name, c in checks if "feature_distance" in c.measurements]
+              f"{c.measurements['feature_threshold']:.2f})"
+              for name, c in checks if "feature_distance" in c.measurements]
     return "; ".join([rules.rstrip("."), *scores]) + "." if scores else rules
 
 
