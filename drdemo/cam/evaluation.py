@@ -96,7 +96,8 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
     for index, sample in enumerate(tqdm(with_lesions, desc="CAM faithfulness", disable=not progress)):
         image = open_image(sample.path)
         view = prepare_image(image, config.input_size, kwargs["interpolation"], kwargs["crop_fov"])
-        batch = normalise(view, config.mean, config.std, kwargs["local_contrast_sigma"], kwargs["colour_balance"]).unsqueeze(0)
+        batch = normalise(view, config.mean, config.std, kwargs["local_contrast_sigma"],
+                          kwargs["colour_balance"]).unsqueeze(0)
         mask = prepare_mask(lesion_union(sample, image.size, image.info.get("stored_size")), image,
                             config.input_size, kwargs["crop_fov"])
         area_shares.append(float(mask.mean()))
@@ -107,8 +108,8 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
         inside = field_of_view(view)
         for layer, explainer in explainers.items():
             for method in methods:  # on the retina only, as the app shows it
-                maps[layer, method] = on_field_of_view(explainer.explain(batch, method=method, target=predicted).heatmap,
-                                                       inside)
+                heatmap = explainer.explain(batch, method=method, target=predicted).heatmap
+                maps[layer, method] = on_field_of_view(heatmap, inside)
         graded_dr.append(predicted != 0)
         maps[None, RANDOM_BASELINE] = random_map(mask.shape, rng)
         maps[None, CENTRE_BASELINE] = centre_map(mask.shape, fundus_mask(np.asarray(view, dtype=np.uint8)))

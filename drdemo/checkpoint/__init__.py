@@ -62,12 +62,12 @@ from drdemo.checkpoint.records import (
     record_grading,
     record_referral_share,
 )
-from drdemo.tasks import TASK_CLASS_NAMES  # noqa: F401  (imported from here before drdemo.tasks existed)
 
 __all__ = [
     "CARD_NAME", "CONFIG_NAME", "FORMAT", "HUB_FILE_PATTERNS", "INDEX_NAME", "MAX_DISPLAY_NAME", "PICKLE_SUFFIXES",
-    "PROVENANCE_NAME", "REPO_ID", "WEIGHTS_NAME", "CheckpointConfig", "CheckpointError", "HubUnavailable", "LoadedModel", "build_model",
-    "choose_cam_default", "choose_referable_threshold", "code_commit", "convert_folder", "count_parameters", "fetch", "is_repo_id",
-    "load_model", "model_card", "push", "read_config", "read_evaluations", "read_weights", "record_calibration",
-    "record_cam_test", "record_evaluation", "record_grading", "record_referral_share", "resolve_device", "save_checkpoint", "weight_files", "write_config",
+    "PROVENANCE_NAME", "REPO_ID", "WEIGHTS_NAME", "CheckpointConfig", "CheckpointError", "HubUnavailable",
+    "LoadedModel", "build_model", "choose_cam_default", "choose_referable_threshold", "code_commit", "convert_folder",
+    "count_parameters", "fetch", "is_repo_id", "load_model", "model_card", "push", "read_config", "read_evaluations",
+    "read_weights", "record_calibration", "record_cam_test", "record_evaluation", "record_grading",
+    "record_referral_share", "resolve_device", "save_checkpoint", "weight_files", "write_config",
 ]

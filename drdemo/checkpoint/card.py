@@ -107,9 +107,10 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
     header = " | ".join(f"{'validation' if p == 'val' else 'test'} ({runs[p]['n']} photos)" for p in runs if runs[p])
     rows = "\n".join(f"| {label} | " + " | ".join(_number(runs[p].get(k)) for p in runs if runs[p]) + " |"
                      for k, label in keys)
-    lines = [f"\n### Three heads: DR grade ({config.heads['grade_head']} head served), macular oedema risk, lesion maps"
-             f"\n\nThresholds: refer when P(grade >= 2) reaches {config.referable_threshold:g} or P(DME risk 2) reaches "
-             f"{config.dme_threshold:g}, both chosen on the validation photos for sensitivity >= 0.9.\n\n"
+    lines = [f"\n### Three heads: DR grade ({config.heads['grade_head']} head served), macular oedema risk, "
+             f"lesion maps\n\nThresholds: refer when P(grade >= 2) reaches {config.referable_threshold:g} or "
+             f"P(DME risk 2) reaches {config.dme_threshold:g}, both chosen on the validation photos for "
+             f"sensitivity >= 0.9.\n\n"
              f"| metric | {header} |\n|---|" + "---|" * sum(1 for p in runs if runs[p]) + f"\n{rows}\n"]
     test = runs["test"]
     if test:
@@ -119,20 +120,21 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
                      f"|change in P(referable)| {shift['mean_abs_delta_p_referable']:.4f}, "
                      f"{shift['flipped_referrals']} of {shift['n']} referrals flipped. Mean-colour probe (any DR from "
                      f"the mean colour inside the field of view alone, logistic regression): ROC AUC "
-                     f"{_number(probe['raw_photo']['train_cv_auc'])} in 5-fold cross-validation on the training photos "
-                     f"and {_number(probe['raw_photo']['evaluated_auc'])} on the test photos from the raw photo; "
-                     f"{_number(probe['model_input']['train_cv_auc'])} and {_number(probe['model_input']['evaluated_auc'])}"
-                     f" from the model's input.\n")
+                     f"{_number(probe['raw_photo']['train_cv_auc'])} in 5-fold cross-validation on the training "
+                     f"photos and {_number(probe['raw_photo']['evaluated_auc'])} on the test photos from the raw "
+                     f"photo; {_number(probe['model_input']['train_cv_auc'])} and "
+                     f"{_number(probe['model_input']['evaluated_auc'])} from the model's input.\n")
         lesions = test.get("lesion_maps")
         if lesions:
-            per_type = "\n".join(f"| {name} | {row['photos_with_lesion']} | {row['aupr']:.4f} | {row['blank_aupr']:.4f} | "
-                                 f"{row['centre_aupr']:.4f} | {row['aupr_over_blank']:.1f}x |"
+            per_type = "\n".join(f"| {name} | {row['photos_with_lesion']} | {row['aupr']:.4f} | "
+                                 f"{row['blank_aupr']:.4f} | {row['centre_aupr']:.4f} | {row['aupr_over_blank']:.1f}x |"
                                  for name, row in lesions["per_type"].items())
             lines.append(f"\nLesion maps on the {lesions['n']} IDRiD segmentation photos that are not copies of "
                          f"grading-training photos (pixel AUPR inside the field of view; a blank map scores the pixel "
                          f"prevalence): pointing game {_number(lesions['pointing_game'])} against "
-                         f"{_number(lesions['centre_pointing_game'])} for a centre-peaked map.\n\n| lesion type | photos "
-                         f"with it | AUPR | blank map | centre map | AUPR / blank |\n|---|---|---|---|---|---|\n{per_type}\n")
+                         f"{_number(lesions['centre_pointing_game'])} for a centre-peaked map.\n\n| lesion type | "
+                         f"photos with it | AUPR | blank map | centre map | AUPR / blank |\n|---|---|---|---|---|---|\n"
+                         f"{per_type}\n")
         others = test.get("other_cameras") or {}
         if others:
             lines.append("\nOther cameras (combined referral): " + "; ".join(
@@ -140,8 +142,9 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
                 for name, row in others.items()) + ".\n")
         challenge = "\n".join(f"| {name} | {joint} | {source} |" for name, joint, source in CHALLENGE_RESULTS)
         lines.append(f"\nOn the same test split, reported by others (joint accuracy): \n\n| model | joint accuracy | "
-                     f"trained with |\n|---|---|---|\n| this checkpoint | {_number(test.get('joint_accuracy'))} | random "
-                     f"initialisation, IDRiD training photos and this project's synthetic images only |\n{challenge}\n")
+                     f"trained with |\n|---|---|---|\n| this checkpoint | {_number(test.get('joint_accuracy'))} | "
+                     f"random initialisation, IDRiD training photos and this project's synthetic images only |\n"
+                     f"{challenge}\n")
     return "".join(lines)
 
 

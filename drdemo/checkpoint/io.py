@@ -1,6 +1,7 @@
 """Checkpoint folders and Hub repos: reading and writing config.json, its record files
-(drdemo.checkpoint.layout), the model card and the weights (safetensors only), building the registry model from them, and the store (load a
-checkpoint from a folder or a Hugging Face Hub repo, push one), like timm's _hub.py.
+(drdemo.checkpoint.layout), the model card and the weights (safetensors only), building the registry model
+from them, and the store (load a checkpoint from a folder or a Hugging Face Hub repo, push one), like
+timm's _hub.py.
 
 Hub access is huggingface_hub's own (snapshot_download), so HF_ENDPOINT, HF_HOME / HF_HUB_CACHE,
 HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says. drdemo.serving.hub re-exports the store's

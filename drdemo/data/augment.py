@@ -108,7 +108,8 @@ class JointAugment:
                 if layers is not None:
                     layers[:, :band] = 0
                     layers[:, layers.shape[1] - band:] = 0
-        flips = [dim for dim, on in ((2, a.horizontal_flip), (1, a.vertical_flip)) if on and float(torch.rand(())) < 0.5]
+        flips = [dim for dim, on in ((2, a.horizontal_flip), (1, a.vertical_flip))
+                 if on and float(torch.rand(())) < 0.5]
         if flips:
             pixels = pixels.flip(flips)
             layers = layers.flip(flips) if layers is not None else None
@@ -148,7 +149,8 @@ PAPER_AUGMENTATION = Augmentation(rotation_degrees=10, blur_probability=1.0, blu
 
 
 def eval_transform(input_size: int, mean, std, interpolation: str = "bicubic", crop_fov: bool = True,
-                   local_contrast_sigma: float = 0.0, colour_balance: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+                   local_contrast_sigma: float = 0.0,
+                   colour_balance: bool = False) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> (3, H, W) tensor, exactly as the app feeds the model."""
     def transform(image: Image.Image) -> torch.Tensor:
         return normalise(prepare_image(image, input_size, interpolation, crop_fov), mean, std, local_contrast_sigma,

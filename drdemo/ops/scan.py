@@ -16,10 +16,10 @@ in its natural channels-last layout; the CPU kernel reads the four directions by
 
 Backends, chosen per call by device and availability, or named by the caller's `backend=`
 (auto|cpu|torch|triton; where a caller names none, the DRDEMO_SCAN_BACKEND environment variable,
-read in `default_backend` only, sets the process's default): "cuda" (mamba_ssm, CUDA tensors only), "triton" (the Triton kernels
-of drdemo.ops.triton_scan: CUDA tensors when mamba_ssm is not installed, or any device when
-forced; CPU tensors only under TRITON_INTERPRET=1), "cpu" (the fused kernel, CPU tensors),
-"torch" (the sequential reference, anywhere). CUDA tensors take mamba_ssm, else Triton, else
+read in `default_backend` only, sets the process's default): "cuda" (mamba_ssm, CUDA tensors only),
+"triton" (the Triton kernels of drdemo.ops.triton_scan: CUDA tensors when mamba_ssm is not installed,
+or any device when forced; CPU tensors only under TRITON_INTERPRET=1), "cpu" (the fused kernel, CPU
+tensors), "torch" (the sequential reference, anywhere). CUDA tensors take mamba_ssm, else Triton, else
 the reference.
 """
 

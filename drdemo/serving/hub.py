@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     push_cmd.add_argument("--revision", help="branch to commit to (created from main if new)")
     push_cmd.add_argument("--private", action="store_true")
     rewrite = commands.add_parser("convert", help="rewrite a checkpoint folder in the current form (config.json "
-                                  "the contract; training/provenance.json and eval/*.json the records); weights untouched")
+                                  "the contract; training/provenance.json and eval/*.json the records); "
+                                  "weights untouched")
     rewrite.add_argument("folder", type=Path)
     convert = commands.add_parser("convert-official", help="convert an official MedMamba train.py state_dict")
     convert.add_argument("--weights", type=Path, required=True)

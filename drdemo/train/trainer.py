@@ -499,7 +499,8 @@ class Trainer:
                     self._save_best(metrics)
             self._log({"event": "epoch", "epoch": self.epoch + 1, "train_loss": train_loss,
                        "val_loss": metrics["loss"], "val_qwk": metrics["qwk"], "val_accuracy": metrics["accuracy"],
-                       "val_referable_auc": metrics.get("referable_auc"), "val_dme_accuracy": metrics.get("dme_accuracy"),
+                       "val_referable_auc": metrics.get("referable_auc"),
+                       "val_dme_accuracy": metrics.get("dme_accuracy"),
                        "val_softmax_qwk": metrics.get("softmax_qwk"), "val_ordinal_qwk": metrics.get("ordinal_qwk"),
                        "lr": self.scheduler.get_last_lr()[0],
                        "seconds_trained": self.seconds_trained, "best": improved})
