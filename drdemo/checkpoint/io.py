@@ -4,8 +4,7 @@ from them, and the store (load a checkpoint from a folder or a Hugging Face Hub 
 timm's _hub.py.
 
 Hub access is huggingface_hub's own (snapshot_download), so HF_ENDPOINT, HF_HOME / HF_HUB_CACHE,
-HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says. drdemo.serving.hub re-exports the store's
-functions and adds its CLI.
+HF_HUB_OFFLINE and HF_TOKEN behave as its documentation says. drdemo.serving.hub is the store's CLI.
 """
 
 from __future__ import annotations
