@@ -179,59 +179,63 @@ def crop(detailed: np.ndarray, fov: np.ndarray, across: int) -> tuple[np.ndarray
     return box, inner
 
 
-def _line_filter(log_green: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dark-line strength, line orientation): the largest scale-normalised Hessian eigenvalue across a line,
-    less the one along it, over VESSEL_SCALES; damped where the gradient is large, so the dark side of a step
-    edge (a blob's border) is not taken for a line."""
-    strength = orientation = None
+def _line_filter(log_green: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(dark-line strength, 2 dxy, dxx - dyy, gradient magnitude at the finest scale): the strength is the largest
+    scale-normalised Hessian eigenvalue across a line, less the one along it, over VESSEL_SCALES; damped where the
+    gradient is large, so the dark side of a step edge (a blob's border) is not taken for a line. The line's
+    orientation is 0.5 * arctan2(2 dxy, dxx - dyy) at the strongest scale; the pair is returned instead of the angle
+    so that the angle is taken only where it is used."""
+    strength = sine = cosine = finest = None
     for sigma in VESSEL_SCALES:
         smooth = cv2.GaussianBlur(log_green, (0, 0), sigma)
         dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
         dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
-        dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3) / 4
-        gradient = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3),
-                            cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)) * (sigma / 8)
-        spread = np.sqrt((dxx - dyy) ** 2 + 4 * dxy ** 2)
-        across, along = (dxx + dyy + spread) * (sigma * sigma / 2), (dxx + dyy - spread) * (sigma * sigma / 2)
-        edge_damping = np.exp(-(gradient / np.maximum(0.5 * across, 1e-6)) ** 2)
-        line = np.where(across > 0, across - np.abs(along), 0) * edge_damping
-        angle = 0.5 * np.arctan2(2 * dxy, dxx - dyy)
+        twice_dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3, scale=0.5)
+        magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3),
+                                  cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3))
+        if finest is None:
+            finest = magnitude
+        difference, trace = dxx - dyy, dxx + dyy
+        spread = np.sqrt(difference * difference + twice_dxy * twice_dxy)
+        across, along = (trace + spread) * (sigma * sigma / 2), (trace - spread) * (sigma * sigma / 2)
+        edge_damping = np.exp(-(magnitude * (sigma / 8) / np.maximum(0.5 * across, 1e-6)) ** 2)
+        line = (across - np.abs(along)) * (across > 0) * edge_damping   # a product, not np.where: no branches
         if strength is None:
-            strength, orientation = line, angle
+            strength, sine, cosine = line, twice_dxy, difference
         else:
             stronger = line > strength
-            strength, orientation = np.where(stronger, line, strength), np.where(stronger, angle, orientation)
-    return strength, orientation
+            strength = np.maximum(line, strength)
+            sine, cosine = np.where(stronger, twice_dxy, sine), np.where(stronger, difference, cosine)
+    return strength, sine, cosine, finest
 
 
 def vessels(box: np.ndarray, inner: np.ndarray, greyscale: bool) -> dict[str, float]:
     """Length (in field-of-view diameters), share of the retina, orientation spread (normalised entropy over 12
     directions) and green/red contrast of the long dark lines, and the share of text-like edges."""
-    rgb = box.astype(np.float32)
-    green = rgb.mean(axis=2) if greyscale else rgb[..., 1]
+    green = box.mean(axis=2, dtype=np.float32) if greyscale else box[..., 1].astype(np.float32)
     log_green = np.log(green + 8)
     fine = (log_green - cv2.GaussianBlur(log_green, (0, 0), 1.0))[inner]
     noise = 1.4826 * float(np.median(np.abs(fine - np.median(fine))))   # robust std of the fine grain
-    strength, orientation = _line_filter(log_green)
+    strength, sine, cosine, finest = _line_filter(log_green)
     lines = (strength > max(VESSEL_MIN_DEPTH, VESSEL_NOISE_FACTOR * noise)) & inner
     _, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
     extent = np.hypot(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]) / max(box.shape[:2])
     long = extent >= VESSEL_MIN_EXTENT
-    vessel = np.isin(labels, 1 + np.flatnonzero(long)) if long.any() else np.zeros_like(lines)
+    vessel = np.concatenate([[False], long])[labels]
     measured = {"noise": noise, "vessel_length": float(extent[long].sum()),
                 "vessel_share": float(vessel.sum() / max(inner.sum(), 1)),
                 "vessel_orientation": float("nan"), "vessel_red_contrast": float("nan")}
     if vessel.sum() >= 20:
-        counts = np.histogram(orientation[vessel], bins=12, range=(-np.pi / 2, np.pi / 2))[0]
+        angle = 0.5 * np.arctan2(sine[vessel], cosine[vessel])
+        counts = np.histogram(angle, bins=12, range=(-np.pi / 2, np.pi / 2))[0]
         p = counts[counts > 0] / counts.sum()
         measured["vessel_orientation"] = float(-(p * np.log(p)).sum() / np.log(12))
         if not greyscale:   # depth below the local background, in green and in red
-            local = [np.maximum(cv2.GaussianBlur(rgb[..., c], (0, 0), 6)[vessel], 1) for c in (1, 0)]
-            depth = [np.median(1 - rgb[..., c][vessel] / level) for c, level in zip((1, 0), local)]
+            green_red = [box[..., c].astype(np.float32) for c in (1, 0)]
+            local = [np.maximum(cv2.GaussianBlur(channel, (0, 0), 6)[vessel], 1) for channel in green_red]
+            depth = [np.median(1 - channel[vessel] / level) for channel, level in zip(green_red, local)]
             measured["vessel_red_contrast"] = float(depth[0] / max(depth[1], 0.01))
-    smooth = cv2.GaussianBlur(log_green, (0, 0), 1.0)
-    edges = np.hypot(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)) / 8
-    measured["strong_edges"] = float((edges[inner] > STRONG_EDGE).mean())
+    measured["strong_edges"] = float((finest[inner] / 8 > STRONG_EDGE).mean())   # read at VESSEL_SCALES[0], 1 px
     return measured
 
 
