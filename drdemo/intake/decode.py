@@ -59,7 +59,7 @@ def to_rgb(image: Image.Image, fmt: str | None = None) -> Image.Image:
         flattened = Image.new("RGB", image.size, (0, 0, 0))
         flattened.paste(rgba, mask=rgba.getchannel("A"))
         return flattened
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")   # exif_transpose has already copied it
 
 
 def decode_opened(image: Image.Image, path: str | Path) -> Image.Image:
