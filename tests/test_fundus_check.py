@@ -1,5 +1,7 @@
 """The fundus check's second opinion: the served model's feature score, and borderless crops never accepted silently."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,3 +59,19 @@ def test_a_refusal_stays_a_refusal():
     refused = assess(Image.new("RGB", (300, 300), (128, 128, 128)))
     assert refused.outcome == "refused"
     assert second_opinion(refused, 0.1, 1.0) is refused
+
+
+def test_a_framed_photo_gets_more_room_than_a_borderless_crop_before_it_is_called_unlike_the_training_photos():
+    """Between the threshold and FRAMED_MARGIN times it, a photo with the camera's frame stays as the rules said,
+    while a crop without a border is warned and asked for as the full photo."""
+    from drdemo.intake.fundus_check import FRAMED_MARGIN
+    framed = assess(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 2]), 0, size=512).image))
+    assert framed.field_of_view != "no border" and framed.outcome != "refused"
+    between = (1 + FRAMED_MARGIN) / 2
+    kept = second_opinion(framed, between, 1.0)
+    assert kept.outcome == framed.outcome and kept.measurements["feature_threshold"] == FRAMED_MARGIN
+    assert second_opinion(framed, FRAMED_MARGIN + 0.1, 1.0).outcome == "warned"
+    crop = replace(framed, field_of_view="no border")
+    warned = second_opinion(crop, between, 1.0)
+    assert warned.outcome == "warned" and "full photo" in warned.reason
+    assert warned.measurements["feature_threshold"] == 1.0

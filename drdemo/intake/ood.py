@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from drdemo.errors import DrdemoError
+from drdemo.intake.fundus_check import FRAMED_MARGIN
 
 OOD_NAME = "ood.safetensors"
 ROOT = Path(__file__).resolve().parents[2]   # training/split.json names its data relative to the repository
@@ -163,8 +164,9 @@ def describe(score: FeatureScore | None) -> str:
         return ("Image check: rules only; this checkpoint has no stored feature score, so photos unlike the "
                 "training photos are not flagged by the model itself.")
     return (f"Image check: rules plus the model's own feature score (Mahalanobis distance in "
-            f"{score.components.shape[1]} principal components, fitted on {score.fitted_on}; a photo above "
-            f"{score.threshold:.2f} is unlike the training photos).")
+            f"{score.components.shape[1]} principal components, fitted on {score.fitted_on}): a photo with the "
+            f"camera's frame above {score.threshold * FRAMED_MARGIN:.2f}, or a crop without it above "
+            f"{score.threshold:.2f}, is unlike the training photos and is graded with a warning.")
 
 
 # --------------------------------------------------------------------------------------------- fitting
