@@ -179,13 +179,13 @@ def crop(detailed: np.ndarray, fov: np.ndarray, across: int) -> tuple[np.ndarray
     return box, inner
 
 
-def _line_filter(log_green: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(dark-line strength, 2 dxy, dxx - dyy, gradient magnitude at the finest scale): the strength is the largest
-    scale-normalised Hessian eigenvalue across a line, less the one along it, over VESSEL_SCALES; damped where the
-    gradient is large, so the dark side of a step edge (a blob's border) is not taken for a line. The line's
-    orientation is 0.5 * arctan2(2 dxy, dxx - dyy) at the strongest scale; the pair is returned instead of the angle
-    so that the angle is taken only where it is used."""
-    strength = sine = cosine = finest = None
+def _line_filter(log_green: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, ...]], np.ndarray]:
+    """(dark-line strength, each scale's (line strength, 2 dxy, dxx - dyy), gradient magnitude at the finest scale).
+    The strength is the largest scale-normalised Hessian eigenvalue across a line, less the one along it, over
+    VESSEL_SCALES; damped where the gradient is large, so the dark side of a step edge (a blob's border) is not
+    taken for a line. Each scale's terms are kept so that `_orientation` reads the angle only where it is used."""
+    strength = finest = None
+    scales = []
     for sigma in VESSEL_SCALES:
         smooth = cv2.GaussianBlur(log_green, (0, 0), sigma)
         dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
@@ -193,20 +193,23 @@ def _line_filter(log_green: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         twice_dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3, scale=0.5)
         magnitude = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3),
                                   cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3))
-        if finest is None:
-            finest = magnitude
+        finest = magnitude if finest is None else finest
         difference, trace = dxx - dyy, dxx + dyy
         spread = np.sqrt(difference * difference + twice_dxy * twice_dxy)
         across, along = (trace + spread) * (sigma * sigma / 2), (trace - spread) * (sigma * sigma / 2)
         edge_damping = np.exp(-(magnitude * (sigma / 8) / np.maximum(0.5 * across, 1e-6)) ** 2)
         line = (across - np.abs(along)) * (across > 0) * edge_damping   # a product, not np.where: no branches
-        if strength is None:
-            strength, sine, cosine = line, twice_dxy, difference
-        else:
-            stronger = line > strength
-            strength = np.maximum(line, strength)
-            sine, cosine = np.where(stronger, twice_dxy, sine), np.where(stronger, difference, cosine)
-    return strength, sine, cosine, finest
+        strength = line if strength is None else np.maximum(strength, line)
+        scales.append((line, twice_dxy, difference))
+    return strength, scales, finest
+
+
+def _orientation(scales: list[tuple[np.ndarray, ...]], where: np.ndarray) -> np.ndarray:
+    """Angle (radians, -pi/2..pi/2) of the line at the flat pixel indices `where`, 0.5 * arctan2(2 dxy, dxx - dyy)
+    at the scale where the line is strongest (the finest of equals)."""
+    line, twice_dxy, difference = (np.stack([terms[i].ravel()[where] for terms in scales]) for i in range(3))
+    best = np.argmax(line, axis=0)[None]
+    return 0.5 * np.arctan2(np.take_along_axis(twice_dxy, best, 0)[0], np.take_along_axis(difference, best, 0)[0])
 
 
 def vessels(box: np.ndarray, inner: np.ndarray, greyscale: bool) -> dict[str, float]:
@@ -216,7 +219,7 @@ def vessels(box: np.ndarray, inner: np.ndarray, greyscale: bool) -> dict[str, fl
     log_green = np.log(green + 8)
     fine = (log_green - cv2.GaussianBlur(log_green, (0, 0), 1.0))[inner]
     noise = 1.4826 * float(np.median(np.abs(fine - np.median(fine))))   # robust std of the fine grain
-    strength, sine, cosine, finest = _line_filter(log_green)
+    strength, scales, finest = _line_filter(log_green)
     lines = (strength > max(VESSEL_MIN_DEPTH, VESSEL_NOISE_FACTOR * noise)) & inner
     _, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
     extent = np.hypot(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]) / max(box.shape[:2])
@@ -226,8 +229,7 @@ def vessels(box: np.ndarray, inner: np.ndarray, greyscale: bool) -> dict[str, fl
                 "vessel_share": float(vessel.sum() / max(inner.sum(), 1)),
                 "vessel_orientation": float("nan"), "vessel_red_contrast": float("nan")}
     if vessel.sum() >= 20:
-        angle = 0.5 * np.arctan2(sine[vessel], cosine[vessel])
-        counts = np.histogram(angle, bins=12, range=(-np.pi / 2, np.pi / 2))[0]
+        counts = np.histogram(_orientation(scales, np.flatnonzero(vessel)), bins=12, range=(-np.pi / 2, np.pi / 2))[0]
         p = counts[counts > 0] / counts.sum()
         measured["vessel_orientation"] = float(-(p * np.log(p)).sum() / np.log(12))
         if not greyscale:   # depth below the local background, in green and in red
@@ -242,7 +244,7 @@ def vessels(box: np.ndarray, inner: np.ndarray, greyscale: bool) -> dict[str, fl
 def colour(rgb: np.ndarray, fov: np.ndarray) -> dict[str, float]:
     """Mean blue/red and green/red, mean saturation, and the share of warm pixels (hue within 70 degrees of red,
     saturation at least 0.16) inside `fov`."""
-    mean = rgb[fov].astype(np.float32).mean(axis=0)
+    mean = np.array([rgb[..., c][fov].mean(dtype=np.float32) for c in range(3)])   # exact sums: < 2**24 on a probe
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     hue, saturation = hsv[..., 0][fov], hsv[..., 1][fov]
     warm = ((hue <= WARM_HUE_MAX) | (hue >= WARM_HUE_MIN_WRAP)) & (saturation >= WARM_MIN_SATURATION)
@@ -254,13 +256,14 @@ def quality(box: np.ndarray, inner: np.ndarray) -> dict[str, float]:
     """Sharpness, exposure, contrast and evenness of the illumination inside `inner`."""
     bright = brightest_channel(box).astype(np.float32)
     gray = cv2.cvtColor(box, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    median = float(np.median(bright[inner]))
+    retina, retina_gray = bright[inner], gray[inner]
+    median = float(np.median(retina))
     return {
         "sharpness": float(cv2.Laplacian(gray / max(median, 1.0), cv2.CV_32F)[inner].var() * 1000),
-        "median_brightness": median, "p95_brightness": float(np.percentile(bright[inner], 95)),
+        "median_brightness": median, "p95_brightness": float(np.percentile(retina, 95)),
         # green, not the brightest channel: many cameras (DRIVE's, CHASE_DB1's) clip red on a well-exposed retina
         "clipped_share": float((box[..., 1][inner] >= 250).mean()),
-        "contrast": float(gray[inner].std() / max(float(np.median(gray[inner])), 1.0)),
+        "contrast": float(retina_gray.std() / max(float(np.median(retina_gray)), 1.0)),
         "evenness": _evenness(bright, inner),
     }
 
