@@ -30,6 +30,17 @@ def test_transparent_pixels_become_black():
     assert to_rgb(rgba).getpixel((10, 10)) == (0, 0, 0)
 
 
+def test_an_rgb_file_is_copied_once_and_outlives_its_file(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(generate_fundus(3, 1, 256).image).save(path, quality=95)
+    with Image.open(path) as opened:
+        opened.load()
+        decoded = to_rgb(opened)
+        assert decoded is not opened and decoded.mode == "RGB"
+        pixels = np.asarray(opened).copy()
+    assert np.array_equal(np.asarray(decoded), pixels)   # still readable after the file is closed
+
+
 def test_deep_samples_are_scaled_by_their_bit_depth():
     # 12-bit data in a 16-bit container (peak 4095) fills the range instead of reaching the model black
     twelve = np.full((70, 70), 2048, dtype=np.uint16)

@@ -75,3 +75,15 @@ def test_a_framed_photo_gets_more_room_than_a_borderless_crop_before_it_is_calle
     warned = second_opinion(crop, between, 1.0)
     assert warned.outcome == "warned" and "full photo" in warned.reason
     assert warned.measurements["feature_threshold"] == 1.0
+
+
+def test_a_lines_orientation_is_read_at_its_strongest_scale_the_finest_of_equals():
+    from drdemo.intake.measures import _orientation
+    ones = np.ones((1, 3), np.float32)
+    strength = [np.array([[1.0, 2.0, 5.0]], np.float32), np.array([[3.0, 2.0, 1.0]], np.float32)]
+    # scale 0: a horizontal gradient pair (angle 0); scale 1: twice_dxy = dxx - dyy (angle pi/8)
+    scales = [(strength[0], 0 * ones, ones), (strength[1], ones, ones)]
+    angles = _orientation(scales, np.array([0, 1, 2]))
+    assert np.allclose(angles, [np.pi / 8, 0.0, 0.0])
+    assert np.allclose(_orientation(scales, np.array([0])), [np.pi / 8])
+
