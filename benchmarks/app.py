@@ -1,6 +1,7 @@
 """End-to-end benchmark of the running app, as users feel it: HTTP in, probabilities and heat maps out.
 
-    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme benchmarks/README.md]
+    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT]
+                             [--readme benchmarks/README.md]
 
 Starts app.py on 127.0.0.1 and measures in one run: cold start (process start to the first answered
 /grade); /grade and /compare latency over real HTTP with gradio_client, interleaved round by round with

@@ -267,7 +267,8 @@ def second_opinion_markdown(report: dict) -> list[str]:
         return f"{hit} / {c['n']} ({hit / c['n']:.1%})" if c["n"] else "-"
 
     models = {slot: r for slot, r in report["models"].items() if isinstance(r, dict)}
-    lines = ["", "| photos | rules | rules, borderless crops warned | " + " | ".join(f"rules + {s} score" for s in models)
+    lines = ["", "| photos | rules | rules, borderless crops warned | "
+             + " | ".join(f"rules + {s} score" for s in models)
              + " |", "|---|---|---|" + "---|" * len(models)]
     for name in report["rules"]:
         lines.append(f"| {name} | {caught(report['rules'][name])} | {caught(report['no score'][name])} | "

@@ -2,7 +2,8 @@
 
     python -m benchmarks [models] [--models a,b] [--repeats N] [--json OUT] [--readme benchmarks/README.md]
     python -m benchmarks inference [--checkpoints A,B] [--images 100] [--json OUT] [--readme benchmarks/README.md]
-    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT] [--readme benchmarks/README.md]
+    python -m benchmarks app [--repeats N] [--load-clients 4] [--load-requests 25] [--json OUT]
+                             [--readme benchmarks/README.md]
     python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme benchmarks/README.md]
     python -m benchmarks gpu [--repeats N] [--json OUT]
 

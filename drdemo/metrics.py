@@ -177,7 +177,8 @@ def dme_metrics(risks: Sequence[int] | np.ndarray, probabilities: np.ndarray, th
     if threshold is not None:
         called = scores >= threshold
         result.update({"referable_dme_threshold": float(threshold),
-                       "referable_dme_sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else None,
+                       "referable_dme_sensitivity": float((called & truth).sum() / truth.sum())
+                       if truth.any() else None,
                        "referable_dme_specificity": float((~called & ~truth).sum() / (~truth).sum())
                        if (~truth).any() else None})
     return result
@@ -187,7 +188,8 @@ def joint_accuracy(grades: Sequence[int], grade_probabilities: np.ndarray, risks
                    dme_probabilities: np.ndarray) -> float:
     """The IDRiD challenge's metric: the share of photos whose DR grade and DME risk are both right."""
     grades, risks = np.asarray(grades), np.asarray(risks)
-    both = (np.asarray(grade_probabilities).argmax(axis=1) == grades) & (np.asarray(dme_probabilities).argmax(axis=1) == risks)
+    both = ((np.asarray(grade_probabilities).argmax(axis=1) == grades)
+            & (np.asarray(dme_probabilities).argmax(axis=1) == risks))
     return float(both.mean())
 
 
@@ -200,5 +202,6 @@ def combined_referral_metrics(grades: Sequence[int], risks: Sequence[int], p_ref
     called = (np.asarray(p_referable) >= referable_threshold) | (np.asarray(p_dme) >= dme_threshold)
     return {"combined_referral_positives": int(truth.sum()),
             "combined_referral_sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else None,
-            "combined_referral_specificity": float((~called & ~truth).sum() / (~truth).sum()) if (~truth).any() else None,
+            "combined_referral_specificity": float((~called & ~truth).sum() / (~truth).sum())
+            if (~truth).any() else None,
             "combined_referral_rate": float(called.mean())}

@@ -276,7 +276,8 @@ def second_opinion(assessment: Assessment, score: float | None, threshold: float
     if score is not None and threshold is not None:
         threshold = threshold if borderless else threshold * FRAMED_MARGIN
         measurements.update(feature_distance=round(float(score), 4), feature_threshold=round(float(threshold), 4))
-        details = details.rstrip(".") + f"; feature distance {score:.2f} (unlike the training photos above {threshold:.2f})."
+        details = (details.rstrip(".") + f"; feature distance {score:.2f} (unlike the training photos above "
+                                          f"{threshold:.2f}).")
         far = score > threshold
         warning = UNLIKE_TRAINING.format(score=score, threshold=threshold) if far else None
     else:

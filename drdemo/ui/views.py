@@ -193,7 +193,8 @@ def shared_view_overlays(view: Image.Image, analyses: Sequence[Analysis], opacit
     drawn = []
     for analysis in analyses:
         if show_lesions and analysis.lesion_maps is not None:
-            maps = {k: cv2.resize(v, view.size, interpolation=cv2.INTER_LINEAR) for k, v in analysis.lesion_maps.items()}
+            maps = {k: cv2.resize(v, view.size, interpolation=cv2.INTER_LINEAR)
+                    for k, v in analysis.lesion_maps.items()}
             drawn.append(lesion_overlay(view, maps, opacity))
             continue
         if analysis.heatmap is None:
