@@ -8,7 +8,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.checkpoint.config import CheckpointConfig, idrid_in_training, training_stages
-from drdemo.data.datasets import IDRID_ATTRIBUTION
+from drdemo.data.datasets import IDRID_ATTRIBUTION, IDRID_CAMERA
 
 
 def model_card(config: CheckpointConfig, evaluations: dict[str, dict] | None = None) -> str:
@@ -155,7 +155,7 @@ def _attribution(provenance: dict) -> str:
 
 
 IDRID_LIMITATIONS = (
-    "Trained on photos of one camera (Kowa VX-10 alpha, 50 degree field) from one hospital in India (see "
+    f"Trained on photos of {IDRID_CAMERA} (see "
     "Training data); the test numbers above come from IDRiD's own test split, the same camera and clinic. "
     "Other cameras, populations, image quality and screening settings were not validated (the referral "
     "shares on DRIVE and CHASE_DB1 above are the only check on other cameras). IDRiD's training split has "

@@ -43,6 +43,9 @@ from drdemo.tasks import DME_RISKS, NUM_GRADES, num_classes, task_target
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("synthetic", "idrid", "eyepacs", "aptos", "imagefolder")
+# Where IDRiD's photos come from, as a reader of a number measured on them needs it.
+IDRID_CAMERA = "one Kowa VX-10 alpha camera (50 degree field) at one hospital, Aravind Eye Hospital in Nanded, India"
+IDRID_CITATION = "IDRiD: Porwal et al., IEEE Dataport 2018, doi:10.21227/H25W98, CC BY 4.0"
 # What CC BY 4.0 asks us to print wherever IDRiD photos, or weights trained on them, are shown.
 IDRID_ATTRIBUTION = ("Prasanna Porwal, Samiksha Pachade, Ravi Kamble, Manesh Kokare, Girish Deshmukh, Vivek "
                      "Sahasrabuddhe, Fabrice Meriaudeau, \"Indian Diabetic Retinopathy Image Dataset (IDRiD)\", IEEE "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from drdemo.data.datasets import Sample, generator_info
+from drdemo.data.datasets import IDRID_CAMERA, IDRID_CITATION, Sample, generator_info
 
 
 def describe_training_data(root: Path, layout: str, parts: Mapping[str, Sequence[Sample]],
@@ -16,9 +16,8 @@ def describe_training_data(root: Path, layout: str, parts: Mapping[str, Sequence
     sizes = ", ".join(f"{len(v)} {k}" for k, v in parts.items())
     if layout == "idrid":
         return (f"IDRiD disease grading ({root.name}), its official {part} part ({sum(map(len, parts.values()))} "
-                f"photos from one Kowa VX-10 alpha camera at Aravind Eye Hospital, Nanded, India; ICDR grades by "
-                f"retina specialists), split grade-stratified into {sizes}. IDRiD: Porwal et al., IEEE Dataport "
-                f"2018, doi:10.21227/H25W98, CC BY 4.0.")
+                f"photos from {IDRID_CAMERA}; ICDR grades by retina specialists), split grade-stratified into "
+                f"{sizes}. {IDRID_CITATION}.")
     info = generator_info(root) if layout == "synthetic" else None
     if info is not None:
         return (f"Synthetic fundus images made by drdemo.data.synthetic (version {info.get('version')}, seed "

@@ -21,7 +21,7 @@ from drdemo.cam.explain import overlay
 from drdemo.cam.lesion_maps import LESION_COLOURS, lesion_overlay
 from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
 from drdemo.checkpoint import CheckpointConfig, model_card
-from drdemo.data.datasets import IDRID_ATTRIBUTION
+from drdemo.data.datasets import IDRID_ATTRIBUTION, IDRID_CAMERA
 from drdemo.intake.fundus_check import Assessment
 from drdemo.intake.gate import OUTCOME_WORDS
 from drdemo.intake.ood import describe as describe_feature_score
@@ -32,8 +32,6 @@ from drdemo.tasks import ICDR_GRADES
 TITLE = "drdemo: diabetic retinopathy grading with MedMamba and InceptionV3"
 NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and must not be used "
                 "to diagnose, grade or triage patients.")
-# Where IDRiD's photos come from, as a reader of the page needs it to judge the numbers.
-IDRID_CAMERA = "one camera (Kowa VX-10 alpha) at one hospital in India"
 EXAMPLES_LABEL = ("Examples (click one): IDRiD test photos, true grade from IDRiD's retina specialists. "
                   + IDRID_ATTRIBUTION)
 
