@@ -66,7 +66,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_cli_writes_consistent_metrics_predictions_and_plots(workspace):
     out = workspace.root / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "drdemo.evaluate", "--checkpoint", str(workspace.checkpoint), "--data",
+        [sys.executable, "-m", "drdemo.evaluate", "score", "--checkpoint", str(workspace.checkpoint), "--data",
          str(workspace.data), "--out", str(out), "--batch-size", "3"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
@@ -111,7 +111,7 @@ def test_split_part_and_limit(workspace, capsys):
                        "eyepacs", seed=0)
     val_ids = json.loads(split.read_text())["parts"]["val"]
     out = workspace.root / "out_split"
-    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(workspace.data), "--out", str(out),
+    assert main(["score", "--checkpoint", str(workspace.checkpoint), "--data", str(workspace.data), "--out", str(out),
                  "--split", str(split), "--part", "val", "--limit", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 2 and metrics["data"]["part"] == "val" and metrics["data"]["limit"] == 2
@@ -135,8 +135,9 @@ def test_evaluate_binary_model_in_training_mode(workspace):
 
 
 def test_errors_exit_2_with_a_message(workspace, tmp_path, capsys):
-    def run(*extra: str, checkpoint=workspace.checkpoint, data=workspace.data, out=tmp_path / "out") -> str:
-        code = main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), *extra])
+    def run(*extra: str, command="score", checkpoint=workspace.checkpoint, data=workspace.data,
+            out=tmp_path / "out") -> str:
+        code = main([command, "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), *extra])
         err = capsys.readouterr().err
         assert code == 2, err
         assert err.splitlines()[-1].startswith("error: ") and "Traceback" not in err
@@ -151,6 +152,11 @@ def test_errors_exit_2_with_a_message(workspace, tmp_path, capsys):
     split = save_split(tmp_path / "split.json", {"train": samples}, "eyepacs", seed=0)
     assert "no part 'test'" in run("--split", str(split))
     assert "--limit" in run("--limit", "0")
+    assert "(0, 1]" in run("--sensitivity", "1.5", command="threshold")
+    assert "writes into a local checkpoint folder" in run("--sensitivity", "0.9", command="threshold",
+                                                          checkpoint="org/remote")
+    assert "scoring heat maps needs lesion masks" in run(command="cams")
+    assert "--overlap and --photos go together" in run("--photos", "others", command="cams")
 
     broken = write_eyepacs(tmp_path / "broken", grades=[0, 2])
     (broken / "train" / "00000_right.jpeg").write_bytes(b"not a jpeg")
@@ -165,22 +171,23 @@ def test_record_writes_test_metrics_into_the_checkpoint_and_its_card(workspace, 
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(workspace.checkpoint, checkpoint)
     out = tmp_path / "out"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out), "--record"]) == 0
+    assert main(["score", "--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out),
+                 "--record"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     config = read_config(checkpoint)
     assert config.metrics["test_qwk"] == pytest.approx(metrics["qwk"], abs=1e-4)
     assert config.metrics["test_n"] == len(GRADES)
     assert config.metrics["test_recall_0_no_dr"] == pytest.approx(metrics["per_class_recall"]["No DR"], abs=1e-4)
     assert "images of the eyepacs data set" in config.provenance["evaluation_data"]
-    assert config.provenance["evaluation_command"].startswith("python -m drdemo.evaluate --checkpoint")
+    assert config.provenance["evaluation_command"].startswith("python -m drdemo.evaluate score --checkpoint")
     card = (checkpoint / "README.md").read_text()
-    assert "test_qwk" in card and "### How it was made" in card and "# Evaluation\npython -m drdemo.evaluate" in card
-    refused = main(["--checkpoint", "org/remote", "--data", str(workspace.data), "--out", str(out), "--record"])
+    assert "test_qwk" in card and "### How it was made" in card and "# Evaluation\npython -m drdemo.evaluate score" in card
+    refused = main(["score", "--checkpoint", "org/remote", "--data", str(workspace.data), "--out", str(out), "--record"])
     assert refused == 2
 
 
 def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(workspace, tmp_path):
-    """--calibrate --views 8 writes the calibration before --choose-threshold reads the probabilities,
+    """`calibrate --views 8` writes the calibration that `threshold` then reads the probabilities through,
     and the app's predictor then gives each photo exactly the probabilities predictions.csv holds."""
     import shutil
 
@@ -189,13 +196,14 @@ def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(wo
     from drdemo.predictor import Predictor
     checkpoint = Path(shutil.copytree(workspace.checkpoint, tmp_path / "checkpoint"))
     out = tmp_path / "val"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out", str(out), "--calibrate",
-                 "--views", "8", "--choose-threshold", "0.9", "--record", "--record-as", "val"]) == 0
+    given = ["--checkpoint", str(checkpoint), "--data", str(workspace.data), "--out"]
+    assert main(["calibrate", *given, str(tmp_path / "calibrated"), "--views", "8"]) == 0
+    assert main(["threshold", *given, str(out), "--sensitivity", "0.9", "--record"]) == 0
     config = read_config(checkpoint)
     assert config.test_time_views == 8 and set(config.calibration) == {"temperature", "logit_bias"}
     choice = config.provenance["calibration_choice"]
     assert choice["views"] == 8 and choice["nll_after"] < choice["nll_before"]
-    assert "--calibrate" in config.provenance["calibration_command"]
+    assert config.provenance["calibration_command"].startswith("python -m drdemo.evaluate calibrate")
     rows = read_csv(out / "predictions.csv")
     predictor = Predictor.from_loaded(load_model(checkpoint))
     for row, sample in zip(rows, load_samples(workspace.data)):
@@ -209,10 +217,17 @@ def test_calibrate_fits_on_these_photos_then_the_threshold_and_the_app_use_it(wo
     assert "Calibration" in card and f"{config.calibration['temperature']:g}" in card
 
 
-def test_views_need_calibrate(workspace, tmp_path, capsys):
-    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(workspace.data), "--out",
-                 str(tmp_path / "out"), "--views", "8"]) == 2
-    assert "--views goes with --calibrate" in capsys.readouterr().err
+def test_the_single_command_form_says_which_subcommands_replace_it(workspace, tmp_path, capsys):
+    given = ["--checkpoint", str(workspace.checkpoint), "--data", str(workspace.data), "--out", str(tmp_path / "o")]
+    assert main([*given, "--calibrate", "--views", "8", "--choose-threshold", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "takes a subcommand first" in err and "run calibrate then threshold --sensitivity S" in err
+    assert main([*given, "--cam", "--cam-methods", "gradcam"]) == 2
+    assert "run cams; under cams --cam-methods is --methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["score", *given, "--views", "8"])             # a flag of another subcommand
+    assert exited.value.code == 2 and "unrecognized arguments: --views 8" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------- real photos
@@ -236,15 +251,15 @@ def _copy_checkpoint(workspace, tmp_path):
 
 
 def test_idrid_parts_and_a_validation_split_of_its_training_part(workspace, real, tmp_path, capsys):
-    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--out",
+    assert main(["score", "--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--out",
                  str(tmp_path / "test"), "--part", "test"]) == 0
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert metrics["n"] == 5 and metrics["data"]["part"] == "test" and metrics["data"]["layout"] == "idrid"
-    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--out",
+    assert main(["score", "--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--out",
                  str(tmp_path / "none")]) == 2
     assert "choose part train or test" in capsys.readouterr().err
-    assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--split", str(real.split),
-                 "--part", "val", "--out", str(tmp_path / "val")]) == 0
+    assert main(["score", "--checkpoint", str(workspace.checkpoint), "--data", str(real.grading), "--split",
+                 str(real.split), "--part", "val", "--out", str(tmp_path / "val")]) == 0
     assert json.loads((tmp_path / "val" / "metrics.json").read_text())["n"] == 5
 
 
@@ -252,9 +267,8 @@ def test_threshold_is_chosen_for_sensitivity_on_validation_and_recorded_as_val(w
     from drdemo.checkpoint import read_config
     checkpoint = _copy_checkpoint(workspace, tmp_path)
     out = tmp_path / "val"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(real.grading), "--split", str(real.split),
-                 "--part", "val", "--out", str(out), "--choose-threshold", "0.9", "--record", "--record-as",
-                 "val"]) == 0
+    assert main(["threshold", "--checkpoint", str(checkpoint), "--data", str(real.grading), "--split",
+                 str(real.split), "--part", "val", "--out", str(out), "--sensitivity", "0.9", "--record"]) == 0
     config = read_config(checkpoint)
     rows = read_csv(out / "predictions.csv")
     referable = np.array([float(r["referable_probability"]) for r in rows])
@@ -268,7 +282,7 @@ def test_threshold_is_chosen_for_sensitivity_on_validation_and_recorded_as_val(w
     assert config.provenance["confusion_matrices"]["val"] and config.provenance["referable_threshold_choice"]
     card = (checkpoint / "README.md").read_text()
     assert f"Referable threshold {threshold:g}: the highest threshold with referable sensitivity >= 0.9" in card
-    assert "Confusion matrix (validation)" in card and card.count("--choose-threshold 0.9") == 1
+    assert "Confusion matrix (validation)" in card and card.count("--sensitivity 0.9") == 1
 
 
 @needs_real_data
@@ -278,7 +292,7 @@ def test_ungraded_photos_report_the_share_referred(workspace, tmp_path):
     from drdemo.checkpoint import read_config
     checkpoint = _copy_checkpoint(workspace, tmp_path)
     out = tmp_path / "drive"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(DRIVE), "--ungraded", "--limit", "3", "--out",
+    assert main(["referral-share", "--checkpoint", str(checkpoint), "--data", str(DRIVE), "--limit", "3", "--out",
                  str(out), "--record"]) == 0
     result = json.loads((out / "metrics.json").read_text())
     rows = read_csv(out / "predictions.csv")
@@ -292,7 +306,7 @@ def test_heat_maps_are_scored_on_segmentation_photos_against_both_baselines(work
     from drdemo.checkpoint import read_config
     checkpoint = _copy_checkpoint(workspace, tmp_path)
     out = tmp_path / "cam"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(real.segmentation), "--cam", "--cam-methods",
+    assert main(["cams", "--checkpoint", str(checkpoint), "--data", str(real.segmentation), "--methods",
                  "gradcam", "eigencam", "--road-limit", "1", "--out", str(out), "--record"]) == 0
     cams = json.loads((out / "cam_metrics.json").read_text())
     assert cams["n_images"] == 3 and set(cams["beats_centre"]) == {"gradcam", "eigencam"}
@@ -313,7 +327,7 @@ def test_segmentation_photos_split_by_their_copies_in_the_grading_set(workspace,
                        "a. Training Set,IDRiD_03.jpg,,,0.88\n")
     for photos, expected in (("copies", 1), ("others", 2)):
         out = tmp_path / photos
-        assert main(["--checkpoint", str(workspace.checkpoint), "--data", str(real.segmentation), "--cam",
-                     "--cam-methods", "gradcam", "--road-limit", "0", "--cam-overlap", str(overlap), "--cam-photos",
-                     photos, "--out", str(out)]) == 0
+        assert main(["cams", "--checkpoint", str(workspace.checkpoint), "--data", str(real.segmentation),
+                     "--methods", "gradcam", "--road-limit", "0", "--overlap", str(overlap), "--photos", photos,
+                     "--out", str(out)]) == 0
         assert json.loads((out / "cam_metrics.json").read_text())["n_images"] == expected

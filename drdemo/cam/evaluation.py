@@ -8,7 +8,7 @@ on the images the model itself grades as diseased (predicted class other than 0)
 map is scored the same way as the baseline every method must beat, and so is a map peaked at the
 centre of the field of view: on real photos of diabetic retinopathy lesions crowd around the macula,
 near the centre, so a method that does not beat this map has not shown it looks at lesions.
-`python -m drdemo.evaluate --cam` writes the result as cam_metrics.json and a grid of examples.
+`python -m drdemo.evaluate cams` writes the result as cam_metrics.json and a grid of examples.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def evaluate_cams(loaded, samples: Sequence[LesionSample], methods: Sequence[str
             explainers[layer] = Explainer(loaded.model, layer, config.cam_reshape, config.num_classes,
                                           config.calibration)
         except ExplainError as exc:
-            raise CamEvaluationError(f"--cam-layers: {exc}") from exc
+            raise CamEvaluationError(f"--layers: {exc}") from exc
     with_lesions = [s for s in samples if s.masks][:limit]
     if not with_lesions:
         raise CamEvaluationError("no photo with a lesion mask to score CAMs on")

@@ -62,7 +62,7 @@ class CheckpointConfig:
     referable_threshold: float = 0.5
     # How logits become probabilities (drdemo.calibration): the mean over this many symmetric views
     # of each photo (1 or 8), after a temperature and per-class biases fitted on validation photos
-    # (`python -m drdemo.evaluate --calibrate`; {} is plain softmax).
+    # (`python -m drdemo.evaluate calibrate`; {} is plain softmax).
     test_time_views: int = 1
     calibration: dict = field(default_factory=dict)
     # A three-head model (drdemo.models.heads): {"grade_head": "softmax" | "ordinal", "dme_classes": [3 names],

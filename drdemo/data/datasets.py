@@ -206,7 +206,7 @@ def detect_layout(root: Path | str) -> str:
         return "idrid"
     if is_idrid_segmentation(root):
         raise DatasetError(f"{root} is IDRiD's segmentation set: it has lesion masks but no grades, so it can "
-                           "score heat maps (python -m drdemo.evaluate --cam) but not grade; for grading pass "
+                           "score heat maps (python -m drdemo.evaluate cams) but not grade; for grading pass "
                            "the 'B. Disease Grading' folder")
     if (root / "B. Disease Grading").is_dir():
         raise DatasetError(f"{root} holds IDRiD's parts: pass {root / 'B. Disease Grading'} (grades) or "

@@ -1,6 +1,5 @@
-"""`python -m drdemo.evaluate`: its arguments, choosing the samples, and the runs (graded, ungraded,
-heat maps only) that write OUT and record results into the checkpoint (drdemo.evaluate's package
-docstring lists the flags and files)."""
+"""`python -m drdemo.evaluate COMMAND`: one subcommand per kind of evaluation, each with its own flags,
+and each writing OUT and, where asked, one record into the checkpoint (the package docstring lists them)."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,7 @@ from drdemo.checkpoint import (
     record_grading,
     record_referral_share,
 )
-from drdemo.data import (
-    LAYOUTS,
-    PARTS,
-    DatasetError,
-    Sample,
-    detect_layout,
-    load_photos,
-    load_samples,
-    load_split,
-)
+from drdemo.data import LAYOUTS, PARTS, DatasetError, Sample, detect_layout, load_photos, load_samples, load_split
 from drdemo.data.describe import describe_evaluation_data
 from drdemo.data.lesions import (
     LesionSample,
@@ -47,6 +37,7 @@ from drdemo.data.lesions import (
     split_by_copies,
 )
 from drdemo.errors import DrdemoError
+from drdemo.evaluate import heads
 from drdemo.evaluate.predictions import (
     CAM_GRID_NAME,
     CAM_METRICS_NAME,
@@ -65,69 +56,100 @@ from drdemo.evaluate.predictions import (
     write_predictions,
 )
 from drdemo.inference import VIEW_COUNTS
-from drdemo.metrics import grading_metrics, task_probabilities
+from drdemo.metrics import task_probabilities
 from drdemo.tasks import task_targets
+
+# What each flag of the single-command form became, for the message that form now gets.
+FLAG_FORM = {"--cam": "cams", "--ungraded": "referral-share", "--calibrate": "calibrate",
+             "--choose-threshold": "threshold --sensitivity S"}
+RENAMED_FLAGS = {"--cam-methods": "--methods", "--cam-layers": "--layers", "--cam-limit": "--limit",
+                 "--cam-overlap": "--overlap", "--cam-photos": "--photos", "--choose-cam-default": "--choose-default"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m drdemo.evaluate",
-                                     description="evaluate a checkpoint on a graded fundus data folder")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id (ORG/NAME)")
-    parser.add_argument("--revision", help="Hub branch, tag or commit (repo ids only)")
-    parser.add_argument("--data", type=Path, required=True, help="data set folder (layout detected)")
-    parser.add_argument("--layout", choices=LAYOUTS, help="data set layout (default: detected)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json, predictions.csv and plots")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images (by image id)")
-    parser.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split, or a training "
+                                     description="evaluate a checkpoint: scores, threshold, calibration, heat maps, "
+                                                 "referral share, or a three-head checkpoint's report")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--checkpoint", required=True, help="checkpoint folder or Hub repo id (ORG/NAME)")
+    model.add_argument("--revision", help="Hub branch, tag or commit (repo ids only)")
+    model.add_argument("--data", type=Path, required=True, help="data set folder (layout detected)")
+    model.add_argument("--out", type=Path, required=True, help="folder for metrics.json, predictions.csv and plots")
+    model.add_argument("--batch-size", type=int, default=16)
+    model.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    graded = argparse.ArgumentParser(add_help=False)
+    graded.add_argument("--layout", choices=LAYOUTS, help="data set layout (default: detected)")
+    graded.add_argument("--split", type=Path, help="split JSON from python -m drdemo.data.split, or a training "
                         "run's training/split.json")
-    parser.add_argument("--part", help="part of --split to evaluate (default: test), or without --split the "
+    graded.add_argument("--part", help="part of --split to evaluate (default: test), or without --split the "
                         "data set's official part (IDRiD: train or test)")
-    parser.add_argument("--choose-threshold", type=float, metavar="SENSITIVITY",
-                        help="make the referable threshold the highest one that keeps this referable sensitivity "
-                             "on these images (choose on a validation part, never the test part); local folders")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="fit the checkpoint's calibration (a temperature and per-class biases, by negative "
-                             "log-likelihood) on these images and write it into config.json, before any "
-                             "--choose-threshold (fit on a validation part, never the test part); local folders")
-    parser.add_argument("--views", type=int, choices=VIEW_COUNTS,
-                        help="with --calibrate: make the checkpoint average this many symmetric views of each "
-                             "photo (default: keep its test_time_views)")
-    parser.add_argument("--ungraded", action="store_true",
-                        help="the folder's photos have no grades (DRIVE, CHASE_DB1: mostly eyes without referable "
-                             "DR): report the share the model refers, at its threshold")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    parser.add_argument("--cam", action="store_true",
-                        help="also score CAM methods against the lesion masks (synthetic layout): cam_metrics.json")
-    parser.add_argument("--cam-methods", nargs="+", default=list(CAM_METHODS), metavar="METHOD",
-                        help=f"CAM methods to score (default: all of {', '.join(CAM_METHODS)})")
-    parser.add_argument("--cam-limit", type=int, default=50, help="photos with lesion masks to score CAMs on")
-    parser.add_argument("--cam-overlap", type=Path, help="IDRiD's segmentation_grading_overlap.csv: with "
-                        "--cam-photos, score only the segmentation photos that are (not) copies of grading "
-                        "training photos")
-    parser.add_argument("--cam-photos", choices=("copies", "others"),
-                        help="copies: photos that are copies of grading training photos (training data anyway: "
-                             "choose on them); others: the rest (report on them)")
-    parser.add_argument("--road-limit", type=int, default=20,
-                        help="of those, how many also get the (slow) ROAD perturbation score")
-    parser.add_argument("--cam-layers", nargs="+", metavar="LAYER",
-                        help="target layers to score the CAM methods at (default: the checkpoint's cam_target_layer); "
-                             "join layers with '+' to average their maps, e.g. Mixed_6e+Mixed_7c")
-    parser.add_argument("--record", action="store_true",
-                        help="write the results (as test_* metrics, and with --cam the CAM table) into the "
-                             "checkpoint folder's config.json and model card; local checkpoint folders only")
-    parser.add_argument("--record-as", choices=("test", "val"), default="test",
-                        help="with --record: the numbers are test_* (held-out test data, default) or val_* (the "
-                             "validation part the epoch and threshold were chosen on)")
-    parser.add_argument("--choose-cam-default", action="store_true",
-                        help="with --cam: make the best-pointing method and layer the checkpoint's default CAM "
-                             "(run it on images other than the ones --record reports); local folders only")
+    first_n = argparse.ArgumentParser(add_help=False)
+    first_n.add_argument("--limit", type=int, help="evaluate only the first N images (by image id)")
+
+    scoring = commands.add_parser("score", parents=[model, graded, first_n],
+                                  help="grade a graded folder: metrics.json, predictions.csv, confusion and ROC plots")
+    scoring.add_argument("--record", action="store_true",
+                         help="record the numbers into the checkpoint (eval/, model card); local folders only")
+    scoring.add_argument("--record-as", choices=("test", "val"), default="test",
+                         help="with --record: test_* (held-out test data, default) or val_* (the validation part "
+                              "the epoch and threshold were chosen on)")
+    scoring.set_defaults(run=run_score)
+
+    threshold = commands.add_parser("threshold", parents=[model, graded, first_n],
+                                    help="make the referable threshold the highest that keeps a sensitivity "
+                                         "(choose on a validation part, never the test part); local folders")
+    threshold.add_argument("--sensitivity", type=float, required=True, help="referable sensitivity to keep, (0, 1]")
+    threshold.add_argument("--record", action="store_true",
+                           help="record the numbers at the new threshold as val_* (the part it was chosen on)")
+    threshold.set_defaults(run=run_threshold)
+
+    calibrate = commands.add_parser("calibrate", parents=[model, graded, first_n],
+                                    help="fit a temperature and per-class biases by negative log-likelihood "
+                                         "(on a validation part, never the test part); local folders")
+    calibrate.add_argument("--views", type=int, choices=VIEW_COUNTS,
+                           help="make the checkpoint average this many symmetric views of each photo "
+                                "(default: keep its test_time_views)")
+    calibrate.set_defaults(run=run_calibrate)
+
+    cams = commands.add_parser("cams", parents=[model, graded],
+                               help="score heat map methods against lesion masks: cam_metrics.json, cam_grid.png")
+    cams.add_argument("--methods", nargs="+", default=list(CAM_METHODS), metavar="METHOD",
+                      help=f"CAM methods to score (default: all of {', '.join(CAM_METHODS)})")
+    cams.add_argument("--layers", nargs="+", metavar="LAYER",
+                      help="target layers (default: the checkpoint's cam_target_layer); join layers with '+' to "
+                           "average their maps, e.g. Mixed_6e+Mixed_7c")
+    cams.add_argument("--limit", type=int, default=50, help="photos with lesion masks to score (default 50)")
+    cams.add_argument("--road-limit", type=int, default=20,
+                      help="of those, how many also get the (slow) ROAD perturbation score (default 20)")
+    cams.add_argument("--overlap", type=Path, help="IDRiD's segmentation_grading_overlap.csv: with --photos, score "
+                      "only the segmentation photos that are (not) copies of grading training photos")
+    cams.add_argument("--photos", choices=("copies", "others"),
+                      help="copies: copies of grading training photos (training data anyway: choose on them); "
+                           "others: the rest (report on them)")
+    cams.add_argument("--record", action="store_true", help="record the table into the checkpoint (eval/cam.json)")
+    cams.add_argument("--choose-default", action="store_true",
+                      help="make the best-pointing method and layer the checkpoint's default heat map (run it on "
+                           "photos other than the ones --record reports); local folders only")
+    cams.set_defaults(run=run_cams)
+
+    share = commands.add_parser("referral-share", parents=[model, first_n],
+                                help="the share of an ungraded folder's photos (DRIVE, CHASE_DB1) the model refers")
+    share.add_argument("--record", action="store_true", help="record the share into the checkpoint")
+    share.set_defaults(run=run_referral_share)
+
+    three_heads = commands.add_parser("heads", help="a three-head checkpoint on IDRiD: grades, DME risk, lesion "
+                                                    "maps and the shortcut checks")
+    heads.add_arguments(three_heads)
+    three_heads.set_defaults(run=run_heads)
     return parser
 
 
-def select_samples(args: argparse.Namespace) -> tuple[list[Sample], str]:
-    """The samples the arguments ask for, and the data set's layout."""
+# ---------------------------------------------------------------------------------------------- samples
+
+def select_samples(args: argparse.Namespace, limit: int | None = None) -> tuple[list[Sample], str]:
+    """The graded samples the arguments ask for (the first `limit`), and the data set's layout."""
     layout = args.layout or detect_layout(args.data)
     official = layout in PARTS
     if args.part is not None and args.split is None and not official:
@@ -139,94 +161,190 @@ def select_samples(args: argparse.Namespace) -> tuple[list[Sample], str]:
     part = ("train" if official else None) if args.split is not None else args.part
     samples = load_samples(args.data, layout, part=part)
     if args.split is not None:
-        part = args.part or "test"
+        part = _part(args)
         parts = load_split(args.split, samples)
         if part not in parts:
             raise EvaluateError(f"{args.split} has no part {part!r} (it has {', '.join(parts)}); pass --part NAME")
         samples = parts[part]
         if not samples:
             raise EvaluateError(f"part {part!r} of {args.split} is empty; pass another --part")
-    if args.limit is not None:
-        samples = samples[:args.limit]
-    return samples, layout
+    return samples[:limit], layout
 
 
-def select_lesion_samples(args: argparse.Namespace, graded: Sequence[Sample] | None) -> tuple[list[LesionSample], str]:
-    """The photos with lesion masks to score CAMs on (those of `graded`, where the data is graded too),
-    and a line saying which they are."""
-    part = args.part if graded is None else None
-    samples = load_lesion_samples(args.data, part=part)
+def select_lesion_samples(args: argparse.Namespace,
+                          graded: Sequence[Sample] | None) -> tuple[list[LesionSample], str]:
+    """The photos with lesion masks to score heat maps on (those of `graded`, where the data is graded
+    too), and a phrase saying which they are."""
+    samples = load_lesion_samples(args.data, part=args.part if graded is None else None)
     if graded is not None:
         wanted = {s.image_id for s in graded}
         samples = [s for s in samples if s.image_id in wanted]
-    description = "photos with lesion masks"
-    if args.cam_photos is not None:
-        copies, others = split_by_copies(samples, grading_copies(args.cam_overlap))
-        samples = copies if args.cam_photos == "copies" else others
-        description = ("photos with lesion masks that are copies of grading training photos"
-                       if args.cam_photos == "copies" else
-                       "photos with lesion masks that are not copies of grading training photos (not training data)")
-    return samples, description
+    if args.photos is None:
+        return samples, "photos with lesion masks"
+    copies, others = split_by_copies(samples, grading_copies(args.overlap))
+    if args.photos == "copies":
+        return copies, "photos with lesion masks that are copies of grading training photos"
+    return others, "photos with lesion masks that are not copies of grading training photos (not training data)"
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Everything the CLI does; returns the metrics written."""
-    if args.out.exists() and not args.out.is_dir():
-        raise EvaluateError(f"--out {args.out} is a file; give a folder (it is created if needed)")
-    if (args.cam_overlap is None) != (args.cam_photos is None):
-        raise EvaluateError("--cam-overlap and --cam-photos go together: the overlap table, and which photos of it")
-    if args.cam_photos is not None and not args.cam:
-        raise EvaluateError("--cam-photos needs --cam")
-    if args.choose_threshold is not None and not 0 < args.choose_threshold <= 1:
-        raise EvaluateError(f"--choose-threshold is a sensitivity in (0, 1], got {args.choose_threshold}")
-    if args.cam and (args.cam_limit < 1 or args.road_limit < 0):
-        raise EvaluateError(f"--cam-limit must be >= 1 and --road-limit >= 0, got {args.cam_limit} and "
-                            f"{args.road_limit}")
-    if args.limit is not None and args.limit < 1:
-        raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1 or args.workers < 0:
-        raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
-    if args.views is not None and not args.calibrate:
-        raise EvaluateError("--views goes with --calibrate (the calibration is fitted on those views)")
-    for flag, wanted in (("--record", args.record), ("--choose-cam-default", args.choose_cam_default),
-                         ("--choose-threshold", args.choose_threshold is not None), ("--calibrate", args.calibrate)):
-        if wanted and not Path(args.checkpoint).is_dir():
-            raise EvaluateError(f"{flag} writes into a local checkpoint folder; {args.checkpoint} is not one")
-    if (args.choose_cam_default or args.cam_layers) and not args.cam:
-        raise EvaluateError("--choose-cam-default and --cam-layers need --cam")
-    if args.cam and _lesions_only(args.data):
-        return run_cams_only(args)
-    if args.ungraded:
-        return run_ungraded(args)
-    samples, layout = select_samples(args)
+def _part(args: argparse.Namespace) -> str | None:
+    """The part evaluated: of the split file (default test), or the data set's official part."""
+    return (args.part or "test") if args.split is not None else args.part
+
+
+@dataclasses.dataclass
+class GradedRun:
+    """One forward pass over graded samples, what every graded subcommand starts from."""
+
+    loaded: LoadedModel
+    samples: list[Sample]
+    layout: str
+    logits: np.ndarray          # (n, views, C), uncalibrated
+    seconds: float
+    description: str            # the data, as a record in the checkpoint states it
+
+
+def predict_graded(args: argparse.Namespace, views: int | None = None) -> GradedRun:
+    samples, layout = select_samples(args, args.limit)
+    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
+    print(f"evaluating {loaded.config.architecture} ({loaded.config.task}) from {loaded.origin} on {len(samples)} "
+          f"images of {args.data}", file=sys.stderr)
+    start = time.perf_counter()
+    logits = predict_logits(loaded, samples, args.batch_size, args.workers, views=views)
+    seconds = time.perf_counter() - start
+    description = describe_evaluation_data(args.data, layout, len(samples), _part(args))
+    return GradedRun(loaded, samples, layout, logits, seconds, description)
+
+
+# ---------------------------------------------------------------------------------------------- subcommands
+
+def run_score(args: argparse.Namespace) -> str:
+    """`score`: metrics.json, predictions.csv and the two plots; with --record, eval/test.json or validation.json."""
+    graded = predict_graded(args)
+    metrics = write_scores(args, graded, graded.loaded)
+    if args.record:
+        record_grading(args.checkpoint, metrics, graded.description, _command(args), part=args.record_as)
+    return f"wrote {args.out}: {_summary(metrics)}"
+
+
+def run_threshold(args: argparse.Namespace) -> str:
+    """`threshold`: the checkpoint's referable threshold becomes the highest that keeps --sensitivity on these
+    photos; OUT's metrics are those at the new threshold."""
+    graded = predict_graded(args)
+    config = graded.loaded.config
+    _, rows = score(config, graded.samples, graded.logits, graded.seconds)
+    threshold = choose_referable_threshold(args.checkpoint, np.array([row["grade"] for row in rows]),
+                                           np.array([row["referable_probability"] for row in rows]),
+                                           args.sensitivity, graded.description, _command(args))
+    loaded = dataclasses.replace(graded.loaded, config=dataclasses.replace(config, referable_threshold=threshold))
+    metrics = write_scores(args, graded, loaded)
+    if args.record:
+        record_grading(args.checkpoint, metrics, graded.description, _command(args), part="val")
+    return f"referable threshold of {args.checkpoint} is now {threshold:g}; wrote {args.out}: {_summary(metrics)}"
+
+
+def run_calibrate(args: argparse.Namespace) -> str:
+    """`calibrate`: fit the calibration over --views views and write it (and the views) into the checkpoint;
+    OUT's metrics are the calibrated ones on these photos."""
+    graded = predict_graded(args, views=args.views)
+    config = graded.loaded.config
+    targets = task_targets(np.array([s.grade for s in graded.samples]), config.task)
+    calibration = fit_calibration(graded.logits, targets)
+    config = record_calibration(args.checkpoint, calibration, graded.logits, targets, graded.description,
+                                _command(args))
+    choice = config.provenance["calibration_choice"]
+    metrics = write_scores(args, graded, dataclasses.replace(graded.loaded, config=config))
+    return (f"calibration of {args.checkpoint} over {graded.logits.shape[1]} view(s): temperature "
+            f"{calibration['temperature']:g}, biases {calibration['logit_bias']}; NLL on these images "
+            f"{choice['nll_before']:.4f} -> {choice['nll_after']:.4f}; wrote {args.out}: {_summary(metrics)}")
+
+
+def run_cams(args: argparse.Namespace) -> str:
+    """`cams`: every method scored against the lesion masks (cam_metrics.json, cam_grid.png), on a folder of
+    lesion masks without grades (IDRiD's segmentation set) or on a graded synthetic folder's samples."""
+    if args.limit < 1 or args.road_limit < 0:
+        raise EvaluateError(f"--limit must be >= 1 and --road-limit >= 0, got {args.limit} and {args.road_limit}")
+    if (args.overlap is None) != (args.photos is None):
+        raise EvaluateError("--overlap and --photos go together: the overlap table, and which photos of it")
+    lesions_only = _lesions_only(args.data)
+    if lesions_only and args.split is not None:
+        raise EvaluateError(f"{args.data} has no grades: --split needs a graded folder")
+    graded = None if lesions_only else select_samples(args)[0]
+    samples, what = select_lesion_samples(args, graded)
+    samples = samples[:args.limit]
+    if not samples:
+        raise EvaluateError(f"{args.data} has no photos with lesion masks to score heat maps on")
+    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
+    print(f"scoring heat maps of {loaded.config.architecture} on {len(samples)} {what} of {args.data}",
+          file=sys.stderr)
+    loaded.model.requires_grad_(False)  # a CAM needs no weight gradients: backward stops at its layer
+    cam_metrics, cases = evaluate_cams(loaded, samples, args.methods, loaded.config.cam_method, limit=args.limit,
+                                       road_limit=args.road_limit, layers=args.layers)
+    cam_metrics["checkpoint"] = checkpoint_summary(loaded)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_json(args.out / CAM_METRICS_NAME, cam_metrics)
+    plot_cam_grid(cases, args.out / CAM_GRID_NAME, f"{loaded.config.architecture}: where each CAM method looks")
+    part = f", {args.part} part" if args.part else ""
+    description = f"{len(samples)} of the {what} of {args.data.name}{part}"
+    if args.record:
+        record_cam_test(args.checkpoint, cam_metrics, description, _command(args))
+    best, default = cam_metrics["best"], cam_metrics["pointing_game"]
+    headline = (f"pointing game {default:.3f} ({cam_metrics['default_method']})" if default is not None else
+                f"best pointing game {best['pointing_game']:.3f} ({best['method']} at {best['layer']})")
+    lines = [f"wrote {args.out}: {headline}, centre map {cam_metrics['centre_baseline']['pointing_game']:.3f}, "
+             f"random map {cam_metrics['random_baseline']['pointing_game']:.3f} ({cam_metrics['n_images']} photos)"]
+    if args.choose_default:
+        choose_cam_default(args.checkpoint, cam_metrics, description, _command(args))
+        lines.append(f"default heat map of {args.checkpoint} is now {best['method']} at {best['layer']} "
+                     f"(pointing game {best['pointing_game']:.3f})")
+    return "\n".join(lines)
+
+
+def run_referral_share(args: argparse.Namespace) -> str:
+    """`referral-share`: how many photos of a folder without grades the model refers, and its grades."""
+    photos = load_photos(args.data)[:args.limit]
     loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
     config = loaded.config
-    print(f"evaluating {config.architecture} ({config.task}) from {loaded.origin} on {len(samples)} images "
-          f"of {args.data}", file=sys.stderr)
-    command = _command(args)
-    description = describe_evaluation_data(args.data, layout, len(samples), (args.part or "test") if args.split else args.part)
-    start = time.perf_counter()
-    logits = predict_logits(loaded, samples, args.batch_size, args.workers, views=args.views)
-    seconds = time.perf_counter() - start
-    if args.calibrate:
-        loaded = _calibrate(args, loaded, samples, logits, description, command)
-        config = loaded.config
-    grading, rows = score(config, samples, logits, seconds)
-    if args.choose_threshold is not None:
-        # Choose first, so metrics.json and the recorded numbers are those at the threshold the app will use.
-        threshold = choose_referable_threshold(args.checkpoint, np.array([row["grade"] for row in rows]),
-                                               np.array([row["referable_probability"] for row in rows]),
-                                               args.choose_threshold, description, command)
-        print(f"referable threshold of {args.checkpoint} is now {threshold:g}", file=sys.stderr)
-        probabilities = np.array([[row[probability_column(n)] for n in config.class_names] for row in rows])
-        grading = {**grading, **grading_metrics(np.array([row["grade"] for row in rows]), probabilities, config.task,
-                                                config.class_names, referable_threshold=threshold)}
+    probabilities = predict_probabilities(loaded, photos, args.batch_size, args.workers)
+    derived = task_probabilities(probabilities, config.task)
+    if "referable" not in derived:
+        raise EvaluateError(f"a {config.task} checkpoint does not answer the referral question")
+    referred = derived["referable"] >= config.referable_threshold
+    predicted = probabilities.argmax(axis=1)
+    result = {"data": str(args.data.resolve()), "n": len(photos), "referred": int(referred.sum()),
+              "share": round(float(referred.mean()), 4), "referable_threshold": config.referable_threshold,
+              "predicted_grades": {name: int((predicted == i).sum()) for i, name in enumerate(config.class_names)}}
+    rows = [{"image_id": photo.image_id, **{probability_column(n): float(v) for n, v in zip(config.class_names, row)},
+             "predicted_name": config.class_names[int(row.argmax())], "referable_probability": float(p),
+             "referred": bool(flag)}
+            for photo, row, p, flag in zip(photos, probabilities, derived["referable"], referred)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_predictions(args.out / PREDICTIONS_NAME, rows)
+    _write_json(args.out / METRICS_NAME, result)
+    if args.record:
+        record_referral_share(args.checkpoint, {"data": args.data.name, "n": result["n"],
+                                                "referred": result["referred"], "share": result["share"]},
+                              _command(args))
+    return (f"wrote {args.out}: referred {result['referred']} of {result['n']} photos "
+            f"({100 * result['share']:.1f}%); grades {result['predicted_grades']}")
 
+
+def run_heads(args: argparse.Namespace) -> str:
+    """`heads`: drdemo.evaluate.heads' report on a three-head checkpoint."""
+    return heads.run(args, _command(args))
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def write_scores(args: argparse.Namespace, graded: GradedRun, loaded: LoadedModel) -> dict:
+    """metrics.json, predictions.csv and the plots of `graded`'s logits, scored as `loaded`'s config says."""
+    config = loaded.config
+    grading, rows = score(config, graded.samples, graded.logits, graded.seconds)
     metrics = {
         "checkpoint": checkpoint_summary(loaded),
-        "data": {"root": str(args.data.resolve()), "layout": layout, "n": len(samples),
-                 "split": str(args.split.resolve()) if args.split else None,
-                 "part": (args.part or "test") if args.split else args.part, "limit": args.limit},
+        "data": {"root": str(args.data.resolve()), "layout": graded.layout, "n": len(graded.samples),
+                 "split": str(args.split.resolve()) if args.split else None, "part": _part(args),
+                 "limit": args.limit},
         "device": str(next(loaded.model.parameters()).device),
         **grading,
     }
@@ -235,35 +353,8 @@ def run(args: argparse.Namespace) -> dict:
     title = f"{config.architecture} ({config.task}) on {args.data.name}"
     plot_confusion_matrix(metrics, args.out / CONFUSION_NAME, title)
     plot_roc(metrics, rows, args.out / ROC_NAME, title)
-    if args.cam:
-        loaded.model.requires_grad_(False)  # a CAM needs no weight gradients: backward stops at its layer
-        lesion_samples, _ = select_lesion_samples(args, samples)
-        cam_metrics = _score_cams(args, loaded, lesion_samples, metrics["checkpoint"])
-        metrics["cam"] = {"pointing_game": cam_metrics["pointing_game"], "default_method": config.cam_method,
-                          "default_layer": cam_metrics["default_layer"], "best": cam_metrics["best"],
-                          "file": CAM_METRICS_NAME}
-    (args.out / METRICS_NAME).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    if args.record:
-        record_grading(args.checkpoint, metrics, description, command, part=args.record_as)
-        if args.cam:
-            record_cam_test(args.checkpoint, cam_metrics, description, command)
-    if args.choose_cam_default:
-        _choose_cam(args, cam_metrics, description, command)
+    _write_json(args.out / METRICS_NAME, metrics)
     return metrics
-
-
-def _calibrate(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[Sample], logits: np.ndarray,
-               description: str, command: str) -> LoadedModel:
-    """Fit the calibration on `logits`, write it (and the views) into the checkpoint; the loaded model
-    with the new config."""
-    targets = task_targets(np.array([s.grade for s in samples]), loaded.config.task)
-    calibration = fit_calibration(logits, targets)
-    config = record_calibration(args.checkpoint, calibration, logits, targets, description, command)
-    choice = config.provenance["calibration_choice"]  # eval/calibration.json, as the config's records show it
-    print(f"calibration of {args.checkpoint} over {logits.shape[1]} view(s): temperature "
-          f"{calibration['temperature']:g}, biases {calibration['logit_bias']}; NLL on these images "
-          f"{choice['nll_before']:.4f} -> {choice['nll_after']:.4f}", file=sys.stderr)
-    return dataclasses.replace(loaded, config=config)
 
 
 def checkpoint_summary(loaded: LoadedModel) -> dict:
@@ -271,6 +362,10 @@ def checkpoint_summary(loaded: LoadedModel) -> dict:
     config = loaded.config
     return {"source": loaded.source, "revision": loaded.revision, "commit": loaded.commit,
             "architecture": config.architecture, "task": config.task, "trained": config.trained}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _lesions_only(root: Path) -> bool:
@@ -285,79 +380,6 @@ def _command(args: argparse.Namespace) -> str:
     return "python -m drdemo.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
 
 
-def _score_cams(args: argparse.Namespace, loaded: LoadedModel, samples: Sequence[LesionSample],
-                checkpoint: dict) -> dict:
-    """Score the CAM methods on `samples`; writes cam_metrics.json and cam_grid.png."""
-    loaded.model.requires_grad_(False)  # a CAM needs no weight gradients: backward stops at its layer
-    config = loaded.config
-    cam_metrics, cases = evaluate_cams(loaded, samples, args.cam_methods, config.cam_method, limit=args.cam_limit,
-                                       road_limit=args.road_limit, layers=args.cam_layers)
-    cam_metrics["checkpoint"] = checkpoint
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / CAM_METRICS_NAME).write_text(json.dumps(cam_metrics, indent=2, allow_nan=False) + "\n",
-                                             encoding="utf-8")
-    plot_cam_grid(cases, args.out / CAM_GRID_NAME, f"{config.architecture}: where each CAM method looks")
-    return cam_metrics
-
-
-def _choose_cam(args: argparse.Namespace, cam_metrics: dict, description: str, command: str) -> None:
-    best = cam_metrics["best"]
-    choose_cam_default(args.checkpoint, cam_metrics, description, command)
-    print(f"default CAM of {args.checkpoint} is now {best['method']} at {best['layer']} "
-          f"(pointing game {best['pointing_game']:.3f})", file=sys.stderr)
-
-
-def run_ungraded(args: argparse.Namespace) -> dict:
-    """`--ungraded`: how many photos of a folder without grades the model refers, and its grades."""
-    if args.cam or args.split is not None or args.choose_threshold is not None or args.choose_cam_default:
-        raise EvaluateError("--ungraded photos have no grades or lesion masks: only --record goes with it")
-    photos = load_photos(args.data)[:args.limit]
-    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
-    config = loaded.config
-    probabilities = predict_probabilities(loaded, photos, args.batch_size, args.workers)
-    derived = task_probabilities(probabilities, config.task)
-    if "referable" not in derived:
-        raise EvaluateError(f"a {config.task} checkpoint does not answer the referral question")
-    referred = derived["referable"] >= config.referable_threshold
-    predicted = probabilities.argmax(axis=1)
-    result = {"data": str(args.data.resolve()), "n": len(photos), "referred": int(referred.sum()),
-              "share": round(float(referred.mean()), 4), "referable_threshold": config.referable_threshold,
-              "predicted_grades": {name: int((predicted == i).sum()) for i, name in enumerate(config.class_names)}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = [{"image_id": photo.image_id, **{probability_column(n): float(v) for n, v in zip(config.class_names, row)},
-             "predicted_name": config.class_names[int(row.argmax())], "referable_probability": float(score),
-             "referred": bool(flag)} for photo, row, score, flag in zip(photos, probabilities, derived["referable"],
-                                                                         referred)]
-    write_predictions(args.out / PREDICTIONS_NAME, rows)
-    (args.out / METRICS_NAME).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if args.record:
-        record_referral_share(args.checkpoint, {"data": args.data.name, "n": result["n"],
-                                                "referred": result["referred"], "share": result["share"]},
-                              _command(args))
-    return result
-
-
-def run_cams_only(args: argparse.Namespace) -> dict:
-    """`--cam` on photos with lesion masks and no grades: heat map scores only (cam_metrics.json)."""
-    if args.split is not None or args.choose_threshold is not None:
-        raise EvaluateError(f"{args.data} has no grades: --split and --choose-threshold need a graded folder")
-    samples, what = select_lesion_samples(args, None)
-    samples = samples[:min(args.cam_limit, args.limit or args.cam_limit)]
-    what = f"{len(samples)} of the {what}"
-    loaded = load_model(args.checkpoint, revision=args.revision, device=args.device)
-    checkpoint = checkpoint_summary(loaded)
-    print(f"scoring heat maps of {loaded.config.architecture} on {what} of {args.data}", file=sys.stderr)
-    cam_metrics = _score_cams(args, loaded, samples, checkpoint)
-    part = f", {args.part} part" if args.part else ""
-    description = f"{what} of {args.data.name}{part}"
-    command = _command(args)
-    if args.record:
-        record_cam_test(args.checkpoint, cam_metrics, description, command)
-    if args.choose_cam_default:
-        _choose_cam(args, cam_metrics, description, command)
-    return {"cam": cam_metrics, "n": len(samples)}
-
-
 def _summary(metrics: dict) -> str:
     parts = [f"accuracy {metrics['accuracy']:.3f}", f"QWK {metrics['qwk']:.3f}"]
     for question in QUESTION_LABELS:
@@ -365,6 +387,33 @@ def _summary(metrics: dict) -> str:
             auc = metrics[f"{question}_auc"]
             parts.append(f"{question} AUC {'undefined' if auc is None else f'{auc:.3f}'}")
     return ", ".join(parts) + f" ({metrics['n']} images, {metrics['images_per_second']} img/s)"
+
+
+def _check(args: argparse.Namespace) -> None:
+    """The argument errors argparse cannot see, before anything is loaded."""
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise EvaluateError(f"--out {args.out} is a file; give a folder (it is created if needed)")
+    if getattr(args, "batch_size", 1) < 1 or getattr(args, "workers", 0) < 0:
+        raise EvaluateError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    if args.command != "cams" and getattr(args, "limit", None) is not None and args.limit < 1:
+        raise EvaluateError(f"--limit must be at least 1, got {args.limit}")
+    if args.command == "threshold" and not 0 < args.sensitivity <= 1:
+        raise EvaluateError(f"--sensitivity is a referable sensitivity in (0, 1], got {args.sensitivity}")
+    writes = {"threshold": True, "calibrate": True, "heads": True,
+              "cams": getattr(args, "record", False) or getattr(args, "choose_default", False)}
+    if writes.get(args.command, getattr(args, "record", False)) and not Path(args.checkpoint).is_dir():
+        raise EvaluateError(f"{args.command} writes into a local checkpoint folder; {args.checkpoint} is not one")
+
+
+def flag_form_message(argv: Sequence[str]) -> str:
+    """What to type instead of the single-command form (flags first, no subcommand)."""
+    given = [flag for flag in FLAG_FORM if flag in argv]
+    steps = [FLAG_FORM[flag] for flag in given] or ["score"]
+    renamed = [f"{old} is {new}" for old, new in RENAMED_FLAGS.items() if old in argv]
+    return ("python -m drdemo.evaluate takes a subcommand first (score, threshold, calibrate, cams, "
+            f"referral-share, heads): for these flags run {' then '.join(steps)}"
+            + (f"; under cams {', '.join(renamed)}" if renamed else "")
+            + "; python -m drdemo.evaluate COMMAND --help lists each one's flags")
 
 
 def _message(exc: Exception) -> str:
@@ -376,23 +425,17 @@ def _message(exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].startswith("--") and argv[0] != "--help":
+        print(f"error: {flag_form_message(argv)}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    run: Callable[[argparse.Namespace], str] = args.run
     try:
-        metrics = run(args)
+        _check(args)
+        print(run(args))
     except (DrdemoError, OSError) as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
-    if "share" in metrics:
-        print(f"wrote {args.out}: referred {metrics['referred']} of {metrics['n']} photos "
-              f"({100 * metrics['share']:.1f}%); grades {metrics['predicted_grades']}")
-        return 0
-    if "qwk" not in metrics:
-        cam = metrics["cam"]
-        print(f"wrote {args.out}: pointing game {cam['pointing_game']:.3f} ({cam['default_method']}), centre map "
-              f"{cam['centre_baseline']['pointing_game']:.3f}, random map "
-              f"{cam['random_baseline']['pointing_game']:.3f} ({cam['n_images']} photos)")
-        return 0
-    print(f"wrote {args.out}: {_summary(metrics)}")
     return 0

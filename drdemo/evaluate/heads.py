@@ -1,7 +1,8 @@
-"""`python -m drdemo.evaluate.heads`: a three-head checkpoint judged on IDRiD, and the shortcut checks.
+"""`python -m drdemo.evaluate heads` (or `python -m drdemo.evaluate.heads`): a three-head checkpoint judged on IDRiD,
+and the shortcut checks.
 
-    python -m drdemo.evaluate.heads --checkpoint DIR --data "IDRiD/B. Disease Grading" --part val --choose-thresholds
-    python -m drdemo.evaluate.heads --checkpoint DIR --data "IDRiD/B. Disease Grading" --part test \
+    python -m drdemo.evaluate heads --checkpoint DIR --data "IDRiD/B. Disease Grading" --part val --choose-thresholds
+    python -m drdemo.evaluate heads --checkpoint DIR --data "IDRiD/B. Disease Grading" --part test \
         --other-cameras ../shared/data/drive ../shared/data/chase_db1
 
 `--part val` scores the validation photos the run held out (its training/split.json) and, with
@@ -153,34 +154,40 @@ def lesion_map_scores(loaded, segmentation: Path, overlap: Path) -> dict:
     return result
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m drdemo.evaluate.heads", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the three-head report, on its own command and on `python -m drdemo.evaluate heads`."""
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--data", required=True, type=Path, help="IDRiD's 'B. Disease Grading' folder")
     parser.add_argument("--part", required=True, choices=("val", "test"))
-    parser.add_argument("--segmentation", type=Path, help="IDRiD's 'A. Segmentation' folder (default: beside --data)")
-    parser.add_argument("--overlap", type=Path, help="segmentation_grading_overlap.csv (default: beside --data's parent)")
+    parser.add_argument("--segmentation", type=Path,
+                        help="IDRiD's 'A. Segmentation' folder (default: beside --data)")
+    parser.add_argument("--overlap", type=Path,
+                        help="segmentation_grading_overlap.csv (default: beside --data's parent)")
     parser.add_argument("--other-cameras", type=Path, nargs="*", default=[], help="ungraded photo folders whose "
                         "referral rate is reported (DRIVE, CHASE_DB1)")
     parser.add_argument("--choose-thresholds", action="store_true", help="with --part val: set both referral "
                         "thresholds for sensitivity >= 0.9")
     parser.add_argument("--out", type=Path, help="folder for metrics.json (default: the checkpoint's eval/)")
-    return parser
+
+
+def run(args: argparse.Namespace, command: str) -> str:
+    """The report, written; its top-level numbers as JSON text."""
+    if args.choose_thresholds and args.part != "val":
+        raise CheckpointError("--choose-thresholds chooses on the validation part: use --part val")
+    result = evaluate(args, command)
+    return json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=1)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = argparse.ArgumentParser(prog="python -m drdemo.evaluate.heads", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if args.choose_thresholds and args.part != "val":
-        parser.error("--choose-thresholds chooses on the validation part: use --part val")
-    command = "python -m drdemo.evaluate.heads " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
-        result = evaluate(args, command)
+        print(run(args, "python -m drdemo.evaluate.heads " + " ".join(shlex.quote(a) for a in argv)))
     except DrdemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=1))
     return 0
 
 
@@ -188,13 +195,14 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
     folder = args.checkpoint
     config = read_config(folder)
     if not config.heads:
-        raise CheckpointError(f"{folder} is a single-head checkpoint; use python -m drdemo.evaluate")
+        raise CheckpointError(f"{folder} is a single-head checkpoint; use python -m drdemo.evaluate score")
     split = json.loads((folder / "training" / "split.json").read_text())["parts"]
     train_all = {s.image_id: s for s in load_samples(args.data, "idrid", part="train")}
     train = [train_all[i] for i in split["train"]]
     samples = ([train_all[i] for i in split["val"]] if args.part == "val"
                else load_samples(args.data, "idrid", part="test"))
-    size, interpolation, crop = config.input_size, config.preprocessing["interpolation"], config.preprocessing["crop_fov"]
+    size = config.input_size
+    interpolation, crop = config.preprocessing["interpolation"], config.preprocessing["crop_fov"]
     train_images = prepare_cached(train, size, interpolation, crop)
     images = prepare_cached(samples, size, interpolation, crop)
     loaded = load_model(folder, device="cpu")
@@ -207,8 +215,9 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
                          dme_threshold=_highest_threshold(risks == REFERABLE_DME_RISK, p_dme, MIN_SENSITIVITY))
         write_config(folder, config)
         loaded = load_model(folder, device="cpu")
-    result = {"data": f"IDRiD disease grading, {'the validation photos held out of training' if args.part == 'val' else 'the official test split'} ({len(samples)} photos)",
-              "part": args.part, "n": len(samples), "command": command, "code_commit": code_commit()}
+    photos = "the validation photos held out of training" if args.part == "val" else "the official test split"
+    result = {"data": f"IDRiD disease grading, {photos} ({len(samples)} photos)", "part": args.part,
+              "n": len(samples), "command": command, "code_commit": code_commit()}
     result.update(grading_metrics(grades, outputs["grade"], "icdr5", config.class_names,
                                   referable_threshold=config.referable_threshold))
     result.update(dme_metrics(risks, outputs["dme"], threshold=config.dme_threshold))
