@@ -129,18 +129,20 @@ def bench_second_opinion(data: Path, everyday: Path, slots: tuple[str, ...] | No
             report["models"][slot] = "no ood.safetensors"
             continue
         predictor = Predictor.from_loaded(load_model(folder, device="cpu"))
-        per_set, distances = {}, {}
+        per_set, distances, silent = {}, {}, {}
         for name, items in rules.items():
-            graded = [(image, a) for _, image, a in items if a is not None and a.outcome != "refused"]
-            values = score.score(image_features(predictor, [image for image, _ in graded])) if graded else []
-            combined = [second_opinion(a, float(v), score.threshold) for (_, a), v in zip(graded, values)]
+            graded = [(label, image, a) for label, image, a in items if a is not None and a.outcome != "refused"]
+            values = score.score(image_features(predictor, [image for _, image, _ in graded])) if graded else []
+            combined = [second_opinion(a, float(v), score.threshold) for (*_, a), v in zip(graded, values)]
             per_set[name] = _tally(combined + [None] * (len(items) - len(graded)))
+            silent[name] = [(label, c.field_of_view) for (label, *_), c in zip(graded, combined) if c.is_fundus]
             if len(values):
                 distances[name] = {"n": len(values), "median": round(float(np.median(values)), 3),
                                    "max": round(float(np.max(values)), 3),
                                    "above_threshold": int((np.asarray(values) > score.threshold).sum())}
         report["models"][slot] = {"threshold": round(score.threshold, 3), "threshold_from": score.threshold_from,
-                                  "fitted_on": score.fitted_on, "sets": per_set, "distances": distances}
+                                  "fitted_on": score.fitted_on, "sets": per_set, "distances": distances,
+                                  "graded_as_fundus": silent}
     return report
 
 
@@ -267,12 +269,23 @@ def second_opinion_markdown(report: dict) -> list[str]:
         return f"{hit} / {c['n']} ({hit / c['n']:.1%})" if c["n"] else "-"
 
     models = {slot: r for slot, r in report["models"].items() if isinstance(r, dict)}
-    lines = ["", "| photos | rules | rules, borderless crops warned | "
+    lines = ["", "The model's second opinion: a photo counts as caught when it is refused or warned that it may not "
+                 "be a colour fundus photo (on the real photos a catch is a false alarm). Rules alone; the rules "
+                 "with every crop without a border warned (no score); and the rules with each bundled checkpoint's "
+                 "feature score of its own grading forward, as the app runs them.",
+             "", "| photos | rules | rules, borderless crops warned | "
              + " | ".join(f"rules + {s} score" for s in models)
              + " |", "|---|---|---|" + "---|" * len(models)]
     for name in report["rules"]:
         lines.append(f"| {name} | {caught(report['rules'][name])} | {caught(report['no score'][name])} | "
                      + " | ".join(caught(r["sets"][name]) for r in models.values()) + " |")
+    everyday = "everyday (report part)"
+    for slot, r in models.items():
+        missed = r["graded_as_fundus"].get(everyday, [])
+        borderless = sum(view == "no border" for _, view in missed)
+        lines += ["", f"{slot}: {len(missed)} everyday photos graded as fundus photos ("
+                      + (", ".join(f"{label}: field of view {view}" for label, view in missed) or "none")
+                      + f"); {borderless} of them without a fundus-like frame."]
     for slot, r in models.items():
         lines += ["", f"{slot}: threshold {r['threshold']} ({r['threshold_from']}); fitted on {r['fitted_on']}. "
                       "Feature distance of the photos the rules let through: " + "; ".join(
