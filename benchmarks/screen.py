@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.readme import update_section
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECTED_PHOTOS = 100_000
+README_START, README_END = "<!-- bench:screen:start -->", "<!-- bench:screen:end -->"
 
 
 def generate_folder(folder: Path, photos: int, size: int) -> Path:
@@ -210,6 +213,12 @@ def markdown(report: dict) -> str:
                  "batched forwards on random inputs in one process on every core, the faster of a measurement "
                  "before and one after the runs. RSS growth: the peak in the later half of a rank's run against "
                  "the peak in the earlier half (the first tenth left out as warm-up).")
+    two = next((run for run in report["runs"] if run["processes"] == 2 and run.get("speedup") is not None), None)
+    if two is not None:
+        growth = max((g for run in report["runs"] for g in run["rss_growth"]), default=None)
+        lines.append(f"\nTargets on {report['cores']} cores: 2 processes {two['speedup']:.2f}x the photos/s of 1 "
+                     f"(target >= 1.6x); {two['vs_bare_forward']:.2f}x the bare forward (target >= 0.8x); largest "
+                     "RSS growth of any rank " + ("n/a" if growth is None else f"{growth:+.1%}") + " (target < 5%).")
     if "gpu" in report:
         lines.append(f"\nGPU row: {report['gpu']['devices']} x {report['gpu']['device']}.")
     return "\n".join(lines)
@@ -225,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "drdemo-screen-bench",
                         help="where the generated photos are kept between runs")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--readme", type=Path, help=f"rewrite this file's {README_START} ... {README_END} section")
     args = parser.parse_args(argv)
     try:
         counts = [int(c) for c in args.processes.split(",") if c.strip()]
@@ -235,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not counts or min(counts) < 1:
         parser.error("--processes needs positive process counts")
+    if args.readme is not None and (not args.readme.is_file()
+                                    or not all(m in args.readme.read_text() for m in (README_START, README_END))):
+        parser.error(f"--readme {args.readme} has no {README_START} ... {README_END} section to update")
     report = bench_screen(args.folder, args.photos, args.size, args.batch_size, counts, args.repeats)
-    print(markdown(report))
+    table = markdown(report)
+    print(table)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    if args.readme:
+        update_section(args.readme, table, README_START, README_END)
     return 0

@@ -42,6 +42,7 @@ from benchmarks import app as bench_app
 from benchmarks import gate as bench_gate
 from benchmarks import inference as bench_inference
 from benchmarks import screen as bench_screen
+from benchmarks.readme import update_section
 from benchmarks import triton_parity
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
@@ -328,12 +329,7 @@ def markdown(report: dict) -> str:
 
 
 def update_readme(path: Path, table: str, start: str = README_START, end: str = README_END) -> None:
-    text = path.read_text()
-    if start not in text or end not in text:
-        raise SystemExit(f"{path} has no {start} ... {end} section to update")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+    update_section(path, table, start, end)
 
 
 def main(argv: list[str] | None = None) -> int:

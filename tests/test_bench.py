@@ -63,3 +63,22 @@ def test_gpu_section_code_runs_on_cpu(monkeypatch):
     gpu = {"gpu": "cpu", "auto_backend": "cpu", "scan": scan, "logits_parity": {"max_error": 0.0},
            "triton_parity": {"passed": {"case": True}}, "throughput": rows}
     assert "| medmamba_t | float32 |" in "\n".join(bench.gpu_markdown(gpu))
+
+
+def test_screen_table_states_each_target_from_the_runs():
+    from benchmarks import screen
+
+    def run(processes: int, threads: int, rate: float, speedup: float | None, growth: list[float]) -> dict:
+        return {"processes": processes, "threads_per_process": threads, "loop_photos_per_second": rate,
+                "wall_photos_per_second": rate * 0.9, "speedup": speedup,
+                "scaling_efficiency": None if speedup is None else speedup / processes, "rss_growth": growth,
+                "vs_one_process_every_core": None, "vs_bare_forward": rate / 6.0,
+                "projected_hours_100k": 100_000 / rate / 3600}
+
+    report = {"photos": 2000, "photo_size": 512, "batch_size": 16, "cores": 2,
+              "bare_forward": {"photos_per_second": 6.0},
+              "runs": [run(1, 1, 2.7, 1.0, [0.002]), run(2, 1, 5.4, 2.0, [0.031, 0.0]), run(1, 2, 4.1, None, [])]}
+    table = screen.markdown(report)
+    assert "| 2 | 1 | 5.4 | 4.9 | 2.00x | 100% | 0.90x |" in table
+    assert ("2 processes 2.00x the photos/s of 1 (target >= 1.6x); 0.90x the bare forward (target >= 0.8x); "
+            "largest RSS growth of any rank +3.1% (target < 5%)") in table
