@@ -1,13 +1,10 @@
-"""Shared fixtures: tests/ importable (for the local Hub server), and one running app for the HTTP and browser tests."""
+"""Shared fixtures: the local Hub, and one running app for the HTTP and browser tests."""
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture()
