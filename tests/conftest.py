@@ -1,7 +1,8 @@
-"""Shared fixtures: the local Hub, and one running app for the HTTP and browser tests."""
+"""Shared fixtures: the local Hub, one torch thread, and one running app for the HTTP and browser tests."""
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,20 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
         yield server
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test, the previous count restored after: tiny inputs run fastest on one
+    thread, which also escapes OpenMP spin-waits on cores shared with others."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
