@@ -1,8 +1,9 @@
-"""Shared fixtures: the local Hub, one torch thread, and one running app for the HTTP and browser tests."""
+"""Shared fixtures: the local Hub, untrained checkpoints, one torch thread, and one running app for the HTTP and
+browser tests."""
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,23 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def untrained_checkpoint() -> Callable[..., Path]:
+    """Writes a checkpoint folder of freshly initialised weights: `make(folder, architecture, seed)` returns the
+    folder. Seeded, so two seeds are two different checkpoints and one seed is the same one twice."""
+    import torch
+
+    from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+    from drdemo.models import create_model
+
+    def make(folder: Path, architecture: str = "medmamba_t", seed: int = 0) -> Path:
+        torch.manual_seed(seed)
+        return save_checkpoint(create_model(architecture).eval(), CheckpointConfig.for_architecture(
+            architecture, provenance={"trained": False, "seed": seed}), folder)
+
+    return make
 
 
 @pytest.fixture(scope="session")

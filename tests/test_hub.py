@@ -33,23 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 INPUT = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
-def make_checkpoint(folder: Path, seed: int, architecture: str = "medmamba_t", **config) -> torch.Tensor:
-    """A checkpoint of freshly initialised (untrained) weights; returns its logits on INPUT."""
-    torch.manual_seed(seed)
-    model = create_model(architecture).eval()
-    save_checkpoint(model, CheckpointConfig.for_architecture(
-        architecture, provenance={"trained": False, "seed": seed}, **config), folder)
-    return logits_of(load_model(folder).model)
-
-
 def logits_of(model) -> torch.Tensor:
     with torch.inference_mode():
         return model(INPUT)
 
 
-def test_push_download_pin_and_load_offline(hub, tmp_path, monkeypatch):
-    v1 = make_checkpoint(tmp_path / "v1", seed=1)
-    v2 = make_checkpoint(tmp_path / "v2", seed=2)
+def folder_logits(folder: Path) -> torch.Tensor:
+    """The logits on INPUT of the checkpoint in `folder`, as loaded."""
+    return logits_of(load_model(folder).model)
+
+
+def test_push_download_pin_and_load_offline(hub, tmp_path, monkeypatch, untrained_checkpoint):
+    v1 = folder_logits(untrained_checkpoint(tmp_path / "v1", seed=1))
+    v2 = folder_logits(untrained_checkpoint(tmp_path / "v2", seed=2))
     commit1 = push(tmp_path / "v1", "drdemo/medmamba-t")
     commit2 = push(tmp_path / "v2", "drdemo/medmamba-t")
     assert commit1 != commit2
@@ -72,9 +68,9 @@ def test_push_download_pin_and_load_offline(hub, tmp_path, monkeypatch):
         load_model("drdemo/never-downloaded")
 
 
-def test_branch_revision(hub, tmp_path):
-    make_checkpoint(tmp_path / "main", seed=1)
-    experimental = make_checkpoint(tmp_path / "exp", seed=3)
+def test_branch_revision(hub, tmp_path, untrained_checkpoint):
+    untrained_checkpoint(tmp_path / "main", seed=1)
+    experimental = folder_logits(untrained_checkpoint(tmp_path / "exp", seed=3))
     push(tmp_path / "main", "drdemo/model")
     commit = push(tmp_path / "exp", "drdemo/model", revision="experiment")
     loaded = load_model("drdemo/model", revision="experiment")
@@ -82,10 +78,10 @@ def test_branch_revision(hub, tmp_path):
     assert torch.allclose(logits_of(loaded.model), experimental, atol=1e-6)
 
 
-def test_missing_repo_and_revision_are_named(hub, tmp_path):
+def test_missing_repo_and_revision_are_named(hub, tmp_path, untrained_checkpoint):
     with pytest.raises(CheckpointError, match="no model repo 'drdemo/absent'"):
         load_model("drdemo/absent")
-    make_checkpoint(tmp_path / "ckpt", seed=1)
+    untrained_checkpoint(tmp_path / "ckpt", seed=1)
     push(tmp_path / "ckpt", "drdemo/model")
     with pytest.raises(CheckpointError, match="has no revision 'v9'"):
         load_model("drdemo/model", revision="v9")
@@ -101,9 +97,9 @@ def test_unreachable_hub_and_nothing_cached(tmp_path, monkeypatch):
     assert "could not be reached" in message and "HF_HUB_OFFLINE" in message and "bundled" in message
 
 
-def test_hand_made_cache_layout_loads_offline(tmp_path, monkeypatch):
+def test_hand_made_cache_layout_loads_offline(tmp_path, monkeypatch, untrained_checkpoint):
     """models--org--name/snapshots/COMMIT + refs/main, as huggingface_hub lays it out."""
-    folder_logits = make_checkpoint(tmp_path / "folder", seed=4)
+    expected = folder_logits(untrained_checkpoint(tmp_path / "folder", seed=4))
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "cache" / "models--drdemo--cached"
     shutil.copytree(tmp_path / "folder", repo / "snapshots" / commit)
@@ -113,11 +109,11 @@ def test_hand_made_cache_layout_loads_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     loaded = load_model("drdemo/cached")
     assert loaded.commit == commit
-    assert torch.equal(logits_of(loaded.model), folder_logits)
+    assert torch.equal(logits_of(loaded.model), expected)
 
 
-def test_weights_are_stored_fp16_and_loaded_fp32(tmp_path):
-    make_checkpoint(tmp_path / "ckpt", seed=5)
+def test_weights_are_stored_fp16_and_loaded_fp32(tmp_path, untrained_checkpoint):
+    untrained_checkpoint(tmp_path / "ckpt", seed=5)
     with safe_open(tmp_path / "ckpt" / "model.safetensors", framework="pt") as f:
         assert f.get_tensor("head.weight").dtype == torch.float16
         assert f.get_tensor("layers.0.blocks.0.conv33conv33conv11.0.num_batches_tracked").dtype == torch.int64
@@ -126,8 +122,8 @@ def test_weights_are_stored_fp16_and_loaded_fp32(tmp_path):
     assert not loaded.model.training and loaded.commit is None
 
 
-def test_sharded_weights_load(tmp_path):
-    expected = make_checkpoint(tmp_path / "single", seed=6)
+def test_sharded_weights_load(tmp_path, untrained_checkpoint):
+    expected = folder_logits(untrained_checkpoint(tmp_path / "single", seed=6))
     sharded = tmp_path / "sharded"
     shutil.copytree(tmp_path / "single", sharded)
     state = read_weights(sharded)
@@ -148,8 +144,8 @@ class _Exploit:
         return (Path.touch, (self.marker,))
 
 
-def test_pickle_only_folder_is_refused(tmp_path):
-    make_checkpoint(tmp_path / "ckpt", seed=7)
+def test_pickle_only_folder_is_refused(tmp_path, untrained_checkpoint):
+    untrained_checkpoint(tmp_path / "ckpt", seed=7)
     (tmp_path / "ckpt" / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(pickle.dumps(_Exploit(marker)))
@@ -158,8 +154,8 @@ def test_pickle_only_folder_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_pickle_beside_safetensors_is_never_opened(tmp_path):
-    expected = make_checkpoint(tmp_path / "ckpt", seed=7)
+def test_pickle_beside_safetensors_is_never_opened(tmp_path, untrained_checkpoint):
+    expected = folder_logits(untrained_checkpoint(tmp_path / "ckpt", seed=7))
     marker = tmp_path / "pwned"
     (tmp_path / "ckpt" / "model.pth").write_bytes(pickle.dumps(_Exploit(marker)))
     assert torch.allclose(logits_of(load_model(tmp_path / "ckpt").model), expected, atol=1e-6)
@@ -186,8 +182,8 @@ def _edit_config(folder: Path, **changes) -> None:
     (dict(test_time_views=4), r"test_time_views must be one of \[1, 8\], got 4"),
     (dict(calibration={"temperature": 1.0, "logit_bias": [0, 0]}), r"logit_bias must be 5 numbers"),
 ])
-def test_config_that_disagrees_with_weights_is_refused(tmp_path, changes, message):
-    make_checkpoint(tmp_path / "ckpt", seed=8)
+def test_config_that_disagrees_with_weights_is_refused(tmp_path, changes, message, untrained_checkpoint):
+    untrained_checkpoint(tmp_path / "ckpt", seed=8)
     _edit_config(tmp_path / "ckpt", **changes)
     with pytest.raises(CheckpointError, match=message) as raised:
         load_model(tmp_path / "ckpt")
@@ -224,9 +220,9 @@ def test_convert_refuses_code_and_wrong_variant(tmp_path):
         convert_official(tmp_path / "t.pth", "medmamba_s", tmp_path / "out")
 
 
-def test_cli_push_and_info_through_environment_variables(hub, tmp_path):
+def test_cli_push_and_info_through_environment_variables(hub, tmp_path, untrained_checkpoint):
     """The CLI as a user runs it: HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE from the environment."""
-    make_checkpoint(tmp_path / "ckpt", seed=10)
+    untrained_checkpoint(tmp_path / "ckpt", seed=10)
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"),
            "HF_TOKEN": "hf_local_test_token", "PYTHONPATH": str(ROOT)}
     env.pop("HF_HUB_CACHE", None)
@@ -248,6 +244,7 @@ def test_cli_push_and_info_through_environment_variables(hub, tmp_path):
 
     offline = cli("info", "drdemo/cli-model", HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
     assert offline.returncode == 0, offline.stderr
+
     missing = cli("info", "drdemo/other", HF_HUB_OFFLINE="1")
     assert missing.returncode == 1 and "offline mode is on" in missing.stderr and "Traceback" not in missing.stderr
     bad = cli("push", str(tmp_path / "ckpt"), "--repo-id", "not a repo")
@@ -267,8 +264,8 @@ def test_card_lists_every_training_stage_also_when_an_older_stage_was_stored_as_
     assert positions == sorted(positions)
 
 
-def test_a_config_written_before_local_contrast_and_colour_balance_loads_without_them(tmp_path):
-    make_checkpoint(tmp_path / "ckpt", seed=8)
+def test_a_config_written_before_local_contrast_and_colour_balance_loads_without_them(tmp_path, untrained_checkpoint):
+    untrained_checkpoint(tmp_path / "ckpt", seed=8)
     _edit_config(tmp_path / "ckpt", preprocessing={"interpolation": "bicubic", "crop_fov": True})
     assert load_model(tmp_path / "ckpt").config.preprocessing == {"interpolation": "bicubic", "crop_fov": True,
                                                                   "local_contrast": 0.0, "colour_balance": False}

@@ -96,11 +96,11 @@ def test_a_damaged_score_file_says_so(tmp_path):
         load_feature_score(tmp_path)
 
 
-def test_a_checkpoint_without_a_score_serves_with_rules_only_and_says_so(tmp_path):
-    from test_serving import _slot, write_checkpoint
+def test_a_checkpoint_without_a_score_serves_with_rules_only_and_says_so(tmp_path, untrained_checkpoint):
+    from test_serving import _slot
 
     from drdemo.serving.slots import serve
-    folder = write_checkpoint(tmp_path / "mine", "inception_v3")
+    folder = untrained_checkpoint(tmp_path / "mine", "inception_v3")
     served = serve(_slot(tmp_path, source=str(folder), bundled=tmp_path / "no-bundle"))
     assert not served.fallback and served.feature_score is None
     assert "rules only" in describe(served.feature_score)

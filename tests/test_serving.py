@@ -4,21 +4,11 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 from hub_server import point_hub_at
 from huggingface_hub import constants as hub_constants
 
-from drdemo.checkpoint import CheckpointConfig, save_checkpoint
-from drdemo.models import create_model
 from drdemo.predictor import Predictor
 from drdemo.serving.slots import SLOTS, load_settings, serve
-
-
-def write_checkpoint(folder, architecture="medmamba_t"):
-    torch.manual_seed(0)
-    save_checkpoint(create_model(architecture), CheckpointConfig.for_architecture(
-        architecture, provenance={"trained": False}), folder)
-    return folder
 
 
 def test_defaults_are_the_bundled_folders():
@@ -59,18 +49,18 @@ def _slot(tmp_path, **changes):
     return replace(medmamba, **changes)
 
 
-def test_configured_folder_is_served(tmp_path):
-    folder = write_checkpoint(tmp_path / "mine")
+def test_configured_folder_is_served(tmp_path, untrained_checkpoint):
+    folder = untrained_checkpoint(tmp_path / "mine")
     served = serve(_slot(tmp_path, source=str(folder), bundled=tmp_path / "no-bundle"))
     assert not served.fallback and served.status == str(folder)
     assert served.predictor.input_size == 224 and not served.predictor.trained
 
 
-def test_unreachable_repo_falls_back_to_bundled(tmp_path, monkeypatch):
+def test_unreachable_repo_falls_back_to_bundled(tmp_path, monkeypatch, untrained_checkpoint):
     point_hub_at(monkeypatch, "http://127.0.0.1:9")  # the discard port: nothing listens
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    bundled = write_checkpoint(tmp_path / "bundled")
+    bundled = untrained_checkpoint(tmp_path / "bundled")
     monkeypatch.setattr("drdemo.serving.slots.ROOT", tmp_path)
     served = serve(_slot(tmp_path, source="org/medmamba", bundled=bundled))
     assert served.fallback
@@ -86,12 +76,12 @@ def test_nothing_loadable_serves_untrained_and_says_so(tmp_path):
                                   + "; serving an UNTRAINED medmamba_t")
 
 
-def test_checkpoint_naming_a_missing_cam_layer_falls_back_and_says_which(tmp_path):
-    broken = write_checkpoint(tmp_path / "broken")
+def test_checkpoint_naming_a_missing_cam_layer_falls_back_and_says_which(tmp_path, untrained_checkpoint):
+    broken = untrained_checkpoint(tmp_path / "broken")
     config = json.loads((broken / "config.json").read_text())
     config["cam_target_layer"] = "layers.2.block.3"
     (broken / "config.json").write_text(json.dumps(config))
-    bundled = write_checkpoint(tmp_path / "bundled")
+    bundled = untrained_checkpoint(tmp_path / "bundled")
     served = serve(_slot(tmp_path, source=str(broken), bundled=bundled))
     assert served.fallback and served.predictor.config.cam_target_layer == "layers.3"  # the default
     assert ("cam_target_layer in config.json: MedMamba has no submodule 'layers.2.block.3'" in served.status
@@ -99,10 +89,10 @@ def test_checkpoint_naming_a_missing_cam_layer_falls_back_and_says_which(tmp_pat
     assert served.status.endswith(f"serving the bundled {bundled} instead")
 
 
-def test_checkpoint_that_loads_but_cannot_grade_falls_back(tmp_path, monkeypatch):
+def test_checkpoint_that_loads_but_cannot_grade_falls_back(tmp_path, monkeypatch, untrained_checkpoint):
     """Whatever fails after loading (here the warm-up analysis) moves on to the bundled checkpoint."""
-    configured = write_checkpoint(tmp_path / "configured")
-    bundled = write_checkpoint(tmp_path / "bundled")
+    configured = untrained_checkpoint(tmp_path / "configured")
+    bundled = untrained_checkpoint(tmp_path / "bundled")
     original = Predictor.warm_up
 
     def warm_up(self):

@@ -12,13 +12,10 @@ from pathlib import Path
 
 import gradio
 import pytest
-import torch
 from hub_server import HubServer
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub import constants as hub_constants
 
-from drdemo.checkpoint import CheckpointConfig, save_checkpoint
-from drdemo.models import create_model
 from drdemo.serving import space
 from drdemo.serving.hub import push
 
@@ -52,21 +49,15 @@ def test_root_gitattributes_sends_weights_and_other_binaries_to_lfs():
     assert all(any(Path(f).match(pattern) for pattern in tracked) for f in large), large
 
 
-def _checkpoint(folder: Path, architecture: str, seed: int) -> Path:
-    """Untrained weights of `architecture` (seeded, so two seeds are two different checkpoints)."""
-    torch.manual_seed(seed)
-    return save_checkpoint(create_model(architecture).eval(), CheckpointConfig.for_architecture(
-        architecture, provenance={"trained": False, "seed": seed}), folder)
-
-
 def _space_files(hub: HubServer, space_id: str) -> dict[str, bytes]:
     repo = hub.state.repos[("spaces", space_id)]
     return repo.commits[repo.branches["main"]]
 
 
-def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_space_runs(hub, tmp_path):
-    medmamba = _checkpoint(tmp_path / "medmamba", "medmamba_t", seed=1)
-    inception = _checkpoint(tmp_path / "inception", "inception_v3", seed=2)
+def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_space_runs(
+        hub, tmp_path, untrained_checkpoint):
+    medmamba = untrained_checkpoint(tmp_path / "medmamba", "medmamba_t", seed=1)
+    inception = untrained_checkpoint(tmp_path / "inception", "inception_v3", seed=2)
     first = space.deploy("drdemo/demo", str(medmamba), str(inception), hardware="cpu-upgrade")
 
     models = {pin.slot: pin for pin in first.pins}
@@ -96,7 +87,7 @@ def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_s
     # New weights: the second deploy pins the new commit, and the Space loses files it no longer has.
     HfApi().upload_file(path_or_fileobj=b"stale", path_in_repo="notes/old.txt", repo_id="drdemo/demo",
                         repo_type="space")
-    _checkpoint(medmamba, "medmamba_t", seed=3)
+    untrained_checkpoint(medmamba, "medmamba_t", seed=3)
     second = space.deploy("drdemo/demo", str(medmamba), str(inception))
     pinned = {pin.slot: pin.commit for pin in second.pins}
     assert pinned["medmamba"] != models["medmamba"].commit
@@ -112,8 +103,8 @@ def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_s
     assert first.url in report and models["medmamba"].commit in report
 
 
-def test_deploy_errors_say_what_to_do(hub, tmp_path, monkeypatch):
-    medmamba = _checkpoint(tmp_path / "medmamba", "medmamba_t", seed=1)
+def test_deploy_errors_say_what_to_do(hub, tmp_path, monkeypatch, untrained_checkpoint):
+    medmamba = untrained_checkpoint(tmp_path / "medmamba", "medmamba_t", seed=1)
     HfApi().create_repo("drdemo/static-site", repo_type="space", space_sdk="docker")
     with pytest.raises(space.DeployError, match="is a docker Space, not a Gradio one; deploy to a new name"):
         space.deploy("drdemo/static-site", str(medmamba), str(medmamba))
@@ -156,14 +147,14 @@ def test_the_check_of_a_staged_space_finds_what_would_break_it(tmp_path):
         space.stage(folder, [])
 
 
-def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hub, tmp_path):
+def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hub, tmp_path, untrained_checkpoint):
     """The staged folder, started with `python app.py` from inside it as the Space runs it, loads its
     models from the Hub at the pinned commits and answers /grade. The dry run itself sends nothing."""
     from gradio_client import Client, handle_file
 
     from benchmarks.app_process import start_app, wait_until_serving
 
-    commits = {slot: push(_checkpoint(tmp_path / slot, architecture, seed), f"drdemo/{slot}")
+    commits = {slot: push(untrained_checkpoint(tmp_path / slot, architecture, seed), f"drdemo/{slot}")
                for slot, architecture, seed in (("medmamba", "medmamba_t", 4), ("inception", "inception_v3", 5))}
     requests = len(hub.state.requests)
     staged = tmp_path / "staged" / "space"
