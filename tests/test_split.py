@@ -1,8 +1,6 @@
 """Patient-grouped, grade-stratified splits; their JSON file and CLI."""
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,8 +9,6 @@ from PIL import Image
 
 from drdemo.data import DatasetError, Sample, load_samples, load_split, save_split, split_samples
 from drdemo.data.split import main as split_main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _samples(n_patients=60, seed=1):
@@ -143,9 +139,7 @@ def test_cli_writes_a_split(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --val 0.6 and --test 0.5 leave nothing to train on")
 
 
-def test_cli_as_a_module_exits_2_on_bad_data(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "drdemo.data.split", "--data", str(tmp_path / "missing"),
-                             "--out", str(tmp_path / "split.json")],
-                            cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: ") and "no such folder" in result.stderr
+def test_cli_exits_2_on_bad_data(tmp_path, capsys):
+    assert split_main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "split.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such folder" in err and "Traceback" not in err

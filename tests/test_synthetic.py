@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,11 +186,9 @@ def test_cli_bad_arguments(tmp_path, capsys, args, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_refuses_non_empty_out_without_traceback(tmp_path):
+def test_cli_refuses_non_empty_out_without_traceback(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
-    result = subprocess.run([sys.executable, "-m", "drdemo.data.synthetic", "--out", str(tmp_path), "--n", "1",
-                             "--seed", "0"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "not an empty folder" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert main(["--out", str(tmp_path), "--n", "1", "--seed", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not an empty folder" in err and "Traceback" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
