@@ -167,24 +167,23 @@ def test_with_ema_the_checkpoint_holds_the_moving_average(tiny_data, tmp_path, m
     assert read_config(out).provenance["recipe"]["ema_decay"] == 0.5
 
 
-def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path):
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "drdemo.train", *args], capture_output=True, text=True,
-                              cwd=REPO, timeout=120)
-
-    bad_size = run(*_args(tiny_data, tmp_path / "a", "--img-size", "8"))
-    assert bad_size.returncode == 2 and "--img-size must be in [64, 1024]" in bad_size.stderr
-    no_run = run(*_args(tiny_data, tmp_path / "b", "--resume"))
-    assert no_run.returncode == 2 and "no run to continue" in no_run.stderr and "Traceback" not in no_run.stderr
+def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as bad_size:
+        train.main(_args(tiny_data, tmp_path / "a", "--img-size", "8"))
+    assert bad_size.value.code == 2 and "--img-size must be in [64, 1024]" in capsys.readouterr().err
+    assert train.main(_args(tiny_data, tmp_path / "b", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "no run to continue" in err and "Traceback" not in err
     occupied = tmp_path / "c"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("keep me")
-    refused = run(*_args(tiny_data, occupied))
-    assert refused.returncode == 2 and "is not empty" in refused.stderr
+    assert train.main(_args(tiny_data, occupied)) == 2
+    assert "is not empty" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    no_data = run(*_args(empty, tmp_path / "d"))
-    assert no_data.returncode == 2 and no_data.stderr.startswith("error:") and "Traceback" not in no_data.stderr
+    assert train.main(_args(empty, tmp_path / "d")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
 
 
 def test_torchrun_trains_with_two_gloo_processes(tiny_data, tmp_path):
