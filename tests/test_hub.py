@@ -28,6 +28,7 @@ from drdemo.checkpoint import (
 )
 from drdemo.models import create_model
 from drdemo.serving.hub import convert_official
+from drdemo.serving.hub import main as hub_main
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -245,10 +246,18 @@ def test_cli_push_and_info_through_environment_variables(hub, tmp_path, untraine
     offline = cli("info", "drdemo/cli-model", HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
     assert offline.returncode == 0, offline.stderr
 
-    missing = cli("info", "drdemo/other", HF_HUB_OFFLINE="1")
-    assert missing.returncode == 1 and "offline mode is on" in missing.stderr and "Traceback" not in missing.stderr
-    bad = cli("push", str(tmp_path / "ckpt"), "--repo-id", "not a repo")
-    assert bad.returncode == 2 and "ORG/NAME" in bad.stderr
+
+def test_cli_errors_are_one_line_and_an_exit_status(tmp_path, monkeypatch, capsys):
+    """A repo that is not cached while offline exits 1 with what is wrong, a bad --repo-id is a usage error (2)."""
+    point_hub_at(monkeypatch, "http://127.0.0.1:9")                   # the discard port: nothing listens
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert hub_main(["info", "drdemo/other"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "offline mode is on" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as bad:
+        hub_main(["push", str(tmp_path), "--repo-id", "not a repo"])
+    assert bad.value.code == 2 and "ORG/NAME" in capsys.readouterr().err
 
 
 def test_card_lists_every_training_stage_also_when_an_older_stage_was_stored_as_a_json_string():

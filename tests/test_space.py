@@ -3,20 +3,19 @@
 whose app.py serves on its own."""
 
 import json
-import os
 import re
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import gradio
 import pytest
-from hub_server import HubServer
+from hub_server import HubServer, point_hub_at
 from huggingface_hub import HfApi, metadata_load
 from huggingface_hub import constants as hub_constants
 
 from drdemo.serving import space
+from drdemo.serving.hub import main as hub_main
 from drdemo.serving.hub import push
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,13 +119,15 @@ def test_deploy_errors_say_what_to_do(hub, tmp_path, monkeypatch, untrained_chec
         space.deploy("drdemo/demo")
 
 
-def test_unreachable_hub_is_an_error_with_what_to_do_not_a_traceback(tmp_path):
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_local_test_token",
-           "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "drdemo.serving.hub", "deploy-space", "drdemo/demo"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "cannot reach http://127.0.0.1:9" in result.stderr and "check the network, or HF_ENDPOINT" in result.stderr
+def test_unreachable_hub_is_an_error_with_what_to_do_not_a_traceback(tmp_path, monkeypatch, capsys):
+    point_hub_at(monkeypatch, "http://127.0.0.1:9")                   # the discard port: nothing listens
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_local_test_token")
+    assert hub_main(["deploy-space", "drdemo/demo"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "cannot reach http://127.0.0.1:9" in err and "check the network, or HF_ENDPOINT" in err
 
 
 def test_the_check_of_a_staged_space_finds_what_would_break_it(tmp_path):
@@ -147,7 +148,8 @@ def test_the_check_of_a_staged_space_finds_what_would_break_it(tmp_path):
         space.stage(folder, [])
 
 
-def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hub, tmp_path, untrained_checkpoint):
+def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hub, tmp_path, monkeypatch, capsys,
+                                                                             untrained_checkpoint):
     """The staged folder, started with `python app.py` from inside it as the Space runs it, loads its
     models from the Hub at the pinned commits and answers /grade. The dry run itself sends nothing."""
     from gradio_client import Client, handle_file
@@ -158,15 +160,15 @@ def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hu
                for slot, architecture, seed in (("medmamba", "medmamba_t", 4), ("inception", "inception_v3", 5))}
     requests = len(hub.state.requests)
     staged = tmp_path / "staged" / "space"
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(ROOT)}
-    env.pop("HF_TOKEN", None)                                     # a dry run needs no token
-    result = subprocess.run([sys.executable, "-m", "drdemo.serving.hub", "deploy-space", "drdemo/demo", "--hardware",
-                             "t4-small", "--medmamba", f"drdemo/medmamba@{commits['medmamba']}", "--inception",
-                             f"drdemo/inception@{commits['inception']}", "--dry-run", str(staged)],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.delenv("HF_TOKEN")                                # a dry run needs no token
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    status = hub_main(["deploy-space", "drdemo/demo", "--hardware", "t4-small",
+                       "--medmamba", f"drdemo/medmamba@{commits['medmamba']}",
+                       "--inception", f"drdemo/inception@{commits['inception']}", "--dry-run", str(staged)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
     assert len(hub.state.requests) == requests                   # the Hub was not contacted
-    assert f"{hub.endpoint}/spaces/drdemo/demo" in result.stdout and commits["medmamba"] in result.stdout
+    assert f"{hub.endpoint}/spaces/drdemo/demo" in out and commits["medmamba"] in out
 
     plan = json.loads((tmp_path / "staged" / "space.deploy.json").read_text())
     assert plan["hardware"] == "t4-small" and plan["variables"] == {
