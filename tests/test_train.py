@@ -54,7 +54,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--model", "medmamba_t", "--data", str(data), "--out", str(out), "--img-size", "64",
-            "--batch-size", "8", "--workers", "0", "--threads", "2", *extra]
+            "--batch-size", "8", "--workers", "0", "--threads", "1", *extra]
 
 
 def _no_augmentation(monkeypatch) -> None:
