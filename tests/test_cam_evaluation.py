@@ -20,6 +20,10 @@ from drdemo.models import create_model
 from drdemo.preprocess import prepare_mask
 
 
+# Tiny inputs: one torch thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cam")
@@ -28,14 +32,6 @@ def workspace(tmp_path_factory):
     config = CheckpointConfig.for_architecture("medmamba_t", input_size=64, cam_method="gradcam++")
     checkpoint = save_checkpoint(create_model("medmamba_t", num_classes=5), config, root / "checkpoint")
     return root, Path(data), checkpoint
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_cam_run_scores_every_method_against_the_random_baseline(workspace):

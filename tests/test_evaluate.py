@@ -40,13 +40,8 @@ def write_eyepacs(folder: Path, grades=GRADES) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny inputs run fastest on one thread, which also escapes OpenMP spin-waits on cores shared with others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny inputs: one torch thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
