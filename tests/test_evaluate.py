@@ -176,8 +176,10 @@ def test_record_writes_test_metrics_into_the_checkpoint_and_its_card(workspace, 
     assert "images of the eyepacs data set" in config.provenance["evaluation_data"]
     assert config.provenance["evaluation_command"].startswith("python -m drdemo.evaluate score --checkpoint")
     card = (checkpoint / "README.md").read_text()
-    assert "test_qwk" in card and "### How it was made" in card and "# Evaluation\npython -m drdemo.evaluate score" in card
-    refused = main(["score", "--checkpoint", "org/remote", "--data", str(workspace.data), "--out", str(out), "--record"])
+    assert "test_qwk" in card and "### How it was made" in card
+    assert "# Evaluation\npython -m drdemo.evaluate score" in card
+    refused = main(["score", "--checkpoint", "org/remote", "--data", str(workspace.data),
+                    "--out", str(out), "--record"])
     assert refused == 2
 
 
