@@ -340,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", nargs="?", default="models", choices=["models", "inference", "app", "gate", "gpu"],
                         help="models: bare networks (and the GPU section with CUDA); inference: options such as "
                              "int8 and torch.compile on the checkpoints; app: app.py end to end over HTTP; gate: "
-                             "the image gate on real photos and other pictures; gpu: the GPU section alone "
-                             "(default: models)")
+                             "the image gate on real photos and other pictures; gpu: the GPU section alone; "
+                             "screen: grading a generated folder at 1 and 2 processes, with its own options "
+                             "(python -m benchmarks screen --help) (default: models)")
     parser.add_argument("--models", default=",".join(list_models()),
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default: 20 for models, 10 for app)")
