@@ -70,6 +70,9 @@ class CheckpointConfig:
     heads: dict = field(default_factory=dict)
     # Refer for macular oedema when P(DME risk 2) reaches this (three-head models only).
     dme_threshold: float = 0.5
+    # The registry builder's options the weights were trained with ({"tf_pooling": true}: InceptionV3 fine-tuned
+    # from the TF 2015 ImageNet release pools as that graph does); {} builds the registry's default network.
+    model_options: dict = field(default_factory=dict)
     # The records (RECORD_FIELDS), read from training/provenance.json and eval/*.json: how well each CAM
     # method points at lesions ("test") and how the default was chosen ("selection"); the training lineage;
     # the flat val_* / test_* numbers.
@@ -170,6 +173,10 @@ class CheckpointConfig:
             fail(problem)
         if not 0.0 < self.dme_threshold < 1.0:
             fail(f"dme_threshold must be in (0, 1), got {self.dme_threshold!r}")
+        if not isinstance(self.model_options, dict) or not all(
+                isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in self.model_options.items()):
+            fail(f"model_options must be an object of builder options (e.g. {{\"tf_pooling\": true}}), got "
+                 f"{self.model_options!r}")
 
     @property
     def trained(self) -> bool:

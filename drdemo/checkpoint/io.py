@@ -121,7 +121,12 @@ def count_parameters(folder: Path) -> int:
 
 def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """The registry model of `config`, with `state` loaded strictly; mismatches explained."""
-    model = create_model(config.architecture, num_classes=config.num_classes, heads=config.heads)
+    try:
+        model = create_model(config.architecture, num_classes=config.num_classes, heads=config.heads,
+                             **config.model_options)
+    except TypeError as exc:  # an option the builder does not take
+        raise CheckpointError(f"{source}: model_options {config.model_options!r} in {CONFIG_NAME} do not fit "
+                              f"{config.architecture}'s builder ({exc})") from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -8,6 +8,7 @@ from drdemo.models._registry import (
     ICDR_GRADES,
     LAYER_SEPARATOR,
     ModelDefaults,
+    NoPretrainedWeightsError,
     count_parameters,
     create_model,
     get_submodule,
@@ -18,7 +19,8 @@ from drdemo.models._registry import (
 )
 
 __all__ = [
-    "CAM_RESHAPES", "FUNDUS_MEAN", "FUNDUS_STD", "ICDR_GRADES", "LAYER_SEPARATOR", "ModelDefaults", "count_parameters",
+    "CAM_RESHAPES", "FUNDUS_MEAN", "FUNDUS_STD", "ICDR_GRADES", "LAYER_SEPARATOR", "ModelDefaults",
+    "NoPretrainedWeightsError", "count_parameters",
     "create_model", "get_submodule", "list_models", "model_defaults", "register_model",
     "target_layers",
 ]

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from drdemo.models.heads import MultiHeadNet, lesion_layer_channels
+from drdemo.errors import DrdemoError
+from drdemo.models.heads import BACKBONE_PREFIX, MultiHeadNet, lesion_layer_channels
 from drdemo.tasks import ICDR_GRADES
 
 # Channel statistics of colour fundus photographs (the MedMamba paper's DR set), the default for new
@@ -40,6 +41,7 @@ class ModelDefaults:
     classifier: str = "fc"            # the final linear layer; its input is the pooled features
     lesion_layer: str = "layer2"      # where a MultiHeadNet's lesion decoder reads (about 1/8 of the input)
     lesion_features_channels_last: bool = False  # the lesion layer's output is (B, H, W, C)
+    early_layers: tuple[str, ...] = ()  # name prefixes of the first layers, fine-tuned slowest from pretrained weights
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -52,24 +54,33 @@ class ModelDefaults:
 
 _builders: dict[str, Callable[..., nn.Module]] = {}
 _defaults: dict[str, ModelDefaults] = {}
+_pretrained: set[str] = set()  # builders that take pretrained=True
 
 
-def register_model(defaults: ModelDefaults) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a builder `fn(num_classes=..., **kwargs) -> nn.Module` under its name."""
+class NoPretrainedWeightsError(DrdemoError, ValueError):
+    """pretrained=True for an architecture that has no pretrained weights."""
+
+
+def register_model(defaults: ModelDefaults, pretrained: Callable | None = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a builder `fn(num_classes=..., **kwargs) -> nn.Module` under its name. `pretrained`
+    (the function that finds its weights) says that the builder also takes `pretrained=True`."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if fn.__name__ in _builders:
             raise ValueError(f"model {fn.__name__!r} is registered twice")
         _builders[fn.__name__] = fn
         _defaults[fn.__name__] = defaults
+        if pretrained is not None:
+            _pretrained.add(fn.__name__)
         return fn
 
     return wrap
 
 
-def list_models() -> list[str]:
-    """Registered architecture names, sorted."""
-    return sorted(_builders)
+def list_models(pretrained: bool = False) -> list[str]:
+    """Registered architecture names, sorted; only those with pretrained weights when `pretrained`."""
+    return sorted(_pretrained if pretrained else _builders)
 
 
 def model_defaults(name: str) -> ModelDefaults:
@@ -79,13 +90,22 @@ def model_defaults(name: str) -> ModelDefaults:
 
 
 def create_model(name: str, num_classes: int = len(ICDR_GRADES), heads: Mapping | None = None,
-                 **kwargs) -> nn.Module:
-    """Build architecture `name` with freshly initialised weights (nothing is downloaded).
+                 pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build architecture `name`: freshly initialised, or with its ImageNet weights when `pretrained`
+    (drdemo.models.pretrained says where they are found; the classifier is new either way).
 
     `heads` (a checkpoint config's `heads`: grade_head, dme_classes, lesion_types) wraps it in a
-    MultiHeadNet; None or empty builds the plain single-head classifier.
+    MultiHeadNet; None or empty builds the plain single-head classifier. `kwargs` are the builder's
+    options (a checkpoint's `model_options`).
     """
     _check_known(name)
+    if pretrained:
+        if name not in _pretrained:
+            raise NoPretrainedWeightsError(
+                f"{name} has no pretrained weights: it trains from random initialisation (pretrained=False), or "
+                f"from a teacher by distillation; architectures with pretrained weights: "
+                f"{', '.join(list_models(pretrained=True)) or 'none'}")
+        kwargs["pretrained"] = True
     model = _builders[name](num_classes=num_classes, **kwargs)
     defaults = _defaults[name]
     if heads:
@@ -94,8 +114,17 @@ def create_model(name: str, num_classes: int = len(ICDR_GRADES), heads: Mapping 
                              lesion_channels=channels, channels_last_features=defaults.lesion_features_channels_last,
                              num_grades=num_classes, dme_classes=len(heads["dme_classes"]),
                              lesion_types=len(heads["lesion_types"]), grade_head=heads.get("grade_head", "softmax"))
-    model.default_cfg = {"architecture": name, "num_classes": num_classes, **defaults.to_dict()}
+    model.default_cfg = {"architecture": name, "num_classes": num_classes, **defaults.to_dict(),
+                         "model_options": dict(getattr(_unwrap(model), "builder_options", {})),
+                         "pretrained": getattr(_unwrap(model), "pretrained", None)}
+    if pretrained:
+        prefix = BACKBONE_PREFIX if heads else ""
+        model.pretrained_parameters = frozenset(prefix + name for name in _unwrap(model).pretrained_parameters)
     return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.backbone if isinstance(model, MultiHeadNet) else model
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
