@@ -110,9 +110,15 @@ class LesionGradingDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], images: np.ndarray, masks: Mapping[int, np.ndarray],
-                 normalise_kwargs: Mapping, augment: Callable | None = None):
+                 normalise_kwargs: Mapping, augment: Callable | None = None,
+                 soft_targets: Mapping[str, np.ndarray] | None = None):
         if len(images) != len(samples):
             raise ValueError(f"{len(images)} prepared images for {len(samples)} samples")
+        # a teacher's log-probabilities per sample ({"grade": (n, 5), "dme": (n, 3)}), returned as
+        # "teacher_grade" and "teacher_dme" (drdemo.train.distill)
+        self.soft_targets = dict(soft_targets or {})
+        if any(len(values) != len(samples) for values in self.soft_targets.values()):
+            raise ValueError(f"soft targets for {len(samples)} samples needed")
         self.samples, self.images, self.masks = list(samples), images, dict(masks)
         self.normalise_kwargs, self.augment = dict(normalise_kwargs), augment
         self.size = images.shape[1]
@@ -130,5 +136,8 @@ class LesionGradingDataset(Dataset):
             image, masks = self.augment(image, masks)
         sample = self.samples[index]
         tensor = normalise(image, **self.normalise_kwargs)
-        return tensor, {"grade": sample.grade, "dme": NO_LABEL if sample.dme is None else sample.dme,
-                        "masks": torch.from_numpy(np.ascontiguousarray(masks)), "has_masks": has_masks}
+        targets = {"grade": sample.grade, "dme": NO_LABEL if sample.dme is None else sample.dme,
+                   "masks": torch.from_numpy(np.ascontiguousarray(masks)), "has_masks": has_masks}
+        for name, values in self.soft_targets.items():
+            targets[f"teacher_{name}"] = torch.from_numpy(np.asarray(values[index], dtype=np.float32))
+        return tensor, targets

@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-epochs", type=float)
     parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--no-class-weights", action="store_true")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from the architecture's "
+                        "ImageNet weights (the imagenet preset does; InceptionV3 only)")
+    parser.add_argument("--freeze-epochs", type=float, help="epochs that train only the new layers before the "
+                        "pretrained ones join")
+    parser.add_argument("--teacher", type=Path, help="a three-head checkpoint whose grade and DME probabilities the "
+                        "model learns (the distill preset)")
+    parser.add_argument("--unlabelled", type=Path, nargs="+", default=[], help="folders of photos only the teacher "
+                        "labels (IDRiD's segmentation folder gives only photos that copy no grading photo)")
+    parser.add_argument("--distill-weight", type=float, help="weight of the teacher's loss (0: off)")
+    parser.add_argument("--backbone-lr-ratio", type=float, help="the pretrained layers' rate as a share of --lr")
     parser.add_argument("--local-contrast", type=float, help="local contrast sigma as a share of the input size "
                         "(0: off; the real preset's 0.0167 is Ben Graham's)")
     parser.add_argument("--part", choices=("train", "test"), help="official part of a data set that has one "
@@ -72,7 +82,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
         ("weight_decay", args.weight_decay), ("warmup_epochs", args.warmup_epochs),
         ("label_smoothing", args.label_smoothing), ("local_contrast", args.local_contrast),
-        ("ema_decay", args.ema)) if value is not None}
+        ("ema_decay", args.ema), ("pretrained", args.pretrained), ("freeze_epochs", args.freeze_epochs),
+        ("backbone_lr_ratio", args.backbone_lr_ratio), ("distill_weight", args.distill_weight)) if value is not None}
     if args.no_class_weights:
         overrides["class_weights"] = False
     return replace(recipe, **overrides)
@@ -87,6 +98,22 @@ def _validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         (args.local_contrast is not None and not 0 <= args.local_contrast <= 0.5,
          "--local-contrast must be in [0, 0.5]"),
         (args.ema is not None and not 0 <= args.ema < 1, "--ema must be in [0, 1) (0: off)"),
+        (args.freeze_epochs is not None and args.freeze_epochs < 0, "--freeze-epochs must be >= 0"),
+        (args.distill_weight is not None and args.distill_weight < 0, "--distill-weight must be >= 0"),
+        (PRESETS[args.preset].distill_weight > 0 and args.teacher is None and not args.resume,
+         f"--preset {args.preset} learns from a teacher: pass --teacher CHECKPOINT"),
+        (args.teacher is not None and not (args.teacher / "config.json").is_file(),
+         f"--teacher {args.teacher} is not a checkpoint folder (no config.json)"),
+        (args.teacher is not None and not PRESETS[args.preset].heads,
+         "--teacher needs a three-head recipe (--preset distill)"),
+        (any(not folder.is_dir() for folder in args.unlabelled),
+         f"--unlabelled: {', '.join(str(f) for f in args.unlabelled if not f.is_dir())} is not a folder"),
+        (args.backbone_lr_ratio is not None and not 0 < args.backbone_lr_ratio <= 1,
+         "--backbone-lr-ratio must be in (0, 1]"),
+        (bool(args.pretrained or (args.pretrained is None and PRESETS[args.preset].pretrained))
+         and args.model not in list_models(pretrained=True),
+         f"--model {args.model} has no pretrained weights (only {', '.join(list_models(pretrained=True))} has): "
+         f"pass --no-pretrained, or another preset"),
         (args.img_size is not None and not 64 <= args.img_size <= 1024, "--img-size must be in [64, 1024]"),
         (not 0 < args.val_fraction < 1, "--val-fraction must be in (0, 1)"),
         (args.workers < 0, "--workers must be >= 0"),
@@ -114,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                          device=args.device, amp=not args.no_amp, save_every_minutes=args.save_every_minutes,
                          init_from=args.init_from, part=args.part, cpu_bf16=args.cpu_bf16,
                          lesion_data=args.lesion_data, lesion_overlap=args.lesion_overlap, cache_dir=args.cache_dir,
+                         teacher=args.teacher, unlabelled=tuple(args.unlabelled),
                          command=command)
     try:
         trainer = Trainer(options, recipe_from_args(args))

@@ -5,7 +5,7 @@ schedule)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -50,6 +50,17 @@ class Recipe:
     ordinal_loss_weight: float = 1.0  # the CORN grade head's loss beside the softmax head's
     dme_loss_weight: float = 1.0
     lesion_loss_weight: float = 1.0   # on the photos with lesion masks only
+    # Transfer learning: start from the architecture's ImageNet weights (drdemo.models.pretrained), train only the
+    # new layers for `freeze_epochs`, then the whole network, the pretrained layers at `backbone_lr_ratio` x lr
+    # and the earliest ones (the architecture's `early_layers`) at a further `early_lr_ratio` x that.
+    pretrained: bool = False
+    freeze_epochs: float = 0.0
+    backbone_lr_ratio: float = 1.0
+    early_lr_ratio: float = 1.0
+    # Distillation from a teacher checkpoint (drdemo.train.distill): this weight x the KL divergence from the
+    # teacher's grade and DME probabilities, softened by the temperature, beside the labels' losses.
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
 
 PRESETS = {
@@ -71,6 +82,13 @@ PRESETS = {
 PRESETS["lesions"] = replace(PRESETS["real"], heads=True, colour_balance=True, epochs=12, lr=2e-4,
                              warmup_epochs=1.0, ema_decay=0.98)
 
+# IDRiD's three heads fine-tuned from ImageNet: a frozen-backbone warm-up, then every layer at lower rates the
+# earlier it sits; the inputs the weights were trained on ((pixels - 128) / 128) instead of measured statistics.
+PRESETS["imagenet"] = replace(PRESETS["lesions"], pretrained=True, epochs=10, lr=1e-3, warmup_epochs=0.5,
+                              freeze_epochs=1.0, backbone_lr_ratio=0.1, early_lr_ratio=0.3)
+# The lesions recipe with a teacher: MedMamba learns the fine-tuned InceptionV3's grade and DME probabilities on
+# augmented views of the labelled photos and of photos nobody graded, beside the labels.
+PRESETS["distill"] = replace(PRESETS["lesions"], epochs=10, distill_weight=1.0, distill_temperature=2.0)
 
 
 def class_weights(samples: Sequence[Sample], task: str) -> torch.Tensor:
@@ -85,18 +103,39 @@ def balanced_weights(counts: Sequence[int]) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, pretrained: Collection[str] = (),
+                     early_prefixes: tuple[str, ...] = (), backbone_lr_ratio: float = 1.0,
+                     early_lr_ratio: float = 1.0) -> list[dict]:
     """No weight decay on biases, norms and the parameters a model marks `_no_weight_decay`
-    (MedMamba's A_logs and Ds, as in the official code)."""
-    decay, no_decay = [], []
+    (MedMamba's A_logs and Ds, as in the official code). Parameters named in `pretrained` form their own
+    groups (`"pretrained": True`) at `backbone_lr_ratio` x the rate, x `early_lr_ratio` more where their name
+    (after any "backbone." prefix) starts with one of `early_prefixes`; each group's `lr_scale` says which."""
+    groups: dict[tuple[float, bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if parameter.ndim <= 1 or getattr(parameter, "_no_weight_decay", False) or name.endswith(".bias"):
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (parameter.ndim <= 1 or getattr(parameter, "_no_weight_decay", False) or name.endswith(".bias"))
+        is_pretrained = name in pretrained
+        scale = 1.0
+        if is_pretrained:
+            scale = backbone_lr_ratio * (early_lr_ratio if name.removeprefix("backbone.").startswith(early_prefixes)
+                                         else 1.0)
+        groups.setdefault((scale, is_pretrained, decays), []).append(parameter)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale,
+             "pretrained": is_pretrained}
+            for (scale, is_pretrained, decays), params in sorted(groups.items(), key=lambda item: item[0])]
+
+
+def group_lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float,
+                    lr_scale: float = 1.0, frozen_steps: int = 0) -> float:
+    """A parameter group's factor: `lr_scale` x the schedule; a group frozen for `frozen_steps` gets 0 until
+    then and warms up afterwards, over the same number of steps, into the schedule where it stands."""
+    if step < frozen_steps:
+        return 0.0
+    factor = lr_scale * lr_factor(step, total_steps, warmup_steps, schedule, min_ratio)
+    if frozen_steps and warmup_steps and step < frozen_steps + warmup_steps:
+        factor *= (step - frozen_steps + 1) / warmup_steps
+    return factor
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:

@@ -5,6 +5,7 @@ splitting would pass around instead of keeping in one object."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,8 +53,14 @@ from drdemo.inference import loader_logits, loader_outputs, main_logits
 from drdemo.models import create_model, model_defaults
 from drdemo.models.heads import BACKBONE_PREFIX, HeadsOutput, corn_loss, lesion_map_loss
 from drdemo.tasks import DME_RISKS, LESION_TYPES, TASK_CLASS_NAMES
+from drdemo.train.distill import (
+    TEACHER_TARGETS_NAME,
+    distillation_loss,
+    load_or_compute_teacher_targets,
+    unlabelled_photos,
+)
 from drdemo.train.distributed import EpochSampler, init_distributed
-from drdemo.train.recipes import Recipe, balanced_weights, class_weights, lr_factor, parameter_groups
+from drdemo.train.recipes import Recipe, balanced_weights, class_weights, group_lr_factor, parameter_groups
 
 STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"
@@ -105,6 +112,8 @@ class RunOptions:
     lesion_data: Path | None = None   # IDRiD's "A. Segmentation" folder, for a three-head recipe's lesion maps
     lesion_overlap: Path | None = None  # IDRiD's segmentation_grading_overlap.csv
     cache_dir: Path | None = None     # prepared photos (drdemo.data.prepared); None: its default
+    teacher: Path | None = None       # a three-head checkpoint to distil from (drdemo.train.distill)
+    unlabelled: tuple[Path, ...] = () # folders of photos only the teacher labels
     command: str = ""
 
 
@@ -127,6 +136,13 @@ class Trainer:
 
         self.parts, self.layout = self._load_parts()
         defaults = model_defaults(options.model)
+        num_classes = len(TASK_CLASS_NAMES[options.task])
+        heads = ({"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+                 if recipe.heads else None)
+        # ImageNet weights are read before the config: their input statistics and builder options go into it.
+        pretrained_model = (create_model(options.model, num_classes=num_classes, heads=heads, pretrained=True)
+                            if recipe.pretrained and not options.resume else None)
+        self.pretrained = pretrained_model.default_cfg["pretrained"] if pretrained_model is not None else None
         input_size = options.img_size or defaults.input_size
         self.config = self._initial_config(input_size)
         if recipe.heads:
@@ -151,8 +167,8 @@ class Trainer:
         self.val_loader = DataLoader(self.val_set, batch_size=recipe.batch_size, shuffle=False,
                                      num_workers=options.workers)
 
-        self.model = create_model(options.model, num_classes=len(TASK_CLASS_NAMES[options.task]),
-                                  heads=self.config.heads or None)
+        self.model = pretrained_model or create_model(options.model, num_classes=num_classes,
+                                                      heads=self.config.heads or None, **self.config.model_options)
         if options.init_from is not None and not options.resume:
             self._initialise_from(options.init_from)
         self.memory_format = defaults.memory_format  # as served by the Predictor
@@ -171,15 +187,21 @@ class Trainer:
                                      minlength=len(DME_RISKS))
             self.dme_loss_fn = nn.CrossEntropyLoss(weight=balanced_weights(dme_counts).to(self.device),
                                                    label_smoothing=recipe.label_smoothing)
-        groups = parameter_groups(self.model, recipe.weight_decay)
+        pretrained_names = self._pretrained_parameter_names() if recipe.pretrained else frozenset()
+        groups = parameter_groups(self.model, recipe.weight_decay, pretrained=pretrained_names,
+                                  early_prefixes=defaults.early_layers, backbone_lr_ratio=recipe.backbone_lr_ratio,
+                                  early_lr_ratio=recipe.early_lr_ratio)
         optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[recipe.optimizer]
         self.optimizer = optimizer_class(groups, lr=recipe.lr)
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         self.total_steps = recipe.epochs * self.steps_per_epoch
         warmup = round(recipe.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(step, self.total_steps, warmup, recipe.schedule, recipe.min_lr_ratio))
+        frozen = round(recipe.freeze_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            functools.partial(group_lr_factor, total_steps=self.total_steps, warmup_steps=warmup,
+                              schedule=recipe.schedule, min_ratio=recipe.min_lr_ratio, lr_scale=group["lr_scale"],
+                              frozen_steps=frozen if group["pretrained"] else 0)
+            for group in groups])
         self.autocast_dtype = (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                                else torch.float16) if (self.device.type == "cuda" and options.amp) else None
         if self.device.type == "cpu" and options.cpu_bf16:
@@ -248,7 +270,9 @@ class Trainer:
                 source = read_config(options.init_from)
             except CheckpointError as exc:
                 raise TrainingError(f"--init-from: {exc}") from exc
-        if (source is not None and source.preprocessing["local_contrast"] == self.recipe.local_contrast
+        if self.pretrained is not None:  # the inputs the ImageNet weights were trained on
+            mean, std = self.pretrained["mean"], self.pretrained["std"]
+        elif (source is not None and source.preprocessing["local_contrast"] == self.recipe.local_contrast
                 and source.preprocessing["colour_balance"] == self.recipe.colour_balance):
             mean, std = source.mean, source.std  # keep the statistics the weights were trained with
         else:  # new data, or inputs the source never saw (local contrast changes every pixel): measure them
@@ -270,6 +294,7 @@ class Trainer:
             options.model, task=options.task, input_size=input_size,
             mean=tuple(round(float(v), 5) for v in mean), std=tuple(round(float(v), 5) for v in std),
             heads=heads, cam_target_layer=layer_prefix + defaults.cam_target_layer,
+            model_options=dict(self.pretrained["builder_options"]) if self.pretrained else {},
             preprocessing={"interpolation": "bicubic", "crop_fov": True, "local_contrast": self.recipe.local_contrast,
                            "colour_balance": self.recipe.colour_balance},
             provenance={"trained": True,
@@ -277,6 +302,7 @@ class Trainer:
                         "data_command": _data_command(options.data) if self.layout == "synthetic" else None,
                         "recipe": json.loads(json.dumps(recipe, default=str)), "seed": options.seed,
                         "command": options.command, "code_commit": code_commit(),
+                        **({"pretrained": self.pretrained} if self.pretrained else {}),
                         "torch": torch.__version__, "device": self.device.type, "processes": self.dist.world_size})
 
     def _initialise_from(self, folder: Path) -> None:
@@ -299,6 +325,15 @@ class Trainer:
         provenance = dict(self.config.provenance, initialised_from=str(folder),
                           initialised_from_provenance=source.provenance)
         self.config = replace(self.config, provenance=provenance)
+
+    def _pretrained_parameter_names(self) -> frozenset[str]:
+        """The parameters that came from ImageNet weights (after --resume too, where none were read now)."""
+        names = getattr(self.model, "pretrained_parameters", None)
+        if names is None:  # resumed: the same architecture's pretrained layers, without reading the weights again
+            probe = create_model(self.options.model, num_classes=self.config.num_classes,
+                                 heads=self.config.heads or None, pretrained=True)
+            names = probe.pretrained_parameters
+        return frozenset(names)
 
     # -- state
 
@@ -368,16 +403,34 @@ class Trainer:
         normalise_kwargs = dict(mean=self.config.mean, std=self.config.std,
                                 local_contrast_sigma=preprocessing["local_contrast"],
                                 colour_balance=preprocessing["colour_balance"])
+        soft_targets, extra = None, []
+        if options.teacher is not None:
+            extra = unlabelled_photos(options.unlabelled, overlap)
+            labelled_and_extra = list(self.parts["train"]) + extra
+            soft_targets = load_or_compute_teacher_targets(self.training_dir / TEACHER_TARGETS_NAME, options.teacher,
+                                                           labelled_and_extra, self.device, options.cache_dir)
+            self.config = replace(self.config, provenance=dict(self.config.provenance, distillation={
+                "teacher": str(options.teacher), "teacher_provenance": read_config(options.teacher).provenance,
+                "weight": self.recipe.distill_weight, "temperature": self.recipe.distill_temperature,
+                "labelled_photos": len(self.parts["train"]),
+                "unlabelled_photos": {str(folder): sum(s.image_id.startswith(f"{Path(folder).name}/") for s in extra)
+                                      for folder in options.unlabelled}}))
+            if self.dist.is_main:
+                print(f"teacher {options.teacher}: its probabilities for {len(self.parts['train'])} labelled and "
+                      f"{len(extra)} unlabelled training photos", file=sys.stderr)
+        elif options.unlabelled:
+            raise TrainingError("--unlabelled photos are labelled by a teacher: pass --teacher too")
         sets = []
         for part in ("train", "val"):
-            samples = self.parts[part]
+            samples = list(self.parts[part]) + (extra if part == "train" else [])
             images = prepare_cached(samples, input_size, preprocessing["interpolation"], preprocessing["crop_fov"],
                                     cache_dir=options.cache_dir, progress=self.dist.is_main)
             masks = (prepared_masks(samples, lesion_data, overlap, input_size, preprocessing["crop_fov"],
                                     grading_part=self.part or "train", cache_dir=options.cache_dir)
                      if part == "train" else {})
             augment = self.recipe.augmentation.build() if part == "train" else None
-            sets.append(LesionGradingDataset(samples, images, masks, normalise_kwargs, augment))
+            sets.append(LesionGradingDataset(samples, images, masks, normalise_kwargs, augment,
+                                             soft_targets=soft_targets if part == "train" else None))
         if self.dist.is_main:
             print(f"lesion masks for {len(sets[0].masks)} of {len(sets[0])} training photos", file=sys.stderr)
         return sets[0], sets[1]
@@ -537,11 +590,19 @@ def three_head_loss(output: HeadsOutput, targets: dict, recipe: Recipe, grade_lo
     """The loss of a three-head model: the softmax grade head's (and InceptionV3's auxiliary head's), CORN's
     for the ordinal head, the DME risk's where the photo has one, and the lesion maps' on the photos with
     masks only (the others contribute nothing to the lesion head)."""
-    grades = targets["grade"]
-    loss = grade_loss(output.softmax_logits, grades)
-    if output.aux_logits is not None:
-        loss = loss + recipe.aux_loss_weight * grade_loss(output.aux_logits, grades)
-    loss = loss + recipe.ordinal_loss_weight * corn_loss(output.ordinal_logits, grades)
+    graded = targets["grade"] >= 0  # photos only a teacher labels have grade -1
+    loss = output.softmax_logits.new_zeros(())
+    if graded.any():
+        grades = targets["grade"][graded]
+        loss = loss + grade_loss(output.softmax_logits[graded], grades)
+        if output.aux_logits is not None:
+            loss = loss + recipe.aux_loss_weight * grade_loss(output.aux_logits[graded], grades)
+        loss = loss + recipe.ordinal_loss_weight * corn_loss(output.ordinal_logits[graded], grades)
+    if recipe.distill_weight and "teacher_grade" in targets:
+        temperature = recipe.distill_temperature
+        loss = loss + recipe.distill_weight * (
+            distillation_loss(output.softmax_logits, targets["teacher_grade"], temperature)
+            + distillation_loss(output.dme_logits, targets["teacher_dme"], temperature))
     known = targets["dme"] >= 0
     if known.any():
         loss = loss + recipe.dme_loss_weight * dme_loss(output.dme_logits[known], targets["dme"][known])
