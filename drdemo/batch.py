@@ -118,7 +118,7 @@ def grade(items: Sequence[tuple[str, Path]], models: Sequence[ServedModel], admi
             item.predictions[predictor.name] = analysis.prediction
             checks.append((predictor.config.display_name, model.check(checked.assessment, analysis)))
         shown = most_cautious([check for _, check in checks]) if checks else checked.assessment
-        item.outcome, item.reason = shown.outcome, shown.reason
+        item.outcome, item.reason = shown.outcome, attributed_reason(checked.assessment, checks, shown)
         item.details = _details(checked.details, checks)
         item.notes.extend(shown.warnings)
         item.thumbnail = models[0].predictor.model_view(checked.image) if models else None
@@ -126,6 +126,15 @@ def grade(items: Sequence[tuple[str, Path]], models: Sequence[ServedModel], admi
     if progress is not None:
         progress(1.0, "done")
     return results
+
+
+def attributed_reason(rules: Assessment, checks: Sequence[tuple[str, Assessment]], shown: Assessment) -> str:
+    """The reason of the check shown, prefixed with the model whose own feature score made it, so that one model's
+    number is never read as another's reason (the rules' reasons belong to no model)."""
+    if shown.reason == rules.reason:
+        return shown.reason
+    owner = next((name for name, check in checks if check is shown), None)
+    return f"{owner}: {shown.reason}" if owner else shown.reason
 
 
 def _details(rules: str, checks: Sequence[tuple[str, Assessment]]) -> str:
@@ -138,18 +147,18 @@ def _details(rules: str, checks: Sequence[tuple[str, Assessment]]) -> str:
 
 def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], path: Path) -> Path:
     """One row per image: the image check's outcome, reason and measured values, every model's class
-    probabilities, grade and referral (with three-head models the DME risk and the referral's reasons too), and
-    the check's warnings (or the refusal) as notes."""
+    probabilities and most likely grade, its one referral decision (`<model>_decision`: refer or do not refer)
+    with the reason (`<model>_decision_reason`: retinopathy, macular oedema or both) and the probabilities it was
+    read from (P(grade >= 2) and, for three-head models, the DME risk), and the check's warnings as notes."""
     columns = ["file", "outcome", "reason", "details"]
     for predictor in predictors:
         prefix = predictor.name
+        columns += [f"{prefix}_decision", f"{prefix}_decision_reason"]
         columns += [f"{prefix}_p_{_slug(c)}" for c in predictor.class_names]
-        columns += [f"{prefix}_grade", f"{prefix}_grade_name", f"{prefix}_referable_probability",
-                    f"{prefix}_referable"]
+        columns += [f"{prefix}_grade", f"{prefix}_grade_name", f"{prefix}_referable_probability"]
         if predictor.config.heads:
             columns += [f"{prefix}_dme_p_{_slug(c)}" for c in predictor.config.heads["dme_classes"]]
-            columns += [f"{prefix}_dme_referable_probability", f"{prefix}_dme_referable", f"{prefix}_referred",
-                        f"{prefix}_referral_reasons"]
+            columns += [f"{prefix}_dme_referable_probability"]
     columns += ["notes"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -167,23 +176,17 @@ def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], pat
 
 def _prediction_columns(prefix: str, prediction: Prediction) -> dict[str, object]:
     row: dict[str, object] = {f"{prefix}_p_{_slug(c)}": f"{p:.6f}" for c, p in prediction.probabilities.items()}
-    row.update({f"{prefix}_grade": prediction.grade, f"{prefix}_grade_name": prediction.grade_name,
+    referred = prediction.referred
+    reasons = prediction.referral_reasons or (("retinopathy",) if referred else ())
+    row.update({f"{prefix}_decision": "" if referred is None else ("refer" if referred else "do not refer"),
+                f"{prefix}_decision_reason": " and ".join(reasons),
+                f"{prefix}_grade": prediction.grade, f"{prefix}_grade_name": prediction.grade_name,
                 f"{prefix}_referable_probability": "" if prediction.referable_probability is None
-                else f"{prediction.referable_probability:.6f}",
-                f"{prefix}_referable": "" if prediction.referable is None else prediction.referable})
+                else f"{prediction.referable_probability:.6f}"})
     if prediction.dme_referable_probability is not None:
         row.update({f"{prefix}_dme_p_{_slug(c)}": f"{p:.6f}" for c, p in prediction.dme_probabilities.items()})
-        row.update({f"{prefix}_dme_referable_probability": f"{prediction.dme_referable_probability:.6f}",
-                    f"{prefix}_dme_referable": prediction.dme_referable, f"{prefix}_referred": prediction.referred,
-                    f"{prefix}_referral_reasons": " and ".join(prediction.referral_reasons)})
+        row.update({f"{prefix}_dme_referable_probability": f"{prediction.dme_referable_probability:.6f}"})
     return row
-
-
-def extremes(results: Sequence[BatchItem], model: str, count: int = 4) -> tuple[list[BatchItem], list[BatchItem]]:
-    """The `count` most and least confident graded images for `model` (top-class probability)."""
-    graded = [r for r in results if model in r.predictions]
-    graded.sort(key=lambda r: max(r.predictions[model].probabilities.values()), reverse=True)
-    return graded[:count], graded[::-1][:count]
 
 
 def _slug(name: str) -> str:

@@ -54,7 +54,13 @@ def untrained_checkpoint() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
+def app_url(app_process) -> str:
+    """The running app's address (see app_process)."""
+    return app_process.url
+
+
+@pytest.fixture(scope="session")
+def app_process(tmp_path_factory):
     """app.py on 127.0.0.1, as a user starts it. MedMamba's slot points at a Hub repo that cannot be
     reached (nothing listens on the discard port), and InceptionV3's at a copy of its bundled
     checkpoint whose config names a CAM layer the network does not have: the app must start, fall
@@ -77,5 +83,5 @@ def app_url(tmp_path_factory):
     except RuntimeError as exc:
         app.stop()
         pytest.fail(str(exc))
-    yield app.url
+    yield app
     app.stop()

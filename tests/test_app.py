@@ -51,39 +51,48 @@ def _dme_probabilities(label: dict) -> None:
 
 def test_the_lesion_map_is_a_heat_map_choice_and_the_verdict_gives_the_referral_reason(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
-    _, pair, text, _, _ = client.predict(path, "medmamba", "lesions", "predicted", 0.8, 0.01, False, api_name="/grade")
-    assert "Lesion map" in text and "Refer: retinopathy" in text   # threshold 1%: referred for retinopathy
+    text, _, _, _, pair, explanation, _, result = client.predict(path, "medmamba", "lesions", "predicted", 0.8, 0.01,
+                                                                 False, api_name="/grade")
+    assert "Lesion map" in explanation and "Refer: retinopathy" in text   # threshold 1%: referred for retinopathy
+    assert "retinopathy" in result["referral_reasons"] and result["referable_threshold"] == 0.01
     original, drawn = (np.asarray(Image.open(p), float) for p in pair)
     assert original.shape == drawn.shape
 
 
 def test_grade_takes_just_an_image(client, fundus, tmp_path):
-    label, pair, text, dme, check = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))),
-                                                   api_name="/grade")
+    text, note, label, dme, pair, explanation, check, result = client.predict(
+        handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/grade")
     _probabilities(label)
     _dme_probabilities(dme)
     original, overlay = (Image.open(p) for p in pair)
     assert original.size == overlay.size and original.width >= 192
     assert np.abs(np.asarray(original, float) - np.asarray(overlay, float)).mean() > 5  # the heat map is drawn
-    assert "ICDR grade" in text and "P(grade 2 or worse)" in text and " ms" in text
+    # the decision first, each probability beside its threshold, then the most likely grade and the check
+    assert text.startswith("### MedMamba-T: ") and "P(grade ≥ 2)" in text and "P(DME risk 2)" in text
+    assert text.index("P(grade ≥ 2)") < text.index("Most likely grade") < text.index("**Image check:")
+    assert " ms" in explanation and note.startswith("**Image check:") and note in text
+    assert "Answered by MedMamba-T: `checkpoints/medmamba_t` (**a fallback**" in text
+    assert result["answered_by"]["checkpoint"] == "checkpoints/medmamba_t" and result["answered_by"]["fallback"]
+    assert set(result["grade_probabilities"]) == GRADES
     # the check's outcome beside the grade, its measured values and the model's own score in the details
-    assert "**Image check:" in text and "rim step" not in text and "feature distance" not in text
+    assert "rim step" not in text and "feature distance" not in text
     assert check.startswith("**Measured by the rules:** field of view:") and "rim step" in check
     assert "- MedMamba-T: feature distance" in check
 
 
 def test_grade_options_change_the_answer_they_should(client, fundus, tmp_path):
     path = handle_file(str(_save(fundus, tmp_path / "eye.png")))
-    _, pair, text, _, _ = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True, api_name="/grade")
-    assert "InceptionV3" in text and 'HiResCAM for "Proliferative DR"' in text and "threshold 5%" in text
-    assert "over 8 flips/rotations" in text
+    text, _, _, _, pair, explanation, _, _ = client.predict(path, "inception", "hirescam", "4", 0.0, 0.05, True,
+                                                            api_name="/grade")
+    assert "InceptionV3" in text and 'HiResCAM for "Proliferative DR"' in explanation and "threshold 5%" in text
+    assert "over 8 flips/rotations" in explanation
     original, overlay = (np.asarray(Image.open(p), float) for p in pair)
     assert np.abs(original - overlay).max() <= 1   # opacity 0: the overlay is the image itself
 
 
 def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path):
-    first, second, cam_first, cam_second, text, chart, dme_first, dme_second, check = client.predict(
-        handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/compare")
+    (text, _, chart, second_chart, first, second, cam_first, cam_second, dme_first, dme_second, check,
+     result) = client.predict(handle_file(str(_save(fundus, tmp_path / "eye.jpeg"))), api_name="/compare")
     _probabilities(first)
     _probabilities(second)
     _dme_probabilities(dme_first)
@@ -92,7 +101,14 @@ def test_compare_shows_both_models_and_their_agreement(client, fundus, tmp_path)
     assert ("Same grade" in text or "Different grades" in text) and "Largest probability difference" in text
     assert "MedMamba-T" in text and "InceptionV3" in text and "rim step" not in text
     assert "- MedMamba-T: feature distance" in check and "- InceptionV3: feature distance" in check
-    assert chart["type"] == "matplotlib" and chart["plot"].startswith("data:image/png;base64,")
+    assert text.startswith("### MedMamba-T: ") and "### InceptionV3: " in text    # both decisions come first
+    assert text.index("### InceptionV3") < text.index("Largest probability difference")
+    rows = chart["data"]     # a table the browser draws (a bar mark), not a picture made on the server
+    assert chart["mark"] == "bar" and {r[2] for r in rows} == {"MedMamba-T"}
+    labelled = _probabilities(first)
+    assert len(rows) == 5 and all(abs(labelled[name] - r[1]) < 1e-4 for name, r in zip(sorted(
+        labelled, key=["No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR"].index), rows))
+    assert [m["model"] for m in result["models"]] == ["MedMamba-T", "InceptionV3"]
 
 
 def test_batch_grades_a_zip_and_explains_refusals(client, fundus, tmp_path):
@@ -102,12 +118,15 @@ def test_batch_grades_a_zip_and_explains_refusals(client, fundus, tmp_path):
         bundle.writestr("a.jpeg", _encode(fundus, "JPEG"))
         bundle.writestr("b.png", _encode(fundus.rotate(90), "PNG"))
         bundle.writestr("broken.jpeg", b"\xff\xd8\xff\xe0 not really")
-    csv_path, gallery, summary = client.predict([handle_file(str(archive))], api_name="/batch")
+    summary, csv_path, gallery = client.predict([handle_file(str(archive))], api_name="/batch")
     rows = list(csv.DictReader(open(csv_path, newline="")))
     assert [r["file"] for r in rows] == ["clinic.zip/a.jpeg", "clinic.zip/b.png", "clinic.zip/broken.jpeg"]
     assert rows[0]["medmamba_t_grade_name"] in GRADES and rows[1]["inception_v3_grade_name"] in GRADES
     assert rows[2]["notes"].startswith("refused:") and rows[2]["medmamba_t_grade"] == ""
     assert "Graded 2 of 3 images; 1 refused" in summary and len(gallery) >= 2
+    assert rows[0]["medmamba_t_decision"] in ("refer", "do not refer") and "medmamba_t_referable" not in rows[0]
+    header = next(line for line in summary.splitlines() if line.startswith("| file"))
+    assert "MedMamba-T: decision" in header and "InceptionV3: decision" in header
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -158,7 +177,7 @@ def test_bad_uploads_get_specific_messages_and_the_app_stays_up(client, fundus, 
         with pytest.raises(Exception, match=message) as refused:
             client.predict(handle_file(str(path)), api_name="/grade")
         assert "Traceback" not in str(refused.value), case
-    label, *_ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
+    _, _, label, *_ = client.predict(handle_file(str(_save(fundus, tmp_path / "after.jpeg"))), api_name="/grade")
     _probabilities(label)
 
 
@@ -177,9 +196,9 @@ def test_awkward_but_valid_fundus_files_are_graded(client, fundus, tmp_path):
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        label, _, text, *_ = client.predict(handle_file(str(path)), api_name="/grade")
+        text, _, label, *_ = client.predict(handle_file(str(path)), api_name="/grade")
         _probabilities(label)
-        assert "ICDR grade" in text, name
+        assert "Most likely grade" in text, name
 
 
 def test_page_says_what_it_serves_and_that_it_is_not_a_device(app_url):

@@ -111,24 +111,28 @@ def test_grading_writes_one_row_per_image_with_outcome_and_reason(tmp_path, pred
             assert int(row[f"{predictor.name}_grade"]) == int(np.argmax(probabilities))
             referable = float(row[f"{predictor.name}_referable_probability"])
             assert referable == pytest.approx(sum(probabilities[2:]), abs=1e-5)
-            assert row[f"{predictor.name}_referable"] == str(referable >= 0.3)
-    most, least = batch.extremes(results, predictors[0].name, count=1)
+            assert row[f"{predictor.name}_decision"] == ("refer" if referable >= 0.3 else "do not refer")
+            assert row[f"{predictor.name}_decision_reason"] == ("retinopathy" if referable >= 0.3 else "")
+            assert f"{predictor.name}_referable" not in row      # one decision column per model, no second opinion
+    gallery = views.batch_gallery(results, (predictors[0].name, "ResNet50"), count=1)
     confidence = [max(r.predictions[predictors[0].name].probabilities.values()) for r in results if r.predictions]
-    assert max(most[0].predictions[predictors[0].name].probabilities.values()) == max(confidence)
-    assert max(least[0].predictions[predictors[0].name].probabilities.values()) == min(confidence)
+    assert f"({max(confidence):.0%})" in gallery[0][1] and f"({min(confidence):.0%})" in gallery[-1][1]
+    assert all("most confident" not in caption and "refer" in caption.lower() for _, caption in gallery)
 
 
 def test_the_batch_tab_lists_each_images_outcome_and_reason(predictors, clinic):
     results = batch.grade(clinic, _served(predictors[:1]), check_upload)
-    summary = views.batch_summary(results, predictors[0].name)
-    assert summary.startswith("Graded 2 of 4 images; 2 refused; 1 graded with a warning")
+    summary = views.batch_summary(results, [(predictors[0].name, "ResNet50")])
+    assert summary.startswith("Graded 2 of 4 images; 2 refused; 1 graded with a warning. Referred: ResNet50 ")
     table = summary.split("\n\n", 1)[1].splitlines()
-    assert table[0] == "| file | image check | reason | resnet50 grade |" and len(table) == 2 + len(clinic)
+    assert table[0] == "| file | image check | reason | ResNet50: most likely grade | ResNet50: decision |"
+    assert len(table) == 2 + len(clinic)
     assert table[2].startswith("| good.png | accepted | Looks like a colour fundus photo")
     assert table[3].startswith("| red-free.png | accepted with a warning | This looks like a red-free")
     assert table[4].startswith("| cat.jpg | refused | This does not look like a fundus photo")
-    assert table[4].endswith("|  |")   # no grade
-    assert results[0].predictions[predictors[0].name].grade_name in table[2]
+    assert table[4].endswith("|  |  |")   # no grade, no decision
+    prediction = results[0].predictions[predictors[0].name]
+    assert f"| {prediction.grade_name} | {views.decision_heading(prediction)} |" in table[2]
 
 
 def test_each_models_feature_score_joins_the_check_and_three_head_models_add_dme_columns(tmp_path, clinic):
@@ -149,12 +153,13 @@ def test_each_models_feature_score_joins_the_check_and_three_head_models_add_dme
     score = fit(rng.normal(size=(40, 2048)) * 1e-3, [i % 2 for i in range(40)], components=4, fitted_on="noise")
     score = score.with_threshold(1e-6, "test")
     results = batch.grade(clinic[:1], _served([three_head], score), check_upload)
-    assert results[0].outcome == "warned" and "unlike" in results[0].reason
+    assert results[0].outcome == "warned" and results[0].reason.startswith("ResNet50: ") and "unlike" in results[0].reason
     assert "ResNet50 feature distance" in results[0].details and "scores: frame" in results[0].details
     row = next(csv.DictReader(open(batch.write_csv(results, [three_head], tmp_path / "out.csv"), newline="")))
     dme = [float(row[f"resnet50_dme_p_{c}"]) for c in ("no_dme", "dme_risk_1", "dme_risk_2")]
     assert sum(dme) == pytest.approx(1, abs=1e-5)
     assert float(row["resnet50_dme_referable_probability"]) == pytest.approx(dme[2], abs=1e-6)
     prediction = results[0].predictions["resnet50"]
-    assert row["resnet50_referred"] == str(prediction.referred)
-    assert row["resnet50_referral_reasons"] == " and ".join(prediction.referral_reasons)
+    assert row["resnet50_decision"] == ("refer" if prediction.referred else "do not refer")
+    assert row["resnet50_decision_reason"] == " and ".join(prediction.referral_reasons)
+    assert not {"resnet50_referable", "resnet50_referred", "resnet50_dme_referable"} & set(row)

@@ -1,6 +1,7 @@
 """The request handlers: gate first, each checkpoint's own threshold by default, both compare maps over one
 view, previews that leave the upload untouched, batch outputs that do not pile up on disk."""
 
+import json
 import os
 import time
 
@@ -48,9 +49,23 @@ def test_called_with_just_an_image_each_model_refers_at_its_checkpoints_threshol
     photo = _photo(tmp_path / "fundus.png", seed=7, grade=2)
     graded = answer.grade(photo)
     compared = answer.compare(photo)
-    assert len(graded) == 5 and len(compared) == 9       # the /grade and /compare endpoints' outputs
-    assert "threshold 30%" in graded.verdict
-    assert "threshold 30%" in compared.agreement and "threshold 70%" in compared.agreement
+    assert len(graded) == 8 and len(compared) == 12       # the /grade and /compare endpoints' outputs
+    assert "threshold 30%" in graded.decision
+    assert "threshold 30%" in compared.decision and "threshold 70%" in compared.decision
+    assert graded.result["referable_threshold"] == 0.3
+    assert [m["referable_threshold"] for m in compared.result["models"]] == [0.3, 0.7]
+
+
+def test_the_decision_comes_first_and_says_which_checkpoint_answered(tmp_path):
+    graded = handlers.make_handlers(_two_models(low=0.01)).grade(_photo(tmp_path / "fundus.png", seed=7, grade=2))
+    first_line = graded.decision.splitlines()[0]
+    assert first_line.startswith("### ResNet50: ") and ("Refer" in first_line)   # threshold 1%: referred
+    assert graded.decision.index("P(grade ≥ 2)") < graded.decision.index("Most likely grade")
+    assert "Answered by ResNet50: `org/a @ 1234567`" in graded.decision
+    assert graded.result["answered_by"] == {"model": "ResNet50", "architecture": "resnet50",
+                                            "checkpoint": "org/a @ 1234567", "revision": None, "fallback": False,
+                                            "trained": True}
+    assert graded.upload_note.startswith("**Image check:") and graded.upload_note in graded.decision
 
 
 def test_compare_draws_both_maps_at_one_size_over_one_view_and_charts_both_models(tmp_path):
@@ -58,14 +73,31 @@ def test_compare_draws_both_maps_at_one_size_over_one_view_and_charts_both_model
     side = handlers.COMPARE_VIEW_SIZE
     assert compared.first_map.size == compared.second_map.size == (side, side)   # models of 64 and 96 px
     assert np.asarray(compared.first_map).tolist() == np.asarray(compared.second_map).tolist()  # opacity 0
-    chart = compared.chart
-    bars = [patch for patch in chart.axes[0].patches]
-    assert len(bars) == 10 and sorted(round(b.get_height(), 6) for b in bars) == sorted(
-        round(v, 6) for v in [*compared.first_probabilities.values(), *compared.second_probabilities.values()])
-    assert [t.get_text() for t in chart.axes[0].get_legend().get_texts()] == ["ResNet50", "Big VGG"]
-    assert "ResNet50" in compared.agreement and "Big VGG" in compared.agreement
-    assert "resnet50" not in compared.agreement
+    for chart, label, name in ((compared.first_chart, compared.first_probabilities, "ResNet50"),
+                               (compared.second_chart, compared.second_probabilities, "Big VGG")):
+        assert list(chart["model"]) == [name] * 5        # a table the browser draws, one colour per model
+        assert list(chart["grade"]) == ["0 No DR", "1 Mild", "2 Moderate", "3 Severe", "4 PDR"]
+        assert np.allclose(list(chart["probability"]), list(label.values()))
+    assert "ResNet50" in compared.decision and "Big VGG" in compared.decision
+    assert "resnet50" not in compared.decision
     assert compared.first_dme is None and compared.second_dme is None            # single-head models
+
+
+def test_the_agents_tools_answer_in_json_with_the_heat_map(tmp_path):
+    answer = handlers.make_handlers(_two_models(low=0.3, high=0.7))
+    photo = _photo(tmp_path / "fundus.png", seed=7, grade=2)
+    text, heat_map = answer.grade_tool(photo, "inception")
+    result = json.loads(text)
+    assert result["graded"] and result["model"] == "Big VGG" and result["referable_threshold"] == 0.7
+    assert set(result["grade_probabilities"]) == set(views.ICDR_GRADES) and heat_map.size == (96, 96)
+    result, heat_map = answer.compare_tool(photo)
+    result = json.loads(result)
+    assert [m["model"] for m in result["models"]] == ["ResNet50", "Big VGG"] and heat_map.size == (598, 299)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    result, heat_map = answer.grade_tool(str(text))
+    result = json.loads(result)
+    assert result["graded"] is False and result["image_check"]["outcome"] == "refused" and heat_map is None
 
 
 def test_the_preview_is_a_display_copy_and_says_what_the_image_check_found(tmp_path):

@@ -5,7 +5,7 @@ from drdemo.checkpoint import CheckpointConfig
 from drdemo.models import create_model
 from drdemo.predictor import Predictor
 from drdemo.serving.slots import ServedModel
-from drdemo.ui import page
+from drdemo.ui import handlers, page
 
 
 def _served(low: float = 0.3, high: float = 0.7) -> list[ServedModel]:
@@ -27,13 +27,42 @@ def test_sliders_start_at_each_checkpoints_own_threshold():
 
 def test_the_named_endpoints_take_the_handlers_outputs_in_order():
     demo = page.build_demo(_served())
-    endpoints = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("grade", "compare", "batch")}
-    assert {name: len(fn.outputs) for name, fn in endpoints.items()} == {"grade": 5, "compare": 9, "batch": 3}
+    endpoints = {fn.api_name: fn for fn in demo.fns.values()
+                 if fn.api_name in ("grade", "compare", "batch", "grade_tool", "compare_tool")}
+    assert {name: len(fn.outputs) for name, fn in endpoints.items()} == {
+        "grade": 8, "compare": 12, "batch": 3, "grade_tool": 2, "compare_tool": 2}
     grade_outputs = [type(c).__name__ for c in endpoints["grade"].outputs]
-    assert grade_outputs == ["Label", "ImageSlider", "Markdown", "Label", "Markdown"]
+    assert grade_outputs == ["Markdown", "Markdown", "Label", "Label", "ImageSlider", "Markdown", "Markdown", "JSON"]
     compare_ids = [c.elem_id for c in endpoints["compare"].outputs]
-    assert compare_ids[2:6] == ["compare-cam-a", "compare-cam-b", "agreement", "compare-chart"]
-    assert compare_ids[-1] == "compare-check-values" and endpoints["grade"].outputs[-1].elem_id == "grade-check-values"
+    assert compare_ids[:4] == ["agreement", "compare-check", "compare-chart-a", "compare-chart-b"]
+    assert compare_ids[6:8] == ["compare-cam-a", "compare-cam-b"]
+    assert compare_ids[-2] == "compare-check-values" and endpoints["grade"].outputs[-2].elem_id == "grade-check-values"
+    # the API page names every output after its field: no value_25
+    returns = {name: [r["label"] for r in endpoint["returns"]]
+               for name, endpoint in demo.get_api_info()["named_endpoints"].items()}
+    assert returns["/grade"] == list(handlers.GradeOutputs._fields)
+    assert returns["/compare"] == list(handlers.CompareOutputs._fields)
+    assert returns["/batch"] == list(handlers.BatchOutputs._fields)
+    assert returns["/grade_tool"] == returns["/compare_tool"] == ["result", "heat_map"]
+    assert not any(label.startswith("value_") for labels in returns.values() for label in labels)
+
+
+def test_the_decision_sits_first_and_the_heat_map_opens_fully_drawn():
+    demo = page.build_demo(_served())
+    grade = next(fn for fn in demo.fns.values() if fn.api_name == "grade")
+    assert grade.outputs[0].elem_id == "verdict"
+    slider = next(c for c in demo.blocks.values() if type(c).__name__ == "ImageSlider")
+    assert slider.slider_position == 0
+    labels = [c for c in demo.blocks.values() if type(c).__name__ == "Label"]
+    assert labels and not any(c.show_heading for c in labels)   # no big headline that could contradict the decision
+
+
+def test_only_grade_and_compare_are_agents_tools():
+    demo = page.build_demo(_served())
+    tools = {fn.fn.__name__ for fn in demo.fns.values()
+             if fn.fn is not None and fn.api_name and getattr(fn.fn, "_mcp_type", "tool") == "tool"
+             and fn.api_visibility == "public"}
+    assert tools == {"grade", "compare"}
 
 
 def test_the_image_checks_measured_values_sit_in_a_closed_section():

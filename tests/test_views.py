@@ -20,89 +20,70 @@ def _analysis(probabilities, referable_probability=None, threshold=0.5, heatmap=
                     else None, spread=spread, views=8 if spread else 1)
 
 
-def test_verdict_names_the_grade_the_referral_and_the_map():
+def _three_head(probabilities, referable_probability, dme_probability, threshold, dme_threshold):
+    grade = int(np.argmax(probabilities))
+    reasons = tuple(r for r, on in (("retinopathy", referable_probability >= threshold),
+                                     ("macular oedema", dme_probability >= dme_threshold)) if on)
+    return Prediction(probabilities=dict(zip(GRADES, probabilities)), grade=grade, grade_name=GRADES[grade],
+                      seconds=0.05, referable_probability=referable_probability,
+                      referable=referable_probability >= threshold,
+                      dme_probabilities={"No DME risk": 1 - dme_probability - 0.01, "DME risk 1": 0.01,
+                                         "DME risk 2": dme_probability},
+                      dme_referable_probability=dme_probability, dme_referable=dme_probability >= dme_threshold,
+                      referral_reasons=reasons)
+
+
+def test_the_decision_heads_the_panel_and_nothing_under_it_says_the_opposite():
+    # "No DR" most likely, yet P(grade >= 2) 23% reaches a 22% screening threshold: the heading is the referral
+    prediction = _three_head([0.5, 0.27, 0.13, 0.06, 0.04], 0.23, 0.02, 0.22, 0.13)
+    text = views.decision(prediction, "MedMamba-T", 0.22, 0.13)
+    lines = text.splitlines()
+    assert lines[0] == "### MedMamba-T: Refer: retinopathy"
+    assert lines[1] == "- P(grade ≥ 2) 23% ≥ threshold 22%: refer for retinopathy"
+    assert lines[2] == "- P(DME risk 2) 2% < threshold 13%"
+    assert lines[3] == "Most likely grade: No DR (ICDR grade 0, 50%); most likely DME risk: No DME risk (97%)."
+    assert "No DR" not in lines[0]
+
+
+def test_a_probability_at_its_threshold_reads_as_reaching_it():
+    # 13.4% against 13.0% must not print as "13% against a 13% threshold"
+    assert views.percent_against(0.134, 0.13) == "13.4% ≥ threshold 13.0%"
+    assert views.percent_against(0.126, 0.13) == "12.6% < threshold 13.0%"
+    assert views.percent_against(0.13, 0.13) == "13.00% ≥ threshold 13.00%"
+    assert views.percent_against(0.61, 0.7) == "61% < threshold 70%"
+    prediction = _three_head([0.6, 0.1, 0.2, 0.05, 0.05], 0.3, 0.134, 0.5, 0.13)
+    assert views.decision_heading(prediction) == "Refer: macular oedema"
+    assert "P(DME risk 2) 13.4% ≥ threshold 13.0%: refer for macular oedema" in views.decision(
+        prediction, "I", 0.5, 0.13)
+    assert views.decision_heading(_three_head([0.9, 0.05, 0.03, 0.01, 0.01], 0.05, 0.01, 0.5, 0.13)) == "Do not refer"
+
+
+def test_the_explanation_names_the_map_and_the_spread():
     heatmap = np.zeros((32, 32), np.float32)
-    text = views.verdict(_analysis([0.05, 0.05, 0.6, 0.2, 0.1], 0.9, heatmap=heatmap), "medmamba_t", GRADES, 0.5)
-    assert "**medmamba_t: Moderate NPDR** (ICDR grade 2, probability 60%)" in text
-    assert "**Referable**: P(grade 2 or worse) = 90%, threshold 50%." in text
-    assert 'Grad-CAM for "Moderate NPDR"' in text and "not why" in text
-    low = views.verdict(_analysis([0.7, 0.2, 0.05, 0.03, 0.02], 0.1), "inception_v3", GRADES, 0.5)
-    assert "Not referable: P(grade 2 or worse) = 10%" in low and "Heat map" not in low
-    eigen = views.verdict(_analysis([0.05, 0.05, 0.6, 0.2, 0.1], 0.9, heatmap=heatmap, cam_method="eigencam"),
-                          "inception_v3", GRADES, 0.5)
+    text = views.explanation(_analysis([0.05, 0.05, 0.6, 0.2, 0.1], 0.9, heatmap=heatmap), GRADES)
+    assert 'Grad-CAM for "Moderate NPDR"' in text and "not why" in text and "Time: 50 ms" in text
+    assert "Heat map" not in views.explanation(_analysis([0.7, 0.2, 0.05, 0.03, 0.02], 0.1), GRADES)
+    eigen = views.explanation(_analysis([0.05, 0.05, 0.6, 0.2, 0.1], 0.9, heatmap=heatmap, cam_method="eigencam"),
+                              GRADES)
     assert "EigenCAM: where the model's features respond" in eigen and "same whichever grade" in eigen
     assert '"Moderate NPDR"' not in eigen           # it names no class it would not depend on
 
 
 def test_test_time_augmentation_spread_is_reported_and_flagged_when_large():
-    steady = views.verdict(_analysis([0.9, 0.1, 0, 0, 0], spread={g: 0.02 for g in GRADES}), "m", GRADES, 0.5)
-    shaky = views.verdict(_analysis([0.5, 0.5, 0, 0, 0], spread={g: 0.2 for g in GRADES}), "m", GRADES, 0.5)
+    steady = views.explanation(_analysis([0.9, 0.1, 0, 0, 0], spread={g: 0.02 for g in GRADES}), GRADES)
+    shaky = views.explanation(_analysis([0.5, 0.5, 0, 0, 0], spread={g: 0.2 for g in GRADES}), GRADES)
     assert "over 8 flips/rotations" in steady and "±2%" in steady and "unstable" not in steady
-    assert "±20%" in shaky and "unstable" in shaky
-
-
-def test_agreement_line():
-    a = _analysis([0.1, 0.1, 0.7, 0.05, 0.05], 0.8)
-    b = _analysis([0.1, 0.1, 0.3, 0.4, 0.1], 0.8)
-    c = _analysis([0.8, 0.1, 0.05, 0.03, 0.02], 0.1)
-    same_referral = views.agreement(a, b, ("medmamba_t", "inception_v3"))
-    assert "**Different grades**: medmamba_t says Moderate NPDR, inception_v3 says Severe NPDR." in same_referral
-    assert "**Same referral**" in same_referral and "Largest probability difference: 40% (Moderate NPDR)" in \
-        same_referral
-    assert "**Different referral**" in views.agreement(a, c, ("x", "y"))
-    assert "**Same grade**" in views.agreement(a, a, ("x", "y"))
-
-
-def test_overlay_pair_without_a_map_shows_the_input_twice():
-    analysis = _analysis([1, 0, 0, 0, 0])
-    first, second = views.overlay_pair(analysis, 0.5)
-    assert first is second is analysis.model_view
-    heated = _analysis([1, 0, 0, 0, 0], heatmap=np.ones((32, 32), np.float32))
-    original, overlaid = views.overlay_pair(heated, 0.5)
-    assert original.size == overlaid.size and np.asarray(original).tolist() != np.asarray(overlaid).tolist()
-
-
-def test_grades_table_lists_every_grade():
-    table = views.grades_table()
-    assert all(name in table for name in GRADES) and "Referable" in table
-
-
-def test_how_to_read_follows_each_models_views_calibration_and_threshold():
-    averaged = views.ModelReading("MedMamba-T", 8, "83 validation photos", 0.638, "highest threshold with "
-                                  "referable sensitivity >= 0.9 on 83 validation photos")
-    plain = views.ModelReading("InceptionV3", 1, None, 0.378, None)
-    text = views.how_to_read([averaged, plain])
-    assert "MedMamba-T: the mean over 8 flips and rotations of the photo, calibrated on 83 validation photos" in text
-    assert "InceptionV3: one view of the photo)" in text and "not the chance that the patient has the disease" in text
-    assert "MedMamba-T 64% (highest threshold with referable sensitivity >= 0.9" in text and "InceptionV3 38%" in text
-    assert "computed on that one view even where the probabilities average several" in text
-    assert "average several" not in views.how_to_read([plain])    # nothing to warn about with one view each
-
-
-def test_heat_maps_of_different_sizes_are_drawn_over_one_view():
-    view = Image.new("RGB", (120, 120), (150, 60, 30))
-    small = _analysis([1, 0, 0, 0, 0], heatmap=np.eye(32, dtype=np.float32))
-    large = _analysis([0, 1, 0, 0, 0], heatmap=np.eye(48, dtype=np.float32))
-    first, second = views.shared_view_overlays(view, [small, large], 0.6)
-    assert first.size == second.size == view.size
-    difference = np.abs(np.asarray(first, float) - np.asarray(second, float)).mean()
-    assert difference < 10            # the same diagonal map, resized from 32 and 48 px, lands in the same place
-    assert views.shared_view_overlays(view, [_analysis([1, 0, 0, 0, 0])], 0.6) == [view]
-
-
-def test_preview_note_says_what_happens_next():
-    assert "Press the button" in views.preview_note("accepted", "Looks like a colour fundus photo.")
+    assert "unstable" in shaky
     assert "will not be graded" in views.preview_note("refused", "No round field of view.")
     assert "accepted with a warning" in views.preview_note("warned", "Blurred.")
 
 
-def test_agreement_headline_over_the_chart():
-    a = _analysis([0.1, 0.1, 0.7, 0.05, 0.05], 0.8)
-    b = _analysis([0.1, 0.1, 0.3, 0.4, 0.1], 0.8)
-    c = _analysis([0.8, 0.1, 0.05, 0.03, 0.02], 0.1)
-    assert views.agreement_headline(a, b, ("M", "I")) == "Different grades: M Moderate NPDR, I Severe NPDR; both refer"
-    assert views.agreement_headline(a, c, ("M", "I")).endswith("; only M refers")
-    assert views.agreement_headline(c, c, ("M", "I")) == "Same grade (No DR); both do not refer"
+def test_answered_by_says_where_the_weights_came_from_and_warns_of_fallbacks():
+    source = {"model": "MedMamba-T", "checkpoint": "org/mm", "revision": "1a2b3c4d5e", "fallback": False,
+              "trained": True}
+    assert views.answered_by(source) == "Answered by MedMamba-T: `org/mm @ 1a2b3c4`"
+    assert "a fallback" in views.answered_by({**source, "fallback": True})
+    assert "untrained" in views.answered_by({**source, "trained": False, "fallback": True})
 
 
 def _config(provenance: dict | None = None, **fields):

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from drdemo.checkpoint import CheckpointError, load_model, resolve_device
+from drdemo.checkpoint import CheckpointError, LoadedModel, load_model, resolve_device
 from drdemo.intake.fundus_check import Assessment, second_opinion
 from drdemo.intake.ood import FeatureScore, load_feature_score
 from drdemo.predictor import Analysis, Predictor
@@ -57,6 +57,15 @@ class ServedModel:
     status: str          # one line for the page: where the weights came from, and any fallback
     fallback: bool       # True when the configured checkpoint was not the one served
     feature_score: FeatureScore | None = None   # the checkpoint's ood.safetensors; None: the image check's rules only
+    source: str = ""                 # the repo id or folder whose weights are served ("" for an untrained model)
+    commit: str | None = None        # the Hub commit they came from (None for a folder)
+
+    def answered_by(self) -> dict:
+        """Which checkpoint answers, for every answer the app gives: model, repo or folder, revision, fallback."""
+        return {"model": self.predictor.config.display_name, "architecture": self.predictor.name,
+                "checkpoint": self.source or (self.status if self.predictor.trained else "(untrained, no checkpoint)"),
+                "revision": self.commit,
+                "fallback": self.fallback, "trained": self.predictor.trained}
 
     def check(self, assessment: Assessment, analysis: Analysis) -> Assessment:
         """The image check's rules with this model's feature score of the grading forward (`analysis.features`)
@@ -100,14 +109,14 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _serveable(source: str, revision: str | None) -> tuple[Predictor, str, FeatureScore | None]:
+def _serveable(source: str, revision: str | None) -> tuple[Predictor, LoadedModel, FeatureScore | None]:
     """Everything between a configured source and a model ready for its first user: load and
     validate the checkpoint (CAM layer included), build the predictor, run one warm-up analysis.
-    Returns the predictor, where its weights came from and its stored feature score (if any)."""
+    Returns the predictor, the loaded checkpoint (where its weights came from) and its stored feature score."""
     loaded = load_model(source, revision, device=serving_device())
     predictor = Predictor.from_loaded(loaded)
     predictor.warm_up()
-    return predictor, loaded.origin, load_feature_score(loaded.folder)
+    return predictor, loaded, load_feature_score(loaded.folder)
 
 
 def serve(settings: SlotSettings) -> ServedModel:
@@ -126,7 +135,7 @@ def serve(settings: SlotSettings) -> ServedModel:
             problems.append(f"no bundled checkpoint at {_shown(settings.bundled)}")
             continue
         try:
-            predictor, origin, feature_score = _serveable(source, revision)
+            predictor, loaded, feature_score = _serveable(source, revision)
         except CheckpointError as exc:
             log.warning("%s: %s", settings.slot, exc)
             problems.append(str(exc))
@@ -135,11 +144,18 @@ def serve(settings: SlotSettings) -> ServedModel:
             log.exception("%s: %s cannot be served", settings.slot, source)
             problems.append(f"{source} cannot be served ({type(exc).__name__}: {exc})")
             continue
-        status = (origin if not problems
+        status = (loaded.origin if not problems
                   else f"{problems[0]}; serving the bundled {_shown(settings.bundled)} instead")
-        return ServedModel(settings.slot, predictor, status, fallback=bool(problems), feature_score=feature_score)
+        if problems:
+            log.warning("%s: FALLBACK: %s", settings.slot, status)
+        if not predictor.trained:
+            log.warning("%s: %s holds UNTRAINED weights: its answers are meaningless", settings.slot, loaded.origin)
+        return ServedModel(settings.slot, predictor, status, fallback=bool(problems), feature_score=feature_score,
+                           source=_shown(loaded.folder) if loaded.commit is None else loaded.source,
+                           commit=loaded.commit)
     untrained = Predictor.untrained(settings.architecture)
     untrained.model.to(resolve_device(serving_device()))
     untrained.warm_up()
-    return ServedModel(settings.slot, untrained,
-                       f"{'; '.join(problems)}; serving an UNTRAINED {settings.architecture}", fallback=True)
+    status = f"{'; '.join(problems)}; serving an UNTRAINED {settings.architecture}"
+    log.warning("%s: FALLBACK to an UNTRAINED model, its answers are meaningless: %s", settings.slot, status)
+    return ServedModel(settings.slot, untrained, status, fallback=True)

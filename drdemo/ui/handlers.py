@@ -10,11 +10,12 @@ and the order of values and components cannot drift apart. The named API endpoin
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ from PIL import Image
 
 from drdemo import batch as batch_grading
 from drdemo.errors import DrdemoError
-from drdemo.intake.fundus_check import most_cautious
+from drdemo.intake.fundus_check import Assessment, most_cautious
 from drdemo.intake.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
@@ -49,35 +50,42 @@ except ImportError:
 
 
 class GradeOutputs(NamedTuple):
-    """The Grade tab's results (and the /grade endpoint's, in this order)."""
+    """The Grade tab's results (and the /grade endpoint's, in this order; page.py labels each component by its
+    field name, which is what the API page calls it)."""
 
-    probabilities: Any         # gr.Label value
-    maps: Any                  # (what the model saw, the map over it) for gr.ImageSlider
-    verdict: Any               # Markdown: the verdict and the image check's outcome
+    decision: Any              # Markdown, first under the photo: refer or not, why, each probability vs its threshold
+    upload_note: Any           # the line under the photo: the image check's final outcome (replaces the preview's)
+    probabilities: Any         # gr.Label value (no heading: the decision is the heading)
     dme: Any                   # gr.Label value of the DME risk, None without a DME head
+    maps: Any                  # (what the model saw, the map over it) for gr.ImageSlider
+    explanation: Any           # Markdown: what the map shows, the spread over views, the time
     check_details: Any         # Markdown: what the image check measured (a closed section)
+    result: Any                # JSON: the whole answer, with which checkpoint gave it
 
 
 class CompareOutputs(NamedTuple):
     """The Compare tab's results (and the /compare endpoint's, in this order)."""
 
+    decision: Any              # Markdown: both models' decisions, their agreement, the image check
+    upload_note: Any
+    first_chart: Any           # gr.BarPlot values, one per model, drawn by the browser
+    second_chart: Any
     first_probabilities: Any
     second_probabilities: Any
     first_map: Any
     second_map: Any
-    agreement: Any             # Markdown: agreement line, both verdicts, the image check
-    chart: Any                 # both models' probabilities as one bar chart
     first_dme: Any
     second_dme: Any
     check_details: Any         # Markdown: what the image check measured, with both models' scores
+    result: Any                # JSON: both answers
 
 
 class BatchOutputs(NamedTuple):
     """The Batch tab's results (and the /batch endpoint's, in this order)."""
 
+    summary: Any               # Markdown: counts, then one row per photo with both models' grades and decisions
     csv: Any
     gallery: Any
-    summary: Any
 
 
 def preview(path: str | None) -> tuple[Image.Image | None, str]:
@@ -100,13 +108,28 @@ def admit(path: str | Path | None) -> GateResult:
     return check_upload(path)
 
 
-def image_check(checked: GateResult, served: Sequence[ServedModel], analyses: Sequence[Analysis]) -> tuple[str, str]:
-    """(the check's outcome beside the grade, its measured values for the details section): the rules with each
-    model's feature score of its grading forward, the most cautious of the models' checks shown."""
+@dataclass(frozen=True)
+class CheckResult:
+    """The image check over every model asked: the outcome shown, its lines for the page, the values behind it."""
+
+    assessment: Assessment     # the most cautious of the models' checks
+    note: str                  # Markdown: the outcome and its warnings
+    details: str               # Markdown: what was measured, with each model's feature score
+
+    def as_dict(self) -> dict:
+        return {"outcome": self.assessment.outcome, "reason": self.assessment.reason,
+                "warnings": list(self.assessment.warnings)}
+
+
+def image_check(checked: GateResult, served: Sequence[ServedModel], analyses: Sequence[Analysis]) -> CheckResult:
+    """The rules with each model's feature score of its grading forward, the most cautious of the models' checks
+    shown (a refusal by any one refuses the photo)."""
     by_model = [(s.predictor.config.display_name, s.check(checked.assessment, a)) for s, a in zip(served, analyses)]
     shown = most_cautious([assessment for _, assessment in by_model])
-    return (views.gate_note(shown.outcome, shown.reason, shown.warnings),
-            views.check_details(checked.assessment.details, by_model))
+    reason = batch_grading.attributed_reason(checked.assessment, by_model, shown)
+    shown = replace(shown, reason=reason, warnings=tuple(reason if w == shown.reason else w for w in shown.warnings))
+    return CheckResult(shown, views.gate_note(shown.outcome, shown.reason, shown.warnings),
+                       views.check_details(checked.assessment.details, by_model))
 
 
 def user_errors(function: Callable) -> Callable:
@@ -163,58 +186,97 @@ def output_folder() -> Path:
 
 @dataclass(frozen=True)
 class Handlers:
-    """The three model endpoints over the served models, as Gradio calls them."""
+    """The page's endpoints over the served models, as Gradio calls them, and the agents' tools."""
 
     grade: Callable[..., GradeOutputs]
     compare: Callable[..., CompareOutputs]
     grade_batch: Callable[..., BatchOutputs]
+    grade_tool: Callable[..., tuple[str, Image.Image | None]]
+    compare_tool: Callable[..., tuple[str, Image.Image | None]]
+
+
+def _thresholds(predictor: Predictor, threshold: float | None) -> tuple[float, float | None]:
+    """(the referral threshold on P(grade >= 2) in use, the checkpoint's on P(DME risk 2) where it has a DME head)."""
+    config = predictor.config
+    return (float(config.referable_threshold if threshold is None else threshold),
+            config.dme_threshold if config.heads else None)
+
+
+def as_json(answer: dict) -> str:
+    """A tool's answer as JSON text: what an MCP client reads (a dict would reach it as Python's repr)."""
+    return json.dumps(answer, indent=1, ensure_ascii=False)
 
 
 def make_handlers(served: Sequence[ServedModel]) -> Handlers:
     """Handlers over `served` (slot order: MedMamba, then InceptionV3); Compare and Batch use the first two."""
-    by_slot = {s.slot: s.predictor for s in served}
-    served_by_slot = {s.slot: s for s in served}
+    by_slot = {s.slot: s for s in served}
     predictors = [s.predictor for s in served]
 
-    @user_errors
-    @_on_gpu
-    def grade(upload, slot="medmamba", method=DEFAULT_METHOD, target=PREDICTED, opacity=0.5, threshold=None,
-              tta=False) -> GradeOutputs:
+    def grade_one(upload, slot, method, target, tta, threshold) -> tuple[GateResult, Analysis, CheckResult,
+                                                                            tuple[float, float | None]]:
         checked = admit(upload)
         if slot not in by_slot:
             raise gr.Error(f"unknown model {slot!r}; choose one of {', '.join(by_slot)}")
-        predictor = by_slot[slot]
-        threshold = float(predictor.config.referable_threshold if threshold is None else threshold)
+        model = by_slot[slot]
+        thresholds = _thresholds(model.predictor, threshold)
         cam_target = None if target in (None, PREDICTED) else int(target)
-        analysis = predictor.analyse(checked.image, cam_method=method_for(predictor, method), cam_target=cam_target,
-                                     tta=bool(tta), referable_threshold=threshold)
-        lesions = method == views.LESION_MAP
-        text = views.verdict(analysis, predictor.config.display_name, predictor.class_names, threshold, lesions)
-        note, details = image_check(checked, [served_by_slot[slot]], [analysis])
-        return GradeOutputs(views.label_value(analysis), views.overlay_pair(analysis, float(opacity), lesions),
-                            f"{text}\n\n{note}", views.dme_value(analysis), details)
+        analysis = model.predictor.analyse(checked.image, cam_method=method_for(model.predictor, method),
+                                           cam_target=cam_target, tta=bool(tta), referable_threshold=thresholds[0])
+        return checked, analysis, image_check(checked, [model], [analysis]), thresholds
+
+    def result_of(model: ServedModel, analysis: Analysis, thresholds, check: CheckResult) -> dict:
+        return views.structured_result(analysis, thresholds[0], thresholds[1], check.as_dict(), model.answered_by())
 
     @user_errors
     @_on_gpu
-    def compare(upload, method=DEFAULT_METHOD, opacity=0.5, threshold=None,
-                second_threshold=None) -> CompareOutputs:
-        checked = admit(upload)
-        pair = predictors[:2]
-        thresholds = [float(p.config.referable_threshold if t is None else t)
-                      for p, t in zip(pair, (threshold, second_threshold))]
+    def grade_page(upload, slot="medmamba", method=DEFAULT_METHOD, target=PREDICTED, opacity=0.5, threshold=None,
+                   tta=False) -> GradeOutputs:
+        checked, analysis, check, thresholds = grade_one(upload, slot, method, target, tta, threshold)
+        model = by_slot[slot]
+        if check.assessment.outcome == "refused":
+            return GradeOutputs(views.refused_decision(check.assessment.reason), check.note, None, None, None, "",
+                                check.details, {"graded": False, "image_check": check.as_dict(),
+                                                "answered_by": model.answered_by()})
         lesions = method == views.LESION_MAP
-        analyses = [p.analyse(checked.image, cam_method=method_for(p, method), referable_threshold=t)
-                    for p, t in zip(pair, thresholds)]
-        names = tuple(p.config.display_name for p in pair)
-        texts = [views.verdict(a, n, p.class_names, t, lesions)
-                 for a, n, p, t in zip(analyses, names, pair, thresholds)]
-        note, details = image_check(checked, served[:2], analyses)
-        first_map, second_map = compare_maps(checked, pair, analyses, float(opacity), lesions)
+        name = model.predictor.config.display_name
+        decision = "\n\n".join([views.decision(analysis.prediction, name, *thresholds), check.note,
+                                 views.answered_by(model.answered_by())])
+        return GradeOutputs(decision, check.note, views.label_value(analysis), views.dme_value(analysis),
+                            views.overlay_pair(analysis, float(opacity), lesions),
+                            views.explanation(analysis, model.predictor.class_names, lesions), check.details,
+                            result_of(model, analysis, thresholds, check))
+
+    def compare_two(upload, method, thresholds_asked) -> tuple[GateResult, list[Analysis], CheckResult, list]:
+        checked = admit(upload)
+        pair = served[:2]
+        thresholds = [_thresholds(m.predictor, t) for m, t in zip(pair, thresholds_asked)]
+        analyses = [m.predictor.analyse(checked.image, cam_method=method_for(m.predictor, method),
+                                        referable_threshold=t[0]) for m, t in zip(pair, thresholds)]
+        return checked, analyses, image_check(checked, pair, analyses), thresholds
+
+    @user_errors
+    @_on_gpu
+    def compare_page(upload, method=DEFAULT_METHOD, opacity=0.5, threshold=None,
+                     second_threshold=None) -> CompareOutputs:
+        checked, analyses, check, thresholds = compare_two(upload, method, (threshold, second_threshold))
+        pair = served[:2]
+        if check.assessment.outcome == "refused":
+            return CompareOutputs(views.refused_decision(check.assessment.reason), check.note, None, None, None,
+                                  None, None, None, None, None, check.details,
+                                  {"graded": False, "image_check": check.as_dict(),
+                                   "answered_by": [m.answered_by() for m in pair]})
+        lesions = method == views.LESION_MAP
+        names = tuple(m.predictor.config.display_name for m in pair)
+        decisions = [views.decision(a.prediction, n, *t) for a, n, t in zip(analyses, names, thresholds)]
+        text = "\n\n".join([*decisions, views.agreement(analyses[0], analyses[1], names), check.note,
+                             "; ".join(views.answered_by(m.answered_by()) for m in pair)])
+        first_map, second_map = compare_maps(checked, [m.predictor for m in pair], analyses, float(opacity), lesions)
         return CompareOutputs(
-            views.label_value(analyses[0]), views.label_value(analyses[1]), first_map, second_map,
-            "\n\n".join([views.agreement(analyses[0], analyses[1], names), *texts, note]),
-            views.probability_chart(names, analyses, views.agreement_headline(*analyses, names)),
-            views.dme_value(analyses[0]), views.dme_value(analyses[1]), details)
+            text, check.note, views.probability_frame(names[0], analyses[0]),
+            views.probability_frame(names[1], analyses[1]), views.label_value(analyses[0]),
+            views.label_value(analyses[1]), first_map, second_map, views.dme_value(analyses[0]),
+            views.dme_value(analyses[1]), check.details,
+            {"models": [result_of(m, a, t, check) for m, a, t in zip(pair, analyses, thresholds)]})
 
     @user_errors
     @_on_gpu
@@ -230,12 +292,60 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
                                           progress=lambda share, text: progress(share, desc=text))
         out = output_folder() / f"drdemo_batch_{time.strftime('%Y%m%d_%H%M%S')}_{time.monotonic_ns()}.csv"
         batch_grading.write_csv(results, predictors, out)
-        first = predictors[0]
-        most, least = batch_grading.extremes(results, first.name)
-        gallery = [(r.thumbnail, f"most confident: {r.name}: {r.predictions[first.name].grade_name}")
-                   for r in most]
-        gallery += [(r.thumbnail, f"least confident: {r.name}: {r.predictions[first.name].grade_name}")
-                    for r in least if r not in most]
-        return BatchOutputs(str(out), gallery, views.batch_summary(results, first.name, first.config.display_name))
+        shown = [(p.name, p.config.display_name) for p in predictors]
+        return BatchOutputs(views.batch_summary(results, shown), str(out), views.batch_gallery(results, shown[0]))
 
-    return Handlers(grade, compare, grade_batch)
+    def grade(image: str, model: str = "medmamba") -> tuple[str, Image.Image | None]:
+        """Grade one colour fundus photo for diabetic retinopathy (ICDR grades 0-4) and macular oedema risk,
+        and say whether to refer the patient. A research demonstration, not a medical device.
+
+        Args:
+            image: the colour fundus photo (a URL or a base64 data URL of a JPEG, PNG, TIFF, BMP or WebP file).
+            model: "medmamba" (MedMamba-T) or "inception" (InceptionV3).
+
+        Returns:
+            The answer as JSON (the referral decision with its reasons, each probability beside its threshold, the
+            grade and DME probabilities, the image check's outcome and which checkpoint answered) and the photo as
+            the model saw it with the model's heat map over it. A photo that is not a colour fundus photo is not
+            graded: the JSON says it was refused and why.
+        """
+        try:
+            checked, analysis, check, thresholds = grade_one(image, model, DEFAULT_METHOD, PREDICTED, False, None)
+        except DrdemoError as exc:
+            return as_json({"graded": False, "image_check": {"outcome": "refused", "reason": str(exc)}}), None
+        served_model = by_slot[model]
+        if check.assessment.outcome == "refused":
+            refusal = {"graded": False, "image_check": check.as_dict(), "answered_by": served_model.answered_by()}
+            return as_json(refusal), None
+        return (as_json({"graded": True, **result_of(served_model, analysis, thresholds, check)}),
+                views.overlay_pair(analysis, 0.5)[1])
+
+    def compare(image: str) -> tuple[str, Image.Image | None]:
+        """Grade one colour fundus photo with both models (MedMamba-T and InceptionV3) and say whether they agree
+        on the grade and on referral. A research demonstration, not a medical device.
+
+        Args:
+            image: the colour fundus photo (a URL or a base64 data URL of a JPEG, PNG, TIFF, BMP or WebP file).
+
+        Returns:
+            Both models' answers as JSON (each with its referral decision, reasons, probabilities beside thresholds
+            and the checkpoint that answered), whether they agree, the image check's outcome, and both heat maps
+            side by side over one view of the photo. A photo that is not a colour fundus photo is not graded: the
+            JSON says it was refused and why.
+        """
+        try:
+            checked, analyses, check, thresholds = compare_two(image, DEFAULT_METHOD, (None, None))
+        except DrdemoError as exc:
+            return as_json({"graded": False, "image_check": {"outcome": "refused", "reason": str(exc)}}), None
+        pair = served[:2]
+        if check.assessment.outcome == "refused":
+            return as_json({"graded": False, "image_check": check.as_dict(),
+                    "answered_by": [m.answered_by() for m in pair]}), None
+        a, b = (x.prediction for x in analyses)
+        maps = compare_maps(checked, [m.predictor for m in pair], analyses, 0.5)
+        return (as_json({"graded": True, "same_grade": a.grade_name == b.grade_name,
+                         "same_referral": a.referred == b.referred,
+                         "models": [result_of(m, x, t, check) for m, x, t in zip(pair, analyses, thresholds)]}),
+                views.side_by_side(maps))
+
+    return Handlers(grade_page, compare_page, grade_batch, user_errors(_on_gpu(grade)), user_errors(_on_gpu(compare)))

@@ -7,13 +7,13 @@ models returned and `page` with what the served checkpoints are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from matplotlib.figure import Figure
+import pandas as pd
 from PIL import Image
 
 from drdemo.batch import BatchItem
@@ -25,7 +25,7 @@ from drdemo.data.datasets import IDRID_ATTRIBUTION, IDRID_CAMERA
 from drdemo.intake.fundus_check import Assessment
 from drdemo.intake.gate import OUTCOME_WORDS
 from drdemo.intake.ood import describe as describe_feature_score
-from drdemo.predictor import Analysis
+from drdemo.predictor import Analysis, Prediction
 from drdemo.serving.slots import ServedModel
 from drdemo.tasks import ICDR_GRADES
 
@@ -224,30 +224,6 @@ def preview_note(outcome: str, reason: str) -> str:
     return f"**Image check: {OUTCOME_WORDS[outcome]}.** {reason}"
 
 
-def probability_chart(names: Sequence[str], analyses: Sequence[Analysis], title: str | None = None) -> Figure:
-    """One bar chart: for every class, each model's probability side by side (a matplotlib Figure
-    made without pyplot, so concurrent requests share no state)."""
-    classes = list(analyses[0].prediction.probabilities)
-    figure = Figure(figsize=(7.0, 3.0), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    if title:
-        axes.set_title(title, fontsize=10, loc="left")
-    positions = np.arange(len(classes))
-    width = 0.8 / len(analyses)
-    for index, (name, analysis) in enumerate(zip(names, analyses)):
-        values = [analysis.prediction.probabilities.get(c, 0.0) for c in classes]
-        bars = axes.bar(positions + (index - (len(analyses) - 1) / 2) * width, values, width, label=name,
-                        color=CHART_COLOURS[index % len(CHART_COLOURS)])
-        axes.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=8, padding=1)
-    axes.set_xticks(positions, [f"{i}: {c}" if len(classes) == 5 else c for i, c in enumerate(classes)], fontsize=8)
-    axes.set_ylim(0, 1.12)
-    axes.set_ylabel("probability of the grade")
-    axes.yaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
-    axes.spines[["top", "right"]].set_visible(False)
-    axes.legend(frameon=False, fontsize=8, ncols=len(analyses), loc="upper right")
-    return figure
-
-
 @dataclass(frozen=True)
 class ModelReading:
     """What a reader needs to know about one served model to read its numbers."""
@@ -300,22 +276,86 @@ def how_to_read(models: Sequence[ModelReading]) -> str:
     ])
 
 
-def verdict(analysis: Analysis, model_name: str, class_names: Sequence[str], threshold: float,
-            show_lesions: bool = False) -> str:
-    """Markdown: the grade with its ICDR name, the referral verdict, the CAM and the uncertainty."""
+def percent_against(probability: float, threshold: float) -> str:
+    """'23% ≥ threshold 22%': the probability beside its threshold, with as many decimals as it takes for the two
+    numbers to read as different when they are (13.4% and 13.0%, not 13% and 13%), and the sign that matches
+    the decision (a probability that reaches its threshold refers)."""
+    sign = "≥" if probability >= threshold else "<"
+    for decimals in (0, 1, 2):
+        shown = (f"{probability:.{decimals}%}", f"{threshold:.{decimals}%}")
+        if shown[0] != shown[1] or decimals == 2:
+            return f"{shown[0]} {sign} threshold {shown[1]}"
+    raise AssertionError("unreachable")
+
+
+def referral_lines(prediction: Prediction, threshold: float, dme_threshold: float | None) -> list[str]:
+    """One line per referral criterion: its probability beside its threshold, and what reaching it means."""
+    lines = []
+    if prediction.referable_probability is not None:
+        reached = prediction.referable_probability >= threshold
+        lines.append(f"P(grade ≥ 2) {percent_against(prediction.referable_probability, threshold)}"
+                     + (": refer for retinopathy" if reached else ""))
+    if prediction.dme_referable_probability is not None and dme_threshold is not None:
+        reached = prediction.dme_referable_probability >= dme_threshold
+        lines.append(f"P(DME risk 2) {percent_against(prediction.dme_referable_probability, dme_threshold)}"
+                     + (": refer for macular oedema" if reached else ""))
+    return lines
+
+
+def decision_heading(prediction: Prediction) -> str:
+    """'Refer: retinopathy and macular oedema', 'Do not refer', or for a model that cannot tell referable disease,
+    its most likely class."""
+    if prediction.referred is None:
+        return f"Most likely: {prediction.grade_name}"
+    if not prediction.referred:
+        return "Do not refer"
+    reasons = prediction.referral_reasons or ("retinopathy",)
+    return "Refer: " + " and ".join(reasons)
+
+
+def most_likely(prediction: Prediction) -> str:
+    """'Most likely grade: No DR (48%); most likely DME risk: 0 (80%)': never a headline of its own, so it cannot
+    read as the decision."""
+    text = (f"Most likely grade: {prediction.grade_name} ({_grade_label(prediction.grade_name)}, "
+            f"{prediction.probabilities[prediction.grade_name]:.0%})")
+    if prediction.dme_probabilities:
+        name, value = max(prediction.dme_probabilities.items(), key=lambda item: item[1])
+        text += f"; most likely DME risk: {name} ({value:.0%})"
+    return text
+
+
+def decision(prediction: Prediction, model_name: str, threshold: float, dme_threshold: float | None) -> str:
+    """Markdown, first under the photo: the referral decision and its reason, each probability beside its
+    threshold, then the most likely grade (which a screening threshold below 50% may disagree with, and says so
+    by being called "most likely", never the heading)."""
+    lines = [f"### {model_name}: {decision_heading(prediction)}"]
+    lines += [f"- {line}" for line in referral_lines(prediction, threshold, dme_threshold)]
+    lines.append(most_likely(prediction) + ".")
+    return "\n".join(lines)
+
+
+def refused_decision(reason: str) -> str:
+    """The decision panel when the image check refuses the photo: not graded, and why."""
+    return f"### Not graded: the image check refused this photo\n{reason}"
+
+
+def answered_by(source: Mapping[str, object]) -> str:
+    """'Answered by MedMamba-T: org/name @ 1a2b3c4' (+ a fallback or untrained warning)."""
+    where = str(source.get("checkpoint", "?"))
+    if source.get("revision"):
+        where += f" @ {str(source['revision'])[:7]}"
+    text = f"Answered by {source.get('model')}: `{where}`"
+    if not source.get("trained", True):
+        return text + " (**an untrained model: its answers are meaningless**)"
+    if source.get("fallback"):
+        return text + " (**a fallback**: the configured checkpoint could not be served)"
+    return text
+
+
+def explanation(analysis: Analysis, class_names: Sequence[str], show_lesions: bool = False) -> str:
+    """Markdown: what the map shows, the test-time spread and the time, below the maps."""
     prediction = analysis.prediction
-    confidence = prediction.probabilities[prediction.grade_name]
-    lines = [f"**{model_name}: {prediction.grade_name}** ({_grade_label(prediction.grade_name)}, "
-             f"probability {confidence:.0%})"]
-    if prediction.dme_referable is not None and prediction.referable_probability is not None:
-        reasons = " and ".join(prediction.referral_reasons)
-        decision = f"**Refer: {reasons}**" if prediction.referred else "Not referred"
-        lines.append(f"{decision}. P(grade 2 or worse) = {prediction.referable_probability:.0%} (threshold "
-                     f"{threshold:.0%}); P(DME risk 2) = {prediction.dme_referable_probability:.0%}.")
-    elif prediction.referable_probability is not None:
-        decision = "**Referable**" if prediction.referable else "Not referable"
-        lines.append(f"{decision}: P(grade 2 or worse) = {prediction.referable_probability:.0%}, "
-                     f"threshold {threshold:.0%}.")
+    lines = []
     if analysis.cam_method is None and analysis.lesion_maps is not None and show_lesions:
         lines.append("Lesion map: where the lesion head places each lesion type (see the legend).")
     elif analysis.cam_method in CLASS_INDEPENDENT_METHODS:
@@ -332,6 +372,44 @@ def verdict(analysis: Analysis, model_name: str, class_names: Sequence[str], thr
                      f"±{top:.0%} (standard deviation){' — an unstable answer' if top > 0.1 else ''}.")
     lines.append(f"Time: {prediction.seconds * 1000:.0f} ms.")
     return "\n\n".join(lines)
+
+
+def structured_result(analysis: Analysis, threshold: float, dme_threshold: float | None,
+                      check: Mapping[str, object], source: Mapping[str, object]) -> dict:
+    """One model's answer as plain JSON for the API and MCP tools: grades with probabilities, DME risk, the
+    referral decision with its reasons and thresholds, the image check's outcome and which checkpoint answered."""
+    prediction = analysis.prediction
+    return {
+        "model": source.get("model"),
+        "decision": decision_heading(prediction),
+        "referred": prediction.referred,
+        "referral_reasons": list(prediction.referral_reasons),
+        "referable_probability": _rounded(prediction.referable_probability),
+        "referable_threshold": round(float(threshold), 4),
+        "dme_referable_probability": _rounded(prediction.dme_referable_probability),
+        "dme_threshold": None if prediction.dme_referable_probability is None else _rounded(dme_threshold),
+        "most_likely_grade": prediction.grade_name,
+        "grade_probabilities": {k: round(v, 4) for k, v in prediction.probabilities.items()},
+        "dme_probabilities": {k: round(v, 4) for k, v in prediction.dme_probabilities.items()},
+        "image_check": dict(check),
+        "answered_by": dict(source),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def probability_frame(name: str, analysis: Analysis) -> pd.DataFrame:
+    """One model's grade probabilities as a table for gr.BarPlot (drawn by the browser): grade, probability."""
+    names = list(analysis.prediction.probabilities)
+    short = [f"{i} {SHORT_GRADES.get(c, c)}" if len(names) == len(ICDR_GRADES) else c for i, c in enumerate(names)]
+    return pd.DataFrame({"grade": short, "probability": [analysis.prediction.probabilities[c] for c in names],
+                         "model": name})
+
+
+SHORT_GRADES = {"No DR": "No DR", "Mild NPDR": "Mild", "Moderate NPDR": "Moderate", "Severe NPDR": "Severe",
+                "Proliferative DR": "PDR"}
 
 
 def agreement(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
@@ -351,18 +429,6 @@ def agreement(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
         parts.append(f"Largest probability difference: {gap:.0%} ({gap_class}).")
     parts.append(f"Time: {names[0]} {a.seconds * 1000:.0f} ms, {names[1]} {b.seconds * 1000:.0f} ms.")
     return " ".join(parts)
-
-
-def agreement_headline(first: Analysis, second: Analysis, names: tuple[str, str]) -> str:
-    """One line over the chart: do the models agree on the grade and on the referral?"""
-    a, b = first.prediction, second.prediction
-    grade = (f"Same grade ({a.grade_name})" if a.grade_name == b.grade_name
-             else f"Different grades: {names[0]} {a.grade_name}, {names[1]} {b.grade_name}")
-    if a.referred is None or b.referred is None:
-        return grade
-    if a.referred == b.referred:
-        return f"{grade}; both {'refer' if a.referred else 'do not refer'}"
-    return f"{grade}; only {names[0] if a.referred else names[1]} refers"
 
 
 def gate_note(outcome: str, reason: str, warnings: Sequence[str]) -> str:
@@ -390,21 +456,56 @@ def check_details(rules: str, by_model: Sequence[tuple[str, Assessment]]) -> str
     return "\n".join(lines)
 
 
-def batch_summary(results: Sequence[BatchItem], model: str, shown: str | None = None) -> str:
-    """Markdown: how many images were graded, warned and refused, then each image's outcome and reason.
-    `model` keys the predictions; `shown` is the name people read (default: the key)."""
-    shown = shown or model
+def batch_summary(results: Sequence[BatchItem], models: Sequence[tuple[str, str]]) -> str:
+    """Markdown: how many images were graded, warned and refused, then one row per image with the image check's
+    outcome and reason and, for every model (`models`: (key of its predictions, the name people read)), its most
+    likely grade and its referral decision with the reason, as the Grade tab words them."""
     graded = sum(1 for r in results if r.predictions)
     refused = sum(1 for r in results if r.outcome == "refused")
     warned = sum(1 for r in results if r.outcome == "warned")
+    referred = {shown: sum(1 for r in results if key in r.predictions and r.predictions[key].referred)
+                for key, shown in models}
     head = (f"Graded {graded} of {len(results)} images" + (f"; {refused} refused" if refused else "")
-            + (f"; {warned} graded with a warning" if warned else "")
-            + f" (outcome, reason and measured values per image in the CSV). Gallery: the most and least "
-              f"confident answers of {shown}.")
-    rows = [f"| {_cell(r.name)} | {OUTCOME_WORDS.get(r.outcome, r.outcome)} | {_cell(r.reason)} | "
-            f"{r.predictions[model].grade_name if model in r.predictions else ''} |" for r in results]
-    return "\n\n".join([head, f"| file | image check | reason | {shown} grade |\n|---|---|---|---|\n"
-                          + "\n".join(rows)])
+            + (f"; {warned} graded with a warning" if warned else "") + ". Referred: "
+            + ", ".join(f"{shown} {count}" for shown, count in referred.items())
+            + ". Outcome, reason, probabilities and measured values per image are in the CSV.")
+    columns = ["file", "image check", "reason"] + [f"{shown}: {what}" for _, shown in models
+                                                    for what in ("most likely grade", "decision")]
+    rows = []
+    for r in results:
+        cells = [_cell(r.name), OUTCOME_WORDS.get(r.outcome, r.outcome), _cell(r.reason)]
+        for key, _ in models:
+            prediction = r.predictions.get(key)
+            cells += ([prediction.grade_name, decision_heading(prediction)] if prediction is not None else ["", ""])
+        rows.append("| " + " | ".join(cells) + " |")
+    table = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + "\n".join(rows)
+    return "\n\n".join([head, table])
+
+
+def batch_gallery(results: Sequence[BatchItem], model: tuple[str, str], count: int = 4) -> list[tuple]:
+    """(thumbnail, caption) of the photos `model` (key, name) is surest and least sure of, by its highest grade
+    probability, each caption giving that probability and the decision, so a 34% answer is not called sure."""
+    key, shown = model
+    graded = sorted((r for r in results if key in r.predictions and r.thumbnail is not None),
+                    key=lambda r: max(r.predictions[key].probabilities.values()), reverse=True)
+    chosen = graded[:count] + [r for r in graded[::-1][:count] if r not in graded[:count]]
+
+    def caption(r: BatchItem) -> str:
+        p = r.predictions[key]
+        return (f"{r.name}: {shown} most likely {p.grade_name} ({max(p.probabilities.values()):.0%}); "
+                f"{decision_heading(p)}")
+    return [(r.thumbnail, caption(r)) for r in chosen]
+
+
+def side_by_side(images: Sequence[Image.Image]) -> Image.Image:
+    """The images in one row, for a tool that returns one picture."""
+    width = sum(i.width for i in images)
+    canvas = Image.new("RGB", (width, max(i.height for i in images)))
+    x = 0
+    for image in images:
+        canvas.paste(image.convert("RGB"), (x, 0))
+        x += image.width
+    return canvas
 
 
 def _cell(text: str) -> str:
