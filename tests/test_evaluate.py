@@ -328,3 +328,23 @@ def test_segmentation_photos_split_by_their_copies_in_the_grading_set(workspace,
                      "--methods", "gradcam", "--road-limit", "0", "--overlap", str(overlap), "--photos", photos,
                      "--out", str(out)]) == 0
         assert json.loads((out / "cam_metrics.json").read_text())["n_images"] == expected
+
+
+def test_score_of_a_three_head_checkpoint_adds_the_dme_and_joint_accuracy():
+    """`evaluate score` and `evaluate heads` read the DME and joint accuracy from one home (drdemo.metrics)."""
+    from drdemo.data import Sample
+    from drdemo.evaluate import score
+    from drdemo.metrics import joint_accuracy
+
+    heads = {"grade_head": "softmax", "dme_classes": ["No DME", "DME risk 1", "DME risk 2"],
+             "lesion_types": ["MA", "HE", "EX", "SE"]}
+    config = CheckpointConfig.for_architecture("resnet50", heads=heads, cam_target_layer="backbone.layer4")
+    rng = np.random.default_rng(0)
+    grades, risks = [0, 1, 2, 3, 4, 2, 0, 4], [0, 0, 1, 2, 2, 0, 0, 2]
+    samples = [Sample(f"p{i}", Path(f"p{i}.jpg"), g, f"p{i}", dme=r) for i, (g, r) in enumerate(zip(grades, risks))]
+    logits, dme_logits = rng.normal(size=(8, 1, 5)), rng.normal(size=(8, 1, 3))
+    metrics, _ = score(config, samples, logits, 1.0, dme_logits)
+    expected = joint_accuracy(grades, logits[:, 0], risks, dme_logits[:, 0])
+    assert metrics["joint_accuracy"] == pytest.approx(expected)
+    assert metrics["dme_accuracy"] == pytest.approx(np.mean(dme_logits[:, 0].argmax(1) == np.asarray(risks)))
+    assert "joint_accuracy" not in score(config, samples, logits, 1.0)[0]      # single-head: grading only

@@ -49,7 +49,7 @@ from drdemo.evaluate.predictions import (
     EvaluateError,
     plot_confusion_matrix,
     plot_roc,
-    predict_logits,
+    predict_outputs,
     predict_probabilities,
     probability_column,
     score,
@@ -202,6 +202,7 @@ class GradedRun:
     logits: np.ndarray          # (n, views, C), uncalibrated
     seconds: float
     description: str            # the data, as a record in the checkpoint states it
+    dme_logits: np.ndarray | None = None   # (n, views, DME risks) of a three-head checkpoint
 
 
 def predict_graded(args: argparse.Namespace, views: int | None = None) -> GradedRun:
@@ -210,10 +211,10 @@ def predict_graded(args: argparse.Namespace, views: int | None = None) -> Graded
     print(f"evaluating {loaded.config.architecture} ({loaded.config.task}) from {loaded.origin} on {len(samples)} "
           f"images of {args.data}", file=sys.stderr)
     start = time.perf_counter()
-    logits = predict_logits(loaded, samples, args.batch_size, args.workers, views=views)
+    outputs = predict_outputs(loaded, samples, args.batch_size, args.workers, views=views)
     seconds = time.perf_counter() - start
     description = describe_evaluation_data(args.data, layout, len(samples), _part(args))
-    return GradedRun(loaded, samples, layout, logits, seconds, description)
+    return GradedRun(loaded, samples, layout, outputs["logits"], seconds, description, outputs.get("dme_logits"))
 
 
 # ---------------------------------------------------------------------------------------------- subcommands
@@ -339,7 +340,7 @@ def run_heads(args: argparse.Namespace) -> str:
 def write_scores(args: argparse.Namespace, graded: GradedRun, loaded: LoadedModel) -> dict:
     """metrics.json, predictions.csv and the plots of `graded`'s logits, scored as `loaded`'s config says."""
     config = loaded.config
-    grading, rows = score(config, graded.samples, graded.logits, graded.seconds)
+    grading, rows = score(config, graded.samples, graded.logits, graded.seconds, graded.dme_logits)
     metrics = {
         "checkpoint": checkpoint_summary(loaded),
         "data": {"root": str(args.data.resolve()), "layout": graded.layout, "n": len(graded.samples),
@@ -386,6 +387,8 @@ def _summary(metrics: dict) -> str:
         if f"{question}_auc" in metrics:
             auc = metrics[f"{question}_auc"]
             parts.append(f"{question} AUC {'undefined' if auc is None else f'{auc:.3f}'}")
+    if "joint_accuracy" in metrics:
+        parts.append(f"DME accuracy {metrics['dme_accuracy']:.3f}, joint accuracy {metrics['joint_accuracy']:.3f}")
     return ", ".join(parts) + f" ({metrics['n']} images, {metrics['images_per_second']} img/s)"
 
 

@@ -26,8 +26,8 @@ from drdemo.data import (
     Sample,
 )
 from drdemo.errors import DrdemoError
-from drdemo.inference import loader_logits
-from drdemo.metrics import grading_metrics, task_probabilities
+from drdemo.inference import loader_logits, loader_outputs
+from drdemo.metrics import dme_metrics, grading_metrics, joint_accuracy, task_probabilities
 from drdemo.preprocess import preprocess_kwargs, to_model_input
 from drdemo.tasks import DERIVED_MIN_GRADE, task_targets
 
@@ -67,6 +67,13 @@ def predict_logits(loaded: LoadedModel, samples: Sequence[Sample], batch_size: i
                    progress: bool = True, views: int | None = None) -> np.ndarray:
     """(n, views, C) float64 logits of `samples`, in order, preprocessed as the checkpoint says, of each
     of `views` symmetric views (default: the checkpoint's test_time_views)."""
+    return predict_outputs(loaded, samples, batch_size, workers, progress, views)["logits"]
+
+
+def predict_outputs(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,
+                    progress: bool = True, views: int | None = None) -> dict[str, np.ndarray]:
+    """{"logits": (n, views, C)} of `samples` as `predict_logits`, and for a three-head checkpoint
+    "dme_logits" (n, views, DME risks) from the same forward pass."""
     views = loaded.config.test_time_views if views is None else views
     if not samples:
         raise EvaluateError("no samples to evaluate")
@@ -75,7 +82,10 @@ def predict_logits(loaded: LoadedModel, samples: Sequence[Sample], batch_size: i
     pin = next(loaded.model.parameters()).device.type == "cuda"
     loader = DataLoader(FundusDataset(samples, partial(_image_tensor, **preprocess_kwargs(loaded.config))),
                         batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
-    return loader_logits(loaded.model, loader, views, progress="evaluate" if progress else None)[0]
+    if not loaded.config.heads:
+        return {"logits": loader_logits(loaded.model, loader, views, progress="evaluate" if progress else None)[0]}
+    outputs, _ = loader_outputs(loaded.model, loader, views, progress="evaluate" if progress else None)
+    return {"logits": outputs["logits"], "dme_logits": outputs["dme_logits"]}
 
 
 def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 16, workers: int = 0,
@@ -89,17 +99,26 @@ def evaluate(loaded: LoadedModel, samples: Sequence[Sample], batch_size: int = 1
     defines them (drdemo.tasks.task_probabilities).
     """
     start = time.perf_counter()
-    logits = predict_logits(loaded, samples, batch_size, workers, progress)
-    return score(loaded.config, samples, logits, time.perf_counter() - start)
+    outputs = predict_outputs(loaded, samples, batch_size, workers, progress)
+    return score(loaded.config, samples, outputs["logits"], time.perf_counter() - start, outputs.get("dme_logits"))
 
 
 def score(config: CheckpointConfig, samples: Sequence[Sample], logits: np.ndarray,
-          seconds: float) -> tuple[dict, list[dict]]:
-    """`evaluate`'s metrics and rows from the logits of `samples` (n, views, C), calibrated as `config` says."""
+          seconds: float, dme_logits: np.ndarray | None = None) -> tuple[dict, list[dict]]:
+    """`evaluate`'s metrics and rows from the logits of `samples` (n, views, C), calibrated as `config` says;
+    with a three-head model's `dme_logits` and samples that carry a DME risk (IDRiD), the DME metrics and the
+    joint accuracy too, from drdemo.metrics as `evaluate heads` reports them."""
     probabilities = class_probabilities(logits, config.calibration)
     grades = np.array([sample.grade for sample in samples])
     metrics = grading_metrics(grades, probabilities, config.task, config.class_names,
                               referable_threshold=config.referable_threshold)
+    risks = np.array([-1 if sample.dme is None else sample.dme for sample in samples])
+    if dme_logits is not None and (risks >= 0).any():
+        dme_probabilities = class_probabilities(dme_logits, {})
+        metrics.update(dme_metrics(risks, dme_probabilities, threshold=config.dme_threshold))
+        known = risks >= 0
+        metrics["joint_accuracy"] = joint_accuracy(grades[known], probabilities[known], risks[known],
+                                                   dme_probabilities[known])
     metrics["seconds"] = round(seconds, 3)
     metrics["images_per_second"] = round(len(samples) / seconds, 3) if seconds > 0 else None
 
