@@ -1,5 +1,7 @@
 """How the image gate does on real fundus photos, on synthetic ones and on pictures that are not fundus photos,
-and what it costs on a 12 MP upload.
+and what it costs on a 12 MP upload. "The check" is what the app runs before grading: the rules
+(drdemo.intake.fundus_check) and then the learned fundus-versus-everyday check (drdemo.serving.photo_check, with
+the classifier benchmarks/gate_fit.py fitted).
 
     python -m benchmarks gate [--data ../shared/data] [--repeats 20] [--json OUT] [--readme benchmarks/README.md]
     python -m benchmarks.gate [--data ../shared/data] [--repeats 20]     # the 12 MP timing alone
@@ -8,9 +10,10 @@ Prints, per set of real photos under `--data` (IDRiD, DRIVE, CHASE_DB1; sets tha
 many are refused, warned that they may not be colour fundus photos, warned about their quality only, and
 accepted; the same for synthetic photos from the project's generator; per category of the non-fundus corpus
 (benchmarks/gate_corpus.py, made at run time), how many are refused, warned and accepted without a warning; and,
-on a 4000 x 3000 JPEG, the p50 time of the check plus the feature score against its 100 ms target, beside the time
-to decode it and each bundled model's grading forward. Which photos the check's thresholds were chosen on is in
-`drdemo.intake.fundus_check`.
+on a 4000 x 3000 JPEG, the p50 time of the check (rules and learned check) plus the feature score against its 100 ms
+target, beside the time to decode it and each bundled model's grading forward. Which photos the rules' thresholds
+were chosen on is in `drdemo.intake.fundus_check`, the learned check's in its classifier file's metadata
+(`python -m benchmarks.gate_fit` fits it and reports on held-out photos).
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ from benchmarks import gate_corpus, gate_setup
 from drdemo.data.synthetic import generate_fundus
 from drdemo.intake.fundus_check import second_opinion
 from drdemo.intake.gate import ImageRejected, assess, load_image
-from drdemo.intake.ood import image_features, load_feature_score
+from drdemo.intake.ood import load_feature_score
+from drdemo.serving.ood_fit import image_features
+from drdemo.serving.photo_check import shared_photo_check
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 README_START, README_END = "<!-- bench:gate:start -->", "<!-- bench:gate:end -->"
 SYNTHETIC_SEED, SYNTHETIC_COUNT = 7, 100   # a generator seed no tuning looked at
 CAMERA_SIZE, CAMERA_QUALITY = (4000, 3000), 92   # a 12 MP camera JPEG
-CHECK_TARGET_MS = 100.0   # the check plus the feature score on it, beyond the grading forward
+CHECK_TARGET_MS = 100.0   # the check (rules and learned check) plus the feature score, beyond the grading forward
 WARM_UP = 2
 TUNED_ON = ("IDRiD grading train", "DRIVE training")
 
@@ -64,9 +69,14 @@ def _tally(outcomes: list) -> dict[str, int]:
                                                                "accepted", "quality notes")}}
 
 
+def check(picture: Image.Image):
+    """What the app's check finds before grading: the rules, then the learned fundus-versus-everyday check."""
+    return shared_photo_check().judged(assess(picture), picture)
+
+
 def _assess_file(path: Path):
     try:
-        return assess(load_image(path))
+        return check(load_image(path))
     except ImageRejected:
         return None
 
@@ -79,14 +89,14 @@ def bench_gate(data: Path, repeats: int) -> dict:
         report["real"][name] = _tally(outcomes)
         report["warned_real"][name] = {path.name: list(a.warnings) if a else ["refused"]
                                        for path, a in zip(paths, outcomes) if a is None or a.warnings}
-    synthetic = [assess(Image.fromarray(generate_fundus(np.random.SeedSequence([SYNTHETIC_SEED, i]), i % 5,
-                                                        size=(256, 384, 512)[i % 3]).image))
+    synthetic = [check(Image.fromarray(generate_fundus(np.random.SeedSequence([SYNTHETIC_SEED, i]), i % 5,
+                                                       size=(256, 384, 512)[i % 3]).image))
                  for i in range(SYNTHETIC_COUNT)]
     report["synthetic"] = _tally(synthetic)
     by_category: dict[str, list] = {}
     report["corpus_cases"] = {}
     for name, (category, picture) in gate_corpus.non_fundus_cases(data).items():
-        assessment = assess(picture)
+        assessment = check(picture)
         by_category.setdefault(category, []).append(assessment)
         report["corpus_cases"][name] = {"category": category, "outcome": assessment.outcome,
                                         "reason": assessment.reason}
@@ -105,9 +115,10 @@ def _everyday_report_part(root: Path) -> list[Path]:
 
 
 def bench_second_opinion(data: Path, everyday: Path, slots: tuple[str, ...] | None = None) -> dict:
-    """Rules alone, rules with the borderless-crop rule but no score, and rules with each bundled checkpoint's
-    stored feature score, on the real photos, the report part of the everyday corpus (benchmarks/gate_setup.py)
-    and the drawn corpus; a photo counts as caught when refused or warned that it may not be a fundus photo."""
+    """Rules alone, rules with the learned check, those with the borderless-crop rule but no model score, and those
+    with each bundled checkpoint's stored feature score, on the real photos, the report part of the everyday corpus
+    (benchmarks/gate_setup.py) and the drawn corpus; a photo counts as caught when refused or warned that it may not
+    be a fundus photo."""
     from drdemo.checkpoint import load_model
     from drdemo.predictor import Predictor
     from drdemo.serving.slots import SLOTS
@@ -116,9 +127,13 @@ def bench_second_opinion(data: Path, everyday: Path, slots: tuple[str, ...] | No
     sets["everyday (report part)"] = [(p.name, _decoded(p)) for p in _everyday_report_part(everyday)]
     sets["drawn and library pictures"] = [(name, picture) for name, (_, picture)
                                           in gate_corpus.non_fundus_cases(data).items()]
-    rules = {name: [(label, image, assess(image) if image is not None else None) for label, image in items]
+    alone = {name: [(label, image, assess(image) if image is not None else None) for label, image in items]
              for name, items in sets.items()}
-    report: dict = {"rules": {n: _tally([a for *_, a in items]) for n, items in rules.items()},
+    photo_check = shared_photo_check()
+    rules = {name: [(label, image, a and photo_check.judged(a, image)) for label, image, a in items]
+             for name, items in alone.items()}
+    report: dict = {"rules alone": {n: _tally([a for *_, a in items]) for n, items in alone.items()},
+                    "rules": {n: _tally([a for *_, a in items]) for n, items in rules.items()},
                     "no score": {n: _tally([a and second_opinion(a, None, None) for *_, a in items])
                                  for n, items in rules.items()}, "models": {}}
     for slot, (folder, _) in SLOTS.items():
@@ -164,27 +179,32 @@ def _bundled_models(slots: tuple[str, ...] | None = None) -> dict:
 
 def time_camera_upload(data: Path, repeats: int, forward_repeats: int = 5,
                        slots: tuple[str, ...] | None = None) -> dict:
-    """p50 ms on a 12 MP (4000 x 3000) JPEG of: decoding it (load_image), the check (assess), each model's
-    feature score of its grading forward's features (FeatureScore.score and second_opinion), the check plus the
-    slowest score beside CHECK_TARGET_MS, and each bundled model's grading forward (Predictor.analyse without a
+    """p50 ms on a 12 MP (4000 x 3000) JPEG of: decoding it (load_image), the check (the rules, `assess`, and the
+    learned check, `PhotoCheck.judged`: EfficientNet-Lite0 on the assessment's 224 px view and the classifier), each
+    model's feature score of its grading forward's features (FeatureScore.score and second_opinion), the check plus
+    the slowest score beside CHECK_TARGET_MS, and each bundled model's grading forward (Predictor.analyse without a
     CAM: model view and forward). Decode, check and scores alternate in each round, after WARM_UP rounds; the
     forwards, slower, run `forward_repeats` times. Threads and the load average go with the numbers, as the
     machine may be shared."""
     photos = [p for paths in gate_corpus.real_photo_sets(data).values() for p in paths]
     source = Image.open(photos[0]).convert("RGB") if photos else Image.fromarray(generate_fundus(0, 2, 768).image)
     models = _bundled_models(slots)
+    photo_check = shared_photo_check()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="drdemo-bench-gate-") as folder:
         path = Path(folder) / "camera.jpg"
         source.resize(CAMERA_SIZE, Image.Resampling.BICUBIC).save(path, quality=CAMERA_QUALITY)
         image = load_image(path)
         analyses = {slot: predictor.analyse(image) for slot, (predictor, _) in models.items()}
-        times: dict[str, list[float]] = {"decode": [], "check": [], "score": [], "check_and_score": []}
+        times: dict[str, list[float]] = {"decode": [], "rules": [], "learned": [], "check": [], "score": [],
+                                         "check_and_score": []}
         for round_ in range(repeats + WARM_UP):
             start = time.perf_counter()
             image = load_image(path)
             decoded = time.perf_counter()
             assessment = assess(image)
+            ruled = time.perf_counter()
+            assessment = photo_check.judged(assessment, image)
             checked = time.perf_counter()
             slowest = 0.0
             for slot, (_, score) in models.items():
@@ -195,7 +215,8 @@ def time_camera_upload(data: Path, repeats: int, forward_repeats: int = 5,
                     second_opinion(assessment, float(score.score(analyses[slot].features)[0]), score.threshold)
                 slowest = max(slowest, time.perf_counter() - begin)
             if round_ >= WARM_UP:
-                for key, seconds in (("decode", decoded - start), ("check", checked - decoded), ("score", slowest),
+                for key, seconds in (("decode", decoded - start), ("rules", ruled - decoded),
+                                     ("learned", checked - ruled), ("check", checked - decoded), ("score", slowest),
                                      ("check_and_score", checked - decoded + slowest)):
                     times[key].append(seconds)
         forwards: dict[str, list[float]] = {slot: [] for slot in models}
@@ -212,6 +233,8 @@ def time_camera_upload(data: Path, repeats: int, forward_repeats: int = 5,
             **{f"{key}_p50_ms": value for key, value in p50.items()},
             "target_ms": CHECK_TARGET_MS, "target_ratio": round(p50["check_and_score"] / CHECK_TARGET_MS, 3),
             "scored_by": {slot: score is not None for slot, (_, score) in models.items()},
+            "learned_check": photo_check.available,
+            "fundus_likelihood": assessment.measurements.get("fundus_likelihood"),
             "forward_p50_ms": {slot: round(statistics.median(v) * 1000, 1) for slot, v in forwards.items()},
             "forward_repeats": forward_repeats, "cv2_threads": cv2.getNumThreads(),
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
@@ -225,7 +248,9 @@ def timing_markdown(timing: dict) -> str:
     return (f"A {timing['upload']}: decoded (at reduced scale, to {timing['decoded_to'][0]} x "
             f"{timing['decoded_to'][1]}) in {timing['decode_p50_ms']} ms p50; **the check plus the feature score "
             f"{timing['check_and_score_p50_ms']} ms p50, {timing['target_ratio']:.2f} x the {timing['target_ms']:.0f} "
-            f"ms target** (check {timing['check_p50_ms']} ms, score {timing['score_p50_ms']} ms"
+            f"ms target** (check {timing['check_p50_ms']} ms: rules {timing['rules_p50_ms']} ms, learned check "
+            f"{timing['learned_p50_ms']} ms{'' if timing['learned_check'] else ' (unavailable)'}; score "
+            f"{timing['score_p50_ms']} ms"
             + (f"; {', '.join(unscored)} without a stored score" if unscored else "") + f"; {timing['repeats']} "
             f"rounds). For comparison, the grading forward (model view and forward, no CAM, "
             f"{timing['forward_repeats']} rounds): {forwards or 'no bundled model'}. {timing['cv2_threads']} OpenCV "
@@ -269,15 +294,17 @@ def second_opinion_markdown(report: dict) -> list[str]:
         return f"{hit} / {c['n']} ({hit / c['n']:.1%})" if c["n"] else "-"
 
     models = {slot: r for slot, r in report["models"].items() if isinstance(r, dict)}
-    lines = ["", "The model's second opinion: a photo counts as caught when it is refused or warned that it may not "
-                 "be a colour fundus photo (on the real photos a catch is a false alarm). Rules alone; the rules "
-                 "with every crop without a border warned (no score); and the rules with each bundled checkpoint's "
-                 "feature score of its own grading forward, as the app runs them.",
-             "", "| photos | rules | rules, borderless crops warned | "
-             + " | ".join(f"rules + {s} score" for s in models)
-             + " |", "|---|---|---|" + "---|" * len(models)]
+    lines = ["", "The learned check and the model's second opinion: a photo counts as caught when it is refused or "
+                 "warned that it may not be a colour fundus photo (on the real photos a catch is a false alarm). "
+                 "Rules alone; the rules with the learned fundus-versus-everyday check; those with every crop "
+                 "without a border that the learned check did not confirm warned (no score); and those with each "
+                 "bundled checkpoint's feature score of its own grading forward, as the app runs them.",
+             "", "| photos | rules alone | rules + learned check | the same, unconfirmed crops warned | "
+             + " | ".join(f"+ {s} score" for s in models)
+             + " |", "|---|---|---|---|" + "---|" * len(models)]
     for name in report["rules"]:
-        lines.append(f"| {name} | {caught(report['rules'][name])} | {caught(report['no score'][name])} | "
+        lines.append(f"| {name} | {caught(report['rules alone'][name])} | {caught(report['rules'][name])} | "
+                     f"{caught(report['no score'][name])} | "
                      + " | ".join(caught(r["sets"][name]) for r in models.values()) + " |")
     everyday = "everyday (report part)"
     for slot, r in models.items():

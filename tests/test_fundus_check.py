@@ -87,3 +87,43 @@ def test_a_lines_orientation_is_read_at_its_strongest_scale_the_finest_of_equals
     assert np.allclose(angles, [np.pi / 8, 0.0, 0.0])
     assert np.allclose(_orientation(scales, np.array([0])), [np.pi / 8])
 
+
+
+def test_a_crop_the_learned_check_confirmed_is_judged_by_the_model_score_as_a_framed_photo_is():
+    """Once drdemo.intake.learned_check has measured a crop's fundus likelihood (and let it through), the model's own
+    feature score only warns it beyond FRAMED_MARGIN times its threshold, as for a photo with the camera's frame."""
+    from drdemo.intake.fundus_check import FRAMED_MARGIN
+    framed = assess(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 2]), 0, size=512).image))
+    confirmed = replace(framed, field_of_view="no border",
+                        measurements={**framed.measurements, "fundus_likelihood": 0.97})
+    assert second_opinion(confirmed, None, None).outcome == framed.outcome
+    kept = second_opinion(confirmed, (1 + FRAMED_MARGIN) / 2, 1.0)
+    assert kept.outcome == framed.outcome and kept.measurements["feature_threshold"] == FRAMED_MARGIN
+
+
+def test_a_refusal_is_the_most_cautious_check():
+    from drdemo.intake.fundus_check import most_cautious
+    framed = assess(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 2]), 0, size=512).image))
+    warned = replace(framed, outcome="warned", warnings=("one", "two"))
+    refused = replace(framed, outcome="refused", warnings=())
+    assert most_cautious([warned, refused, framed]) is refused
+    assert most_cautious([framed, warned]) is warned
+
+
+def test_a_crop_whose_red_is_clipped_is_not_called_uniform():
+    """DRIVE's and CHASE_DB1's cameras clip red on a well-exposed retina: a crop of one has a flat brightest channel,
+    but its green and blue still vary, so it is not refused as nearly uniform."""
+    rng = np.random.default_rng(3)
+    green = np.clip(90 + 25 * rng.standard_normal((300, 300)), 0, 255)
+    picture = np.stack([np.full((300, 300), 255.0), green, green / 3], axis=-1).astype(np.uint8)
+    assessment = assess(Image.fromarray(picture))
+    assert "nearly uniform" not in assessment.reason
+    assert assessment.measurements["brightness_spread"] > 10
+    assert "nearly uniform" in assess(Image.new("RGB", (300, 300), (255, 90, 30))).reason
+
+
+def test_an_assessment_carries_the_learned_check_s_view_and_compares_without_it():
+    framed = assess(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 2]), 0, size=512).image))
+    assert framed.view is not None and framed.view.shape == (224, 224, 3)
+    assert replace(framed, view=None) == framed
+    assert assess(Image.new("RGB", (300, 300), (128, 128, 128))).view is None   # refused: nothing to look at

@@ -59,7 +59,8 @@ def test_called_with_just_an_image_each_model_refers_at_its_checkpoints_threshol
 def test_the_decision_comes_first_and_says_which_checkpoint_answered(tmp_path):
     graded = handlers.make_handlers(_two_models(low=0.01)).grade(_photo(tmp_path / "fundus.png", seed=7, grade=2))
     first_line = graded.decision.splitlines()[0]
-    assert first_line.startswith("### ResNet50: ") and ("Refer" in first_line)   # threshold 1%: referred
+    referred = graded.result["referable_probability"] >= 0.01
+    assert first_line == ("### ResNet50: Refer: retinopathy" if referred else "### ResNet50: Do not refer")
     assert graded.decision.index("P(grade ≥ 2)") < graded.decision.index("Most likely grade")
     assert "Answered by ResNet50: `org/a @ 1234567`" in graded.decision
     assert graded.result["answered_by"] == {"model": "ResNet50", "architecture": "resnet50",

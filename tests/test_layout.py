@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("drdemo.checkpoint",),
     ("drdemo.cam",),
     ("drdemo.predictor",),
-    ("drdemo.intake.ood", "drdemo.batch"),
+    ("drdemo.batch",),
     ("drdemo.serving", "drdemo.evaluate", "drdemo.train", "drdemo.screen"),
     ("drdemo.ui",),
 )

@@ -109,9 +109,26 @@ def test_a_checkpoint_without_a_score_serves_with_rules_only_and_says_so(tmp_pat
 
 
 def test_features_for_the_score_are_the_ones_the_grading_forward_computes():
-    from drdemo.intake.ood import image_features
     from drdemo.predictor import Predictor
+    from drdemo.serving.ood_fit import image_features
     predictor = Predictor.untrained("inception_v3")
     image = Image.fromarray(_fundus(3)).resize((320, 320))
     np.testing.assert_allclose(image_features(predictor, [image])[0], predictor.analyse(image).features,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_the_score_is_handed_features_and_imports_no_network():
+    """drdemo.intake.ood reads features whoever computes them; running a checkpoint's model to fit it is the serving
+    layer's (drdemo.serving.ood_fit)."""
+    import ast
+    from pathlib import Path
+
+    import drdemo.intake.ood as ood
+    tree = ast.parse(Path(ood.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m.startswith(("drdemo.models", "drdemo.predictor", "drdemo.checkpoint"))}
+    from drdemo.serving import ood_fit
+    with pytest.raises(SystemExit) as done:
+        ood_fit.main(["fit", "--help"])
+    assert done.value.code == 0

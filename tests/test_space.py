@@ -100,9 +100,12 @@ def test_deploy_pushes_the_models_pins_their_commits_and_uploads_only_what_the_s
 
     files = _space_files(hub, "drdemo/demo")
     assert {path.split("/")[0] for path in files} == {"app.py", "drdemo", "assets", "packages.txt", "README.md",
-                                                      "requirements.txt", ".gitattributes"}
+                                                      "requirements.txt", ".gitattributes", "checkpoints"}
     assert "drdemo/ui/page.py" in files and "drdemo/ops/csrc/selective_scan_cpu.cpp" in files
-    assert not any(path.endswith((".safetensors", ".pyc")) or "__pycache__" in path for path in files)
+    # the image check's classifier travels with the code; the grading weights come from the pinned model repos
+    weights = {path for path in files if path.endswith(".safetensors")}
+    assert weights == {"checkpoints/fundus_check/classifier.safetensors"}
+    assert not any(path.endswith(".pyc") or "__pycache__" in path for path in files)
     assert b"pytest" not in files["requirements.txt"]
     assert re.search(rb"^gradio(\[[\w,-]+\])?==" + re.escape(gradio.__version__.encode()) + rb"\b",
                      files["requirements.txt"], re.MULTILINE)
@@ -207,8 +210,9 @@ def test_dry_run_stages_a_space_that_passes_its_check_and_serves_from_the_hub(hu
         "DRDEMO_MEDMAMBA_SOURCE": "drdemo/medmamba", "DRDEMO_MEDMAMBA_REVISION": commits["medmamba"],
         "DRDEMO_INCEPTION_SOURCE": "drdemo/inception", "DRDEMO_INCEPTION_REVISION": commits["inception"]}
     assert space.check_staged(staged) == []
-    assert sorted(p.name for p in staged.iterdir()) == [".gitattributes", "README.md", "app.py", "assets", "drdemo",
-                                                        "packages.txt", "requirements.txt"]
+    assert sorted(p.name for p in staged.iterdir()) == [".gitattributes", "README.md", "app.py", "assets",
+                                                        "checkpoints", "drdemo", "packages.txt", "requirements.txt"]
+    assert [p.name for p in (staged / "checkpoints").iterdir()] == ["fundus_check"]
     meta = metadata_load(staged / "README.md")
     assert meta["sdk"] == "gradio" and meta["sdk_version"] == gradio.__version__ and meta["app_file"] == "app.py"
     assert meta["models"] == ["drdemo/medmamba", "drdemo/inception"]

@@ -25,6 +25,11 @@ lowest ramp and it holds at CUE_HOLDS (0.5). Outcomes:
 * refused as not a fundus photo only when confident: at most one cue holds, nothing is lit, or the picture is
   nearly uniform.
 
+After the rules, the learned fundus-versus-everyday check (drdemo.intake.learned_check, on ImageNet features the
+serving layer computes) has the last word on what the rules let through: a crop without a border, or a picture the
+rules doubt, is graded only when it is confident the picture is a fundus photo, and any picture it finds to be an
+everyday photo is refused. `Assessment.view` carries the picture as its network reads it.
+
 Where the thresholds come from
 ------------------------------
 Chosen on IDRiD grading-train (413 photos), DRIVE training (20) and 60 synthetic photos (seeds 1000-1059,
@@ -72,7 +77,7 @@ RAMPS = {
 NO_BORDER_RAMPS = {"strong_edges": (0.06, 0.04), "warm_share": (0.85, 0.95)}
 CUE_HOLDS = 0.5
 GREYSCALE_SATURATION = 0.08   # mean saturation below this: a greyscale picture (the tuning photos: >= 0.50)
-UNIFORM_SPREAD = 4.0          # std of brightness (0-255) below which a picture is "nearly uniform"
+UNIFORM_SPREAD = 4.0          # std (0-255) of its most varied channel below which a picture is "nearly uniform"
 
 BLUR_MIN = 0.35           # variance of the Laplacian of the grey level / median brightness (x 1000)
 DARK_MEDIAN_MIN = 35      # median brightness (0-255, brightest channel) of the retina
@@ -115,6 +120,9 @@ class Assessment:
     original_size: tuple[int, int]       # (width, height) of the file, upright
     cues: dict[str, float] = field(default_factory=dict)          # frame, vessels, colour in [0, 1]
     measurements: dict[str, float] = field(default_factory=dict)  # the raw values the ramps read
+    # the whole picture squashed to measures.VIEW_SIZE (uint8), what the learned check's network reads
+    # (drdemo.intake.learned_check), kept so that whoever runs the network needs no second reduction of the upload
+    view: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_fundus(self) -> bool:
@@ -178,7 +186,9 @@ def assess(image: Image.Image) -> Assessment:
     original_size = tuple(int(v) for v in image.info.get("original_size", image.size))
     detailed = measures.probe(image, measures.DETAIL_SIZE)   # one reduction of the full image serves every step
     rgb = measures.probe(detailed, measures.PROBE_SIZE)
-    spread = float(measures.brightest_channel(rgb).std())
+    # the most varied channel: a retina whose red is clipped at 255 (DRIVE's and CHASE_DB1's cameras do that) has a
+    # flat brightest channel but is far from uniform in green
+    spread = max(float(rgb[..., c].std()) for c in range(3))
     found = measures.field_of_view(rgb)
     m = dict(found.measured, brightness_spread=spread)
 
@@ -195,11 +205,12 @@ def assess(image: Image.Image) -> Assessment:
         return Assessment(outcome=outcome, reason=reason, warnings=((warning,) if warning else ()) + quality,
                           quality=quality, details=_details(m, kind, cues), field_of_view=kind,
                           original_size=original_size, cues={k: round(v, 3) for k, v in (cues or {}).items()},
-                          measurements={k: round(float(v), 4) for k, v in m.items()})
+                          measurements={k: round(float(v), 4) for k, v in m.items()},
+                          view=measures.square_view(detailed) if outcome != "refused" else None)
 
     if spread < UNIFORM_SPREAD:
         return result("refused", f"This does not look like a fundus photo: the picture is nearly uniform "
-                                 f"(its brightness varies by {spread:.1f} of 255).", "none")
+                                 f"(its colours vary by {spread:.1f} of 255).", "none")
     if found.shape == "none":
         return result("refused", "This does not look like a fundus photo: the picture is almost entirely black, "
                                  "with no lit field of view.", "none")
@@ -259,18 +270,20 @@ def _details(m: dict[str, float], kind: str, cues: dict | None) -> str:
     if cues:
         parts.append("scores: " + ", ".join(f"{k} {v:.2f}" for k, v in cues.items()) + f" (each holds at {CUE_HOLDS})")
     else:
-        parts.append(f"brightness spread {m.get('brightness_spread', 0):.1f} of 255")
+        parts.append(f"colour spread {m.get('brightness_spread', 0):.1f} of 255")
     return "; ".join(parts) + "."
 
 
 def second_opinion(assessment: Assessment, score: float | None, threshold: float | None) -> Assessment:
-    """The rules' assessment with the model's feature score (drdemo.intake.ood) added: a crop without a border is
-    accepted only when its score is within `threshold` (with no score at all it is warned too) and asked for as the
-    full photo otherwise; a photo with the camera's frame is warned that it is unlike the training photos when its
-    score is above FRAMED_MARGIN times `threshold`, whatever the rules said. A refusal stays a refusal."""
+    """The rules' assessment with the model's feature score (drdemo.intake.ood) added: a photo with the camera's frame,
+    or a crop without a border that the learned check confirmed (its "fundus_likelihood" measured), is warned that it
+    is unlike the training photos when its score is above FRAMED_MARGIN times `threshold`, whatever the rules said; a
+    crop the learned check did not see is accepted only when its score is within `threshold` (with no score at all it
+    is warned too) and asked for as the full photo otherwise. A refusal stays a refusal."""
     if assessment.outcome == "refused":
         return assessment
-    borderless = assessment.field_of_view == "no border"
+    # a crop without a border that the learned check (drdemo.intake.learned_check) confirmed needs no model score
+    borderless = assessment.field_of_view == "no border" and "fundus_likelihood" not in assessment.measurements
     measurements = dict(assessment.measurements)
     details = assessment.details
     if score is not None and threshold is not None:
@@ -290,7 +303,10 @@ def second_opinion(assessment: Assessment, score: float | None, threshold: float
                    measurements=measurements, details=details)
 
 
+CAUTION = {"accepted": 0, "warned": 1, "refused": 2}
+
+
 def most_cautious(assessments: Sequence[Assessment]) -> Assessment:
-    """Of several models' checks of one photo (`second_opinion` with each model's score), the one to show: not
-    accepted before accepted, then the one with more warnings (the first of equals)."""
-    return max(assessments, key=lambda a: (a.outcome != "accepted", len(a.warnings)))
+    """Of several models' checks of one photo (`second_opinion` with each model's score), the one to show: refused
+    before warned before accepted, then the one with more warnings (the first of equals)."""
+    return max(assessments, key=lambda a: (CAUTION[a.outcome], len(a.warnings)))

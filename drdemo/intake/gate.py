@@ -12,6 +12,8 @@
 * `check_upload(path)` runs both and returns a `GateResult` with the outcome, its reason, the measured
   values and the notes to show beside the grade; a refusal raises `ImageRejected`, whose `reason` and
   `details` carry the same for a batch's CSV.
+* `reassessed(checked, assessment)` is the same for a further check of an admitted upload: the learned
+  fundus-versus-everyday check (drdemo.intake.learned_check), which the serving layer runs before any grading.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from drdemo.errors import DrdemoError
 from drdemo.intake.decode import decode_opened
 from drdemo.intake.fundus_check import Assessment, assess
 
-__all__ = ["MAX_BYTES", "MAX_PIXELS", "OUTCOME_WORDS", "Assessment", "GateResult", "ImageRejected", "assess",
-           "check_upload", "load_image"]
+__all__ = ["MAX_BYTES", "MAX_PIXELS", "OUTCOME_WORDS", "Assessment", "GateResult", "ImageRejected", "admitted",
+           "assess", "check_upload", "load_image", "reassessed"]
 
 MAX_PIXELS = 50_000_000   # a 6000 x 8000 camera file still fits
 MAX_BYTES = 60 * 1024 * 1024
@@ -149,6 +151,7 @@ class GateResult:
     assessment: Assessment
     message: str             # one paragraph for logs and the page: size, outcome, reason, notes
     notes: tuple[str, ...]   # warnings to show beside the grade (empty for a good colour fundus photo)
+    name: str = ""           # the upload's file name
 
     @property
     def outcome(self) -> str:
@@ -166,8 +169,11 @@ class GateResult:
 def check_upload(path: str | os.PathLike) -> GateResult:
     """Decode and assess an upload; a refused picture raises ImageRejected saying why."""
     image = load_image(path)
-    assessment = assess(image)
-    name = Path(path).name
+    return admitted(Path(path).name, image, assess(image))
+
+
+def admitted(name: str, image: Image.Image, assessment: Assessment) -> GateResult:
+    """The GateResult of `image` (the upload `name`) as `assessment` found it; ImageRejected when it is refused."""
     if assessment.outcome == "refused":
         raise ImageRejected(f"{name}: {assessment.reason} Upload a colour photograph of the retina. "
                             f"(Measured: {assessment.details})", reason=assessment.reason, details=assessment.details)
@@ -175,4 +181,10 @@ def check_upload(path: str | os.PathLike) -> GateResult:
     quality = " ".join(assessment.quality) if assessment.quality else "No quality problems found."
     message = (f"{name}: {width} x {height} pixels, {OUTCOME_WORDS[assessment.outcome]}. {assessment.reason} "
                f"{quality}")
-    return GateResult(image=image, assessment=assessment, message=message, notes=assessment.warnings)
+    return GateResult(image=image, assessment=assessment, message=message, notes=assessment.warnings, name=name)
+
+
+def reassessed(checked: GateResult, assessment: Assessment) -> GateResult:
+    """`checked` with a further check's `assessment` (drdemo.intake.learned_check.judge); ImageRejected when that
+    refuses it."""
+    return admitted(checked.name or "the upload", checked.image, assessment)

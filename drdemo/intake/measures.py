@@ -25,6 +25,7 @@ PROBE_SIZE = 256          # longer side of the copy the field of view is found o
 DETAIL_SIZE = 512         # longer side of the copy vessels and quality are read from
 VESSEL_SIZE = 384         # the field of view is resampled to this many px across for the vessel map
 QUALITY_SIZE = 256        # ... and to this many for the quality measurements
+VIEW_SIZE = 224           # the learned check's network sees the whole picture squashed to this square
 
 BLACK_LEVEL_SHARE, BLACK_LEVEL_MIN, BLACK_LEVEL_MAX = 0.10, 6, 40
 MIN_FIELD_SHARE = 0.02    # a bright region smaller than this share of the picture is no field of view
@@ -52,6 +53,12 @@ def probe(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
                          interpolation=cv2.INTER_AREA)
     return rgb
+
+
+def square_view(detailed: np.ndarray, size: int = VIEW_SIZE) -> np.ndarray:
+    """(size, size, 3) uint8: the whole of a probe squashed to a square, the learned check's network input."""
+    interpolation = cv2.INTER_AREA if min(detailed.shape[:2]) >= size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(detailed, (size, size), interpolation=interpolation))
 
 
 def brightest_channel(rgb: np.ndarray) -> np.ndarray:

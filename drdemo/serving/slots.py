@@ -29,6 +29,7 @@ from drdemo.checkpoint import CheckpointError, LoadedModel, load_model, resolve_
 from drdemo.intake.fundus_check import Assessment, second_opinion
 from drdemo.intake.ood import FeatureScore, load_feature_score
 from drdemo.predictor import Analysis, Predictor
+from drdemo.serving.photo_check import PhotoCheck, shared_photo_check
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class ServedModel:
     feature_score: FeatureScore | None = None   # the checkpoint's ood.safetensors; None: the image check's rules only
     source: str = ""                 # the repo id or folder whose weights are served ("" for an untrained model)
     commit: str | None = None        # the Hub commit they came from (None for a folder)
+    # the learned fundus-versus-everyday check (drdemo.serving.photo_check), shared by every slot; None: not asked
+    photo_check: PhotoCheck | None = None
 
     def answered_by(self) -> dict:
         """Which checkpoint answers, for every answer the app gives: model, repo or folder, revision, fallback."""
@@ -68,8 +71,11 @@ class ServedModel:
                 "fallback": self.fallback, "trained": self.predictor.trained}
 
     def check(self, assessment: Assessment, analysis: Analysis) -> Assessment:
-        """The image check's rules with this model's feature score of the grading forward (`analysis.features`)
-        added; the rules alone where the checkpoint stores no score."""
+        """The image check's rules, with the learned fundus-versus-everyday check where the upload was not screened
+        by it before grading (drdemo.serving.photo_check; it may refuse the photo), and this model's feature score of
+        the grading forward (`analysis.features`) added; the rules alone where the checkpoint stores no score."""
+        if self.photo_check is not None:
+            assessment = self.photo_check.judged(assessment)
         if self.feature_score is None or analysis.features is None:
             return second_opinion(assessment, None, None)
         score = float(self.feature_score.score(analysis.features)[0])
@@ -152,10 +158,10 @@ def serve(settings: SlotSettings) -> ServedModel:
             log.warning("%s: %s holds UNTRAINED weights: its answers are meaningless", settings.slot, loaded.origin)
         return ServedModel(settings.slot, predictor, status, fallback=bool(problems), feature_score=feature_score,
                            source=_shown(loaded.folder) if loaded.commit is None else loaded.source,
-                           commit=loaded.commit)
+                           commit=loaded.commit, photo_check=shared_photo_check())
     untrained = Predictor.untrained(settings.architecture)
     untrained.model.to(resolve_device(serving_device()))
     untrained.warm_up()
     status = f"{'; '.join(problems)}; serving an UNTRAINED {settings.architecture}"
     log.warning("%s: FALLBACK to an UNTRAINED model, its answers are meaningless: %s", settings.slot, status)
-    return ServedModel(settings.slot, untrained, status, fallback=True)
+    return ServedModel(settings.slot, untrained, status, fallback=True, photo_check=shared_photo_check())

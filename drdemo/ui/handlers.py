@@ -28,6 +28,8 @@ from drdemo.intake.fundus_check import Assessment, most_cautious
 from drdemo.intake.gate import GateResult, ImageRejected, assess, check_upload, load_image
 from drdemo.predictor import Analysis, Predictor
 from drdemo.preprocess import prepare_image
+from drdemo.serving.photo_check import judged as photo_classifier_judged
+from drdemo.serving.photo_check import screen as photo_classifier_screen
 from drdemo.serving.slots import ServedModel
 from drdemo.ui import views
 
@@ -97,15 +99,16 @@ def preview(path: str | None) -> tuple[Image.Image | None, str]:
         image = load_image(path)
     except ImageRejected as exc:
         return None, views.refused_note(str(exc))
-    assessment = assess(image)
+    assessment = photo_classifier_judged(assess(image), image)
     return views.preview(image), views.preview_note(assessment.outcome, assessment.reason)
 
 
 def admit(path: str | Path | None) -> GateResult:
-    """The gate: the upright RGB image to grade with what the image check found, or ImageRejected saying why."""
+    """The gate and the learned fundus-versus-everyday check, once per upload and before any grading forward: the
+    upright RGB image to grade with what the check found, or ImageRejected saying why."""
     if path is None:
         raise ImageRejected("Upload a fundus photo first.")
-    return check_upload(path)
+    return photo_classifier_screen(check_upload(path))
 
 
 @dataclass(frozen=True)
