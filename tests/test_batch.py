@@ -153,7 +153,8 @@ def test_each_models_feature_score_joins_the_check_and_three_head_models_add_dme
     score = fit(rng.normal(size=(40, 2048)) * 1e-3, [i % 2 for i in range(40)], components=4, fitted_on="noise")
     score = score.with_threshold(1e-6, "test")
     results = batch.grade(clinic[:1], _served([three_head], score), check_upload)
-    assert results[0].outcome == "warned" and results[0].reason.startswith("ResNet50: ") and "unlike" in results[0].reason
+    assert results[0].outcome == "warned" and "unlike" in results[0].reason
+    assert results[0].reason.startswith("ResNet50: ")      # whose number it is
     assert "ResNet50 feature distance" in results[0].details and "scores: frame" in results[0].details
     row = next(csv.DictReader(open(batch.write_csv(results, [three_head], tmp_path / "out.csv"), newline="")))
     dme = [float(row[f"resnet50_dme_p_{c}"]) for c in ("no_dme", "dme_risk_1", "dme_risk_2")]

@@ -113,3 +113,14 @@ def test_the_preview_is_a_display_copy_and_says_what_the_image_check_found(tmp_p
     shown, note = handlers.preview(str(text))
     assert shown is None and "refused" in note and "not an image" in note
     assert handlers.preview(None) == (None, "")
+
+
+def test_a_refused_upload_is_said_where_the_decision_would_be(tmp_path):
+    answer = handlers.make_handlers(_two_models())
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    graded = answer.grade(str(text))
+    assert graded.decision.startswith("### Not graded") and "not an image" in graded.decision
+    assert graded.upload_note.startswith("**Image check: refused.**") and graded.probabilities is None
+    compared = answer.compare(str(text))
+    assert compared.decision.startswith("### Not graded") and compared.first_chart is None

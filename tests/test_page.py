@@ -40,9 +40,11 @@ def test_the_named_endpoints_take_the_handlers_outputs_in_order():
     # the API page names every output after its field: no value_25
     returns = {name: [r["label"] for r in endpoint["returns"]]
                for name, endpoint in demo.get_api_info()["named_endpoints"].items()}
-    assert returns["/grade"] == list(handlers.GradeOutputs._fields)
+    assert returns["/grade"] == ["decision", "upload_note", "Grade probabilities", "DME risk probabilities",
+                                 "Heat map (drag the handle to uncover the photo)", "explanation", "check_details",
+                                 "result"]
     assert returns["/compare"] == list(handlers.CompareOutputs._fields)
-    assert returns["/batch"] == list(handlers.BatchOutputs._fields)
+    assert returns["/batch"] == ["Summary", "Results (CSV)", "Gallery"]
     assert returns["/grade_tool"] == returns["/compare_tool"] == ["result", "heat_map"]
     assert not any(label.startswith("value_") for labels in returns.values() for label in labels)
 

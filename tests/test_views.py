@@ -41,7 +41,8 @@ def test_the_decision_heads_the_panel_and_nothing_under_it_says_the_opposite():
     assert lines[0] == "### MedMamba-T: Refer: retinopathy"
     assert lines[1] == "- P(grade ≥ 2) 23% ≥ threshold 22%: refer for retinopathy"
     assert lines[2] == "- P(DME risk 2) 2% < threshold 13%"
-    assert lines[3] == "Most likely grade: No DR (ICDR grade 0, 50%); most likely DME risk: No DME risk (97%)."
+    assert lines[3] == ""       # a paragraph of its own, not read as part of the last criterion
+    assert lines[4] == "Most likely grade: No DR (ICDR grade 0, 50%); most likely DME risk: No DME risk (97%)."
     assert "No DR" not in lines[0]
 
 
@@ -117,7 +118,7 @@ def test_example_captions_give_the_true_grade():
 
 def test_the_examples_label_carries_idrids_attribution():
     from drdemo.data.datasets import IDRID_ATTRIBUTION
-    assert views.EXAMPLES_LABEL.endswith(IDRID_ATTRIBUTION) and "IDRiD test photos" in views.EXAMPLES_LABEL
+    assert views.EXAMPLES_CREDIT.endswith(IDRID_ATTRIBUTION) and "IDRiD test photos" in views.EXAMPLES_LABEL
 
 
 def test_the_tta_box_names_the_models_that_always_average_eight_views():

@@ -234,7 +234,12 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
     @_on_gpu
     def grade_page(upload, slot="medmamba", method=DEFAULT_METHOD, target=PREDICTED, opacity=0.5, threshold=None,
                    tta=False) -> GradeOutputs:
-        checked, analysis, check, thresholds = grade_one(upload, slot, method, target, tta, threshold)
+        try:
+            checked, analysis, check, thresholds = grade_one(upload, slot, method, target, tta, threshold)
+        except ImageRejected as exc:   # said where the decision would be, and it stays there
+            return GradeOutputs(views.refused_decision(str(exc)), views.refused_note(str(exc)), None, None, None, "",
+                                exc.details, {"graded": False, "image_check": {"outcome": "refused",
+                                                                               "reason": str(exc)}})
         model = by_slot[slot]
         if check.assessment.outcome == "refused":
             return GradeOutputs(views.refused_decision(check.assessment.reason), check.note, None, None, None, "",
@@ -261,7 +266,12 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
     @_on_gpu
     def compare_page(upload, method=DEFAULT_METHOD, opacity=0.5, threshold=None,
                      second_threshold=None) -> CompareOutputs:
-        checked, analyses, check, thresholds = compare_two(upload, method, (threshold, second_threshold))
+        try:
+            checked, analyses, check, thresholds = compare_two(upload, method, (threshold, second_threshold))
+        except ImageRejected as exc:
+            return CompareOutputs(views.refused_decision(str(exc)), views.refused_note(str(exc)), None, None, None,
+                                  None, None, None, None, None, exc.details,
+                                  {"graded": False, "image_check": {"outcome": "refused", "reason": str(exc)}})
         pair = served[:2]
         if check.assessment.outcome == "refused":
             return CompareOutputs(views.refused_decision(check.assessment.reason), check.note, None, None, None,

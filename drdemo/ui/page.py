@@ -44,14 +44,16 @@ def _examples() -> list[tuple[str, str]]:
 
 
 def _example_strip(examples: list[tuple[str, str]], elem_id: str) -> gr.Gallery | None:
-    """The example photos as a strip of captioned thumbnails across the tab."""
+    """The example photos as a strip of captioned thumbnails, with their credit under it."""
     if not examples:
         return None
-    return gr.Gallery(examples, label=views.EXAMPLES_LABEL, columns=len(examples), rows=1, height=150,
-                      allow_preview=False, interactive=False, object_fit="contain", elem_id=f"{elem_id}-examples")
+    strip = gr.Gallery(examples, label=views.EXAMPLES_LABEL, columns=len(examples), rows=1, height=200,
+                       allow_preview=False, interactive=False, object_fit="contain", elem_id=f"{elem_id}-examples")
+    gr.Markdown(views.EXAMPLES_CREDIT, elem_classes=["examples-credit"])
+    return strip
 
 
-def _photo_input(label: str, elem_id: str) -> tuple[gr.File, gr.Image, gr.Markdown]:
+def _photo_input(label: str, elem_id: str) -> tuple[gr.File, gr.Markdown]:
     """The upload (the file itself reaches the gate), the photo shown as soon as it is chosen, and the line under
     it that says what the image check found (the grading's outcome replaces the preview's)."""
     upload = gr.File(label=label, type="filepath", file_types=UPLOAD_TYPES, height=90, elem_id=f"{elem_id}-file")
@@ -140,12 +142,13 @@ def _grade_tab(served: Sequence[ServedModel], grade, examples: list[tuple[str, s
         with gr.Column(scale=2):
             decision = gr.Markdown(elem_id="verdict", label="decision")
             with gr.Row(equal_height=True):
-                probabilities = gr.Label(num_top_classes=5, label="probabilities", show_heading=False,
+                probabilities = gr.Label(num_top_classes=5, label="Grade probabilities", show_heading=False,
                                          elem_id="grade-probabilities")
-                dme = gr.Label(num_top_classes=3, label="dme", elem_id="dme", show_heading=False,
+                dme = gr.Label(num_top_classes=3, label="DME risk probabilities", elem_id="dme", show_heading=False,
                                visible=any(p.config.heads for p in predictors))
             # the overlay opens fully visible: the slider starts at the left edge, over the photo as the model saw it
-            maps = gr.ImageSlider(label="maps", type="pil", interactive=False, slider_position=0,
+            maps = gr.ImageSlider(label="Heat map (drag the handle to uncover the photo)", type="pil",
+                                  interactive=False, slider_position=0,
                                   elem_id="grade-maps")
             _lesion_legend(predictors, "lesion-legend")
             explanation = gr.Markdown(elem_id="explanation", label="explanation")
@@ -215,11 +218,11 @@ def _batch_tab(predictors: Sequence[Predictor], grade_batch) -> None:
     threshold = _threshold_slider(first, f"Referral threshold, {first.config.display_name}")
     second_threshold = _threshold_slider(second, f"Referral threshold, {second.config.display_name}")
     button = gr.Button("Grade all", variant="primary")
-    summary = gr.Markdown(label="summary", elem_id="batch-summary")
-    csv = gr.File(label="csv")
+    summary = gr.Markdown(label="Summary", elem_id="batch-summary")
+    csv = gr.File(label="Results (CSV)")
     gr.Markdown(f"Gallery: the photos {first.config.display_name} gives its highest and its lowest top-grade "
                 "probability, each with that probability and its decision.")
-    gallery = gr.Gallery(label="gallery", show_label=False, columns=4, height="auto")
+    gallery = gr.Gallery(label="Gallery", show_label=False, columns=4, height="auto")
     outputs = BatchOutputs(summary=summary, csv=csv, gallery=gallery)
     button.click(grade_batch, inputs=[files, threshold, second_threshold], outputs=list(outputs),
                  api_name="batch", concurrency_id="models")

@@ -32,8 +32,8 @@ from drdemo.tasks import ICDR_GRADES
 TITLE = "drdemo: diabetic retinopathy grading with MedMamba and InceptionV3"
 NOT_A_DEVICE = ("Research demonstration only. This is not a medical device and must not be used "
                 "to diagnose, grade or triage patients.")
-EXAMPLES_LABEL = ("Examples (click one): IDRiD test photos, true grade from IDRiD's retina specialists. "
-                  + IDRID_ATTRIBUTION)
+EXAMPLES_LABEL = "Examples (click one): IDRiD test photos, true grade from IDRiD's retina specialists"
+EXAMPLES_CREDIT = f"Example photos: {IDRID_ATTRIBUTION}"
 
 CHECK_DETAILS_LABEL = "Image check details"
 PREVIEW_SIDE = 640          # the longest side of the photo shown on upload (a display copy only)
@@ -330,8 +330,7 @@ def decision(prediction: Prediction, model_name: str, threshold: float, dme_thre
     by being called "most likely", never the heading)."""
     lines = [f"### {model_name}: {decision_heading(prediction)}"]
     lines += [f"- {line}" for line in referral_lines(prediction, threshold, dme_threshold)]
-    lines.append(most_likely(prediction) + ".")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + most_likely(prediction) + "."
 
 
 def refused_decision(reason: str) -> str:
