@@ -56,8 +56,12 @@ def use_in_browser(url: str, photo: Path, screenshot: Path) -> BrowserRun:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport=SCREEN)
-            page.goto(url)
-            expect(page.get_by_text("not a medical device", exact=False).first).to_be_visible(timeout=30_000)
+
+            def fresh_page() -> None:
+                page.goto(url)
+                expect(page.get_by_text("not a medical device", exact=False).first).to_be_visible(timeout=30_000)
+
+            fresh_page()
             button = page.get_by_role("button", name="Grade", exact=True)
             box = button.bounding_box()
             button_bottom = box["y"] + box["height"]
@@ -76,12 +80,14 @@ def use_in_browser(url: str, photo: Path, screenshot: Path) -> BrowserRun:
             gap = top("#lesion-legend") - (maps["y"] + maps["height"])
             page.screenshot(path=str(screenshot), full_page=True)
 
+            fresh_page()    # a new visit: the upload box is empty again
             page.locator("#grade-file input[type=file]").set_input_files(str(EVERYDAY))
             expect(page.locator("#grade-check")).to_contain_text("Image check", timeout=30_000)
             button.click()
-            expect(verdict).to_contain_text("Not graded", timeout=120_000)
-            everyday_grade = verdict.inner_text()
+            expect(page.locator("#verdict")).to_contain_text("Not graded", timeout=120_000)
+            everyday_grade = page.locator("#verdict").inner_text()
 
+            fresh_page()
             page.get_by_role("tab", name="Compare").click()
             page.locator("#compare-examples img").first.click()
             expect(page.locator("#compare-preview img")).to_be_visible(timeout=60_000)
@@ -99,12 +105,15 @@ def use_in_browser(url: str, photo: Path, screenshot: Path) -> BrowserRun:
             boxes = tuple(cam.bounding_box() for cam in cams)
             page.screenshot(path=str(compare_screenshot_path(screenshot)), full_page=True)
 
+            fresh_page()
+            page.get_by_role("tab", name="Compare").click()
             page.locator("#compare-file input[type=file]").set_input_files(str(EVERYDAY))
             expect(page.locator("#compare-check")).to_contain_text("Image check", timeout=30_000)
-            compare_button.click()
-            expect(agreement).to_contain_text("Not graded", timeout=120_000)
-            everyday_compare = agreement.inner_text()
+            page.get_by_role("button", name="Compare both models").click()
+            expect(page.locator("#agreement")).to_contain_text("Not graded", timeout=120_000)
+            everyday_compare = page.locator("#agreement").inner_text()
 
+            fresh_page()
             page.get_by_role("tab", name="Batch").click()
             page.locator("#batch-files input[type=file]").set_input_files([str(photo), str(EVERYDAY)])
             page.get_by_role("button", name="Grade all").click()
