@@ -130,3 +130,20 @@ def test_the_card_credits_the_imagenet_weights_and_the_teacher():
     card = model_card(student)
     assert "Distilled from a teacher checkpoint (runs/iv3, fine-tuned from ImageNet weights)" in card
     assert "330 labelled training photos and of photos nobody graded (40 from drive)" in card
+
+
+def test_a_config_written_before_model_options_still_loads(tmp_path, one_torch_thread):
+    """Earlier checkpoints have no model_options: they build torchvision's own blocks, as they were trained."""
+    import json
+    model = create_model("inception_v3", num_classes=5).eval()
+    folder = save_checkpoint(model, CheckpointConfig.for_architecture("inception_v3"), tmp_path / "old",
+                             dtype=torch.float32)
+    config = json.loads((folder / "config.json").read_text())
+    del config["model_options"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(folder, device="cpu")
+    assert loaded.config.model_options == {} and not isinstance(loaded.model.Mixed_7c, torch.nn.Identity)
+    assert type(loaded.model.Mixed_7c).__name__ == "InceptionE"
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))

@@ -16,6 +16,7 @@ from drdemo import batch as batch_grading
 from drdemo.cam.explain import CAM_METHODS
 from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.predictor import Predictor
+from drdemo.serving.photo_check import shared_photo_check
 from drdemo.serving.slots import ServedModel
 from drdemo.ui import views
 from drdemo.ui.handlers import (
@@ -266,6 +267,6 @@ def build_demo(served: Sequence[ServedModel]) -> gr.Blocks:
             with gr.Tab("Batch", id="batch"):
                 _batch_tab(predictors, handlers.grade_batch)
             with gr.Tab("About", id="about"):
-                gr.Markdown(views.about(served))
+                gr.Markdown(views.about(served, shared_photo_check().describe()))
         _tools(handlers)
     return demo

@@ -98,9 +98,12 @@ def sources(served: Sequence[ServedModel]) -> str:
                      f"{'⚠️ ' if s.fallback else ''}{s.status}" for s in served)
 
 
-def image_checks(served: Sequence[ServedModel]) -> str:
-    """Markdown list: for each served model, whether the image check adds its own feature score to the rules."""
-    return "\n".join(f"- {s.predictor.config.display_name}: {describe_feature_score(s.feature_score)}" for s in served)
+def image_checks(served: Sequence[ServedModel], learned_check: str = "") -> str:
+    """Markdown list: the learned fundus-versus-everyday check every upload passes (`learned_check`, one line),
+    then for each served model whether the image check adds its own feature score to the rules."""
+    lines = [f"- Every upload: {learned_check}"] if learned_check else []
+    lines += [f"- {s.predictor.config.display_name}: {describe_feature_score(s.feature_score)}" for s in served]
+    return "\n".join(lines)
 
 
 def tta_label(configs: Sequence[CheckpointConfig]) -> str:
@@ -111,7 +114,7 @@ def tta_label(configs: Sequence[CheckpointConfig]) -> str:
     return label + (f"; {' and '.join(always)} always {'does' if len(always) == 1 else 'do'}" if always else "")
 
 
-def about(served: Sequence[ServedModel]) -> str:
+def about(served: Sequence[ServedModel], learned_check: str = "") -> str:
     """The About tab: what the models are, the ICDR grades, where each checkpoint came from, the model cards."""
     configs = [model.predictor.config for model in served]
     if any(c.trained_on_idrid for c in configs):
@@ -125,7 +128,7 @@ def about(served: Sequence[ServedModel]) -> str:
         what = (f"{NOT_A_DEVICE} The demo models were trained on synthetic fundus images made by this project's "
                 f"generator; how they behave on real photographs is unknown.")
     sections = [f"## What this is\n\n{what}", "## ICDR grades\n\n" + grades_table(),
-                "## Models served\n\n" + sources(served) + "\n\n" + image_checks(served)]
+                "## Models served\n\n" + sources(served) + "\n\n" + image_checks(served, learned_check)]
     for model in served:
         card = model_card(model.predictor.config)
         body = card.split("\n---\n", 1)[1] if card.startswith("---") else card
