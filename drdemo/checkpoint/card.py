@@ -67,7 +67,8 @@ loaded = load_model("<this repo id or folder>")
 
 
 # The IDRiD challenge's reported results on the same test split (sub-challenge 2, grading), beside ours: all
-# used ImageNet-pretrained weights and outside data; ours start from random weights and this project's data.
+# used ImageNet-pretrained weights and outside data; ours use IDRiD's training photos only (and, by stage, ImageNet
+# weights, a teacher, this project's synthetic images), as `_trained_with` says.
 CHALLENGE_RESULTS = (
     ("IDRiD challenge, 1st (joint accuracy)", "0.631", "ImageNet weights, outside data"),
     ("IDRiD challenge, 2nd", "0.554", "ImageNet weights, outside data"),
@@ -143,9 +144,23 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
         challenge = "\n".join(f"| {name} | {joint} | {source} |" for name, joint, source in CHALLENGE_RESULTS)
         lines.append(f"\nOn the same test split, reported by others (joint accuracy): \n\n| model | joint accuracy | "
                      f"trained with |\n|---|---|---|\n| this checkpoint | {_number(test.get('joint_accuracy'))} | "
-                     f"random initialisation, IDRiD training photos and this project's synthetic images only |\n"
-                     f"{challenge}\n")
+                     f"{_trained_with(config.provenance)} |\n{challenge}\n")
     return "".join(lines)
+
+
+def _trained_with(provenance: dict) -> str:
+    """What the weights learned from, for the comparison with the challenge: IDRiD's training photos, and
+    whichever of ImageNet weights, a teacher and synthetic images their stages used."""
+    stages = training_stages(provenance)
+    extra = []
+    if any(stage.get("pretrained") for stage in stages):
+        extra.append("ImageNet weights")
+    if any(stage.get("distillation") for stage in stages):
+        extra.append("a teacher fine-tuned from ImageNet weights, on IDRiD and unlabelled DRIVE/CHASE_DB1 photos")
+    if any("synthetic" in str(stage.get("data", "")).lower() for stage in stages):
+        extra.append("this project's synthetic images")
+    start = "random initialisation, " if not any(stage.get("pretrained") for stage in stages) else ""
+    return f"{start}IDRiD training photos" + (f", {', '.join(extra)}" if extra else "") + "; no other graded data"
 
 
 def _attribution(provenance: dict) -> str:
