@@ -97,13 +97,13 @@ def call_refused(client, image: Path) -> float:
     """Seconds until /grade refuses `image` at the gate: the HTTP, upload and queue floor of a request."""
     from gradio_client import handle_file
     start = time.perf_counter()
-    try:
-        client.predict(handle_file(str(image)), api_name="/grade")
-    except Exception as exc:  # gradio_client raises AppError carrying the page's message
-        if "fundus" not in str(exc).lower():
-            raise BadAnswer(f"/grade refused a non-fundus image with an unexpected message: {exc}") from None
-        return time.perf_counter() - start
-    raise BadAnswer(f"/grade graded {image.name} instead of refusing it at the gate")
+    decision, *_, result = client.predict(handle_file(str(image)), api_name="/grade")
+    seconds = time.perf_counter() - start
+    if result.get("graded", True):
+        raise BadAnswer(f"/grade graded {image.name} instead of refusing it at the gate")
+    if "fundus" not in decision.lower():
+        raise BadAnswer(f"/grade refused a non-fundus image with an unexpected message: {decision}")
+    return seconds
 
 
 @dataclass

@@ -147,3 +147,17 @@ def test_overlay_blends_at_the_maps_resolution():
     assert np.asarray(overlay(image, heatmap, opacity=1.0))[10, 10].tolist() != [200, 100, 50]
     with pytest.raises(ExplainError, match="opacity"):
         overlay(image, heatmap, opacity=1.5)
+
+
+def test_the_economy_eigen_projection_gives_pytorch_grad_cams_maps():
+    """drdemo's EigenCAM projects on the first principal direction from the economy SVD: the same maps as
+    pytorch-grad-cam's full SVD, at MedMamba-T's and InceptionV3's last-stage shapes."""
+    import numpy as np
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from drdemo.cam.explain import eigen_projection
+    rng = np.random.default_rng(0)
+    for shape in ((1, 768, 7, 7), (1, 2048, 8, 8), (2, 96, 14, 14)):
+        activations = rng.normal(size=shape).astype(np.float32)
+        activations[0, 0, 0, 0] = np.nan
+        assert np.allclose(eigen_projection(activations), get_2d_projection(activations), atol=1e-5)

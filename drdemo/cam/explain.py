@@ -30,6 +30,28 @@ from drdemo.models.heads import HeadsOutput, MultiHeadNet
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
 
+def eigen_projection(activation_batch: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's `get_2d_projection` (the activations, centred, projected on their first principal
+    direction) from the economy SVD: the same first right-singular vector without the full C x C matrix of the
+    others, which on MedMamba-T's last stage (768 channels) took 20 of its 21 ms (tests/test_explain.py checks
+    that both give the same maps)."""
+    activation_batch = np.nan_to_num(np.asarray(activation_batch, dtype=np.float32), nan=0.0)
+    projections = []
+    for activations in activation_batch:
+        reshaped = activations.reshape(activations.shape[0], -1).transpose()
+        reshaped = reshaped - reshaped.mean(axis=0)
+        _, _, vt = np.linalg.svd(reshaped, full_matrices=False)
+        projections.append((reshaped @ vt[0, :]).reshape(activations.shape[1:]))
+    return np.float32(projections)
+
+
+class EconomyEigenCAM(EigenCAM):
+    """EigenCAM with `eigen_projection`: the same maps, faster."""
+
+    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
+        return eigen_projection(activations)
+
+
 # Method name -> pytorch-grad-cam class, in drdemo.cam.methods' order (its names are the keys).
 # EigenCAM needs no gradients (and no target class).
 _CAM_CLASSES = {
@@ -38,7 +60,7 @@ _CAM_CLASSES = {
     "xgradcam": XGradCAM,
     "layercam": LayerCAM,
     "hirescam": HiResCAM,
-    "eigencam": EigenCAM,
+    "eigencam": EconomyEigenCAM,
 }
 CAM_METHODS = {name: _CAM_CLASSES[name] for name in CAM_METHOD_NAMES}
 
@@ -129,7 +151,9 @@ class Explainer:
         try:
             cam = CAM_METHODS[method](model=self.cam_model, target_layers=self.layers, reshape_transform=self.reshape)
             targets = [_MostProbableClass(self.calibration) if target is None else ClassifierOutputTarget(int(target))]
-            with torch.enable_grad():
+            # A method without gradients (EigenCAM) runs the forward without autograd: MedMamba's scan then takes
+            # its inference path (measured 130 -> 100 ms on MedMamba-T), and the map is the same.
+            with torch.enable_grad() if cam.uses_gradients else torch.no_grad():
                 maps = cam(input_tensor=batch, targets=targets)
             logits = main_logits(cam.outputs).detach().double().cpu().numpy()
         finally:
