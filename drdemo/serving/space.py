@@ -293,8 +293,9 @@ def check_staged(folder: Path) -> list[str]:
     tracked = lfs_patterns((folder / ".gitattributes").read_text()) if (folder / ".gitattributes").is_file() else []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if any(part in ("tests", "checkpoints", "training", "runs", "__pycache__") for part in path.parts[
-                len(folder.parts):]):
+        shipped = any(relative.startswith(f"{name}/") for name in SPACE_FILES if "/" in name)
+        if not shipped and any(part in ("tests", "checkpoints", "training", "runs", "__pycache__")
+                               for part in path.parts[len(folder.parts):]):
             problems.append(f"{relative}: tests, checkpoints and training logs do not belong in the Space")
         if path.stat().st_size > MAX_PLAIN_FILE_BYTES and not any(fnmatch.fnmatch(path.name, p) for p in tracked):
             problems.append(f"{relative} is {path.stat().st_size / 1e6:.1f} MB and not LFS-tracked in .gitattributes")
