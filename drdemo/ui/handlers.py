@@ -205,6 +205,19 @@ def _thresholds(predictor: Predictor, threshold: float | None) -> tuple[float, f
             config.dme_threshold if config.heads else None)
 
 
+def refused_check(reason: str) -> dict:
+    """The image check's part of an answer for an upload the gate refused before any model saw it."""
+    return {"outcome": "refused", "reason": reason}
+
+
+def refusal(image_check: dict, answered_by: dict | list | None = None) -> dict:
+    """The answer for a photo that is not graded: the check that refused it, and the checkpoints asked, if any."""
+    answer = {"graded": False, "image_check": image_check}
+    if answered_by is not None:
+        answer["answered_by"] = answered_by
+    return answer
+
+
 def as_json(answer: dict) -> str:
     """A tool's answer as JSON text: what an MCP client reads (a dict would reach it as Python's repr)."""
     return json.dumps(answer, indent=1, ensure_ascii=False)
@@ -238,13 +251,11 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
             checked, analysis, check, thresholds = grade_one(upload, slot, method, target, tta, threshold)
         except ImageRejected as exc:   # said where the decision would be, and it stays there
             return GradeOutputs(views.refused_decision(str(exc)), views.refused_note(str(exc)), None, None, None, "",
-                                exc.details, {"graded": False, "image_check": {"outcome": "refused",
-                                                                               "reason": str(exc)}})
+                                exc.details, refusal(refused_check(str(exc))))
         model = by_slot[slot]
         if check.assessment.outcome == "refused":
             return GradeOutputs(views.refused_decision(check.assessment.reason), check.note, None, None, None, "",
-                                check.details, {"graded": False, "image_check": check.as_dict(),
-                                                "answered_by": model.answered_by()})
+                                check.details, refusal(check.as_dict(), model.answered_by()))
         lesions = method == views.LESION_MAP
         name = model.predictor.config.display_name
         decision = "\n\n".join([views.decision(analysis.prediction, name, *thresholds), check.note,
@@ -271,13 +282,12 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         except ImageRejected as exc:
             return CompareOutputs(views.refused_decision(str(exc)), views.refused_note(str(exc)), None, None, None,
                                   None, None, None, None, None, exc.details,
-                                  {"graded": False, "image_check": {"outcome": "refused", "reason": str(exc)}})
+                                  refusal(refused_check(str(exc))))
         pair = served[:2]
         if check.assessment.outcome == "refused":
             return CompareOutputs(views.refused_decision(check.assessment.reason), check.note, None, None, None,
                                   None, None, None, None, None, check.details,
-                                  {"graded": False, "image_check": check.as_dict(),
-                                   "answered_by": [m.answered_by() for m in pair]})
+                                  refusal(check.as_dict(), [m.answered_by() for m in pair]))
         lesions = method == views.LESION_MAP
         names = tuple(m.predictor.config.display_name for m in pair)
         decisions = [views.decision(a.prediction, n, *t) for a, n, t in zip(analyses, names, thresholds)]
@@ -325,11 +335,10 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         try:
             checked, analysis, check, thresholds = grade_one(image, model, DEFAULT_METHOD, PREDICTED, False, None)
         except DrdemoError as exc:
-            return as_json({"graded": False, "image_check": {"outcome": "refused", "reason": str(exc)}}), None
+            return as_json(refusal(refused_check(str(exc)))), None
         served_model = by_slot[model]
         if check.assessment.outcome == "refused":
-            refusal = {"graded": False, "image_check": check.as_dict(), "answered_by": served_model.answered_by()}
-            return as_json(refusal), None
+            return as_json(refusal(check.as_dict(), served_model.answered_by())), None
         return (as_json({"graded": True, **result_of(served_model, analysis, thresholds, check)}),
                 views.overlay_pair(analysis, 0.5)[1])
 
@@ -349,11 +358,10 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
         try:
             checked, analyses, check, thresholds = compare_two(image, DEFAULT_METHOD, (None, None))
         except DrdemoError as exc:
-            return as_json({"graded": False, "image_check": {"outcome": "refused", "reason": str(exc)}}), None
+            return as_json(refusal(refused_check(str(exc)))), None
         pair = served[:2]
         if check.assessment.outcome == "refused":
-            return as_json({"graded": False, "image_check": check.as_dict(),
-                    "answered_by": [m.answered_by() for m in pair]}), None
+            return as_json(refusal(check.as_dict(), [m.answered_by() for m in pair])), None
         a, b = (x.prediction for x in analyses)
         maps = compare_maps(checked, [m.predictor for m in pair], analyses, 0.5)
         return (as_json({"graded": True, "same_grade": a.grade_name == b.grade_name,
