@@ -3,6 +3,7 @@
 import logging
 import os
 
+from drdemo.serving.runtime import share_cores
 from drdemo.serving.slots import load_settings, serve
 from drdemo.ui import build_demo
 
@@ -15,6 +16,7 @@ def mcp_enabled(environ: dict[str, str] | os._Environ = os.environ) -> bool:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     served = [serve(settings) for settings in load_settings()]  # loaded, checked and warmed up
+    share_cores()  # after the imports that load numpy's, SciPy's and OpenCV's BLAS
     demo = build_demo(served)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

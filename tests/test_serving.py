@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from hub_server import point_hub_at
 from huggingface_hub import constants as hub_constants
 
@@ -141,3 +142,21 @@ def test_a_served_model_adds_its_feature_score_to_the_image_check_and_the_most_c
     alone = unscored.check(rules, analysis(features[0]))
     assert alone.outcome == "accepted" and "feature_distance" not in alone.measurements
     assert most_cautious([near, far]) is far and most_cautious([alone, near]) is alone
+
+
+def test_share_cores_puts_numpys_blas_on_one_thread_and_leaves_torch_its_threads():
+    import numpy as np  # noqa: F401  (loads numpy's OpenBLAS, as the app has by then)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from drdemo.serving.runtime import share_cores
+
+    before = {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    torch_threads = torch.get_num_threads()
+    try:
+        limited = share_cores()
+        after = {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+        assert before and set(limited) == set(before)
+        assert set(after.values()) == {1}
+        assert torch.get_num_threads() == torch_threads
+    finally:
+        threadpool_limits(limits=max(before.values()), user_api="blas")
