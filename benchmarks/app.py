@@ -8,7 +8,8 @@ Starts app.py on 127.0.0.1 and measures in one run: cold start (process start to
 a bare torchvision InceptionV3 forward at 299 px (the unit, so results are ratios that a noisy machine
 cancels out); the app's resident memory (steady, peak, before and after the load phase); and a bounded
 load phase of concurrent clients on loopback with error, lost-request and throughput counts and the
-app's CPU use (the queue should keep it near the core count, not above).
+app's CPU use (the queue should keep it near the core count, not above). Every request uploads its own marked
+copy of a photo (FreshUploads): the app remembers the image check of a view it has already seen.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ class LoadResult:
 def load_phase(url: str, images: list[Path], clients: int, requests_per_client: int,
                endpoints: tuple[str, ...] = ("/grade", "/compare")) -> LoadResult:
     """`clients` concurrent gradio_client sessions, each sending its requests one after another,
-    cycling through `endpoints` and `images`. A request that never comes back is counted lost."""
+    cycling through `endpoints` and `images` (request i of the phase sends image i modulo their number, so a
+    list as long as the phase sends each once). A request that never comes back is counted lost."""
     from gradio_client import handle_file
     result = LoadResult(clients, requests_per_client)
     lock = threading.Lock()
@@ -193,6 +195,33 @@ def large_upload(workdir: Path, source: Path, size: tuple[int, int] = (4000, 300
     return path
 
 
+class FreshUploads:
+    """Each request's own copy of a photo, marked so that no two copies decode to the same pixels: the app remembers
+    the image check's answer for a view it has seen (a preview, then the grading of the same upload), and a
+    benchmark that sent the same file again would time that memory instead of a first upload."""
+
+    def __init__(self, workdir: Path):
+        self.folder = workdir / "fresh"
+        self.folder.mkdir(exist_ok=True)
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, source: Path) -> Path:
+        from PIL import Image
+        with self._lock:
+            self.count += 1
+            index = self.count
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+        # a 1/40-of-the-width square at the centre (on the retina), its shade set by the request's number
+        side = max(8, image.width // 40)
+        x, y = image.width // 2 - side // 2, image.height // 2 - side // 2
+        image.paste((index * 37 % 200 + 40, index * 91 % 200 + 40, index * 53 % 200 + 40), (x, y, x + side, y + side))
+        path = self.folder / f"{index:05d}_{source.stem}.jpeg"
+        image.save(path, quality=92)
+        return path
+
+
 def non_fundus_upload(workdir: Path) -> Path:
     """A plain blue square the gate refuses, to time a request that does no model work."""
     from PIL import Image
@@ -243,14 +272,16 @@ def bench_app(repeats: int = 10, load_clients: int = 4, load_requests: int = 25,
             report["page_ready_s"] = round(page_s, 2)
             log(f"cold start {report['cold_start_s']} s (page after {report['page_ready_s']} s)")
             unit = _unit_forward()
+            fresh = FreshUploads(workdir)
             samples: dict[str, list[float]] = {"unit": [], "/grade": [], "/compare": [], "camera_grade": [],
                                                "refused_grade": []}
             for round_ in range(repeats):
                 image = images[round_ % len(images)]
+                uploads = {"/grade": fresh(image), "/compare": fresh(image), "camera": fresh(camera_file)}
                 samples["unit"].append(unit())
-                samples["/grade"].append(call(client, "/grade", image))
-                samples["/compare"].append(call(client, "/compare", image))
-                samples["camera_grade"].append(call(client, "/grade", camera_file))
+                samples["/grade"].append(call(client, "/grade", uploads["/grade"]))
+                samples["/compare"].append(call(client, "/compare", uploads["/compare"]))
+                samples["camera_grade"].append(call(client, "/grade", uploads["camera"]))
                 samples["refused_grade"].append(call_refused(client, refused_file))
             unit_ms = statistics.median(samples["unit"]) * 1e3
             latency = {}
@@ -262,9 +293,10 @@ def bench_app(repeats: int = 10, load_clients: int = 4, load_requests: int = 25,
             report["latency"] = latency
             log(f"latency {latency} (unit {unit_ms:.1f} ms)")
             report["steady_rss_mb"] = round(app.memory_mb()[0], 1)
+            load_uploads = [fresh(images[i % len(images)]) for i in range(load_clients * load_requests)]
             cpu_before, wall_before = app.cpu_seconds(), time.perf_counter()
             with _MemoryWatch(app) as watch:
-                result = load_phase(app.url, images, load_clients, load_requests)
+                result = load_phase(app.url, load_uploads, load_clients, load_requests)
             cores_used = (app.cpu_seconds() - cpu_before) / (time.perf_counter() - wall_before)
             rss_after, peak = app.memory_mb()
             report["load"] = {**result.summary(), "app_cpu_cores_used": round(cores_used, 2),

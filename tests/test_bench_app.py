@@ -48,6 +48,20 @@ def test_answers_without_their_images_are_bad(tmp_path):
                                             str(image), None, None, "check", {}))
 
 
+def test_each_benchmark_upload_is_a_photo_the_app_has_not_seen(tmp_path):
+    """The app remembers the image check of a view it has seen; the benchmark's copies differ in pixels."""
+    import numpy as np
+    from PIL import Image
+    fresh = bench_app.FreshUploads(tmp_path)
+    copies = [fresh(EXAMPLES[0]) for _ in range(3)]
+    pixels = [np.asarray(Image.open(path).convert("RGB"), dtype=np.int16) for path in copies]
+    original = np.asarray(Image.open(EXAMPLES[0]).convert("RGB"), dtype=np.int16)
+    assert len(set(copies)) == 3 and all(p.shape == original.shape for p in pixels)
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        assert np.abs(pixels[a] - pixels[b]).max() > 20
+    assert np.median(np.abs(pixels[0] - original)) <= 2   # the rest of the photo is the photo
+
+
 def test_memory_and_cpu_readings_of_this_process():
     current, peak = bench_app.process_memory_mb(os.getpid())
     assert 10 < current <= peak

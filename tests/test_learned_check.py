@@ -259,3 +259,18 @@ def test_the_everyday_corpus_s_report_part_is_refused(photo_check):
             continue
         graded.append(entry["file"])
     assert not graded, graded
+
+
+def test_a_view_seen_before_is_not_run_again(photo_check, monkeypatch):
+    """A preview and the grading of the same upload share one forward; another view runs its own."""
+    from drdemo.serving.photo_check import PhotoCheck
+    check = PhotoCheck(photo_check.network, photo_check.classifier)
+    calls = []
+    real = check.features
+    monkeypatch.setattr(check, "features", lambda views: calls.append(len(views)) or real(views))
+    view = network_view(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 3]), 0, size=256).image))
+    first = check.likelihood(view)
+    assert check.likelihood(view.copy()) == first == pytest.approx(float(photo_check.likelihoods([view])[0]))
+    assert calls == [1]
+    check.likelihood(np.ascontiguousarray(view[::-1]))
+    assert calls == [1, 1]

@@ -15,9 +15,12 @@ status says why.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,9 @@ from drdemo.models.efficientnet_lite import LITE0_MEAN, LITE0_STD, EfficientNetL
 
 log = logging.getLogger(__name__)
 BATCH = 32
+# Likelihoods kept by their view's bytes: a page's preview and the grading of the same upload, or one photo graded
+# on two tabs, look at the same 224 px view, and the second asks costs no forward.
+REMEMBERED_VIEWS = 64
 
 
 def network_batch(views: Sequence[np.ndarray]) -> torch.Tensor:
@@ -56,6 +62,8 @@ class PhotoCheck:
     network: EfficientNetLite0 | None
     classifier: FundusClassifier | None
     problem: str = ""   # why the check is unavailable ("" when it is)
+    _remembered: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def available(self) -> bool:
@@ -77,6 +85,21 @@ class PhotoCheck:
             raise DrdemoError(f"the photo classifier is not available: {self.problem}")
         return self.classifier.likelihood(self.features(views))
 
+    def likelihood(self, view: np.ndarray) -> float:
+        """P(fundus photo) of one view; a view seen among the last REMEMBERED_VIEWS is not run again."""
+        view = np.ascontiguousarray(view)
+        key = hashlib.blake2b(view.data, digest_size=16, person=str(view.shape).encode()[:16]).digest()
+        with self._lock:
+            if key in self._remembered:
+                self._remembered.move_to_end(key)
+                return self._remembered[key]
+        value = float(self.likelihoods([view])[0])
+        with self._lock:
+            self._remembered[key] = value
+            while len(self._remembered) > REMEMBERED_VIEWS:
+                self._remembered.popitem(last=False)
+        return value
+
     def judged(self, assessment: Assessment, image=None) -> Assessment:
         """`assessment` with the learned check's judgement; the network runs only where the rules have not refused
         and no likelihood was measured yet. `image` serves where the assessment carries no view."""
@@ -88,7 +111,7 @@ class PhotoCheck:
             network_view(image) if image is not None else None)
         if view is None:   # nothing to look at: left to the rules (and the models' feature scores)
             return assessment
-        return judge(assessment, float(self.likelihoods([view])[0]), self.classifier)
+        return judge(assessment, self.likelihood(view), self.classifier)
 
     def screen(self, checked: GateResult) -> GateResult:
         """The gate's result with the learned check's judgement; ImageRejected when it refuses the photo."""
