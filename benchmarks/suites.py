@@ -42,8 +42,8 @@ from benchmarks import app as bench_app
 from benchmarks import gate as bench_gate
 from benchmarks import inference as bench_inference
 from benchmarks import screen as bench_screen
-from benchmarks.readme import update_section
 from benchmarks import triton_parity
+from benchmarks.readme import update_section
 from drdemo.inference import main_logits
 from drdemo.models import count_parameters, create_model, list_models, model_defaults
 from drdemo.ops import cpu_kernel, relative_error, scan_backend, selective_scan, selective_scan_ref

@@ -20,7 +20,8 @@ REQUIRE_DATA = os.environ.get("DRDEMO_REQUIRE_DATA") == "1"
 
 
 def skip_without_real_data(what: Path | None = None) -> None:
-    """Skip the calling test when `what` (default: IDRiD's grading folder) is absent; fail under DRDEMO_REQUIRE_DATA=1."""
+    """Skip the calling test when `what` (default: IDRiD's grading folder) is absent; fail under
+    DRDEMO_REQUIRE_DATA=1."""
     what = IDRID_GRADING if what is None else what
     if what.exists():
         return

@@ -19,7 +19,6 @@ from drdemo.evaluate import main
 from drdemo.models import create_model
 from drdemo.preprocess import prepare_mask
 
-
 # Tiny inputs: one torch thread (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

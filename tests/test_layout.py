@@ -15,8 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "drdemo"
-# The package's layers, lowest first (docs/architecture.md shows the same table); a module may import only from its own layer and the layers before it. A module belongs to
-# the longest prefix that names it.
+# The package's layers, lowest first (docs/architecture.md shows the same table); a module may import only from its
+# own layer and the layers before it. A module belongs to the longest prefix that names it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("drdemo", "drdemo.errors", "drdemo.tasks", "drdemo.cam.methods"),
     ("drdemo.ops",),
@@ -229,7 +229,8 @@ def layer_of(module: str) -> int | None:
     best: tuple[int, int] | None = None
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or (prefix != "drdemo" and module.startswith(prefix + "."))) and (best is None or len(prefix) > best[1]):
+            names_it = module == prefix or (prefix != "drdemo" and module.startswith(prefix + "."))
+            if names_it and (best is None or len(prefix) > best[1]):
                 best = (index, len(prefix))
     return None if best is None else best[0]
 

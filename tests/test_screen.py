@@ -39,7 +39,8 @@ def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     (folder / "left").mkdir()
     for i in range(6):
-        Image.fromarray(generate_fundus(i, i % 5, size=128).image).save(folder / ("left" if i % 2 else "") / f"p{i}.png")
+        photo = Image.fromarray(generate_fundus(i, i % 5, size=128).image)
+        photo.save(folder / ("left" if i % 2 else "") / f"p{i}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff this is not a JPEG")
     Image.new("RGB", (128, 128), (40, 200, 40)).save(folder / "green.png")
     (folder / "notes.txt").write_text("not a photo")
