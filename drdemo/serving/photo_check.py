@@ -49,10 +49,11 @@ REMEMBERED_VIEWS = 64
 
 
 def network_batch(views: Sequence[np.ndarray]) -> torch.Tensor:
-    """(B, 3, 224, 224) float32 network input of uint8 views (learned_check.network_view), normalised."""
+    """(B, 3, 224, 224) float32 network input of uint8 views (learned_check.network_view), normalised, in the
+    channels-last layout the served network runs in (the same numbers either way)."""
     array = np.stack([np.asarray(view) for view in views]).astype(np.float32) / 255.0
     mean, std = np.asarray(LITE0_MEAN, np.float32), np.asarray(LITE0_STD, np.float32)
-    return torch.from_numpy(((array - mean) / std).transpose(0, 3, 1, 2).copy())
+    return torch.from_numpy((array - mean) / std).permute(0, 3, 1, 2)   # an NHWC array is channels-last NCHW
 
 
 @dataclass
@@ -130,7 +131,9 @@ def load_photo_check(classifier_path: str | Path = CLASSIFIER_PATH, weights: str
     problems = []
     network = classifier = None
     try:
-        network = load_lite0(weights)
+        # channels-last: 19 against 22-29 ms a forward on one thread (its depthwise convolutions), features equal
+        # to 1.4e-6
+        network = load_lite0(weights).to(memory_format=torch.channels_last)
     except DrdemoError as exc:
         problems.append(str(exc))
     try:
