@@ -75,6 +75,18 @@ class Analysis:
     features: np.ndarray | None = None       # (F,) pooled features of the first view, the classifier's input
 
 
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A photo as one predictor's model receives it (`Predictor.prepare`), so that the preprocessing can run while
+    something else looks at the same photo (the app's image check does, on the other core)."""
+
+    view: Image.Image          # cropped and resized (Analysis.model_view)
+    batch: torch.Tensor        # (1, 3, H, W): the view normalised as the checkpoint says
+    inside: np.ndarray         # (H, W) bool: the view's field of view
+    made_for: tuple            # the preprocessing facts it followed (Predictor._preparation)
+    seconds: float             # what preparing it took
+
+
 class Predictor:
     """Preprocess an image the way the checkpoint says, run the model, return probabilities (and a CAM)."""
 
@@ -129,15 +141,34 @@ class Predictor:
     def predict(self, image: Image.Image, referable_threshold: float | None = None) -> Prediction:
         return self.analyse(image, referable_threshold=referable_threshold).prediction
 
-    def analyse(self, image: Image.Image, cam_method: str | None = None, cam_target: int | None = None,
-                tta: bool = False, referable_threshold: float | None = None) -> Analysis:
-        """Probabilities for `image` over the checkpoint's `test_time_views` (all eight symmetric views
-        with `tta`, which also reports their spread), calibrated as config.json says; with
-        `cam_method`, the CAM of the most probable class (or `cam_target`). With one view the CAM
-        comes from the same forward pass (plus one backward)."""
+    def prepare(self, image: Image.Image) -> PreparedPhoto:
+        """`image` cropped, resized and normalised for this model: the first step of `analyse`, on its own."""
         start = time.perf_counter()
         view = self.model_view(image)
         batch = self._model_input([view])
+        return PreparedPhoto(view, batch, field_of_view(view), self._preparation, time.perf_counter() - start)
+
+    @property
+    def _preparation(self) -> tuple:
+        preprocessing = self.config.preprocessing
+        return (self.input_size, tuple(self.config.mean), tuple(self.config.std),
+                tuple(sorted((k, str(v)) for k, v in preprocessing.items())), str(self.device))
+
+    def analyse(self, image: Image.Image | PreparedPhoto, cam_method: str | None = None,
+                cam_target: int | None = None, tta: bool = False,
+                referable_threshold: float | None = None) -> Analysis:
+        """Probabilities for `image` (a photo, or this predictor's `prepare` of one) over the checkpoint's
+        `test_time_views` (all eight symmetric views with `tta`, which also reports their spread), calibrated as
+        config.json says; with `cam_method`, the CAM of the most probable class (or `cam_target`). With one view
+        the CAM comes from the same forward pass (plus one backward)."""
+        start = time.perf_counter()
+        prepared = image if isinstance(image, PreparedPhoto) else self.prepare(image)
+        if prepared.made_for != self._preparation:
+            raise ValueError("this photo was prepared for a model with other preprocessing; prepare it with "
+                             "this predictor")
+        if prepared is image:
+            start -= prepared.seconds   # the preparation counts, wherever it ran
+        view, batch = prepared.view, prepared.batch
         views = len(SYMMETRIES) if tta else self.config.test_time_views
         heatmap = target = spread = heads = None
         if views == 1 and cam_method is not None:
@@ -155,7 +186,7 @@ class Predictor:
                 target = int(probabilities.argmax()) if cam_target is None else cam_target
                 explanation = self.explainer.explain(batch, method=cam_method, target=target)
                 heatmap = explanation.heatmap
-        inside = field_of_view(view)
+        inside = prepared.inside
         if heatmap is not None:
             heatmap = on_field_of_view(heatmap, inside)
         lesion_maps = dme = None

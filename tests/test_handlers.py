@@ -124,3 +124,22 @@ def test_a_refused_upload_is_said_where_the_decision_would_be(tmp_path):
     assert graded.upload_note.startswith("**Image check: refused.**") and graded.probabilities is None
     compared = answer.compare(str(text))
     assert compared.decision.startswith("### Not graded") and compared.first_chart is None
+
+
+def test_each_model_s_input_is_prepared_beside_the_image_check_and_a_refused_photo_is_not_graded(tmp_path,
+                                                                                                  monkeypatch):
+    served = _two_models()
+    predictors = [s.predictor for s in served]
+    photo = _photo(tmp_path / "eye.png")
+    checked, prepared = handlers.admit_prepared(photo, predictors)
+    for predictor, made in zip(predictors, prepared):
+        assert made.view.size == (predictor.input_size,) * 2
+        assert np.asarray(made.view).tobytes() == np.asarray(predictor.model_view(checked.image)).tobytes()
+    blue = tmp_path / "blue.png"
+    Image.new("RGB", (512, 512), (20, 90, 230)).save(blue)
+    forwards = []
+    monkeypatch.setattr(Predictor, "analyse", lambda *args, **kwargs: forwards.append(args))
+    answer = handlers.make_handlers(served)
+    assert answer.grade(str(blue)).decision.startswith("### Not graded")
+    assert answer.compare(str(blue)).decision.startswith("### Not graded")
+    assert forwards == []

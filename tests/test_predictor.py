@@ -51,6 +51,20 @@ def test_a_cam_comes_with_the_same_probabilities(predictor, photo):
     assert explained.model_view.size == (64, 64) and plain.heatmap is None
 
 
+def test_a_photo_prepared_beforehand_gets_the_same_answer_and_only_from_its_own_predictor(predictor, photo):
+    """`prepare` is analyse's first step on its own (the app runs it beside the image check)."""
+    prepared = predictor.prepare(photo)
+    direct = predictor.analyse(photo, cam_method="gradcam")
+    again = predictor.analyse(prepared, cam_method="gradcam")
+    assert again.prediction.probabilities == direct.prediction.probabilities
+    np.testing.assert_array_equal(again.heatmap, direct.heatmap)
+    assert np.asarray(again.model_view).tobytes() == np.asarray(direct.model_view).tobytes()
+    assert again.prediction.seconds >= prepared.seconds
+    other = Predictor(predictor.model, CheckpointConfig.for_architecture("medmamba_t", input_size=96))
+    with pytest.raises(ValueError, match="prepared for a model with other preprocessing"):
+        other.analyse(prepared)
+
+
 def test_test_time_augmentation_reports_the_spread_over_eight_views(predictor, photo):
     analysis = predictor.analyse(photo, tta=True)
     assert analysis.views == 8 and set(analysis.spread) == set(predictor.class_names)

@@ -15,6 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,8 +26,8 @@ from PIL import Image
 from drdemo import batch as batch_grading
 from drdemo.errors import DrdemoError
 from drdemo.intake.fundus_check import Assessment, most_cautious
-from drdemo.intake.gate import GateResult, ImageRejected, assess, check_upload, load_image
-from drdemo.predictor import Analysis, Predictor
+from drdemo.intake.gate import GateResult, ImageRejected, admitted, assess, check_upload, load_image
+from drdemo.predictor import Analysis, Predictor, PreparedPhoto
 from drdemo.preprocess import prepare_image
 from drdemo.serving.photo_check import judged as photo_classifier_judged
 from drdemo.serving.photo_check import screen as photo_classifier_screen
@@ -109,6 +110,28 @@ def admit(path: str | Path | None) -> GateResult:
     if path is None:
         raise ImageRejected("Upload a fundus photo first.")
     return photo_classifier_screen(check_upload(path))
+
+
+# Each model's input is made from the decoded photo on these threads while the image check's rules look at the same
+# photo: the rules are numpy and OpenCV on one core, the crop and resize PIL on the other.
+_PREPARING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="drdemo-prepare")
+
+
+def admit_prepared(path: str | Path | None, predictors: Sequence[Predictor]
+                   ) -> tuple[GateResult, list[PreparedPhoto]]:
+    """`admit(path)`, with each predictor's `prepare` of the photo made meanwhile; still no grading forward before
+    the check has passed the photo (a refused photo's preparations are dropped)."""
+    if path is None:
+        raise ImageRejected("Upload a fundus photo first.")
+    image = load_image(path)
+    jobs = [_PREPARING.submit(predictor.prepare, image) for predictor in predictors]
+    try:
+        checked = photo_classifier_screen(admitted(Path(path).name, image, assess(image)))
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+    return checked, [job.result() for job in jobs]
 
 
 @dataclass(frozen=True)
@@ -230,13 +253,13 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
 
     def grade_one(upload, slot, method, target, tta, threshold) -> tuple[GateResult, Analysis, CheckResult,
                                                                             tuple[float, float | None]]:
-        checked = admit(upload)
         if slot not in by_slot:
             raise gr.Error(f"unknown model {slot!r}; choose one of {', '.join(by_slot)}")
         model = by_slot[slot]
+        checked, (prepared,) = admit_prepared(upload, [model.predictor])
         thresholds = _thresholds(model.predictor, threshold)
         cam_target = None if target in (None, PREDICTED) else int(target)
-        analysis = model.predictor.analyse(checked.image, cam_method=method_for(model.predictor, method),
+        analysis = model.predictor.analyse(prepared, cam_method=method_for(model.predictor, method),
                                            cam_target=cam_target, tta=bool(tta), referable_threshold=thresholds[0])
         return checked, analysis, image_check(checked, [model], [analysis]), thresholds
 
@@ -266,11 +289,11 @@ def make_handlers(served: Sequence[ServedModel]) -> Handlers:
                             result_of(model, analysis, thresholds, check))
 
     def compare_two(upload, method, thresholds_asked) -> tuple[GateResult, list[Analysis], CheckResult, list]:
-        checked = admit(upload)
         pair = served[:2]
+        checked, prepared = admit_prepared(upload, [m.predictor for m in pair])
         thresholds = [_thresholds(m.predictor, t) for m, t in zip(pair, thresholds_asked)]
-        analyses = [m.predictor.analyse(checked.image, cam_method=method_for(m.predictor, method),
-                                        referable_threshold=t[0]) for m, t in zip(pair, thresholds)]
+        analyses = [m.predictor.analyse(photo, cam_method=method_for(m.predictor, method), referable_threshold=t[0])
+                    for m, photo, t in zip(pair, prepared, thresholds)]
         return checked, analyses, image_check(checked, pair, analyses), thresholds
 
     @user_errors
