@@ -266,7 +266,9 @@ def _explanations(config: CheckpointConfig) -> str:
                  f"{1 / test['n_images']:.3f}." if test.get("n_images") else "")
     graded, healthy = test.get("n_images_graded_dr"), config.class_names[0]
     chosen = (f"\nThe default ({CAM_METHOD_NAMES.get(selection['method'], selection['method'])} at "
-              f"`{selection['layer']}`) was chosen by the pointing game on other images: {selection['data']}.\n"
+              f"`{selection['layer']}`) was chosen by the pointing game, then the share of the map's energy on "
+              f"the lesions (a pointing game no better than a centred blob's does not count), on other images: "
+              f"{selection['data']}.\n"
               if selection else "")
     notes = "".join(f"\n- {note}" for note in test.get("notes", []))
     independent = [CAM_METHOD_NAMES.get(m, m) for m in test["methods"] if m in CLASS_INDEPENDENT_METHODS]

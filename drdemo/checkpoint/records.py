@@ -87,15 +87,22 @@ def _cam_test_record(cam_metrics: dict) -> dict:
 
 
 def choose_cam_default(folder: str | Path, cam_metrics: dict, data_description: str, command: str) -> CheckpointConfig:
-    """Make the best-pointing (layer, method) of `cam_metrics` the checkpoint's default CAM and record
-    what it was chosen on (eval/cam_selection.json); a heat map test of the old default (eval/cam.json)
+    """Make the best (layer, method) of `cam_metrics` (drdemo.cam.evaluation's rank) the checkpoint's default CAM
+    and record what it was chosen on (eval/cam_selection.json); a heat map test of the old default (eval/cam.json)
     no longer applies and is removed. Choose on images other than those the card reports."""
     folder = Path(folder)
     config = read_config(folder)
     best = cam_metrics["best"]
-    results = {"layer": best["layer"], "method": best["method"], "rule": "highest pointing game, then energy share",
+    results = {"layer": best["layer"], "method": best["method"],
+               "rule": "highest pointing game above a centre-peaked map's, then energy share",
                "pointing_game": {layer: {m: round(v["pointing_game"], 4) for m, v in table.items()}
-                                 for layer, table in cam_metrics["layers"].items()}}
+                                 for layer, table in cam_metrics["layers"].items()},
+               "energy_share": {layer: {m: round(v["energy_pointing_game"], 4) for m, v in table.items()}
+                                for layer, table in cam_metrics["layers"].items()}}
+    if "centre_baseline" in cam_metrics:
+        centre = cam_metrics["centre_baseline"]
+        results["centre_map"] = {"pointing_game": round(centre["pointing_game"], 4),
+                                 "energy_share": round(centre["energy_pointing_game"], 4)}
     remove_evaluation(folder, "cam")
     config = write_config(folder, replace(config, cam_method=best["method"], cam_target_layer=best["layer"],
                                           cam_evaluation={}))
