@@ -143,3 +143,17 @@ def test_each_model_s_input_is_prepared_beside_the_image_check_and_a_refused_pho
     assert answer.grade(str(blue)).decision.startswith("### Not graded")
     assert answer.compare(str(blue)).decision.startswith("### Not graded")
     assert forwards == []
+
+
+def test_the_learned_check_runs_its_network_once_per_upload_beside_the_rules(tmp_path, monkeypatch):
+    from drdemo.intake.learned_check import LIKELIHOOD
+    from drdemo.serving.photo_check import PhotoCheck, shared_photo_check
+    check = shared_photo_check()
+    if not check.available:
+        return   # tests/test_learned_check.py says why (and fails under DRDEMO_REQUIRE_DATA)
+    batches = []
+    real = PhotoCheck.features
+    monkeypatch.setattr(PhotoCheck, "features", lambda self, views: batches.append(len(views)) or real(self, views))
+    photo = _photo(tmp_path / "eye.png", seed=11, grade=2)
+    checked, _ = handlers.admit_prepared(photo, [_two_models()[0].predictor])
+    assert batches == [1] and LIKELIHOOD in checked.assessment.measurements
