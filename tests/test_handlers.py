@@ -157,3 +157,19 @@ def test_the_learned_check_runs_its_network_once_per_upload_beside_the_rules(tmp
     photo = _photo(tmp_path / "eye.png", seed=11, grade=2)
     checked, _ = handlers.admit_prepared(photo, [_two_models()[0].predictor])
     assert batches == [1] and LIKELIHOOD in checked.assessment.measurements
+
+
+def test_compare_reuses_a_model_s_view_only_when_it_is_the_shared_view_exactly(tmp_path):
+    """A model that sees the photo at COMPARE_VIEW_SIZE made the shared view already; its copy is the same
+    pixels prepare_image makes."""
+    from drdemo.preprocess import prepare_image
+    served = _two_models()
+    side = handlers.COMPARE_VIEW_SIZE
+    at_side = CheckpointConfig.for_architecture("vgg16", input_size=side, provenance={"trained": True, "data": "x"})
+    pair = [served[0].predictor, Predictor(served[1].predictor.model, at_side)]
+    photo = _photo(tmp_path / "fundus.png")
+    checked, prepared = handlers.admit_prepared(photo, pair)
+    analyses = [p.analyse(made) for p, made in zip(pair, prepared)]
+    maps = handlers.compare_maps(checked, pair, analyses, 0.0)
+    expected = prepare_image(checked.image, side, pair[0].config.preprocessing["interpolation"], True)
+    assert all(np.asarray(m).tobytes() == np.asarray(expected).tobytes() for m in maps)

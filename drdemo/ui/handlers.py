@@ -198,8 +198,12 @@ def compare_maps(checked: GateResult, predictors: Sequence[Predictor], analyses:
     model's view, at the same size still."""
     crops = {p.config.preprocessing["crop_fov"] for p in predictors}
     if len(crops) == 1:
-        view = prepare_image(checked.image, COMPARE_VIEW_SIZE, predictors[0].config.preprocessing["interpolation"],
-                             crops.pop())
+        interpolation = predictors[0].config.preprocessing["interpolation"]
+        # a model that sees the photo at this size, resized the same way, already made this view (InceptionV3's)
+        made = [a.model_view for a, p in zip(analyses, predictors)
+                if a.model_view.size == (COMPARE_VIEW_SIZE, COMPARE_VIEW_SIZE)
+                and p.config.preprocessing["interpolation"] == interpolation]
+        view = made[0] if made else prepare_image(checked.image, COMPARE_VIEW_SIZE, interpolation, crops.pop())
         return views.shared_view_overlays(view, analyses, opacity, lesions)
     size = (COMPARE_VIEW_SIZE, COMPARE_VIEW_SIZE)
     return [views.shared_view_overlays(a.model_view.resize(size), [a], opacity, lesions)[0] for a in analyses]
