@@ -81,7 +81,7 @@ class PreparedPhoto:
     something else looks at the same photo (the app's image check does, on the other core)."""
 
     view: Image.Image          # cropped and resized (Analysis.model_view)
-    batch: torch.Tensor        # (1, 3, H, W): the view normalised as the checkpoint says
+    batch: torch.Tensor        # (1, 3, H, W) on the CPU: the view normalised as the checkpoint says
     inside: np.ndarray         # (H, W) bool: the view's field of view
     made_for: tuple            # the preprocessing facts it followed (Predictor._preparation)
     seconds: float             # what preparing it took
@@ -145,14 +145,14 @@ class Predictor:
         """`image` cropped, resized and normalised for this model: the first step of `analyse`, on its own."""
         start = time.perf_counter()
         view = self.model_view(image)
-        batch = self._model_input([view])
+        batch = self._model_input([view], device="cpu")   # may run on any thread; analyse moves it to the model
         return PreparedPhoto(view, batch, field_of_view(view), self._preparation, time.perf_counter() - start)
 
     @property
     def _preparation(self) -> tuple:
         preprocessing = self.config.preprocessing
         return (self.input_size, tuple(self.config.mean), tuple(self.config.std),
-                tuple(sorted((k, str(v)) for k, v in preprocessing.items())), str(self.device))
+                tuple(sorted((k, str(v)) for k, v in preprocessing.items())))
 
     def analyse(self, image: Image.Image | PreparedPhoto, cam_method: str | None = None,
                 cam_target: int | None = None, tta: bool = False,
@@ -168,7 +168,7 @@ class Predictor:
                              "this predictor")
         if prepared is image:
             start -= prepared.seconds   # the preparation counts, wherever it ran
-        view, batch = prepared.view, prepared.batch
+        view, batch = prepared.view, prepared.batch.to(self.device)
         views = len(SYMMETRIES) if tta else self.config.test_time_views
         heatmap = target = spread = heads = None
         if views == 1 and cam_method is not None:
@@ -218,11 +218,11 @@ class Predictor:
                          features=None if features is None else np.asarray(features[i], dtype=np.float32))
                 for i, (p, d, view) in enumerate(zip(probabilities, dme, shown))]
 
-    def _model_input(self, views: Sequence[Image.Image]) -> torch.Tensor:
-        """Model views normalised as the checkpoint says, stacked on the model's device."""
+    def _model_input(self, views: Sequence[Image.Image], device: torch.device | str | None = None) -> torch.Tensor:
+        """Model views normalised as the checkpoint says, stacked on `device` (default: the model's)."""
         preprocessing = self.config.preprocessing
         return torch.stack([normalise(view, self.config.mean, self.config.std, preprocessing["local_contrast"],
-                                      preprocessing["colour_balance"]) for view in views]).to(self.device)
+                                      preprocessing["colour_balance"]) for view in views]).to(device or self.device)
 
     @property
     def _classifier(self) -> str:
