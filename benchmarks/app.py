@@ -336,11 +336,13 @@ def markdown(report: dict) -> str:
         "",
         "| path | p50 (ms) | p95 (ms) | p50 vs InceptionV3 forward |",
         "|---|---|---|---|",
-        f"| `/grade` (MedMamba-T, probabilities + Grad-CAM, 512 px JPEG) | {latency['/grade']['p50_ms']} | "
+        "| `/grade` (MedMamba-T: probabilities and its default heat map, 1280x850 JPEG) | "
+        f"{latency['/grade']['p50_ms']} | "
         f"{latency['/grade']['p95_ms']} | {latency['/grade']['p50_vs_inception']}x |",
         f"| `/grade`, 4000x3000 camera JPEG | {latency['camera_grade']['p50_ms']} | "
         f"{latency['camera_grade']['p95_ms']} | {latency['camera_grade']['p50_vs_inception']}x |",
-        f"| `/compare` (both models, both CAMs) | {latency['/compare']['p50_ms']} | {latency['/compare']['p95_ms']} | "
+        f"| `/compare` (both models and their default heat maps) | {latency['/compare']['p50_ms']} | "
+        f"{latency['/compare']['p95_ms']} | "
         f"{latency['/compare']['p50_vs_inception']}x |",
         f"| `/grade` refused by the gate (no model work: the HTTP, upload and queue floor) | "
         f"{latency['refused_grade']['p50_ms']} | {latency['refused_grade']['p95_ms']} | "

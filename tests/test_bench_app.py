@@ -100,7 +100,7 @@ def test_targets_follow_the_numbers():
 
 def test_markdown_reports_every_measured_number():
     table = bench_app.markdown(_report())
-    assert "| `/compare` (both models, both CAMs) | 100.0 | 120.0 | 3.5x |" in table
+    assert "| `/compare` (both models and their default heat maps) | 100.0 | 120.0 | 3.5x |" in table
     assert "100 answered, 0 errors, 0 lost" in table and "(+5.6%)" in table
     assert "| `/grade` refused by the gate (no model work: the HTTP, upload and queue floor) | 100.0 | 120.0 | 0.6x |" \
         in table
