@@ -145,7 +145,7 @@ def test_each_model_s_input_is_prepared_beside_the_image_check_and_a_refused_pho
     assert forwards == []
 
 
-def test_the_learned_check_runs_its_network_once_per_upload_beside_the_rules(tmp_path, monkeypatch):
+def test_the_learned_check_runs_its_network_once_per_upload(tmp_path, monkeypatch):
     from drdemo.intake.learned_check import LIKELIHOOD
     from drdemo.serving.photo_check import PhotoCheck, shared_photo_check
     check = shared_photo_check()
@@ -173,3 +173,22 @@ def test_compare_reuses_a_model_s_view_only_when_it_is_the_shared_view_exactly(t
     maps = handlers.compare_maps(checked, pair, analyses, 0.0)
     expected = prepare_image(checked.image, side, pair[0].config.preprocessing["interpolation"], True)
     assert all(np.asarray(m).tobytes() == np.asarray(expected).tobytes() for m in maps)
+
+
+def test_grading_leaves_torch_its_threads_for_every_thread_that_comes_after(tmp_path):
+    """torch.set_num_threads anywhere sets the count every thread started later runs with: the handlers' helper
+    threads must not change it, or Gradio's next worker thread grades on one core."""
+    import threading
+
+    import torch
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)   # a count a helper's 1 would differ from, whatever the test run was given
+    try:
+        handlers.make_handlers(_two_models()).compare(_photo(tmp_path / "eye.png"))
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)

@@ -20,7 +20,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,14 +46,6 @@ BATCH = 32
 # Likelihoods kept by their view's bytes: a page's preview and the grading of the same upload, or one photo graded
 # on two tabs, look at the same 224 px view, and the second asks costs no forward.
 REMEMBERED_VIEWS = 64
-
-
-def _one_torch_thread() -> None:
-    torch.set_num_threads(1)   # OpenMP's thread count is per calling thread: the rest of the process keeps its own
-
-
-# `PhotoCheck.look_ahead`'s thread: the network on one core while the caller runs the rules (numpy, one core).
-_AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drdemo-photo-check", initializer=_one_torch_thread)
 
 
 def network_batch(views: Sequence[np.ndarray]) -> torch.Tensor:
@@ -123,12 +114,6 @@ class PhotoCheck:
             return assessment
         return judge(assessment, self.likelihood(view), self.classifier)
 
-    def look_ahead(self, image) -> Future:
-        """Start the network on `image`'s view on a thread of its own with one torch thread, so that the caller can
-        run the rules meanwhile on the other core; `judged` then finds the likelihood remembered (wait for the
-        future first). Nothing to run where the check is unavailable."""
-        return _AHEAD.submit(self.likelihood, network_view(image)) if self.available else _done()
-
     def screen(self, checked: GateResult) -> GateResult:
         """The gate's result with the learned check's judgement; ImageRejected when it refuses the photo."""
         return reassessed(checked, self.judged(checked.assessment, checked.image))
@@ -161,12 +146,6 @@ def load_photo_check(classifier_path: str | Path = CLASSIFIER_PATH, weights: str
     if check.available:   # the first forward allocates; the first upload should not wait for it
         check.likelihoods([np.zeros((VIEW_SIZE, VIEW_SIZE, 3), np.uint8)])
     return check
-
-
-def _done() -> Future:
-    future: Future = Future()
-    future.set_result(None)
-    return future
 
 
 @functools.cache

@@ -31,7 +31,6 @@ from drdemo.predictor import Analysis, Predictor, PreparedPhoto
 from drdemo.preprocess import prepare_image
 from drdemo.serving.photo_check import judged as photo_classifier_judged
 from drdemo.serving.photo_check import screen as photo_classifier_screen
-from drdemo.serving.photo_check import shared_photo_check
 from drdemo.serving.slots import ServedModel
 from drdemo.ui import views
 
@@ -113,26 +112,21 @@ def admit(path: str | Path | None) -> GateResult:
     return photo_classifier_screen(check_upload(path))
 
 
-# Each model's input is made from the decoded photo on these threads while the image check looks at the same photo.
+# Each model's input is made from the decoded photo on these threads while the image check's rules look at the same
+# photo: the rules are numpy and OpenCV on one core, the crop and resize PIL on the other.
 _PREPARING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="drdemo-prepare")
 
 
 def admit_prepared(path: str | Path | None, predictors: Sequence[Predictor]
                    ) -> tuple[GateResult, list[PreparedPhoto]]:
-    """`admit(path)` with the work spread over the cores: the learned check's network (one torch thread), the rules
-    (numpy and OpenCV) and each predictor's `prepare` (PIL) need nothing from each other, so they run side by side.
-    Still no grading forward before the check has passed the photo (a refused photo's preparations are dropped)."""
+    """`admit(path)`, with each predictor's `prepare` of the photo made meanwhile; still no grading forward before
+    the check has passed the photo (a refused photo's preparations are dropped)."""
     if path is None:
         raise ImageRejected("Upload a fundus photo first.")
     image = load_image(path)
-    check = shared_photo_check()
-    looked = check.look_ahead(image)
     jobs = [_PREPARING.submit(predictor.prepare, image) for predictor in predictors]
     try:
-        assessment = assess(image)
-        if assessment.outcome != "refused":   # a photo the rules refuse is not waited for
-            looked.result()   # the likelihood is remembered: screen() below does not run the network again
-        checked = check.screen(admitted(Path(path).name, image, assessment))
+        checked = photo_classifier_screen(admitted(Path(path).name, image, assess(image)))
     except BaseException:
         for job in jobs:
             job.cancel()
