@@ -76,7 +76,8 @@ def test_percentile_interpolates():
 
 def _report(**changes) -> dict:
     latency = {name: {"p50_ms": 100.0, "p95_ms": 120.0, "p50_vs_inception": ratio}
-               for name, ratio in (("/grade", 2.0), ("/compare", 3.5), ("camera_grade", 2.2), ("refused_grade", 0.6))}
+               for name, ratio in (("/grade", 2.0), ("/compare", 3.5), ("camera_grade", 2.2), ("refused_grade", 0.6),
+                                   ("gradio_client_grade", 2.4))}
     load = {"clients": 4, "requests_per_client": 25, "submitted": 100, "ok": 100, "errors": 0, "lost": 0,
             "requests_per_second": 2.0, "latency_p50_s": 1.5, "app_cpu_cores_used": 1.9, "rss_before_mb": 900.0,
             "rss_after_mb": 950.0, "rss_growth_percent": 5.6}
@@ -104,6 +105,7 @@ def test_markdown_reports_every_measured_number():
     assert "100 answered, 0 errors, 0 lost" in table and "(+5.6%)" in table
     assert "| `/grade` refused by the gate (no model work: the HTTP, upload and queue floor) | 100.0 | 120.0 | 0.6x |" \
         in table
+    assert "| `/grade` through gradio_client (it polls its message queue every 50 ms) | 100.0 | 120.0 | 2.4x |" in table
 
 
 def test_app_suite_readme_without_its_section_is_refused(tmp_path, capsys):
@@ -129,7 +131,20 @@ def test_short_load_phase_answers_everything_correctly(app_url):
 
 
 def test_refused_request_is_timed_only_when_the_gate_refuses_it(app_url, tmp_path):
-    client = bench_app._client(app_url)
+    client = bench_app.DirectClient(app_url, tmp_path)
     assert bench_app.call_refused(client, bench_app.non_fundus_upload(tmp_path)) > 0
     with pytest.raises(bench_app.BadAnswer, match="instead of refusing it"):
         bench_app.call_refused(client, EXAMPLES[0])
+
+
+def test_the_direct_client_gets_the_answer_gradio_client_gets(app_url, tmp_path):
+    """The same request through both clients: the same texts and grades, and the images downloaded."""
+    direct = bench_app.DirectClient(app_url, tmp_path)
+    for endpoint in ("/grade", "/compare"):
+        answer = direct.predict(EXAMPLES[0], endpoint)
+        bench_app.check_answer(endpoint, answer)
+        from gradio_client import handle_file
+        reference = bench_app._client(app_url).predict(handle_file(str(EXAMPLES[0])), api_name=endpoint)
+        timeless = [[line for line in text.splitlines() if "Time:" not in line] for text in (answer[0], reference[0])]
+        assert timeless[0] == timeless[1]   # the decision, with every probability and threshold
+    assert bench_app.call_direct(direct, "/grade", EXAMPLES[1]) > 0
