@@ -259,14 +259,13 @@ def test_real_fundus_photos_and_crops_of_them_are_graded(photo_check):
 
 
 def test_the_everyday_corpus_s_report_part_is_refused(photo_check):
-    """A sample of the everyday corpus (python -m benchmarks.gate_setup) the classifier never saw: refused."""
+    """A sample of the everyday corpus (python -m benchmarks.gate_setup) the classifier never saw: refused. The
+    corpus is built from Debian packages on this machine, not part of ../shared/data, so DRDEMO_REQUIRE_DATA does not
+    require it; without it, CI checks everyday photos on the committed ones (tests/everyday, above)."""
     from benchmarks import gate_setup
     entries = gate_setup.corpus_part(gate_setup.DEFAULT_OUT, "report")
     if not entries:
-        message = f"no everyday corpus at {gate_setup.DEFAULT_OUT} (python -m benchmarks.gate_setup makes it)"
-        if REQUIRE_DATA:
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(f"no everyday corpus at {gate_setup.DEFAULT_OUT} (python -m benchmarks.gate_setup makes it)")
     graded = []
     for entry in entries[::25]:
         try:
