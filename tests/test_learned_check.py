@@ -289,3 +289,16 @@ def test_a_view_seen_before_is_not_run_again(photo_check, monkeypatch):
     assert calls == [1]
     check.likelihood(np.ascontiguousarray(view[::-1]))
     assert calls == [1, 1]
+
+
+def test_forget_drops_what_was_remembered(photo_check, monkeypatch):
+    from drdemo.serving.photo_check import PhotoCheck
+    check = PhotoCheck(photo_check.network, photo_check.classifier)
+    calls = []
+    real = check.features
+    monkeypatch.setattr(check, "features", lambda views: calls.append(len(views)) or real(views))
+    view = network_view(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 4]), 0, size=256).image))
+    check.likelihood(view)
+    check.forget()
+    check.likelihood(view)
+    assert calls == [1, 1]

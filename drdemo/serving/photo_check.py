@@ -101,6 +101,11 @@ class PhotoCheck:
                 self._remembered.popitem(last=False)
         return value
 
+    def forget(self) -> None:
+        """Drop the remembered likelihoods (a benchmark timing first uploads calls it)."""
+        with self._lock:
+            self._remembered.clear()
+
     def judged(self, assessment: Assessment, image=None) -> Assessment:
         """`assessment` with the learned check's judgement; the network runs only where the rules have not refused
         and no likelihood was measured yet. `image` serves where the assessment carries no view."""
