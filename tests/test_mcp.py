@@ -19,9 +19,9 @@ def _data_url(path: Path, mime: str) -> str:
 
 async def _session_calls(url: str, calls: list[tuple[str, dict]]) -> tuple[list[str], list]:
     from mcp import ClientSession
-    from mcp.client.streamable_http import streamablehttp_client
+    from mcp.client.streamable_http import streamable_http_client
 
-    async with streamablehttp_client(url) as (read, write, _), ClientSession(read, write) as session:
+    async with streamable_http_client(url) as (read, write, _), ClientSession(read, write) as session:
         await session.initialize()
         tools = [tool.name for tool in (await session.list_tools()).tools]
         results = [await session.call_tool(name, arguments) for name, arguments in calls]
