@@ -26,7 +26,7 @@ from PIL import Image
 from drdemo import batch as batch_grading
 from drdemo.errors import DrdemoError
 from drdemo.intake.fundus_check import Assessment, most_cautious
-from drdemo.intake.gate import GateResult, ImageRejected, admitted, assess, check_upload, load_image
+from drdemo.intake.gate import GateResult, ImageRejected, admitted, assess, load_image
 from drdemo.predictor import Analysis, Predictor, PreparedPhoto
 from drdemo.preprocess import prepare_image
 from drdemo.serving.photo_check import judged as photo_classifier_judged
@@ -107,9 +107,7 @@ def preview(path: str | None) -> tuple[Image.Image | None, str]:
 def admit(path: str | Path | None) -> GateResult:
     """The gate and the learned fundus-versus-everyday check, once per upload and before any grading forward: the
     upright RGB image to grade with what the check found, or ImageRejected saying why."""
-    if path is None:
-        raise ImageRejected("Upload a fundus photo first.")
-    return photo_classifier_screen(check_upload(path))
+    return admit_prepared(path, ())[0]
 
 
 # Each model's input is made from the decoded photo on these threads while the image check's rules look at the same
@@ -120,7 +118,8 @@ _PREPARING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="drdemo-prepar
 def admit_prepared(path: str | Path | None, predictors: Sequence[Predictor]
                    ) -> tuple[GateResult, list[PreparedPhoto]]:
     """`admit(path)`, with each predictor's `prepare` of the photo made meanwhile; still no grading forward before
-    the check has passed the photo (a refused photo's preparations are dropped)."""
+    the check has passed the photo (a refused photo's preparations are dropped). The gate's steps are
+    drdemo.intake.gate.check_upload's, taken apart so the decoded photo can be handed out before the rules run."""
     if path is None:
         raise ImageRejected("Upload a fundus photo first.")
     image = load_image(path)
