@@ -276,14 +276,24 @@ def test_the_everyday_corpus_s_report_part_is_refused(photo_check):
     assert not graded, graded
 
 
-def test_a_view_seen_before_is_not_run_again(photo_check, monkeypatch):
-    """A preview and the grading of the same upload share one forward; another view runs its own."""
+def _counted_check(photo_check, monkeypatch):
+    """A fresh PhotoCheck (nothing remembered) on the shared network, and the list its forwards append to."""
     from drdemo.serving.photo_check import PhotoCheck
     check = PhotoCheck(photo_check.network, photo_check.classifier)
     calls = []
     real = check.features
     monkeypatch.setattr(check, "features", lambda views: calls.append(len(views)) or real(views))
-    view = network_view(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 3]), 0, size=256).image))
+    return check, calls
+
+
+def _fundus_view(seed: int) -> np.ndarray:
+    return network_view(Image.fromarray(generate_fundus(np.random.SeedSequence([77, seed]), 0, size=256).image))
+
+
+def test_a_view_seen_before_is_not_run_again(photo_check, monkeypatch):
+    """A preview and the grading of the same upload share one forward; another view runs its own."""
+    check, calls = _counted_check(photo_check, monkeypatch)
+    view = _fundus_view(3)
     first = check.likelihood(view)
     assert check.likelihood(view.copy()) == first == pytest.approx(float(photo_check.likelihoods([view])[0]))
     assert calls == [1]
@@ -292,12 +302,8 @@ def test_a_view_seen_before_is_not_run_again(photo_check, monkeypatch):
 
 
 def test_forget_drops_what_was_remembered(photo_check, monkeypatch):
-    from drdemo.serving.photo_check import PhotoCheck
-    check = PhotoCheck(photo_check.network, photo_check.classifier)
-    calls = []
-    real = check.features
-    monkeypatch.setattr(check, "features", lambda views: calls.append(len(views)) or real(views))
-    view = network_view(Image.fromarray(generate_fundus(np.random.SeedSequence([77, 4]), 0, size=256).image))
+    check, calls = _counted_check(photo_check, monkeypatch)
+    view = _fundus_view(4)
     check.likelihood(view)
     check.forget()
     check.likelihood(view)
