@@ -298,3 +298,18 @@ def test_train_refuses_a_bad_local_contrast(tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(_args(tiny_data, tmp_path / "x", "--local-contrast", "0.9"))
     assert "--local-contrast must be in [0, 0.5]" in capsys.readouterr().err
+
+
+def test_split_seed_keeps_one_validation_part_across_training_seeds(tiny_data, tmp_path):
+    runs = iter(range(100))
+
+    def split(seed: int, split_seed: int | None) -> dict[str, list[str]]:
+        options = train.RunOptions(model="medmamba_t", data=tiny_data, out=tmp_path / f"run_{next(runs)}",
+                                   seed=seed, split_seed=split_seed, img_size=64, workers=0)
+        parts = train.Trainer(options, train.PRESETS["drdemo"]).parts
+        return {name: [s.image_id for s in part] for name, part in parts.items()}
+
+    assert split(1, 0) == split(2, 0) == split(0, None)  # what a soup of seeds 1 and 2 needs
+    assert split(1, None) != split(0, None)               # without it, the seed draws the split too
+    saved = json.loads((tmp_path / "run_1" / "training" / "split.json").read_text())  # seed 2, split seed 0
+    assert saved["seed"] == 0

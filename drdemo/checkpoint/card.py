@@ -305,6 +305,11 @@ def _starting_weights(provenance: dict) -> str:
         if pretrained:
             lines.append(f"Initialised from ImageNet weights: {pretrained.get('source')}. "
                          f"{pretrained.get('credit', '')}.")
+        soup = stage.get("soup")
+        if soup:
+            parts = ", ".join(f"seed {i.get('seed')} (weight {i.get('weight'):g})" for i in soup.get("ingredients", []))
+            lines.append(f"The weights are the average of {len(soup.get('ingredients', []))} checkpoints fine-tuned "
+                         f"from the same start with different seeds: {parts}. {soup.get('method', '')}.")
         distillation = stage.get("distillation")
         if distillation:
             teacher = distillation.get("teacher_provenance") or {}
@@ -327,7 +332,13 @@ def _how_it_was_made(provenance: dict) -> str:
     data_commands = list(dict.fromkeys(s["data_command"] for s in stages if s.get("data_command")))
     steps = [("Data", command) for command in data_commands]
     for number, stage in enumerate(stages, 1):
-        if stage.get("command"):
+        ingredients = (stage.get("soup") or {}).get("ingredients") or []
+        for index, ingredient in enumerate(ingredients, 1):
+            if ingredient.get("command"):
+                steps.append((f"Training, ingredient {index} of {len(ingredients)}", ingredient["command"]))
+        if ingredients and stage.get("command"):
+            steps.append(("Weight average of the ingredients", stage["command"]))
+        elif stage.get("command"):
             label = "Training" if len(stages) == 1 else f"Training, stage {number} of {len(stages)}"
             seconds = stage.get("training_seconds")
             steps.append((label + (f" ({seconds / 60:.0f} min on {stage.get('device', '?')})" if seconds else ""),

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "AVX512-BF16 or AMX)")
     parser.add_argument("--img-size", type=int, help="input size in pixels (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, help="seed of the validation split (default: --seed); runs that "
+                        "differ only in --seed keep one validation part, so they can be compared and averaged")
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of patients held out to validate")
     parser.add_argument("--val-data", type=Path, help="a separate validation folder instead of a split")
     parser.add_argument("--limit", type=int, help="use only this many images (quick runs)")
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         command = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m drdemo.train " + command.split(" ", 3)[3]
     options = RunOptions(model=args.model, data=args.data, out=args.out, task=args.task, preset=args.preset,
-                         img_size=args.img_size, seed=args.seed, val_fraction=args.val_fraction,
+                         img_size=args.img_size, seed=args.seed, split_seed=args.split_seed,
+                         val_fraction=args.val_fraction,
                          val_data=args.val_data, workers=args.workers, limit=args.limit, resume=args.resume,
                          device=args.device, amp=not args.no_amp, save_every_minutes=args.save_every_minutes,
                          init_from=args.init_from, part=args.part, cpu_bf16=args.cpu_bf16,

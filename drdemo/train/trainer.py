@@ -97,6 +97,7 @@ class RunOptions:
     preset: str = "drdemo"
     img_size: int | None = None
     seed: int = 0
+    split_seed: int | None = None     # seed of the validation split; None: `seed`
     val_fraction: float = 0.15
     val_data: Path | None = None
     workers: int = 2
@@ -230,6 +231,7 @@ class Trainer:
 
     def _load_parts(self) -> tuple[dict[str, list[Sample]], str]:
         options = self.options
+        split_seed = options.seed if options.split_seed is None else options.split_seed
         from drdemo.data import detect_layout
         layout = detect_layout(options.data)
         self.part = options.part if options.part is not None or layout not in PARTS else "train"
@@ -237,7 +239,7 @@ class Trainer:
         if options.limit:
             samples = split_samples(samples, {"train": min(1.0, options.limit / len(samples)),
                                               "rest": max(0.0, 1 - options.limit / len(samples))},
-                                    seed=options.seed)["train"] if options.limit < len(samples) else samples
+                                    seed=split_seed)["train"] if options.limit < len(samples) else samples
         split_path = self.training_dir / SPLIT_NAME
         if options.val_data is not None:
             parts = {"train": samples, "val": load_samples(options.val_data)}
@@ -247,13 +249,13 @@ class Trainer:
             parts = {name: [by_id[i] for i in ids] for name, ids in saved.items()}
         else:
             parts = split_samples(samples, {"train": 1 - options.val_fraction, "val": options.val_fraction},
-                                  seed=options.seed)
+                                  seed=split_seed)
         if not parts["val"]:
             raise TrainingError("the validation part is empty: raise --val-fraction or pass --val-data")
         if self.dist.is_main and not (options.resume and split_path.is_file()):
             self.training_dir.mkdir(parents=True, exist_ok=True)
             split_path.write_text(json.dumps({"data": str(options.data), "layout": layout, "part": self.part,
-                                              "seed": options.seed,
+                                              "seed": split_seed,
                                               "parts": {k: [s.image_id for s in v] for k, v in parts.items()}}) + "\n")
         return parts, layout
 
