@@ -348,3 +348,38 @@ def test_score_of_a_three_head_checkpoint_adds_the_dme_and_joint_accuracy():
     assert metrics["joint_accuracy"] == pytest.approx(expected)
     assert metrics["dme_accuracy"] == pytest.approx(np.mean(dme_logits[:, 0].argmax(1) == np.asarray(risks)))
     assert "joint_accuracy" not in score(config, samples, logits, 1.0)[0]      # single-head: grading only
+
+
+@needs_real_data
+def test_heads_reports_a_three_head_checkpoint_with_one_or_eight_views(tmp_path, capsys, monkeypatch):
+    """`evaluate heads` end to end on a small copy of IDRiD: the validation and test reports, the page's
+    eight-view option reported beside them under its own name, and thresholds never chosen on eight views
+    or on a validation part without cases."""
+    from real_data import tiny_idrid
+
+    from drdemo.tasks import DME_RISKS, LESION_TYPES
+
+    data = tiny_idrid(tmp_path / "idrid" / "B. Disease Grading", per_grade=2, side=128)
+    heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+    checkpoint = tmp_path / "checkpoint"
+    torch.manual_seed(0)
+    save_checkpoint(create_model("medmamba_t", heads=heads).eval(), CheckpointConfig.for_architecture(
+        "medmamba_t", heads=heads, input_size=64, cam_target_layer="backbone.layers.3",
+        provenance={"trained": False}), checkpoint)
+    by_grade = sorted(load_samples(data, part="train"), key=lambda s: (s.grade, s.image_id))  # two of each grade
+    (checkpoint / "training" / "split.json").write_text(json.dumps(
+        {"parts": {"train": [s.image_id for s in by_grade[::2]], "val": [s.image_id for s in by_grade[1::2]]}}))
+    monkeypatch.setenv("DRDEMO_CACHE", str(tmp_path / "cache"))
+    common = ["heads", "--checkpoint", str(checkpoint), "--data", str(data)]
+    assert main([*common, "--part", "val", "--views", "8", "--choose-thresholds"]) == 2
+    assert "--views" in capsys.readouterr().err
+    assert main([*common, "--part", "val", "--choose-thresholds"]) == 2  # this copy gives every photo DME risk 0
+    assert "the validation photos hold no referable DME cases" in capsys.readouterr().err
+    assert main([*common, "--part", "val"]) == 0
+    assert main([*common, "--part", "test"]) == 0
+    assert main([*common, "--part", "test", "--views", "8"]) == 0
+    one, eight = (json.loads((checkpoint / "eval" / name).read_text())
+                  for name in ("lesion_aware_test.json", "lesion_aware_test_8views.json"))
+    assert (one["n"], one["views"], eight["views"]) == (5, 1, 8)
+    assert one["referable_threshold"] == eight["referable_threshold"] == 0.5   # the checkpoint's, either way
+    assert (checkpoint / "eval" / "lesion_aware_val.json").is_file()

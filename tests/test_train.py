@@ -313,3 +313,33 @@ def test_split_seed_keeps_one_validation_part_across_training_seeds(tiny_data, t
     assert split(1, None) != split(0, None)               # without it, the seed draws the split too
     saved = json.loads((tmp_path / "run_1" / "training" / "split.json").read_text())  # seed 2, split seed 0
     assert saved["seed"] == 0
+
+
+def test_torchrun_distils_from_teacher_targets_the_main_process_wrote(real_subset, tmp_path):
+    """Under torchrun, rank 0 computes the teacher's probabilities once and writes them whole; the other rank
+    waits for the file and reads it, instead of writing the same file at the same time."""
+    from real_data import IDRID_OVERLAP, IDRID_SEGMENTATION
+
+    from drdemo.checkpoint import CheckpointConfig, save_checkpoint
+    from drdemo.models import create_model
+    from drdemo.tasks import DME_RISKS, LESION_TYPES
+
+    heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    save_checkpoint(create_model("medmamba_t", heads=heads).eval(), CheckpointConfig.for_architecture(
+        "medmamba_t", heads=heads, input_size=64, provenance={"trained": False}), teacher)
+    out = tmp_path / "student"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "drdemo.train",
+         *_args(real_subset, out, "--preset", "distill", "--teacher", str(teacher), "--epochs", "1",
+                "--batch-size", "4", "--val-fraction", "0.3", "--lesion-data", str(IDRID_SEGMENTATION),
+                "--lesion-overlap", str(IDRID_OVERLAP), "--cache-dir", str(tmp_path / "cache"))],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(f"teacher {teacher}: its probabilities") == 1
+    split = json.loads((out / "training" / "split.json").read_text())["parts"]
+    with np.load(out / "training" / "teacher_targets.npz") as targets:
+        assert targets["ids"].tolist() == split["train"] and targets["grade"].shape == (len(split["train"]), 5)
+    assert not list((out / "training").glob("*.tmp.*"))
+    assert read_config(out).provenance["distillation"]["teacher"] == str(teacher)

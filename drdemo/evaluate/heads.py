@@ -43,14 +43,14 @@ from torch.utils.data import DataLoader
 from drdemo.calibration import class_probabilities
 from drdemo.cam.lesion_maps import score_lesion_maps, upsample_lesion_maps
 from drdemo.cam.metrics import pointing_tolerance
-from drdemo.checkpoint import CheckpointError, code_commit, load_model
+from drdemo.checkpoint import CheckpointError, LoadedModel, code_commit, load_model
 from drdemo.checkpoint.io import read_config, write_config
 from drdemo.data import load_photos, load_samples
 from drdemo.data.datasets import Sample, open_image
 from drdemo.data.lesions import grading_copies, load_lesion_samples
 from drdemo.data.prepared import LesionGradingDataset, lesion_stack, prepare_cached
 from drdemo.errors import DrdemoError
-from drdemo.inference import loader_outputs
+from drdemo.inference import VIEW_COUNTS, loader_outputs
 from drdemo.metrics import combined_referral_metrics, dme_metrics, grading_metrics, joint_accuracy
 from drdemo.models import model_defaults
 from drdemo.preprocess import balance_colour, field_of_view, fundus_mask, normalise, prepare_image, prepare_mask
@@ -73,6 +73,11 @@ def _outputs(loaded, images: np.ndarray, samples: Sequence[Sample]) -> dict[str,
                                memory_format=model_defaults(config.architecture).memory_format)
     return {"grade": class_probabilities(arrays["logits"], config.calibration),
             "dme": class_probabilities(arrays["dme_logits"], None)}
+
+
+def _with_views(loaded: LoadedModel, views: int) -> LoadedModel:
+    """`loaded`, grading the mean of `views` symmetric views of each photo (drdemo.calibration)."""
+    return replace(loaded, config=replace(loaded.config, test_time_views=views))
 
 
 def fov_mean_colours(images: np.ndarray) -> np.ndarray:
@@ -111,10 +116,14 @@ def _model_input_colours(config, images: np.ndarray) -> np.ndarray:
 def mean_colour_probe(train_colours: np.ndarray, train_grades: np.ndarray, test_colours: np.ndarray,
                       test_grades: np.ndarray) -> dict:
     """Any-DR from nothing but the mean colour inside the field of view: a logistic regression's AUC in 5-fold
-    cross-validation on the training photos and, fitted on all of them, on the evaluated photos."""
+    cross-validation on the training photos and, fitted on all of them, on the evaluated photos (None where
+    too few photos of a class leave nothing to fit or score: fewer folds down to 2, then none)."""
     probe = LogisticRegression(max_iter=2000)
     y_train, y_test = (np.asarray(train_grades) >= 1).astype(int), (np.asarray(test_grades) >= 1).astype(int)
-    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    smallest = min(int(y_train.sum()), int(len(y_train) - y_train.sum()))
+    if smallest < 2:
+        return {"train_cv_auc": None, "evaluated_auc": None}
+    folds = StratifiedKFold(min(5, smallest), shuffle=True, random_state=0)
     cv = cross_val_predict(probe, train_colours, y_train, cv=folds, method="predict_proba")[:, 1]
     probe.fit(train_colours, y_train)
     test = probe.predict_proba(test_colours)[:, 1]
@@ -122,7 +131,11 @@ def mean_colour_probe(train_colours: np.ndarray, train_grades: np.ndarray, test_
             "evaluated_auc": float(roc_auc_score(y_test, test)) if 0 < y_test.sum() < len(y_test) else None}
 
 
-def _highest_threshold(truth: np.ndarray, scores: np.ndarray, min_sensitivity: float) -> float:
+def _highest_threshold(truth: np.ndarray, scores: np.ndarray, min_sensitivity: float, what: str) -> float:
+    """The highest threshold (to 0.001) whose sensitivity for `truth` reaches `min_sensitivity`."""
+    if truth.all() or not truth.any():
+        raise CheckpointError(f"cannot choose the {what} threshold: the validation photos hold "
+                              f"{'only' if truth.all() else 'no'} {what} cases")
     _, tpr, thresholds = roc_curve(truth, scores)
     reachable = thresholds[(tpr >= min_sensitivity) & np.isfinite(thresholds)]
     return float(np.floor(min(max(reachable.max(), 0.001), 0.999) * 1000) / 1000)
@@ -167,6 +180,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "referral rate is reported (DRIVE, CHASE_DB1)")
     parser.add_argument("--choose-thresholds", action="store_true", help="with --part val: set both referral "
                         "thresholds for sensitivity >= 0.9")
+    parser.add_argument("--views", type=int, choices=VIEW_COUNTS, help="grade the mean of this many symmetric views "
+                        "of each photo, as the page's test-time augmentation does (default: the checkpoint's "
+                        "test_time_views); the report's name then ends in _<N>views")
     parser.add_argument("--out", type=Path, help="folder for metrics.json (default: the checkpoint's eval/)")
 
 
@@ -174,6 +190,10 @@ def run(args: argparse.Namespace, command: str) -> str:
     """The report, written; its top-level numbers as JSON text."""
     if args.choose_thresholds and args.part != "val":
         raise CheckpointError("--choose-thresholds chooses on the validation part: use --part val")
+    if args.choose_thresholds and args.views is not None and args.views != read_config(args.checkpoint).test_time_views:
+        raise CheckpointError("--choose-thresholds with --views: the thresholds would be chosen on other "
+                              "probabilities than the checkpoint serves; set its views first (evaluate calibrate "
+                              "--views N)")
     result = evaluate(args, command)
     return json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=1)
 
@@ -205,19 +225,22 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
     interpolation, crop = config.preprocessing["interpolation"], config.preprocessing["crop_fov"]
     train_images = prepare_cached(train, size, interpolation, crop)
     images = prepare_cached(samples, size, interpolation, crop)
-    loaded = load_model(folder, device="cpu")
+    views = config.test_time_views if args.views is None else args.views
+    loaded = _with_views(load_model(folder, device="cpu"), views)
     outputs = _outputs(loaded, images, samples)
     grades = np.asarray([s.grade for s in samples])
     risks = np.asarray([s.dme for s in samples])
     p_referable, p_dme = outputs["grade"][:, 2:].sum(axis=1), outputs["dme"][:, REFERABLE_DME_RISK]
     if args.choose_thresholds:
-        config = replace(config, referable_threshold=_highest_threshold(grades >= 2, p_referable, MIN_SENSITIVITY),
-                         dme_threshold=_highest_threshold(risks == REFERABLE_DME_RISK, p_dme, MIN_SENSITIVITY))
+        config = replace(config, referable_threshold=_highest_threshold(grades >= 2, p_referable, MIN_SENSITIVITY,
+                                                                        "referable DR"),
+                         dme_threshold=_highest_threshold(risks == REFERABLE_DME_RISK, p_dme, MIN_SENSITIVITY,
+                                                          "referable DME"))
         write_config(folder, config)
-        loaded = load_model(folder, device="cpu")
+        loaded = _with_views(load_model(folder, device="cpu"), views)
     photos = "the validation photos held out of training" if args.part == "val" else "the official test split"
     result = {"data": f"IDRiD disease grading, {photos} ({len(samples)} photos)", "part": args.part,
-              "n": len(samples), "command": command, "code_commit": code_commit()}
+              "n": len(samples), "views": views, "command": command, "code_commit": code_commit()}
     result.update(grading_metrics(grades, outputs["grade"], "icdr5", config.class_names,
                                   referable_threshold=config.referable_threshold))
     result.update(dme_metrics(risks, outputs["dme"], threshold=config.dme_threshold))
@@ -246,7 +269,8 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
                                                               "referred_share": float(referred.mean())}
     out = args.out or folder / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"lesion_aware_{args.part}.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = f"lesion_aware_{args.part}" + (f"_{views}views" if views != config.test_time_views else "")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     if args.out is not None:
         (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

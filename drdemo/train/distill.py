@@ -10,6 +10,7 @@ photo (so no grading-test or validation photo slips in), and other cameras' phot
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def load_or_compute_teacher_targets(path: Path, teacher: Path, samples: Sequence
                 return {"grade": saved["grade"], "dme": saved["dme"]}
     targets = teacher_targets(teacher, samples, device, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, ids=ids, **targets)
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(temporary, ids=ids, **targets)
+    os.replace(temporary, path)  # a reader never sees half a file
     return targets
 
 

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -391,6 +392,17 @@ class Trainer:
     def _heads_loss(self, output: HeadsOutput, targets: dict) -> torch.Tensor:
         return three_head_loss(output, targets, self.recipe, self.loss_fn, self.dme_loss_fn)
 
+    def _teacher_targets(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+        """The teacher's targets for `samples`: computed once, by the main process under torchrun, while the
+        other ranks wait and then read the file it wrote."""
+        path, options = self.training_dir / TEACHER_TARGETS_NAME, self.options
+        if self.dist.enabled and not self.dist.is_main:
+            dist.barrier()
+        targets = load_or_compute_teacher_targets(path, options.teacher, samples, self.device, options.cache_dir)
+        if self.dist.enabled and self.dist.is_main:
+            dist.barrier()
+        return targets
+
     def _lesion_grading_sets(self, input_size: int) -> tuple[Dataset, Dataset]:
         """Training and validation sets of a three-head recipe, from prepared (cached) photos; lesion masks only
         for training photos (the validation photos' masks would let it choose on what it learned from)."""
@@ -409,8 +421,7 @@ class Trainer:
         if options.teacher is not None:
             extra = unlabelled_photos(options.unlabelled, overlap)
             labelled_and_extra = list(self.parts["train"]) + extra
-            soft_targets = load_or_compute_teacher_targets(self.training_dir / TEACHER_TARGETS_NAME, options.teacher,
-                                                           labelled_and_extra, self.device, options.cache_dir)
+            soft_targets = self._teacher_targets(labelled_and_extra)
             self.config = replace(self.config, provenance=dict(self.config.provenance, distillation={
                 "teacher": str(options.teacher), "teacher_provenance": read_config(options.teacher).provenance,
                 "weight": self.recipe.distill_weight, "temperature": self.recipe.distill_temperature,
