@@ -2,6 +2,7 @@
 ported onto torchvision's Inception3 and checked against the wheel's own TorchScript network."""
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -51,7 +52,9 @@ def test_features_equal_the_wheels_torchscript_network(offline_torchvision, one_
     assert "Szegedy" in model.default_cfg["pretrained"]["credit"]
     model.fc = nn.Identity()
     model.eval()
-    reference = torch.jit.load(str(WHEEL), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice; the wheel is TorchScript
+        reference = torch.jit.load(str(WHEEL), map_location="cpu").eval()
     x = (_pixels(0) - 128) / 128
     with torch.no_grad():
         ours, theirs = model(x), reference(x)
