@@ -383,3 +383,7 @@ def test_heads_reports_a_three_head_checkpoint_with_one_or_eight_views(tmp_path,
     assert (one["n"], one["views"], eight["views"]) == (5, 1, 8)
     assert one["referable_threshold"] == eight["referable_threshold"] == 0.5   # the checkpoint's, either way
     assert (checkpoint / "eval" / "lesion_aware_val.json").is_file()
+    from drdemo.checkpoint.io import write_card
+    card = write_card(checkpoint).read_text()   # the eight views are a column of the card's three-head table
+    assert "| validation (5 photos) | test (5 photos) | test, mean of 8 views: the page's test-time option" in card
+    assert "Other recorded evaluations" not in card

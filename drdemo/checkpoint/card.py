@@ -4,6 +4,8 @@ about the weights, written from config.json alone, so the card never says what t
 
 from __future__ import annotations
 
+import re
+
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from drdemo.cam.methods import CAM_METHOD_NAMES, CLASS_INDEPENDENT_METHODS
@@ -98,6 +100,11 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
     runs = {part: evaluations.get(f"lesion_aware_{part}") for part in ("val", "test")}
     if not config.heads or not any(runs.values()):
         return ""
+    columns = [(f"{'validation' if part == 'val' else 'test'} ({record['n']} photos)", record)
+               for part, record in runs.items() if record]
+    columns += [(f"{'validation' if record.get('part') == 'val' else 'test'}, mean of {record.get('views')} views: "
+                 f"the page's test-time option ({record['n']} photos)", record)
+                for name, record in sorted(evaluations.items()) if VIEWS_REPORT.fullmatch(name)]
     keys = (("qwk", "DR grade: QWK"), ("accuracy", "DR grade: accuracy"), ("referable_auc", "referable DR: ROC AUC"),
             ("referable_sensitivity", "referable DR: sensitivity at the threshold"),
             ("referable_specificity", "referable DR: specificity at the threshold"),
@@ -105,14 +112,14 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
             ("joint_accuracy", "joint accuracy (grade and DME risk both right)"),
             ("combined_referral_sensitivity", "combined referral: sensitivity"),
             ("combined_referral_specificity", "combined referral: specificity"))
-    header = " | ".join(f"{'validation' if p == 'val' else 'test'} ({runs[p]['n']} photos)" for p in runs if runs[p])
-    rows = "\n".join(f"| {label} | " + " | ".join(_number(runs[p].get(k)) for p in runs if runs[p]) + " |"
+    header = " | ".join(label for label, _ in columns)
+    rows = "\n".join(f"| {label} | " + " | ".join(_number(record.get(k)) for _, record in columns) + " |"
                      for k, label in keys)
     lines = [f"\n### Three heads: DR grade ({config.heads['grade_head']} head served), macular oedema risk, "
              f"lesion maps\n\nThresholds: refer when P(grade >= 2) reaches {config.referable_threshold:g} or "
              f"P(DME risk 2) reaches {config.dme_threshold:g}, both chosen on the validation photos for "
              f"sensitivity >= 0.9.\n\n"
-             f"| metric | {header} |\n|---|" + "---|" * sum(1 for p in runs if runs[p]) + f"\n{rows}\n"]
+             f"| metric | {header} |\n|---|" + "---|" * len(columns) + f"\n{rows}\n"]
     test = runs["test"]
     if test:
         shift, probe = test["colour_shift"], test["mean_colour_probe"]
@@ -373,6 +380,8 @@ def _how_it_was_made(provenance: dict) -> str:
 # eval/ records the card's own sections show; every other kind is listed under "Other recorded evaluations".
 SHOWN_EVALUATIONS = ("validation", "test", "calibration", "referable_threshold", "cam", "cam_selection",
                      "lesion_aware_val", "lesion_aware_test")
+# `evaluate heads --views N` reports (lesion_aware_<part>_<N>views): a column of the three-head table.
+VIEWS_REPORT = re.compile(r"lesion_aware_(val|test)_\d+views")
 INDEX_SKIPPED = {"n", "seconds", "images_per_second", "threshold", "referable_threshold", "views"}
 
 
@@ -414,7 +423,7 @@ def _other_evaluations(evaluations: dict[str, dict]) -> str:
 
     blocks = []
     for name, record in evaluations.items():
-        if name in SHOWN_EVALUATIONS or name.startswith(OTHER_CAMERA_PREFIX):
+        if name in SHOWN_EVALUATIONS or name.startswith(OTHER_CAMERA_PREFIX) or VIEWS_REPORT.fullmatch(name):
             continue
         rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
                          for key, value in _scalars(results_of(record)).items()) or "| (none) | - |"
