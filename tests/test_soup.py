@@ -97,3 +97,17 @@ def test_the_command_line_explains_bad_arguments(tmp_path, capsys):
     assert "new folder" in capsys.readouterr().err
     assert main([str(good), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_the_served_grade_head_is_a_choice_not_the_network():
+    from drdemo.tasks import DME_RISKS, LESION_TYPES
+    from drdemo.train.soup import check_ingredients
+
+    def config(**heads):
+        heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES), **heads}
+        return CheckpointConfig.for_architecture("medmamba_t", heads=heads, cam_target_layer="backbone.layers.3",
+                                                 provenance={"trained": True, "pretrained": START})
+
+    check_ingredients([config(), config(grade_head="ordinal")], ["a", "b"])   # both heads are in both networks
+    with pytest.raises(CheckpointError, match="heads"):
+        check_ingredients([config(), config(lesion_types=["microaneurysm"])], ["a", "b"])
