@@ -337,7 +337,8 @@ def test_torchrun_distils_from_teacher_targets_the_main_process_wrote(real_subse
                 "--batch-size", "4", "--val-fraction", "0.3", "--lesion-data", str(IDRID_SEGMENTATION),
                 "--lesion-overlap", str(IDRID_OVERLAP), "--cache-dir", str(tmp_path / "cache"))],
         capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert result.returncode == 0, "\n".join(line for line in result.stderr.splitlines() if "error" in line.lower())[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 0, "\n".join(errors)[-3000:]
     assert result.stderr.count(f"teacher {teacher}: its probabilities") == 1
     split = json.loads((out / "training" / "split.json").read_text())["parts"]
     with np.load(out / "training" / "teacher_targets.npz") as targets:
