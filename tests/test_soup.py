@@ -95,6 +95,9 @@ def test_the_command_line_explains_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(good), str(good), "--out", str(good)])
     assert "new folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(good), str(good), "--out", str(tmp_path)])
+    assert "not empty" in capsys.readouterr().err
     assert main([str(good), str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "missing" in capsys.readouterr().err
 

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--weights: give {len(args.checkpoints)} non-negative numbers with a positive sum")
     if args.out.resolve() in {folder.resolve() for folder in args.checkpoints}:
         parser.error("--out must be a new folder, not one of the ingredients")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        parser.error(f"--out {args.out} is not empty: choose a new folder (a soup's records must not mix with "
+                     f"another checkpoint's)")
     command = "python -m drdemo.train.soup " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
