@@ -39,16 +39,24 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture()
 def untrained_checkpoint() -> Callable[..., Path]:
     """Writes a checkpoint folder of freshly initialised weights: `make(folder, architecture, seed)` returns the
-    folder. Seeded, so two seeds are two different checkpoints and one seed is the same one twice."""
+    folder. Seeded, so two seeds are two different checkpoints and one seed is the same one twice.
+    `three_heads=True` makes a MultiHeadNet (grade, DME risk, lesion maps); `input_size` overrides the model's."""
     import torch
 
     from drdemo.checkpoint import CheckpointConfig, save_checkpoint
-    from drdemo.models import create_model
+    from drdemo.models import create_model, model_defaults
+    from drdemo.tasks import DME_RISKS, LESION_TYPES
 
-    def make(folder: Path, architecture: str = "medmamba_t", seed: int = 0) -> Path:
+    def make(folder: Path, architecture: str = "medmamba_t", seed: int = 0, three_heads: bool = False,
+             input_size: int | None = None) -> Path:
         torch.manual_seed(seed)
-        return save_checkpoint(create_model(architecture).eval(), CheckpointConfig.for_architecture(
-            architecture, provenance={"trained": False, "seed": seed}), folder)
+        heads = ({"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+                 if three_heads else {})
+        overrides = {"input_size": input_size} if input_size else {}
+        if three_heads:
+            overrides.update(heads=heads, cam_target_layer="backbone." + model_defaults(architecture).cam_target_layer)
+        return save_checkpoint(create_model(architecture, heads=heads).eval(), CheckpointConfig.for_architecture(
+            architecture, provenance={"trained": False, "seed": seed}, **overrides), folder)
 
     return make
 

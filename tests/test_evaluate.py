@@ -351,21 +351,15 @@ def test_score_of_a_three_head_checkpoint_adds_the_dme_and_joint_accuracy():
 
 
 @needs_real_data
-def test_heads_reports_a_three_head_checkpoint_with_one_or_eight_views(tmp_path, capsys, monkeypatch):
+def test_heads_reports_a_three_head_checkpoint_with_one_or_eight_views(tmp_path, capsys, monkeypatch,
+                                                                     untrained_checkpoint):
     """`evaluate heads` end to end on a small copy of IDRiD: the validation and test reports, the page's
     eight-view option reported beside them under its own name, and thresholds never chosen on eight views
     or on a validation part without cases."""
     from real_data import tiny_idrid
 
-    from drdemo.tasks import DME_RISKS, LESION_TYPES
-
     data = tiny_idrid(tmp_path / "idrid" / "B. Disease Grading", per_grade=2, side=128)
-    heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
-    checkpoint = tmp_path / "checkpoint"
-    torch.manual_seed(0)
-    save_checkpoint(create_model("medmamba_t", heads=heads).eval(), CheckpointConfig.for_architecture(
-        "medmamba_t", heads=heads, input_size=64, cam_target_layer="backbone.layers.3",
-        provenance={"trained": False}), checkpoint)
+    checkpoint = untrained_checkpoint(tmp_path / "checkpoint", three_heads=True, input_size=64)
     by_grade = sorted(load_samples(data, part="train"), key=lambda s: (s.grade, s.image_id))  # two of each grade
     (checkpoint / "training" / "split.json").write_text(json.dumps(
         {"parts": {"train": [s.image_id for s in by_grade[::2]], "val": [s.image_id for s in by_grade[1::2]]}}))

@@ -315,21 +315,12 @@ def test_split_seed_keeps_one_validation_part_across_training_seeds(tiny_data, t
     assert saved["seed"] == 0
 
 
-def test_torchrun_distils_from_teacher_targets_the_main_process_wrote(real_subset, tmp_path):
+def test_torchrun_distils_from_teacher_targets_the_main_process_wrote(real_subset, tmp_path, untrained_checkpoint):
     """Under torchrun, rank 0 computes the teacher's probabilities once and writes them whole; the other rank
     waits for the file and reads it, instead of writing the same file at the same time."""
     from real_data import IDRID_OVERLAP, IDRID_SEGMENTATION
 
-    from drdemo.checkpoint import CheckpointConfig, save_checkpoint
-    from drdemo.models import create_model
-    from drdemo.tasks import DME_RISKS, LESION_TYPES
-
-    heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
-    teacher = tmp_path / "teacher"
-    torch.manual_seed(0)
-    save_checkpoint(create_model("medmamba_t", heads=heads).eval(), CheckpointConfig.for_architecture(
-        "medmamba_t", heads=heads, input_size=64, cam_target_layer="backbone.layers.3",
-        provenance={"trained": False}), teacher)
+    teacher = untrained_checkpoint(tmp_path / "teacher", three_heads=True, input_size=64)
     out = tmp_path / "student"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "drdemo.train",
