@@ -7,7 +7,7 @@ import torch
 from real_data import IDRID_OVERLAP, IDRID_SEGMENTATION, SHARED_DATA, skip_without_real_data
 from torch import nn
 
-from drdemo.train.distill import distillation_loss, unlabelled_photos
+from drdemo.train.distill import distillation_loss, teacher_map_indices, unlabelled_photos
 from drdemo.train.recipes import PRESETS
 from drdemo.train.trainer import three_head_loss
 
@@ -74,3 +74,47 @@ def test_unlabelled_idrid_photos_copy_no_grading_photo():
     assert not {p.image_id.split("/")[-1] for p in idrid} & copies
     with pytest.raises(ValueError, match="--lesion-overlap"):
         unlabelled_photos([segmentation], None)
+
+
+def test_a_teachers_lesion_maps_become_soft_masks_that_move_with_the_photo():
+    """A photo without drawn masks learns the teacher's maps, resized to the input and moved by the same flips
+    and warps as the photo; drawn masks stay binary; a photo given both is refused."""
+    import numpy as np
+
+    from drdemo.data.augment import JointAugment
+    from drdemo.data.datasets import Sample
+    from drdemo.data.prepared import LesionGradingDataset
+    from drdemo.tasks import LESION_TYPES
+    size, types = 32, len(LESION_TYPES)
+    images = np.zeros((2, size, size, 3), np.uint8)
+    images[:, 4:28, 4:28] = 120
+    teacher = np.zeros((types, 8, 8), np.float16)
+    teacher[1, :, :4] = 0.8   # haemorrhage probability 0.8 over the left half
+    drawn = np.zeros((types, size, size), bool)
+    drawn[2, 10:12, 10:12] = True
+    samples = [Sample("a", Path("a.jpg"), 2, "a"), Sample("b", Path("b.jpg"), -1, "b")]
+    kwargs = dict(mean=(0.5,) * 3, std=(0.5,) * 3, local_contrast_sigma=0.0, colour_balance=False)
+    plain = LesionGradingDataset(samples, images, {0: drawn}, kwargs, teacher_maps={1: teacher})
+    _, taught = plain[1]
+    assert taught["has_masks"] and taught["masks"].dtype == torch.float32
+    assert taught["masks"][1, :, :14].min() == pytest.approx(0.8, abs=0.01) and taught["masks"][1, :, 18:].max() == 0
+    _, labelled = plain[0]
+    assert set(labelled["masks"].unique().tolist()) == {0.0, 1.0}
+    recipe = PRESETS["distill"]
+    flip_only = type(recipe.augmentation)(horizontal_flip=True)
+    augmented = LesionGradingDataset(samples, images, {}, kwargs, JointAugment(flip_only), teacher_maps={1: teacher})
+    halves = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        masks = augmented[1][1]["masks"][1]
+        halves.add("left" if masks[:, :14].min() > 0.7 else "right" if masks[:, 18:].min() > 0.7 else "?")
+    assert halves == {"left", "right"}
+    with pytest.raises(ValueError, match="one of them"):
+        LesionGradingDataset(samples, images, {1: drawn}, kwargs, teacher_maps={1: teacher})
+
+
+def test_no_teacher_map_of_a_photo_whose_lesion_maps_are_scored():
+    skip_without_real_data(IDRID_SEGMENTATION)
+    photos = unlabelled_photos([IDRID_SEGMENTATION, SHARED_DATA / "chase_db1"], IDRID_OVERLAP)
+    allowed = teacher_map_indices(photos, [IDRID_SEGMENTATION, SHARED_DATA / "chase_db1"])
+    assert [photos[i].image_id.split("/")[0] for i in allowed] == ["chase_db1"] * 28

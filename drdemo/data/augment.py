@@ -80,7 +80,7 @@ class Augmentation:
 
 class JointAugment:
     """A training image and its lesion masks changed together: the same flips, affine warp and clipped
-    field of view move both (masks with nearest-neighbour sampling, so they stay binary); blur, colour,
+    field of view move both (masks with nearest-neighbour sampling, so drawn masks stay binary); blur, colour,
     exposure and illumination change the image alone. Randomness comes from torch's global generator,
     so the trainer's per-batch seeding makes a run repeatable."""
 
@@ -96,7 +96,9 @@ class JointAugment:
         self.photometric = KeepSurround(photometric) if photometric else None
 
     def __call__(self, image: Image.Image, masks: np.ndarray | None = None) -> tuple[Image.Image, np.ndarray | None]:
-        """(image, masks) -> their augmented copies; `masks` is (types, H, W) bool over the image, or None."""
+        """(image, masks) -> their augmented copies; `masks` is (types, H, W) over the image, bool (drawn masks)
+        or uint8 (soft masks, probability x 255; drdemo.data.prepared.soft_masks) and comes back in its own
+        dtype, or None."""
         a = self.augmentation
         pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
         layers = torch.from_numpy(masks.astype(np.uint8)) if masks is not None else None
@@ -126,7 +128,7 @@ class JointAugment:
             result = self.blur(result)
         if self.photometric is not None:
             result = self.photometric(result)
-        return result, (layers.numpy().astype(bool) if layers is not None else None)
+        return result, (layers.numpy().astype(masks.dtype) if layers is not None else None)
 
 
 # Ours: fundus photos have no canonical orientation and vary in exposure and colour cast between

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -105,13 +106,16 @@ class LesionGradingDataset(Dataset):
 
     `images` are the prepared photos (`prepare_cached`); `masks` maps an index to its lesion masks at the
     input size (`prepared_masks`); a photo without masks gets zeros and has_masks False, so the lesion
-    loss skips it. `augment` (a JointAugment, training only) moves masks with the image; `normalise_kwargs`
+    loss skips it, unless `teacher_maps` maps its index to a teacher's lesion probabilities (types, h, w): then
+    those, resized to the input, are its soft masks. "masks" are float32 in [0, 1].
+    `augment` (a JointAugment, training only) moves masks with the image; `normalise_kwargs`
     are the checkpoint's mean, std, local_contrast_sigma and colour_balance.
     """
 
     def __init__(self, samples: Sequence[Sample], images: np.ndarray, masks: Mapping[int, np.ndarray],
                  normalise_kwargs: Mapping, augment: Callable | None = None,
-                 soft_targets: Mapping[str, np.ndarray] | None = None):
+                 soft_targets: Mapping[str, np.ndarray] | None = None,
+                 teacher_maps: Mapping[int, np.ndarray] | None = None):
         if len(images) != len(samples):
             raise ValueError(f"{len(images)} prepared images for {len(samples)} samples")
         # a teacher's log-probabilities per sample ({"grade": (n, 5), "dme": (n, 3)}), returned as
@@ -119,6 +123,9 @@ class LesionGradingDataset(Dataset):
         self.soft_targets = dict(soft_targets or {})
         if any(len(values) != len(samples) for values in self.soft_targets.values()):
             raise ValueError(f"soft targets for {len(samples)} samples needed")
+        self.teacher_maps = dict(teacher_maps or {})
+        if set(self.teacher_maps) & set(masks):
+            raise ValueError("a photo has drawn lesion masks and a teacher's maps: give it one of them")
         self.samples, self.images, self.masks = list(samples), images, dict(masks)
         self.normalise_kwargs, self.augment = dict(normalise_kwargs), augment
         self.size = images.shape[1]
@@ -131,13 +138,26 @@ class LesionGradingDataset(Dataset):
         image = Image.fromarray(np.asarray(self.images[index]))
         masks = self.masks.get(index)
         has_masks = masks is not None
-        masks = np.asarray(masks) if has_masks else np.zeros((len(LESION_TYPES), self.size, self.size), bool)
+        if has_masks:
+            masks = np.asarray(masks)
+        elif index in self.teacher_maps:
+            masks, has_masks = soft_masks(self.teacher_maps[index], self.size), True
+        else:
+            masks = np.zeros((len(LESION_TYPES), self.size, self.size), bool)
         if self.augment is not None:
             image, masks = self.augment(image, masks)
         sample = self.samples[index]
         tensor = normalise(image, **self.normalise_kwargs)
+        masks = masks.astype(np.float32) / 255 if masks.dtype == np.uint8 else masks.astype(np.float32)
         targets = {"grade": sample.grade, "dme": NO_LABEL if sample.dme is None else sample.dme,
                    "masks": torch.from_numpy(np.ascontiguousarray(masks)), "has_masks": has_masks}
         for name, values in self.soft_targets.items():
             targets[f"teacher_{name}"] = torch.from_numpy(np.asarray(values[index], dtype=np.float32))
         return tensor, targets
+
+
+def soft_masks(probabilities: np.ndarray, size: int) -> np.ndarray:
+    """(types, h, w) lesion probabilities -> (types, size, size) uint8 soft masks (probability x 255), resized
+    bilinearly, the form JointAugment moves with the image."""
+    return np.stack([np.clip(cv2.resize(np.asarray(layer, np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+                             * 255 + 0.5, 0, 255).astype(np.uint8) for layer in probabilities])

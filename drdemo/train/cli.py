@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unlabelled", type=Path, nargs="+", default=[], help="folders of photos only the teacher "
                         "labels (IDRiD's segmentation folder gives only photos that copy no grading photo)")
     parser.add_argument("--distill-weight", type=float, help="weight of the teacher's loss (0: off)")
+    parser.add_argument("--distill-lesions", action=argparse.BooleanOptionalAction, help="learn the teacher's "
+                        "lesion maps too, on the photos without drawn lesion masks")
     parser.add_argument("--backbone-lr-ratio", type=float, help="the pretrained layers' rate as a share of --lr")
     parser.add_argument("--local-contrast", type=float, help="local contrast sigma as a share of the input size "
                         "(0: off; the real preset's 0.0167 is Ben Graham's)")
@@ -85,7 +87,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         ("weight_decay", args.weight_decay), ("warmup_epochs", args.warmup_epochs),
         ("label_smoothing", args.label_smoothing), ("local_contrast", args.local_contrast),
         ("ema_decay", args.ema), ("pretrained", args.pretrained), ("freeze_epochs", args.freeze_epochs),
-        ("backbone_lr_ratio", args.backbone_lr_ratio), ("distill_weight", args.distill_weight)) if value is not None}
+        ("backbone_lr_ratio", args.backbone_lr_ratio), ("distill_weight", args.distill_weight),
+        ("distill_lesions", args.distill_lesions)) if value is not None}
     if args.no_class_weights:
         overrides["class_weights"] = False
     return replace(recipe, **overrides)
@@ -108,6 +111,8 @@ def _validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
          f"--teacher {args.teacher} is not a checkpoint folder (no config.json)"),
         (args.teacher is not None and not PRESETS[args.preset].heads,
          "--teacher needs a three-head recipe (--preset distill)"),
+        (bool(args.distill_lesions) and args.teacher is None and not args.resume,
+         "--distill-lesions learns a teacher's lesion maps: pass --teacher CHECKPOINT"),
         (any(not folder.is_dir() for folder in args.unlabelled),
          f"--unlabelled: {', '.join(str(f) for f in args.unlabelled if not f.is_dir())} is not a folder"),
         (args.backbone_lr_ratio is not None and not 0 < args.backbone_lr_ratio <= 1,

@@ -1,5 +1,6 @@
 """Knowledge distillation: a student (MedMamba, which has no pretrained weights) taught by a fine-tuned teacher
-checkpoint's grade and DME probabilities (Hinton et al. 2015; DeiT's soft distillation, Touvron et al. 2021).
+checkpoint's grade and DME probabilities (Hinton et al. 2015; DeiT's soft distillation, Touvron et al. 2021), and
+optionally its lesion maps, learned as soft masks wherever a photo has no drawn ones.
 
 The teacher runs once per photo, on the one evaluation path (its own preprocessing, config and views), and its
 log-probabilities are kept beside the run (`training/teacher_targets.npz`), so a resumed run and every epoch read
@@ -26,6 +27,7 @@ from drdemo.data.prepared import LesionGradingDataset, prepare_cached
 from drdemo.errors import DrdemoError
 from drdemo.inference import loader_outputs
 from drdemo.models import model_defaults
+from drdemo.tasks import LESION_TYPES
 
 TEACHER_TARGETS_NAME = "teacher_targets.npz"
 UNGRADED = -1  # the grade of a photo only the teacher labels
@@ -60,10 +62,26 @@ def unlabelled_photos(folders: Sequence[Path], overlap_csv: Path | None) -> list
     return photos
 
 
+def teacher_map_indices(samples: Sequence[Sample], unlabelled_folders: Sequence[Path]) -> list[int]:
+    """Indices of `samples` whose teacher lesion maps the student may learn: all but the photos of a lesion
+    segmentation folder (IDRiD's), on which `evaluate heads` scores lesion maps against the drawn masks;
+    learning the teacher's maps of those photos would make that score the teacher's, not the student's."""
+    held = []
+    for folder in unlabelled_folders:
+        try:
+            if detect_lesion_layout(Path(folder)) == "idrid-segmentation":
+                held.append(f"{Path(folder).name}/")
+        except DrdemoError:
+            pass
+    return [i for i, sample in enumerate(samples) if not sample.image_id.startswith(tuple(held))]
+
+
 def teacher_targets(teacher: Path, samples: Sequence[Sample], device: torch.device, cache_dir: Path | None = None,
-                    batch_size: int = 16) -> dict[str, np.ndarray]:
+                    batch_size: int = 16, lesions: bool = False) -> dict[str, np.ndarray]:
     """The teacher's log-probabilities for each sample, in order: "grade" (n, grades) from its served grade head
-    and "dme" (n, DME risks), through its own preprocessing and calibration-free heads."""
+    and "dme" (n, DME risks), through its own preprocessing and calibration-free heads; with `lesions`, also
+    "lesions" (n, types, h, w), its lesion probabilities (float16) over its prepared photo, which covers the same
+    field of view as the student's at another size."""
     try:
         loaded = load_model(teacher, device=device)
     except CheckpointError as exc:
@@ -80,21 +98,28 @@ def teacher_targets(teacher: Path, samples: Sequence[Sample], device: torch.devi
                                                              colour_balance=preprocessing["colour_balance"]))
     outputs, _ = loader_outputs(loaded.model, DataLoader(dataset, batch_size=batch_size), config.test_time_views,
                                 memory_format=model_defaults(config.architecture).memory_format,
-                                progress="teacher")
+                                progress="teacher", keep_lesions=lesions)
     grade = torch.from_numpy(outputs["logits"]).float().log_softmax(-1).exp().mean(1).clamp_min(1e-8).log()
     dme = torch.from_numpy(outputs["dme_logits"]).float().log_softmax(-1).exp().mean(1).clamp_min(1e-8).log()
-    return {"grade": grade.numpy(), "dme": dme.numpy()}
+    targets = {"grade": grade.numpy(), "dme": dme.numpy()}
+    if lesions:
+        if list(config.heads.get("lesion_types", [])) != list(LESION_TYPES):
+            raise DistillationError(f"--teacher {teacher} maps {config.heads.get('lesion_types')}, not the "
+                                    f"student's {list(LESION_TYPES)}")
+        targets["lesions"] = outputs["lesion_probabilities"].astype(np.float16)
+    return targets
 
 
 def load_or_compute_teacher_targets(path: Path, teacher: Path, samples: Sequence[Sample], device: torch.device,
-                                    cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+                                    cache_dir: Path | None = None, lesions: bool = False) -> dict[str, np.ndarray]:
     """`teacher_targets`, kept in `path` with the photos they belong to, so a resumed run reads the same ones."""
     ids = np.asarray([s.image_id for s in samples])
+    wanted = ("grade", "dme", "lesions") if lesions else ("grade", "dme")
     if path.is_file():
         with np.load(path) as saved:
-            if saved["ids"].tolist() == ids.tolist():
-                return {"grade": saved["grade"], "dme": saved["dme"]}
-    targets = teacher_targets(teacher, samples, device, cache_dir)
+            if saved["ids"].tolist() == ids.tolist() and all(key in saved for key in wanted):
+                return {key: saved[key] for key in wanted}
+    targets = teacher_targets(teacher, samples, device, cache_dir, lesions=lesions)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(temporary, ids=ids, **targets)

@@ -61,6 +61,7 @@ class Recipe:
     # teacher's grade and DME probabilities, softened by the temperature, beside the labels' losses.
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
+    distill_lesions: bool = False     # the teacher's lesion maps are soft masks for the photos without drawn ones
 
 
 PRESETS = {

@@ -58,6 +58,7 @@ from drdemo.train.distill import (
     TEACHER_TARGETS_NAME,
     distillation_loss,
     load_or_compute_teacher_targets,
+    teacher_map_indices,
     unlabelled_photos,
 )
 from drdemo.train.distributed import EpochSampler, init_distributed
@@ -398,7 +399,8 @@ class Trainer:
         path, options = self.training_dir / TEACHER_TARGETS_NAME, self.options
         if self.dist.enabled and not self.dist.is_main:
             dist.barrier()
-        targets = load_or_compute_teacher_targets(path, options.teacher, samples, self.device, options.cache_dir)
+        targets = load_or_compute_teacher_targets(path, options.teacher, samples, self.device, options.cache_dir,
+                                                  lesions=self.recipe.distill_lesions)
         if self.dist.enabled and self.dist.is_main:
             dist.barrier()
         return targets
@@ -425,6 +427,7 @@ class Trainer:
             self.config = replace(self.config, provenance=dict(self.config.provenance, distillation={
                 "teacher": str(options.teacher), "teacher_provenance": read_config(options.teacher).provenance,
                 "weight": self.recipe.distill_weight, "temperature": self.recipe.distill_temperature,
+                "lesion_maps": self.recipe.distill_lesions,
                 "labelled_photos": len(self.parts["train"]),
                 "unlabelled_photos": {str(folder): sum(s.image_id.startswith(f"{Path(folder).name}/") for s in extra)
                                       for folder in options.unlabelled}}))
@@ -442,10 +445,18 @@ class Trainer:
                                     grading_part=self.part or "train", cache_dir=options.cache_dir)
                      if part == "train" else {})
             augment = self.recipe.augmentation.build() if part == "train" else None
+            grade_targets, teacher_maps = None, {}
+            if part == "train" and soft_targets is not None:
+                grade_targets = {key: soft_targets[key] for key in ("grade", "dme")}
+                if self.recipe.distill_lesions:
+                    allowed = teacher_map_indices(samples, options.unlabelled)
+                    teacher_maps = {i: soft_targets["lesions"][i] for i in allowed if i not in masks}
             sets.append(LesionGradingDataset(samples, images, masks, normalise_kwargs, augment,
-                                             soft_targets=soft_targets if part == "train" else None))
+                                             soft_targets=grade_targets, teacher_maps=teacher_maps))
         if self.dist.is_main:
-            print(f"lesion masks for {len(sets[0].masks)} of {len(sets[0])} training photos", file=sys.stderr)
+            taught = len(sets[0].teacher_maps)
+            print(f"lesion masks for {len(sets[0].masks)} of {len(sets[0])} training photos"
+                  + (f", the teacher's lesion maps for {taught} others" if taught else ""), file=sys.stderr)
         return sets[0], sets[1]
 
     def train_epoch(self) -> float:
@@ -602,7 +613,8 @@ def three_head_loss(output: HeadsOutput, targets: dict, recipe: Recipe, grade_lo
                     dme_loss: nn.Module) -> torch.Tensor:
     """The loss of a three-head model: the softmax grade head's (and InceptionV3's auxiliary head's), CORN's
     for the ordinal head, the DME risk's where the photo has one, and the lesion maps' on the photos with
-    masks only (the others contribute nothing to the lesion head)."""
+    masks only, drawn or (with `distill_lesions`) a teacher's soft ones: the others contribute nothing to the
+    lesion head."""
     graded = targets["grade"] >= 0  # photos only a teacher labels have grade -1
     loss = output.softmax_logits.new_zeros(())
     if graded.any():
