@@ -147,7 +147,8 @@ def _details(rules: str, checks: Sequence[tuple[str, Assessment]]) -> str:
 
 def write_csv(results: Sequence[BatchItem], predictors: Sequence[Predictor], path: Path) -> Path:
     """One row per image: the image check's outcome, reason and measured values, every model's class
-    probabilities and most likely grade, its one referral decision (`<model>_decision`: refer or do not refer)
+    probabilities and the grade named (the one agreeing with the decision), its one referral decision
+    (`<model>_decision`: refer or do not refer)
     with the reason (`<model>_decision_reason`: retinopathy, macular oedema or both) and the probabilities it was
     read from (P(grade >= 2) and, for three-head models, the DME risk), and the check's warnings as notes."""
     columns = ["file", "outcome", "reason", "details"]

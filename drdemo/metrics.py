@@ -19,7 +19,16 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from drdemo import tasks
 from drdemo.errors import DrdemoError
-from drdemo.tasks import DERIVED_MIN_GRADE, DME_RISKS, NUM_GRADES, REFERABLE_DME_RISK, TASK_CLASS_NAMES, task_targets
+from drdemo.tasks import (
+    DERIVED_MIN_GRADE,
+    DME_RISKS,
+    NUM_GRADES,
+    REFERABLE_DME_RISK,
+    TASK_CLASS_NAMES,
+    decided_classes,
+    decided_dme_risks,
+    task_targets,
+)
 
 
 class MetricsError(DrdemoError, ValueError):
@@ -64,7 +73,9 @@ def grading_metrics(grades: Sequence[int] | np.ndarray, probabilities: np.ndarra
 
     `grades` are true ICDR grades 0-4; `probabilities` are the model's (n, C) class probabilities
     for `task`. accuracy, qwk, the confusion matrix (rows = true class) and per-class recall are
-    on the task's own classes (grades for icdr5, 0/1 targets otherwise). For each screening
+    on the task's own classes (grades for icdr5, 0/1 targets otherwise), for the class the model names
+    (drdemo.tasks.decided_classes at `referable_threshold`, as the page names it); most_probable_accuracy and
+    most_probable_qwk score the most probable class instead. For each screening
     question the task defines (see `task_probabilities`): ROC AUC, and sensitivity/specificity
     calling positive when the probability reaches the threshold. A value that the data cannot
     define (AUC with one class present, recall of an absent class) is None, with a line in `notes`.
@@ -86,7 +97,8 @@ def grading_metrics(grades: Sequence[int] | np.ndarray, probabilities: np.ndarra
 
     num_classes = probabilities.shape[1]
     targets = task_targets(grades, task)
-    predicted = probabilities.argmax(axis=1)
+    predicted = decided_classes(probabilities, task, referable_threshold)
+    most_probable = probabilities.argmax(axis=1)
     notes: list[str] = []
     matrix = confusion_matrix(targets, predicted, labels=list(range(num_classes)))
     support = matrix.sum(axis=1)
@@ -106,6 +118,8 @@ def grading_metrics(grades: Sequence[int] | np.ndarray, probabilities: np.ndarra
         "class_names": class_names,
         "accuracy": float(np.mean(targets == predicted)),
         "qwk": quadratic_weighted_kappa(targets, predicted, num_classes),
+        "most_probable_accuracy": float(np.mean(targets == most_probable)),
+        "most_probable_qwk": quadratic_weighted_kappa(targets, most_probable, num_classes),
         "confusion_matrix": matrix.astype(int).tolist(),
         "per_class_recall": recall,
         "grade_counts": np.bincount(grades, minlength=NUM_GRADES).astype(int).tolist(),
@@ -157,7 +171,9 @@ def _check_probabilities(probabilities: np.ndarray, task: str) -> np.ndarray:
 def dme_metrics(risks: Sequence[int] | np.ndarray, probabilities: np.ndarray, threshold: float | None = None) -> dict:
     """Risk of diabetic macular oedema: accuracy over IDRiD's three classes, QWK, the confusion matrix, and
     ROC AUC of P(risk 2) for referable macular oedema (sensitivity and specificity at `threshold` when one
-    is given). Photos with no DME label (-1) are left out; an empty dict when none has one."""
+    is given). The risk scored is the one the model names at `threshold` (drdemo.tasks.decided_dme_risks;
+    the most probable one without a threshold), and dme_most_probable_accuracy scores the most probable.
+    Photos with no DME label (-1) are left out; an empty dict when none has one."""
     risks = np.asarray(risks)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[1] != len(DME_RISKS) or len(probabilities) != len(risks):
@@ -167,10 +183,12 @@ def dme_metrics(risks: Sequence[int] | np.ndarray, probabilities: np.ndarray, th
     if not known.any():
         return {}
     risks, probabilities = risks[known].astype(int), probabilities[known]
-    predicted = probabilities.argmax(axis=1)
+    most_probable = probabilities.argmax(axis=1)
+    predicted = most_probable if threshold is None else decided_dme_risks(probabilities, threshold)
     truth = risks == REFERABLE_DME_RISK
     scores = probabilities[:, REFERABLE_DME_RISK]
     result = {"dme_n": int(known.sum()), "dme_accuracy": float(np.mean(predicted == risks)),
+              "dme_most_probable_accuracy": float(np.mean(most_probable == risks)),
               "dme_qwk": quadratic_weighted_kappa(risks, predicted, len(DME_RISKS)),
               "dme_confusion_matrix": confusion_matrix(risks, predicted, labels=list(range(len(DME_RISKS)))).tolist(),
               "referable_dme_auc": float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else None}
@@ -185,12 +203,18 @@ def dme_metrics(risks: Sequence[int] | np.ndarray, probabilities: np.ndarray, th
 
 
 def joint_accuracy(grades: Sequence[int], grade_probabilities: np.ndarray, risks: Sequence[int],
-                   dme_probabilities: np.ndarray) -> float:
-    """The IDRiD challenge's metric: the share of photos whose DR grade and DME risk are both right."""
+                   dme_probabilities: np.ndarray, referable_threshold: float | None = None,
+                   dme_threshold: float | None = None) -> float:
+    """The IDRiD challenge's metric: the share of photos whose DR grade and DME risk are both right; the grade
+    and risk named at the thresholds (drdemo.tasks.decided_classes, decided_dme_risks), the most probable ones
+    where a threshold is None."""
     grades, risks = np.asarray(grades), np.asarray(risks)
-    both = ((np.asarray(grade_probabilities).argmax(axis=1) == grades)
-            & (np.asarray(dme_probabilities).argmax(axis=1) == risks))
-    return float(both.mean())
+    grade_probabilities, dme_probabilities = np.asarray(grade_probabilities), np.asarray(dme_probabilities)
+    named_grades = (grade_probabilities.argmax(axis=1) if referable_threshold is None
+                    else decided_classes(grade_probabilities, "icdr5", referable_threshold))
+    named_risks = (dme_probabilities.argmax(axis=1) if dme_threshold is None
+                   else decided_dme_risks(dme_probabilities, dme_threshold))
+    return float(((named_grades == grades) & (named_risks == risks)).mean())
 
 
 def combined_referral_metrics(grades: Sequence[int], risks: Sequence[int], p_referable: np.ndarray,

@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from drdemo.calibration import class_probabilities, view_spread
-from drdemo.cam.explain import Explainer, on_field_of_view
+from drdemo.cam.explain import Explainer, named_class, on_field_of_view
 from drdemo.cam.lesion_maps import upsample_lesion_maps
 from drdemo.checkpoint import CheckpointConfig
 from drdemo.inference import SYMMETRIES, view_outputs
 from drdemo.metrics import task_probabilities
 from drdemo.models import create_model, model_defaults
 from drdemo.preprocess import field_of_view, normalise, prepare_image
-from drdemo.tasks import ICDR_GRADES, REFERABLE_DME_RISK
+from drdemo.tasks import ICDR_GRADES, REFERABLE_DME_RISK, decided_dme_risks
 
 # Why a photo is referred: moderate or worse retinopathy, referable macular oedema (DME risk 2), or both.
 REFERRAL_REASONS = ("retinopathy", "macular oedema")
@@ -38,7 +38,8 @@ class Prediction:
     """One model's answer for one image."""
 
     probabilities: dict[str, float]  # class name -> probability, in class order
-    grade: int                       # index of the most probable class
+    grade: int                       # index of the class named: the most probable one on the referral's side
+                                     # of the threshold (drdemo.tasks.decided_classes)
     grade_name: str
     seconds: float                   # preprocessing + forward (+ backward for a CAM)
     referable_probability: float | None = None   # P(grade >= 2), where the task defines it
@@ -47,6 +48,7 @@ class Prediction:
     dme_probabilities: dict[str, float] = field(default_factory=dict)  # DME risk name -> probability
     dme_referable_probability: float | None = None  # P(DME risk 2)
     dme_referable: bool | None = None               # dme_referable_probability >= the checkpoint's dme_threshold
+    dme_risk: int | None = None                     # the risk named, agreeing with dme_referable (decided_dme_risks)
     referral_reasons: tuple[str, ...] = ()          # of REFERRAL_REASONS, in that order: why the photo is referred
 
     @property
@@ -172,7 +174,8 @@ class Predictor:
         views = len(SYMMETRIES) if tta else self.config.test_time_views
         heatmap = target = spread = heads = None
         if views == 1 and cam_method is not None:
-            explanation = self.explainer.explain(batch, method=cam_method, target=cam_target)
+            explanation = self.explainer.explain(batch, method=cam_method, target=cam_target,
+                                                 referable_threshold=referable_threshold)
             probabilities, heatmap, target = explanation.probabilities, explanation.heatmap, explanation.target
             heads, features = explanation.heads, explanation.features
         else:
@@ -183,7 +186,8 @@ class Predictor:
             if views > 1:
                 spread = dict(zip(self.class_names, view_spread(logits, self.config.calibration)[0].tolist()))
             if cam_method is not None:
-                target = int(probabilities.argmax()) if cam_target is None else cam_target
+                target = (named_class(probabilities, self.config.task, self._threshold(referable_threshold))
+                          if cam_target is None else cam_target)
                 explanation = self.explainer.explain(batch, method=cam_method, target=target)
                 heatmap = explanation.heatmap
         inside = prepared.inside
@@ -228,20 +232,25 @@ class Predictor:
     def _classifier(self) -> str:
         return model_defaults(self.config.architecture).classifier
 
+    def _threshold(self, referable_threshold: float | None) -> float:
+        """The referral threshold of a call: the caller's, else the checkpoint's."""
+        return self.config.referable_threshold if referable_threshold is None else referable_threshold
+
     def _prediction(self, probabilities: np.ndarray, seconds: float, threshold: float | None,
                     dme: np.ndarray | None = None) -> Prediction:
-        threshold = self.config.referable_threshold if threshold is None else threshold
-        grade = int(np.argmax(probabilities))
+        threshold = self._threshold(threshold)
+        grade = named_class(probabilities, self.config.task, threshold)
         referable = task_probabilities(probabilities[None], self.config.task).get("referable")
         referable_probability = None if referable is None else float(referable[0])
         is_referable = None if referable_probability is None else referable_probability >= threshold
         extra: dict = {}
         if dme is not None:
             dme_probability = float(dme[REFERABLE_DME_RISK])
-            dme_referable = dme_probability >= self.config.dme_threshold
+            dme_risk = int(decided_dme_risks(dme[None], self.config.dme_threshold)[0])
+            dme_referable = dme_risk == REFERABLE_DME_RISK
             reasons = tuple(reason for reason, on in zip(REFERRAL_REASONS, (bool(is_referable), dme_referable)) if on)
             extra = dict(dme_probabilities=dict(zip(self.config.heads["dme_classes"], map(float, dme))),
-                         dme_referable_probability=dme_probability, dme_referable=dme_referable,
+                         dme_referable_probability=dme_probability, dme_referable=dme_referable, dme_risk=dme_risk,
                          referral_reasons=reasons)
         return Prediction(probabilities=dict(zip(self.class_names, map(float, probabilities))), grade=grade,
                           grade_name=self.class_names[grade], seconds=seconds,

@@ -83,3 +83,28 @@ def task_probabilities(probabilities: np.ndarray, task: str) -> dict[str, np.nda
                 "referable": probabilities[:, DERIVED_MIN_GRADE["referable"]:].sum(axis=1)}
     question = "any_dr" if task == "binary" else "referable"
     return {question: probabilities[:, 1].copy()}
+
+
+def decided_classes(probabilities: np.ndarray, task: str, referable_threshold: float = 0.5) -> np.ndarray:
+    """The class each row of (n, C) probabilities names, in agreement with the referral at `referable_threshold`:
+    for icdr5 the most probable referable grade (2-4) where P(grade >= 2) reaches it, else the more probable of
+    grades 0 and 1; for referable, Referable exactly where P(Referable) reaches it; for binary the most probable
+    class. A page (or a report) therefore never names a referable grade for a photo it does not refer, or the
+    reverse, which the most probable grade alone does whenever the threshold is not 0.5."""
+    check_task(task)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if task == "binary":
+        return probabilities.argmax(axis=1)
+    refer = task_probabilities(probabilities, task)["referable"] >= referable_threshold
+    if task == "referable":
+        return refer.astype(np.int64)
+    first = DERIVED_MIN_GRADE["referable"]
+    return np.where(refer, first + probabilities[:, first:].argmax(axis=1), probabilities[:, :first].argmax(axis=1))
+
+
+def decided_dme_risks(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The DME risk each row of (n, 3) probabilities names, in agreement with the DME referral: risk 2 where
+    P(risk 2) reaches `threshold`, else the more probable of risks 0 and 1."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    refer = probabilities[:, REFERABLE_DME_RISK] >= threshold
+    return np.where(refer, REFERABLE_DME_RISK, probabilities[:, :REFERABLE_DME_RISK].argmax(axis=1))

@@ -67,9 +67,9 @@ def test_grade_takes_just_an_image(client, fundus, tmp_path):
     original, overlay = (Image.open(p) for p in pair)
     assert original.size == overlay.size and original.width >= 192
     assert np.abs(np.asarray(original, float) - np.asarray(overlay, float)).mean() > 5  # the heat map is drawn
-    # the decision first, each probability beside its threshold, then the most likely grade and the check
+    # the decision first, each probability beside its threshold, then the grade named and the check
     assert text.startswith("### MedMamba-T: ") and "P(grade ≥ 2)" in text and "P(DME risk 2)" in text
-    assert text.index("P(grade ≥ 2)") < text.index("Most likely grade") < text.index("**Image check:")
+    assert text.index("P(grade ≥ 2)") < text.index("Grade: ") < text.index("**Image check:")
     assert " ms" in explanation and note.startswith("**Image check:") and note in text
     assert "Answered by MedMamba-T: `checkpoints/medmamba_t` (**a fallback**" in text
     assert result["answered_by"]["checkpoint"] == "checkpoints/medmamba_t" and result["answered_by"]["fallback"]
@@ -200,7 +200,7 @@ def test_awkward_but_valid_fundus_files_are_graded(client, fundus, tmp_path):
         path.write_bytes(data)
         text, _, label, *_ = client.predict(handle_file(str(path)), api_name="/grade")
         _probabilities(label)
-        assert "Most likely grade" in text, name
+        assert "Grade: " in text, name
 
 
 def test_page_says_what_it_serves_and_that_it_is_not_a_device(app_url):

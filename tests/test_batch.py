@@ -108,15 +108,18 @@ def test_grading_writes_one_row_per_image_with_outcome_and_reason(tmp_path, pred
             probabilities = [float(row[f"{predictor.name}_p_{c}"]) for c in
                              ("no_dr", "mild_npdr", "moderate_npdr", "severe_npdr", "proliferative_dr")]
             assert sum(probabilities) == pytest.approx(1, abs=1e-5)
-            assert int(row[f"{predictor.name}_grade"]) == int(np.argmax(probabilities))
             referable = float(row[f"{predictor.name}_referable_probability"])
+            # the grade named agrees with the decision: the most probable on its side of the threshold (0.3)
+            named = int(row[f"{predictor.name}_grade"])
+            assert (named >= 2) == (referable >= 0.3)
+            assert probabilities[named] == max(probabilities[2:] if referable >= 0.3 else probabilities[:2])
             assert referable == pytest.approx(sum(probabilities[2:]), abs=1e-5)
             assert row[f"{predictor.name}_decision"] == ("refer" if referable >= 0.3 else "do not refer")
             assert row[f"{predictor.name}_decision_reason"] == ("retinopathy" if referable >= 0.3 else "")
             assert f"{predictor.name}_referable" not in row      # one decision column per model, no second opinion
     gallery = views.batch_gallery(results, (predictors[0].name, "ResNet50"), count=1)
     confidence = [max(r.predictions[predictors[0].name].probabilities.values()) for r in results if r.predictions]
-    assert f"({max(confidence):.0%})" in gallery[0][1] and f"({min(confidence):.0%})" in gallery[-1][1]
+    assert f"{max(confidence):.0%})" in gallery[0][1] and f"{min(confidence):.0%})" in gallery[-1][1]
     assert all("most confident" not in caption and "refer" in caption.lower() for _, caption in gallery)
 
 
@@ -125,7 +128,7 @@ def test_the_batch_tab_lists_each_images_outcome_and_reason(predictors, clinic):
     summary = views.batch_summary(results, [(predictors[0].name, "ResNet50")])
     assert summary.startswith("Graded 2 of 4 images; 2 refused; 1 graded with a warning. Referred: ResNet50 ")
     table = summary.split("\n\n", 1)[1].splitlines()
-    assert table[0] == "| file | image check | reason | ResNet50: most likely grade | ResNet50: decision |"
+    assert table[0] == "| file | image check | reason | ResNet50: grade | ResNet50: decision |"
     assert len(table) == 2 + len(clinic)
     assert table[2].startswith("| good.png | accepted | Looks like a colour fundus photo")
     assert table[3].startswith("| red-free.png | accepted with a warning | This looks like a red-free")

@@ -61,7 +61,7 @@ def test_the_decision_comes_first_and_says_which_checkpoint_answered(tmp_path):
     first_line = graded.decision.splitlines()[0]
     referred = graded.result["referable_probability"] >= 0.01
     assert first_line == ("### ResNet50: Refer: retinopathy" if referred else "### ResNet50: Do not refer")
-    assert graded.decision.index("P(grade ≥ 2)") < graded.decision.index("Most likely grade")
+    assert graded.decision.index("P(grade ≥ 2)") < graded.decision.index("Grade: ")
     assert "Answered by ResNet50: `org/a @ 1234567`" in graded.decision
     assert graded.result["answered_by"] == {"model": "ResNet50", "architecture": "resnet50",
                                             "checkpoint": "org/a @ 1234567", "revision": None, "fallback": False,

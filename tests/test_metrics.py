@@ -20,13 +20,23 @@ PROBS = np.array([
     [0.02, 0.08, 0.20, 0.30, 0.40],  # predicted 4; referable 0.90, any DR 0.98
     [0.10, 0.35, 0.40, 0.10, 0.05],  # predicted 2; referable 0.55, any DR 0.90
 ])
-PREDICTED = [0, 1, 1, 2, 4, 2]
+PREDICTED = [0, 1, 1, 2, 4, 2]  # the most probable grades
 CONFUSION = [  # rows: true grade, columns: predicted grade
     [1, 1, 0, 0, 0],
     [0, 1, 0, 0, 0],
     [0, 0, 1, 0, 0],
     [0, 0, 0, 0, 1],
     [0, 0, 1, 0, 0],
+]
+# The grades named at a referral threshold of 0.65: the last eye (P(grade >= 2) 0.55, not referred) is named the
+# more probable of grades 0 and 1, Mild, not its most probable Moderate, which would contradict its referral.
+NAMED_AT_065 = [0, 1, 1, 2, 4, 1]
+NAMED_CONFUSION = [
+    [1, 1, 0, 0, 0],
+    [0, 1, 0, 0, 0],
+    [0, 0, 1, 0, 0],
+    [0, 0, 0, 0, 1],
+    [0, 1, 0, 0, 0],
 ]
 
 
@@ -50,13 +60,18 @@ def plain_values_only(value) -> bool:
 def test_six_eyes_icdr5_by_hand():
     m = grading_metrics(GRADES, PROBS, "icdr5", ICDR, referable_threshold=0.65, any_dr_threshold=0.92)
     assert m["n"] == 6 and m["task"] == "icdr5" and m["class_names"] == list(ICDR)
-    assert m["confusion_matrix"] == CONFUSION
+    assert m["confusion_matrix"] == NAMED_CONFUSION
     assert m["accuracy"] == pytest.approx(3 / 6)
-    # Worked by hand: sum(w O) = 1 + 1 + 4 = 6, sum(w E) = 136 / 6, so kappa = 1 - 36 / 136 = 25 / 34.
-    assert kappa_from_formula(np.array(CONFUSION)) == pytest.approx(25 / 34)
-    assert m["qwk"] == pytest.approx(25 / 34, abs=1e-12)
+    # Worked by hand: sum(w O) = 1 + 1 + 9 = 11; true counts (2, 1, 1, 1, 1), named counts (1, 3, 1, 0, 1), so
+    # sum(w E) = (46 + 11 + 11 + 23 + 47) / 6 = 23, and kappa = 1 - 11 / 23 = 12 / 23.
+    assert kappa_from_formula(np.array(NAMED_CONFUSION)) == pytest.approx(12 / 23)
+    assert m["qwk"] == pytest.approx(12 / 23, abs=1e-12)
     assert m["per_class_recall"] == pytest.approx(
         {"No DR": 0.5, "Mild NPDR": 1.0, "Moderate NPDR": 1.0, "Severe NPDR": 0.0, "Proliferative DR": 0.0})
+    # The most probable grades: sum(w O) = 1 + 1 + 4 = 6, sum(w E) = 136 / 6, so kappa = 1 - 36 / 136 = 25 / 34.
+    assert kappa_from_formula(np.array(CONFUSION)) == pytest.approx(25 / 34)
+    assert m["most_probable_qwk"] == pytest.approx(25 / 34, abs=1e-12)
+    assert m["most_probable_accuracy"] == pytest.approx(3 / 6)
     assert m["grade_counts"] == [2, 1, 1, 1, 1]
     # Referable (grade >= 2): positives score 0.70, 0.90, 0.55; negatives 0.20, 0.40, 0.60.
     # One of nine positive-negative pairs is out of order (0.55 < 0.60): AUC 8/9.

@@ -117,3 +117,19 @@ def test_a_batch_gets_each_photos_own_answer_from_one_forward(predictor, photo):
             np.testing.assert_allclose(together.features, alone.features, atol=1e-4)
             assert together.views == views and together.heatmap is None
     assert predictor.predict_batch([]) == []
+
+
+def test_the_grade_named_and_the_map_agree_with_the_referral_at_any_threshold(predictor, photo):
+    """A screening threshold far from 0.5 moves the grade the page names to the referral's side of it, and
+    the Grad-CAM explains that grade, with or without test-time views."""
+    for tta in (False, True):
+        seen = set()
+        for threshold in (0.02, 0.5, 0.98):
+            analysis = predictor.analyse(photo, cam_method="gradcam", referable_threshold=threshold, tta=tta)
+            p = analysis.prediction
+            assert p.referable == (p.grade >= 2) == (p.referable_probability >= threshold)
+            assert analysis.cam_target == p.grade
+            side = list(p.probabilities.values())[2:] if p.referable else list(p.probabilities.values())[:2]
+            assert p.probabilities[p.grade_name] == max(side)
+            seen.add(p.referable)
+        assert seen == {True, False}

@@ -71,7 +71,7 @@ def use_in_browser(url: str, photo: Path, screenshot: Path) -> BrowserRun:
             expect(page.locator("#grade-check")).to_contain_text("Image check", timeout=30_000)
             button.click()
             verdict = page.locator("#verdict")
-            expect(verdict).to_contain_text("Most likely grade", timeout=120_000)
+            expect(verdict).to_contain_text("Grade: ", timeout=120_000)
             expect(page.locator("#explanation")).to_contain_text("ms")
             expect(page.get_by_text("Referral line").first).to_be_visible()
             verdict_text, note = verdict.inner_text(), page.locator("#grade-check").inner_text()
@@ -141,7 +141,7 @@ def test_the_page_a_clinician_sees(app_url, tmp_path):
     # the decision first: refer or not, and why, then each probability beside its threshold
     first_line = run.verdict.splitlines()[0]
     assert first_line.startswith("MedMamba-T: ") and ("Refer" in first_line or "Do not refer" in first_line)
-    assert "P(grade ≥ 2)" in run.verdict and "threshold" in run.verdict and "Most likely grade" in run.verdict
+    assert "P(grade ≥ 2)" in run.verdict and "threshold" in run.verdict and "Grade: " in run.verdict
     assert not any(first_line.endswith(name) for name in GRADES)  # the heading is never a grade
     assert run.grade_order == tuple(sorted(run.grade_order))    # decision, probabilities, heat map, legend
     assert 0 <= run.map_bottom_to_legend <= 60                  # the legend sits right under the map

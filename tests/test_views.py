@@ -4,6 +4,7 @@ import numpy as np
 from PIL import Image
 
 from drdemo.predictor import Analysis, Prediction
+from drdemo.tasks import decided_classes, decided_dme_risks
 from drdemo.ui import views
 
 GRADES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
@@ -21,7 +22,9 @@ def _analysis(probabilities, referable_probability=None, threshold=0.5, heatmap=
 
 
 def _three_head(probabilities, referable_probability, dme_probability, threshold, dme_threshold):
-    grade = int(np.argmax(probabilities))
+    # as the predictor names them: the grade and risk on the referral's side of each threshold
+    grade = int(decided_classes(np.array([probabilities]), "icdr5", threshold)[0])
+    dme = np.array([[1 - dme_probability - 0.01, 0.01, dme_probability]])
     reasons = tuple(r for r, on in (("retinopathy", referable_probability >= threshold),
                                      ("macular oedema", dme_probability >= dme_threshold)) if on)
     return Prediction(probabilities=dict(zip(GRADES, probabilities)), grade=grade, grade_name=GRADES[grade],
@@ -30,7 +33,7 @@ def _three_head(probabilities, referable_probability, dme_probability, threshold
                       dme_probabilities={"No DME risk": 1 - dme_probability - 0.01, "DME risk 1": 0.01,
                                          "DME risk 2": dme_probability},
                       dme_referable_probability=dme_probability, dme_referable=dme_probability >= dme_threshold,
-                      referral_reasons=reasons)
+                      dme_risk=int(decided_dme_risks(dme, dme_threshold)[0]), referral_reasons=reasons)
 
 
 def test_the_decision_heads_the_panel_and_nothing_under_it_says_the_opposite():
@@ -42,8 +45,23 @@ def test_the_decision_heads_the_panel_and_nothing_under_it_says_the_opposite():
     assert lines[1] == "- P(grade ≥ 2) 23% ≥ threshold 22%: refer for retinopathy"
     assert lines[2] == "- P(DME risk 2) 2% < threshold 13%"
     assert lines[3] == ""       # a paragraph of its own, not read as part of the last criterion
-    assert lines[4] == "Most likely grade: No DR (ICDR grade 0, 50%); most likely DME risk: No DME risk (97%)."
+    # the grade named agrees with the referral, and says which grade was the most probable
+    assert lines[4] == ("Grade: Moderate NPDR (ICDR grade 2, 13%), the most probable of grades 2-4, as P(grade ≥ 2) "
+                        "reaches its threshold (most probable grade: No DR, 50%); DME risk: No DME risk (97%).")
     assert "No DR" not in lines[0]
+
+
+def test_the_grade_and_dme_risk_named_agree_with_the_decision():
+    # most probable No DR and DME risk 1, but both referral probabilities reach their thresholds
+    prediction = _three_head([0.4, 0.1, 0.2, 0.2, 0.1], 0.5, 0.3, 0.45, 0.25)
+    line = views.decision(prediction, "I", 0.45, 0.25).splitlines()[-1]
+    assert line.startswith("Grade: Moderate NPDR (ICDR grade 2, 20%), the most probable of grades 2-4")
+    assert line.endswith("DME risk: DME risk 2 (30%).")
+    assert views.decision_heading(prediction) == "Refer: retinopathy and macular oedema"
+    # neither reached: the named grade is one of 0-1 and needs no aside when it is the most probable
+    prediction = _three_head([0.2, 0.45, 0.2, 0.1, 0.05], 0.35, 0.05, 0.5, 0.25)
+    assert views.decision(prediction, "I", 0.5, 0.25).splitlines()[-1] == (
+        "Grade: Mild NPDR (ICDR grade 1, 45%); DME risk: No DME risk (94%).")
 
 
 def test_a_probability_at_its_threshold_reads_as_reaching_it():

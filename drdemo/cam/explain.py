@@ -26,6 +26,7 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import main_logits
 from drdemo.models import CAM_RESHAPES, model_defaults, target_layers
 from drdemo.models.heads import HeadsOutput, MultiHeadNet
+from drdemo.tasks import decided_classes
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
@@ -95,17 +96,26 @@ class _GradeLogits(nn.Module):
         return self.last.logits
 
 
-class _MostProbableClass:
-    """pytorch-grad-cam target: the score of the class that is most probable after calibration (which
-    biases may make another class than the largest raw logit), so the map explains the served grade."""
+class _NamedClass:
+    """pytorch-grad-cam target: the score of the class the page names for these logits, after calibration
+    (whose biases may make another class than the largest raw logit most probable) and, with a task and
+    threshold, by drdemo.tasks.decided_classes, so the map explains the grade the page shows."""
 
-    def __init__(self, calibration: dict | None):
-        self.calibration = calibration
+    def __init__(self, calibration: dict | None, task: str | None = None, referable_threshold: float | None = None):
+        self.calibration, self.task, self.referable_threshold = calibration, task, referable_threshold
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         logits = output.detach().double().cpu().numpy()[None]
-        return output[int(class_probabilities(logits, self.calibration)[0].argmax())]
+        return output[named_class(class_probabilities(logits, self.calibration)[0], self.task,
+                                  self.referable_threshold)]
 
+
+def named_class(probabilities: np.ndarray, task: str | None, referable_threshold: float | None) -> int:
+    """The class one image's probabilities name: drdemo.tasks.decided_classes where a task and threshold are
+    known, the most probable class otherwise."""
+    if task is None or referable_threshold is None:
+        return int(np.argmax(probabilities))
+    return int(decided_classes(np.asarray(probabilities)[None], task, referable_threshold)[0])
 
 
 class Explainer:
@@ -118,11 +128,15 @@ class Explainer:
     def for_checkpoint(cls, model: nn.Module, config: CheckpointConfig) -> Explainer:
         """Target layer, reshape and classes as the checkpoint's config.json states them."""
         return cls(model, config.cam_target_layer, config.cam_reshape, config.num_classes, config.calibration,
-                   classifier=model_defaults(config.architecture).classifier)
+                   classifier=model_defaults(config.architecture).classifier, task=config.task,
+                   referable_threshold=config.referable_threshold)
 
     def __init__(self, model: nn.Module, target_layer: str, reshape: str | None, num_classes: int,
-                 calibration: dict | None = None, classifier: str | None = None):
+                 calibration: dict | None = None, classifier: str | None = None, task: str | None = None,
+                 referable_threshold: float | None = None):
         self.model, self.num_classes, self.calibration = model, num_classes, calibration
+        # which class a map explains by default: the one the page names (None: the most probable)
+        self.task, self.referable_threshold = task, referable_threshold
         self.classifier = classifier  # its input is recorded as the pooled features (single-head models)
         self.cam_model = _GradeLogits(model) if isinstance(model, MultiHeadNet) else model
         try:
@@ -133,8 +147,11 @@ class Explainer:
             raise ExplainError(f"unknown CAM reshape {reshape!r}; known: {', '.join(CAM_RESHAPES)}")
         self.reshape = CAM_RESHAPES[reshape] if reshape else None
 
-    def explain(self, batch: torch.Tensor, method: str = "gradcam", target: int | None = None) -> Explanation:
-        """Map for the single image in `batch` (1, 3, H, W); `target` None explains the top class."""
+    def explain(self, batch: torch.Tensor, method: str = "gradcam", target: int | None = None,
+                referable_threshold: float | None = None) -> Explanation:
+        """Map for the single image in `batch` (1, 3, H, W); `target` None explains the class the page names
+        (at `referable_threshold`, default the checkpoint's; see `named_class`)."""
+        threshold = self.referable_threshold if referable_threshold is None else referable_threshold
         if method not in CAM_METHODS:
             raise ExplainError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
         if batch.dim() != 4 or batch.shape[0] != 1:
@@ -150,7 +167,8 @@ class Explainer:
         cam = None
         try:
             cam = CAM_METHODS[method](model=self.cam_model, target_layers=self.layers, reshape_transform=self.reshape)
-            targets = [_MostProbableClass(self.calibration) if target is None else ClassifierOutputTarget(int(target))]
+            targets = [_NamedClass(self.calibration, self.task, threshold) if target is None
+                       else ClassifierOutputTarget(int(target))]
             # A method without gradients (EigenCAM) runs the forward without autograd: MedMamba's scan then takes
             # its inference path (measured 130 -> 100 ms on MedMamba-T), and the map is the same.
             with torch.enable_grad() if cam.uses_gradients else torch.no_grad():
@@ -163,7 +181,7 @@ class Explainer:
             for hook in graph_starts:
                 hook.remove()
         probabilities = class_probabilities(logits, self.calibration)[0]
-        chosen = int(probabilities.argmax()) if target is None else int(target)
+        chosen = named_class(probabilities, self.task, threshold) if target is None else int(target)
         heads = features = None
         if isinstance(self.cam_model, _GradeLogits) and self.cam_model.last is not None:
             heads = _heads_arrays(self.cam_model.last)

@@ -111,14 +111,21 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
             ("dme_accuracy", "DME risk: accuracy"), ("referable_dme_auc", "referable DME (risk 2): ROC AUC"),
             ("joint_accuracy", "joint accuracy (grade and DME risk both right)"),
             ("combined_referral_sensitivity", "combined referral: sensitivity"),
-            ("combined_referral_specificity", "combined referral: specificity"))
+            ("combined_referral_specificity", "combined referral: specificity"),
+            ("most_probable_qwk", "the most probable grade instead: QWK"),
+            ("most_probable_accuracy", "the most probable grade instead: accuracy"),
+            ("dme_most_probable_accuracy", "the most probable DME risk instead: accuracy"),
+            ("joint_most_probable_accuracy", "the most probable grade and DME risk instead: joint accuracy"))
     header = " | ".join(label for label, _ in columns)
     rows = "\n".join(f"| {label} | " + " | ".join(_number(record.get(k)) for _, record in columns) + " |"
                      for k, label in keys)
     lines = [f"\n### Three heads: DR grade ({config.heads['grade_head']} head served), macular oedema risk, "
              f"lesion maps\n\nThresholds: refer when P(grade >= 2) reaches {config.referable_threshold:g} or "
              f"P(DME risk 2) reaches {config.dme_threshold:g}, both chosen on the validation photos for "
-             f"sensitivity >= 0.9.\n\n"
+             f"sensitivity >= 0.9. The grade and DME risk scored are the ones the page names, which agree with "
+             f"those referrals: the most probable grade of 2-4 where P(grade >= 2) reaches its threshold, of 0-1 "
+             f"elsewhere; DME risk 2 where P(DME risk 2) reaches its threshold, else the more probable of 0 and 1. "
+             f"The last rows score the most probable ones instead (- where not measured).\n\n"
              f"| metric | {header} |\n|---|" + "---|" * len(columns) + f"\n{rows}\n"]
     test = runs["test"]
     if test:

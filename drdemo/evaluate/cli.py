@@ -57,7 +57,7 @@ from drdemo.evaluate.predictions import (
 )
 from drdemo.inference import VIEW_COUNTS
 from drdemo.metrics import task_probabilities
-from drdemo.tasks import task_targets
+from drdemo.tasks import decided_classes, task_targets
 
 # What each flag of the single-command form became, for the message that form now gets.
 FLAG_FORM = {"--cam": "cams", "--ungraded": "referral-share", "--calibrate": "calibrate",
@@ -311,14 +311,14 @@ def run_referral_share(args: argparse.Namespace) -> str:
     if "referable" not in derived:
         raise EvaluateError(f"a {config.task} checkpoint does not answer the referral question")
     referred = derived["referable"] >= config.referable_threshold
-    predicted = probabilities.argmax(axis=1)
+    predicted = decided_classes(probabilities, config.task, config.referable_threshold)
     result = {"data": str(args.data.resolve()), "n": len(photos), "referred": int(referred.sum()),
               "share": round(float(referred.mean()), 4), "referable_threshold": config.referable_threshold,
               "predicted_grades": {name: int((predicted == i).sum()) for i, name in enumerate(config.class_names)}}
     rows = [{"image_id": photo.image_id, **{probability_column(n): float(v) for n, v in zip(config.class_names, row)},
-             "predicted_name": config.class_names[int(row.argmax())], "referable_probability": float(p),
+             "predicted_name": config.class_names[int(named)], "referable_probability": float(p),
              "referred": bool(flag)}
-            for photo, row, p, flag in zip(photos, probabilities, derived["referable"], referred)]
+            for photo, row, named, p, flag in zip(photos, probabilities, predicted, derived["referable"], referred)]
     args.out.mkdir(parents=True, exist_ok=True)
     write_predictions(args.out / PREDICTIONS_NAME, rows)
     _write_json(args.out / METRICS_NAME, result)

@@ -244,7 +244,9 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
     result.update(grading_metrics(grades, outputs["grade"], "icdr5", config.class_names,
                                   referable_threshold=config.referable_threshold))
     result.update(dme_metrics(risks, outputs["dme"], threshold=config.dme_threshold))
-    result["joint_accuracy"] = joint_accuracy(grades, outputs["grade"], risks, outputs["dme"])
+    result["joint_accuracy"] = joint_accuracy(grades, outputs["grade"], risks, outputs["dme"],
+                                              config.referable_threshold, config.dme_threshold)
+    result["joint_most_probable_accuracy"] = joint_accuracy(grades, outputs["grade"], risks, outputs["dme"])
     result.update(combined_referral_metrics(grades, risks, p_referable, p_dme, config.referable_threshold,
                                             config.dme_threshold))
     train_grades = np.asarray([s.grade for s in train])

@@ -29,7 +29,7 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import loader_logits, loader_outputs
 from drdemo.metrics import dme_metrics, grading_metrics, joint_accuracy, task_probabilities
 from drdemo.preprocess import preprocess_kwargs, to_model_input
-from drdemo.tasks import DERIVED_MIN_GRADE, task_targets
+from drdemo.tasks import DERIVED_MIN_GRADE, decided_classes, task_targets
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
@@ -118,16 +118,20 @@ def score(config: CheckpointConfig, samples: Sequence[Sample], logits: np.ndarra
         metrics.update(dme_metrics(risks, dme_probabilities, threshold=config.dme_threshold))
         known = risks >= 0
         metrics["joint_accuracy"] = joint_accuracy(grades[known], probabilities[known], risks[known],
-                                                   dme_probabilities[known])
+                                                   dme_probabilities[known], config.referable_threshold,
+                                                   config.dme_threshold)
+        metrics["joint_most_probable_accuracy"] = joint_accuracy(grades[known], probabilities[known], risks[known],
+                                                                 dme_probabilities[known])
     metrics["seconds"] = round(seconds, 3)
     metrics["images_per_second"] = round(len(samples) / seconds, 3) if seconds > 0 else None
 
     targets = task_targets(grades, config.task)
     derived = task_probabilities(probabilities, config.task)
     columns = [probability_column(name) for name in config.class_names]
+    named = decided_classes(probabilities, config.task, config.referable_threshold)
     rows = []
     for i, sample in enumerate(samples):
-        predicted = int(probabilities[i].argmax())
+        predicted = int(named[i])
         row = {"image_id": sample.image_id, "grade": int(sample.grade), "target": int(targets[i])}
         row.update({column: float(p) for column, p in zip(columns, probabilities[i])})
         row.update(predicted=predicted, predicted_name=config.class_names[predicted])

@@ -316,24 +316,30 @@ def decision_heading(prediction: Prediction) -> str:
     return "Refer: " + " and ".join(reasons)
 
 
-def most_likely(prediction: Prediction) -> str:
-    """'Most likely grade: No DR (48%); most likely DME risk: 0 (80%)': never a headline of its own, so it cannot
-    read as the decision."""
-    text = (f"Most likely grade: {prediction.grade_name} ({_grade_label(prediction.grade_name)}, "
-            f"{prediction.probabilities[prediction.grade_name]:.0%})")
+def named_grade(prediction: Prediction) -> str:
+    """'Grade: No DR (ICDR grade 0, 80%); DME risk: No DME risk (97%)': the grade and risk that agree with the
+    decision above them (the most probable on the referral's side of each threshold). Where that is not the single
+    most probable one, which a screening threshold below 50% makes possible, the line says which is."""
+    p = prediction.probabilities
+    text = f"Grade: {prediction.grade_name} ({_grade_label(prediction.grade_name)}, {p[prediction.grade_name]:.0%})"
+    top = max(p, key=p.get)
+    if top != prediction.grade_name:
+        side = "2-4, as P(grade ≥ 2) reaches" if prediction.referable else "0-1, as P(grade ≥ 2) is under"
+        text += f", the most probable of grades {side} its threshold (most probable grade: {top}, {p[top]:.0%})"
     if prediction.dme_probabilities:
-        name, value = max(prediction.dme_probabilities.items(), key=lambda item: item[1])
-        text += f"; most likely DME risk: {name} ({value:.0%})"
+        names = list(prediction.dme_probabilities)
+        shown = names[prediction.dme_risk] if prediction.dme_risk is not None else max(
+            prediction.dme_probabilities, key=prediction.dme_probabilities.get)
+        text += f"; DME risk: {shown} ({prediction.dme_probabilities[shown]:.0%})"
     return text
 
 
 def decision(prediction: Prediction, model_name: str, threshold: float, dme_threshold: float | None) -> str:
     """Markdown, first under the photo: the referral decision and its reason, each probability beside its
-    threshold, then the most likely grade (which a screening threshold below 50% may disagree with, and says so
-    by being called "most likely", never the heading)."""
+    threshold, then the grade and DME risk that agree with it (`named_grade`), never the heading."""
     lines = [f"### {model_name}: {decision_heading(prediction)}"]
     lines += [f"- {line}" for line in referral_lines(prediction, threshold, dme_threshold)]
-    return "\n".join(lines) + "\n\n" + most_likely(prediction) + "."
+    return "\n".join(lines) + "\n\n" + named_grade(prediction) + "."
 
 
 def refused_decision(reason: str) -> str:
@@ -390,7 +396,10 @@ def structured_result(analysis: Analysis, threshold: float, dme_threshold: float
         "referable_threshold": round(float(threshold), 4),
         "dme_referable_probability": _rounded(prediction.dme_referable_probability),
         "dme_threshold": None if prediction.dme_referable_probability is None else _rounded(dme_threshold),
-        "most_likely_grade": prediction.grade_name,
+        "grade": prediction.grade_name,
+        "most_likely_grade": max(prediction.probabilities, key=prediction.probabilities.get),
+        "dme_risk": (list(prediction.dme_probabilities)[prediction.dme_risk]
+                     if prediction.dme_risk is not None else None),
         "grade_probabilities": {k: round(v, 4) for k, v in prediction.probabilities.items()},
         "dme_probabilities": {k: round(v, 4) for k, v in prediction.dme_probabilities.items()},
         "image_check": dict(check),
@@ -472,7 +481,7 @@ def batch_summary(results: Sequence[BatchItem], models: Sequence[tuple[str, str]
             + ", ".join(f"{shown} {count}" for shown, count in referred.items())
             + ". Outcome, reason, probabilities and measured values per image are in the CSV.")
     columns = ["file", "image check", "reason"] + [f"{shown}: {what}" for _, shown in models
-                                                    for what in ("most likely grade", "decision")]
+                                                    for what in ("grade", "decision")]
     rows = []
     for r in results:
         cells = [_cell(r.name), OUTCOME_WORDS.get(r.outcome, r.outcome), _cell(r.reason)]
@@ -494,7 +503,10 @@ def batch_gallery(results: Sequence[BatchItem], model: tuple[str, str], count: i
 
     def caption(r: BatchItem) -> str:
         p = r.predictions[key]
-        return (f"{r.name}: {shown} most likely {p.grade_name} ({max(p.probabilities.values()):.0%}); "
+        top = max(p.probabilities, key=p.probabilities.get)
+        surest = (f"({p.probabilities[top]:.0%})" if top == p.grade_name
+                  else f"(most probable: {top}, {p.probabilities[top]:.0%})")
+        return (f"{r.name}: {shown} {p.grade_name} {surest}; "
                 f"{decision_heading(p)}")
     return [(r.thumbnail, caption(r)) for r in chosen]
 
