@@ -55,6 +55,10 @@ def test_the_lesion_map_is_a_heat_map_choice_and_the_verdict_gives_the_referral_
                                                                  False, api_name="/grade")
     assert "Lesion map" in explanation and "Refer: retinopathy" in text   # threshold 1%: referred for retinopathy
     assert "retinopathy" in result["referral_reasons"] and result["referable_threshold"] == 0.01
+    # the grade named agrees with that referral, whatever the most probable grade is
+    assert result["grade"] in ("Moderate NPDR", "Severe NPDR", "Proliferative DR")
+    assert result["most_likely_grade"] == max(result["grade_probabilities"], key=result["grade_probabilities"].get)
+    assert result["dme_risk"] in result["dme_probabilities"]
     original, drawn = (np.asarray(Image.open(p), float) for p in pair)
     assert original.shape == drawn.shape
 

@@ -538,7 +538,8 @@ class Trainer:
 
     def _validate_heads(self) -> dict:
         """Both grade heads' metrics, the DME risk's, and the softmax head's loss; the epoch is chosen by the
-        better grade head's QWK plus the DME accuracy, and that head becomes the served one."""
+        better grade head's QWK plus the DME accuracy, and that head becomes the served one. Grades and risks are
+        named at the config's thresholds, as everywhere (0.5 until `evaluate heads --choose-thresholds`)."""
         from drdemo.metrics import dme_metrics, grading_metrics
         arrays, _ = loader_outputs(self.kept_model, self.val_loader, self.config.test_time_views,
                                  memory_format=self.memory_format)
@@ -552,7 +553,8 @@ class Trainer:
         metrics["grade_head"] = head
         metrics.update({f"{name}_qwk": values["qwk"] for name, values in per_head.items()})
         dme = np.asarray([NO_LABEL if s.dme is None else s.dme for s in self.parts["val"]])
-        metrics.update(dme_metrics(dme, class_probabilities(arrays["dme_logits"], {})))
+        metrics.update(dme_metrics(dme, class_probabilities(arrays["dme_logits"], {}),
+                                   threshold=self.config.dme_threshold))
         metrics["loss"] = float(self.val_loss_fn(torch.from_numpy(arrays["softmax_logits"][:, 0]),
                                                  torch.from_numpy(grades)).item())
         metrics["selection"] = metrics["qwk"] + metrics.get("dme_accuracy", 0.0)
