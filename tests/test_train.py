@@ -179,6 +179,11 @@ def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path, cap
     (occupied / "notes.txt").write_text("keep me")
     assert train.main(_args(tiny_data, occupied)) == 2
     assert "is not empty" in capsys.readouterr().err
+    for flags, message in ((("--lesion-loss-weight", "-1"), "--lesion-loss-weight must be >= 0"),
+                           (("--distill-lesions",), "lesion maps: pass --teacher")):
+        with pytest.raises(SystemExit) as refused:
+            train.main(_args(tiny_data, tmp_path / "e", *flags))
+        assert refused.value.code == 2 and message in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert train.main(_args(empty, tmp_path / "d")) == 2

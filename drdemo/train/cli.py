@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distill-weight", type=float, help="weight of the teacher's loss (0: off)")
     parser.add_argument("--distill-lesions", action=argparse.BooleanOptionalAction, help="learn the teacher's "
                         "lesion maps too, on the photos without drawn lesion masks")
+    parser.add_argument("--lesion-loss-weight", type=float, help="weight of the lesion maps' loss (three-head "
+                        "recipes; 1 by default)")
     parser.add_argument("--backbone-lr-ratio", type=float, help="the pretrained layers' rate as a share of --lr")
     parser.add_argument("--local-contrast", type=float, help="local contrast sigma as a share of the input size "
                         "(0: off; the real preset's 0.0167 is Ben Graham's)")
@@ -88,7 +90,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         ("label_smoothing", args.label_smoothing), ("local_contrast", args.local_contrast),
         ("ema_decay", args.ema), ("pretrained", args.pretrained), ("freeze_epochs", args.freeze_epochs),
         ("backbone_lr_ratio", args.backbone_lr_ratio), ("distill_weight", args.distill_weight),
-        ("distill_lesions", args.distill_lesions)) if value is not None}
+        ("distill_lesions", args.distill_lesions), ("lesion_loss_weight", args.lesion_loss_weight))
+        if value is not None}
     if args.no_class_weights:
         overrides["class_weights"] = False
     return replace(recipe, **overrides)
@@ -105,6 +108,7 @@ def _validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         (args.ema is not None and not 0 <= args.ema < 1, "--ema must be in [0, 1) (0: off)"),
         (args.freeze_epochs is not None and args.freeze_epochs < 0, "--freeze-epochs must be >= 0"),
         (args.distill_weight is not None and args.distill_weight < 0, "--distill-weight must be >= 0"),
+        (args.lesion_loss_weight is not None and args.lesion_loss_weight < 0, "--lesion-loss-weight must be >= 0"),
         (PRESETS[args.preset].distill_weight > 0 and args.teacher is None and not args.resume,
          f"--preset {args.preset} learns from a teacher: pass --teacher CHECKPOINT"),
         (args.teacher is not None and not (args.teacher / "config.json").is_file(),
