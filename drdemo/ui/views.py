@@ -270,7 +270,10 @@ def how_to_read(models: Sequence[ModelReading]) -> str:
         "camera the model never saw, makes them less reliable without the numbers saying so.",
         "- **Referral line**: *Referable* when P(grade 2 or worse), the sum of grades 2 to 4, reaches the "
         "threshold: " + "; ".join(threshold(m) for m in models) + ". Lowering it refers more eyes (fewer missed, "
-        "more false alarms). It is a screening cut-off, not a diagnosis.",
+        "more false alarms). It is a screening cut-off, not a diagnosis. The grade named under the decision agrees "
+        "with it: the most probable of grades 2-4 for a referred photo, of grades 0-1 otherwise (likewise DME risk "
+        "2 exactly when its threshold is reached), so with a low threshold it can be a less probable grade than "
+        "the top bar, and the line then says which grade is the most probable.",
         "- **Heat map**: where the model found evidence for the grade it explains, over the photo as the model "
         "received it (cropped to the field of view)" + (", computed on that one view even where the probabilities "
                                                         "average several" if averaged else "") + ". It does not "
@@ -469,8 +472,8 @@ def check_details(rules: str, by_model: Sequence[tuple[str, Assessment]]) -> str
 
 def batch_summary(results: Sequence[BatchItem], models: Sequence[tuple[str, str]]) -> str:
     """Markdown: how many images were graded, warned and refused, then one row per image with the image check's
-    outcome and reason and, for every model (`models`: (key of its predictions, the name people read)), its most
-    likely grade and its referral decision with the reason, as the Grade tab words them."""
+    outcome and reason and, for every model (`models`: (key of its predictions, the name people read)), the grade
+    it names and its referral decision with the reason, as the Grade tab words them."""
     graded = sum(1 for r in results if r.predictions)
     refused = sum(1 for r in results if r.outcome == "refused")
     warned = sum(1 for r in results if r.outcome == "warned")
