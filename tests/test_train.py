@@ -341,3 +341,14 @@ def test_torchrun_distils_from_teacher_targets_the_main_process_wrote(real_subse
         assert targets["ids"].tolist() == split["train"] and targets["grade"].shape == (len(split["train"]), 5)
     assert not list((out / "training").glob("*.tmp.*"))
     assert read_config(out).provenance["distillation"]["teacher"] == str(teacher)
+
+
+def test_class_weights_of_the_grades_and_of_the_dme_risk_are_separate_choices(tmp_path):
+    from drdemo.train.cli import build_parser, recipe_from_args
+    args = _args(tmp_path, tmp_path / "out", "--preset", "imagenet")
+    default = recipe_from_args(build_parser().parse_args(args))
+    assert default.class_weights and default.dme_class_weights
+    grades_only = recipe_from_args(build_parser().parse_args([*args, "--no-class-weights"]))
+    assert not grades_only.class_weights and grades_only.dme_class_weights   # the served InceptionV3's recipe
+    neither = recipe_from_args(build_parser().parse_args([*args, "--no-class-weights", "--no-dme-class-weights"]))
+    assert not neither.class_weights and not neither.dme_class_weights

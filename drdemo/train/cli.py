@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--warmup-epochs", type=float)
     parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--no-class-weights", action="store_true")
+    parser.add_argument("--no-class-weights", action="store_true", help="plain cross-entropy for the grades")
+    parser.add_argument("--no-dme-class-weights", action="store_true", help="plain cross-entropy for the DME risk "
+                        "(three-head recipes weigh its risks by inverse frequency otherwise)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from the architecture's "
                         "ImageNet weights (the imagenet preset does; InceptionV3 only)")
     parser.add_argument("--freeze-epochs", type=float, help="epochs that train only the new layers before the "
@@ -94,6 +96,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         if value is not None}
     if args.no_class_weights:
         overrides["class_weights"] = False
+    if args.no_dme_class_weights:
+        overrides["dme_class_weights"] = False
     return replace(recipe, **overrides)
 
 

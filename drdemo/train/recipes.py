@@ -49,6 +49,7 @@ class Recipe:
     heads: bool = False               # three heads (drdemo.models.heads): grade, DME risk, lesion maps
     ordinal_loss_weight: float = 1.0  # the CORN grade head's loss beside the softmax head's
     dme_loss_weight: float = 1.0
+    dme_class_weights: bool = True    # inverse frequency of the DME risks (risk 1 is about 10% of IDRiD's photos)
     lesion_loss_weight: float = 1.0   # on the photos with lesion masks only
     # Transfer learning: start from the architecture's ImageNet weights (drdemo.models.pretrained), train only the
     # new layers for `freeze_epochs`, then the whole network, the pretrained layers at `backbone_lr_ratio` x lr

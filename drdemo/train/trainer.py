@@ -188,8 +188,8 @@ class Trainer:
         if recipe.heads:
             dme_counts = np.bincount([s.dme for s in self.parts["train"] if s.dme is not None],
                                      minlength=len(DME_RISKS))
-            self.dme_loss_fn = nn.CrossEntropyLoss(weight=balanced_weights(dme_counts).to(self.device),
-                                                   label_smoothing=recipe.label_smoothing)
+            dme_weight = balanced_weights(dme_counts).to(self.device) if recipe.dme_class_weights else None
+            self.dme_loss_fn = nn.CrossEntropyLoss(weight=dme_weight, label_smoothing=recipe.label_smoothing)
         pretrained_names = self._pretrained_parameter_names() if recipe.pretrained else frozenset()
         groups = parameter_groups(self.model, recipe.weight_decay, pretrained=pretrained_names,
                                   early_prefixes=defaults.early_layers, backbone_lr_ratio=recipe.backbone_lr_ratio,
