@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
-from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, on_field_of_view, overlay
+from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, named_class, on_field_of_view, overlay
 from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.cam.metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
@@ -102,9 +102,10 @@ def _score(loaded, with_lesions: Sequence[LesionSample], methods: Sequence[str],
                             config.input_size, kwargs["crop_fov"])
         area_shares.append(float(mask.mean()))
         maps = {}
-        # every method explains the class the app would show: over the checkpoint's views, calibrated
-        predicted = int(class_probabilities(view_logits(model, batch, config.test_time_views),
-                                            config.calibration)[0].argmax())
+        # every method explains the class the app would show: over the checkpoint's views, calibrated, named at
+        # the checkpoint's referral threshold
+        predicted = named_class(class_probabilities(view_logits(model, batch, config.test_time_views),
+                                                    config.calibration)[0], config.task, config.referable_threshold)
         inside = field_of_view(view)
         for layer, explainer in explainers.items():
             for method in methods:  # on the retina only, as the app shows it
