@@ -356,13 +356,20 @@ def test_heads_reports_a_three_head_checkpoint_with_one_or_eight_views(tmp_path,
     """`evaluate heads` end to end on a small copy of IDRiD: the validation and test reports, the page's
     eight-view option reported beside them under its own name, and thresholds never chosen on eight views
     or on a validation part without cases."""
-    from real_data import tiny_idrid
+    from real_data import tiny_idrid, tiny_segmentation
 
     data = tiny_idrid(tmp_path / "idrid" / "B. Disease Grading", per_grade=2, side=128)
     checkpoint = untrained_checkpoint(tmp_path / "checkpoint", three_heads=True, input_size=64)
     by_grade = sorted(load_samples(data, part="train"), key=lambda s: (s.grade, s.image_id))  # two of each grade
-    (checkpoint / "training" / "split.json").write_text(json.dumps(
-        {"parts": {"train": [s.image_id for s in by_grade[::2]], "val": [s.image_id for s in by_grade[1::2]]}}))
+    train_ids, val_ids = [s.image_id for s in by_grade[::2]], [s.image_id for s in by_grade[1::2]]
+    (checkpoint / "training" / "split.json").write_text(json.dumps({"parts": {"train": train_ids, "val": val_ids}}))
+    # three segmentation photos beside it: a copy of a validation photo, of a training photo, of neither
+    tiny_segmentation(tmp_path / "idrid" / "A. Segmentation", count=3, side=128)
+    (tmp_path / "idrid" / "segmentation_grading_overlap.csv").write_text(
+        "segmentation_split,segmentation_image,grading_split,grading_image,correlation\n"
+        f"a. Training Set,IDRiD_01.jpg,a. Training Set,{val_ids[0]}.jpg,1.0\n"
+        f"a. Training Set,IDRiD_02.jpg,a. Training Set,{train_ids[0]}.jpg,1.0\n"
+        "a. Training Set,IDRiD_03.jpg,,,0.88\n")
     monkeypatch.setenv("DRDEMO_CACHE", str(tmp_path / "cache"))
     common = ["heads", "--checkpoint", str(checkpoint), "--data", str(data)]
     assert main([*common, "--part", "val", "--views", "8", "--choose-thresholds"]) == 2
@@ -376,7 +383,11 @@ def test_heads_reports_a_three_head_checkpoint_with_one_or_eight_views(tmp_path,
                   for name in ("lesion_aware_test.json", "lesion_aware_test_8views.json"))
     assert (one["n"], one["views"], eight["views"]) == (5, 1, 8)
     assert one["referable_threshold"] == eight["referable_threshold"] == 0.5   # the checkpoint's, either way
-    assert (checkpoint / "eval" / "lesion_aware_val.json").is_file()
+    # lesion maps: validation on the copy of a validation photo only, the test report on the photos that copy no
+    # photo of IDRiD's training part (validation photos included), so the two never share a photo
+    val = json.loads((checkpoint / "eval" / "lesion_aware_val.json").read_text())
+    assert val["lesion_maps"]["photos"] == ["IDRiD_01"]
+    assert one["lesion_maps"]["photos"] == ["IDRiD_03"]
     from drdemo.checkpoint.io import write_card
     card = write_card(checkpoint).read_text()   # the eight views are a column of the card's three-head table
     assert "| validation (5 photos) | test (5 photos) | test, mean of 8 views: the page's test-time option" in card

@@ -13,9 +13,10 @@ retinopathy (P(grade >= 2)) and for referable macular oedema (P(DME risk 2)) the
 Every run writes OUT/metrics.json (and the same under the checkpoint's eval/) with, at its top level:
 the grading metrics, `dme_accuracy`, `referable_dme_auc`, `joint_accuracy` (the IDRiD challenge's metric:
 grade and DME risk both right), the combined referral, the colour-shift test, the mean-colour probe on
-the raw photos and on the model input, and (with the segmentation folder) the lesion maps' AUPR per type
-on the segmentation photos that are not copies of grading-training photos, beside a blank and a
-centre-peaked map.
+the raw photos and on the model input, and (with the segmentation folder) the lesion maps' AUPR per type,
+beside a blank and a centre-peaked map: for `--part test` on the segmentation photos that copy no photo of
+IDRiD's training part, for `--part val` on the copies of the validation photos (held out of training too),
+so choices made on validation never read the test report's photos.
 
 The colour-shift test re-balances each photo's colour inside the field of view to the mean colour of the
 healthy training photos and, separately, of the diseased ones (per-channel gains, nothing else), and
@@ -47,7 +48,7 @@ from drdemo.checkpoint import CheckpointError, LoadedModel, code_commit, load_mo
 from drdemo.checkpoint.io import read_config, write_config
 from drdemo.data import load_photos, load_samples
 from drdemo.data.datasets import Sample, open_image
-from drdemo.data.lesions import grading_copies, load_lesion_samples
+from drdemo.data.lesions import grading_copies, grading_copy_map, load_lesion_samples
 from drdemo.data.prepared import LesionGradingDataset, lesion_stack, prepare_cached
 from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS, loader_outputs
@@ -141,11 +142,19 @@ def _highest_threshold(truth: np.ndarray, scores: np.ndarray, min_sensitivity: f
     return float(np.floor(min(max(reachable.max(), 0.001), 0.999) * 1000) / 1000)
 
 
-def lesion_map_scores(loaded, segmentation: Path, overlap: Path) -> dict:
-    """Lesion-map AUPR and pointing game on the segmentation photos that are not copies of grading-training photos."""
+def lesion_map_scores(loaded, segmentation: Path, overlap: Path, validation_ids: Sequence[str] | None = None) -> dict:
+    """Lesion-map AUPR and pointing game on the segmentation photos that are not copies of grading-training photos
+    (the photos the test report gives), or with `validation_ids` on the copies of those validation photos: held out
+    of training too, and free to choose on, which the test report's photos are not."""
     config = loaded.config
-    copies = grading_copies(overlap, "train")
-    held_out = [s for s in load_lesion_samples(segmentation) if s.image_id not in copies]
+    if validation_ids is None:
+        copies = grading_copies(overlap, "train")
+        held_out = [s for s in load_lesion_samples(segmentation) if s.image_id not in copies]
+    else:
+        copy_of, wanted = grading_copy_map(overlap, "train"), set(validation_ids)
+        held_out = [s for s in load_lesion_samples(segmentation) if copy_of.get(s.image_id) in wanted]
+    if not held_out:
+        return {}
     crop = config.preprocessing["crop_fov"]
     images, masks = [], []
     for sample in held_out:
@@ -260,7 +269,10 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
     segmentation = args.segmentation or args.data.parent / "A. Segmentation"
     overlap = args.overlap or args.data.parent / "segmentation_grading_overlap.csv"
     if segmentation.is_dir() and overlap.is_file():
-        result["lesion_maps"] = lesion_map_scores(loaded, segmentation, overlap)
+        # validation: the copies of the validation photos, so a choice never reads the test report's photos
+        scores = lesion_map_scores(loaded, segmentation, overlap, split["val"] if args.part == "val" else None)
+        if scores:
+            result["lesion_maps"] = scores
     for other in args.other_cameras:
         photos = load_photos(other)
         other_images = prepare_cached(photos, size, interpolation, crop)
