@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from drdemo.calibration import class_probabilities, view_spread
-from drdemo.cam.explain import Explainer, named_class, on_field_of_view
+from drdemo.cam.explain import Explainer, on_field_of_view
 from drdemo.cam.lesion_maps import upsample_lesion_maps
 from drdemo.checkpoint import CheckpointConfig
 from drdemo.inference import SYMMETRIES, view_outputs
 from drdemo.metrics import task_probabilities
 from drdemo.models import create_model, model_defaults
 from drdemo.preprocess import field_of_view, normalise, prepare_image
-from drdemo.tasks import ICDR_GRADES, REFERABLE_DME_RISK, decided_dme_risks
+from drdemo.tasks import ICDR_GRADES, REFERABLE_DME_RISK, decided_dme_risks, named_class
 
 # Why a photo is referred: moderate or worse retinopathy, referable macular oedema (DME risk 2), or both.
 REFERRAL_REASONS = ("retinopathy", "macular oedema")
@@ -50,6 +50,11 @@ class Prediction:
     dme_referable: bool | None = None               # dme_referable_probability >= the checkpoint's dme_threshold
     dme_risk: int | None = None                     # the risk named, agreeing with dme_referable (decided_dme_risks)
     referral_reasons: tuple[str, ...] = ()          # of REFERRAL_REASONS, in that order: why the photo is referred
+
+    @property
+    def dme_risk_name(self) -> str | None:
+        """The name of the DME risk named (`dme_risk`), None for a model without a DME head."""
+        return None if self.dme_risk is None else list(self.dme_probabilities)[self.dme_risk]
 
     @property
     def referred(self) -> bool | None:

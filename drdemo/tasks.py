@@ -108,3 +108,11 @@ def decided_dme_risks(probabilities: np.ndarray, threshold: float = 0.5) -> np.n
     probabilities = np.asarray(probabilities, dtype=np.float64)
     refer = probabilities[:, REFERABLE_DME_RISK] >= threshold
     return np.where(refer, REFERABLE_DME_RISK, probabilities[:, :REFERABLE_DME_RISK].argmax(axis=1))
+
+
+def named_class(probabilities: np.ndarray, task: str | None, referable_threshold: float | None) -> int:
+    """The class one image's probabilities name: `decided_classes` where a task and threshold are known, the
+    most probable class otherwise."""
+    if task is None or referable_threshold is None:
+        return int(np.argmax(probabilities))
+    return int(decided_classes(np.asarray(probabilities)[None], task, referable_threshold)[0])

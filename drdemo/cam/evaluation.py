@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tqdm import tqdm
 
 from drdemo.calibration import class_probabilities
-from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, named_class, on_field_of_view, overlay
+from drdemo.cam.explain import CAM_METHODS, Explainer, ExplainError, on_field_of_view, overlay
 from drdemo.cam.methods import CAM_METHOD_NAMES
 from drdemo.cam.metrics import centre_map, energy_share, is_flat, pointing_hit, pointing_tolerance, random_map
 from drdemo.data import open_image
@@ -33,6 +33,7 @@ from drdemo.data.lesions import LesionSample, lesion_union
 from drdemo.errors import DrdemoError
 from drdemo.inference import view_logits
 from drdemo.preprocess import field_of_view, fundus_mask, normalise, prepare_image, prepare_mask, preprocess_kwargs
+from drdemo.tasks import named_class
 
 DEFAULT_ROAD_PERCENTILES = (20, 40, 60, 80)
 RANDOM_BASELINE = "random"

@@ -26,7 +26,7 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import main_logits
 from drdemo.models import CAM_RESHAPES, model_defaults, target_layers
 from drdemo.models.heads import HeadsOutput, MultiHeadNet
-from drdemo.tasks import decided_classes
+from drdemo.tasks import named_class
 
 if TYPE_CHECKING:
     from drdemo.checkpoint import CheckpointConfig
@@ -108,14 +108,6 @@ class _NamedClass:
         logits = output.detach().double().cpu().numpy()[None]
         return output[named_class(class_probabilities(logits, self.calibration)[0], self.task,
                                   self.referable_threshold)]
-
-
-def named_class(probabilities: np.ndarray, task: str | None, referable_threshold: float | None) -> int:
-    """The class one image's probabilities name: drdemo.tasks.decided_classes where a task and threshold are
-    known, the most probable class otherwise."""
-    if task is None or referable_threshold is None:
-        return int(np.argmax(probabilities))
-    return int(decided_classes(np.asarray(probabilities)[None], task, referable_threshold)[0])
 
 
 class Explainer:

@@ -329,10 +329,8 @@ def named_grade(prediction: Prediction) -> str:
     if top != prediction.grade_name:
         side = "2-4, as P(grade ≥ 2) reaches" if prediction.referable else "0-1, as P(grade ≥ 2) is under"
         text += f", the most probable of grades {side} its threshold (most probable grade: {top}, {p[top]:.0%})"
-    if prediction.dme_probabilities:
-        names = list(prediction.dme_probabilities)
-        shown = names[prediction.dme_risk] if prediction.dme_risk is not None else max(
-            prediction.dme_probabilities, key=prediction.dme_probabilities.get)
+    if prediction.dme_risk_name is not None:
+        shown = prediction.dme_risk_name
         text += f"; DME risk: {shown} ({prediction.dme_probabilities[shown]:.0%})"
     return text
 
@@ -401,8 +399,7 @@ def structured_result(analysis: Analysis, threshold: float, dme_threshold: float
         "dme_threshold": None if prediction.dme_referable_probability is None else _rounded(dme_threshold),
         "grade": prediction.grade_name,
         "most_likely_grade": max(prediction.probabilities, key=prediction.probabilities.get),
-        "dme_risk": (list(prediction.dme_probabilities)[prediction.dme_risk]
-                     if prediction.dme_risk is not None else None),
+        "dme_risk": prediction.dme_risk_name,
         "grade_probabilities": {k: round(v, 4) for k, v in prediction.probabilities.items()},
         "dme_probabilities": {k: round(v, 4) for k, v in prediction.dme_probabilities.items()},
         "image_check": dict(check),
