@@ -32,9 +32,8 @@ python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t" --
   --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t")
 for name in inception_v3 medmamba_t; do
   ck="$OUT/$name"
+  # thresholds on the validation part; its grading record stays the one training wrote for the epoch it kept
   python -m drdemo.evaluate heads --checkpoint "$ck" --data "$G" --part val --choose-thresholds
-  python -m drdemo.evaluate score --checkpoint "$ck" --data "$G" --split "$ck/training/split.json" --part val \
-    --out "$OUT/eval/$name/score_val" --record --record-as val
   case $name in medmamba_t) layers="backbone.layers.2.blocks.3 backbone.layers.3";;
                 inception_v3) layers="backbone.Mixed_6e backbone.Mixed_7c";; esac
   python -m drdemo.evaluate cams --checkpoint "$ck" --data "$S" --overlap "$OVERLAP" --photos copies --limit 20 \

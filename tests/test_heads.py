@@ -90,7 +90,7 @@ class _ReadsColour(nn.Module):
 
 
 def _colour_model(colour_balance: bool) -> SimpleNamespace:
-    model = MultiHeadNet(_ReadsColour(), classifier="fc", lesion_layer="layer1", lesion_channels=3,
+    model = MultiHeadNet(_ReadsColour(), classifier="fc", lesion_layers=["layer1"], lesion_channels=[3],
                          channels_last_features=False, num_grades=5, dme_classes=3, lesion_types=4).eval()
     config = CheckpointConfig.for_architecture(
         "resnet50", heads=HEADS, input_size=64, mean=(0.5, 0.3, 0.1), std=(0.2, 0.2, 0.2),
@@ -159,8 +159,28 @@ def test_three_head_configs_are_validated():
         CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, grade_head="regression"))
     with pytest.raises(CheckpointError, match="DME risk levels"):
         CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, dme_classes=["a", "b"]))
+    with pytest.raises(CheckpointError, match="heads.lesion_layers"):
+        CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, lesion_layers=[]))
+    with pytest.raises(CheckpointError, match="optionally lesion_layers"):
+        CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, lesion_layer="layer2"))
+    assert CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, lesion_layers=["layer1"])).heads[
+        "lesion_layers"] == ["layer1"]
     single = CheckpointConfig.for_architecture("resnet50")
     assert single.heads == {} and replace(single).preprocessing["colour_balance"] is False
+
+
+def test_a_lesion_decoder_on_several_layers_fuses_them_at_the_finest_ones_resolution():
+    model = create_model("resnet50", heads=dict(HEADS, lesion_layers=["layer3", "layer1"]))
+    output = model(torch.randn(2, 3, 64, 64))
+    assert output.lesion_logits.shape == (2, 4, 16, 16)                     # layer1: 1/4 of the input
+    output.lesion_logits.sum().backward()
+    assert all(lateral.weight.grad.abs().sum() > 0 for lateral in model.lesion_head.lateral)
+    # a config naming no layers is every checkpoint before they were named: the one default layer, the plain decoder
+    legacy = create_model("resnet50", heads=HEADS)
+    assert legacy.lesion_head.block[0].in_channels == 512 and legacy(torch.randn(1, 3, 64, 64)).lesion_logits.shape[
+        -1] == 8
+    with pytest.raises(ValueError, match="did you mean 'layer2'"):
+        create_model("resnet50", heads=dict(HEADS, lesion_layers=["layer_2"]))
 
 
 @needs_real_data

@@ -66,7 +66,9 @@ class CheckpointConfig:
     test_time_views: int = 1
     calibration: dict = field(default_factory=dict)
     # A three-head model (drdemo.models.heads): {"grade_head": "softmax" | "ordinal", "dme_classes": [3 names],
-    # "lesion_types": [names]}; {} is a single-head grade classifier.
+    # "lesion_types": [names]} and optionally "lesion_layers": [the backbone layers its lesion decoder reads]
+    # (absent: the architecture's one default layer, as every checkpoint before they were named);
+    # {} is a single-head grade classifier.
     heads: dict = field(default_factory=dict)
     # Refer for macular oedema when P(DME risk 2) reaches this (three-head models only).
     dme_threshold: float = 0.5
@@ -215,14 +217,17 @@ def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
         return f"heads must be an object, got {heads!r}"
     if not heads:
         return None
-    expected = {"grade_head", "dme_classes", "lesion_types"}
-    if set(heads) != expected:
-        return f"heads must have exactly the keys {', '.join(sorted(expected))}, got {', '.join(sorted(heads))}"
+    expected, optional = {"grade_head", "dme_classes", "lesion_types"}, {"lesion_layers"}
+    if not expected <= set(heads) <= expected | optional:
+        return (f"heads must have the keys {', '.join(sorted(expected))} (and optionally "
+                f"{', '.join(sorted(optional))}), got {', '.join(sorted(heads))}")
     if heads["grade_head"] not in GRADE_HEADS:
         return f"heads.grade_head must be one of {', '.join(GRADE_HEADS)}, got {heads['grade_head']!r}"
     if task != "icdr5" or num_classes != len(ICDR_GRADES):
         return "heads need the icdr5 task (five grades)"
-    for key in ("dme_classes", "lesion_types"):
+    for key in ("dme_classes", "lesion_types", "lesion_layers"):
+        if key not in heads:
+            continue
         names = heads[key]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             return f"heads.{key} must be a non-empty list of names, got {names!r}"

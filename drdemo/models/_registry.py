@@ -39,7 +39,10 @@ class ModelDefaults:
     # gained nothing (MedMamba-T 1.03x).
     channels_last: bool = False
     classifier: str = "fc"            # the final linear layer; its input is the pooled features
-    lesion_layer: str = "layer2"      # where a MultiHeadNet's lesion decoder reads (about 1/8 of the input)
+    # Where a MultiHeadNet's lesion decoder reads: a new checkpoint records `lesion_layers` in its config's
+    # heads; a config that names none (every one before they were named) means `lesion_layer` alone.
+    lesion_layer: str = "layer2"      # about 1/8 of the input
+    lesion_layers: tuple[str, ...] = ()  # what new checkpoints read (several are fused); empty: lesion_layer
     lesion_features_channels_last: bool = False  # the lesion layer's output is (B, H, W, C)
     early_layers: tuple[str, ...] = ()  # name prefixes of the first layers, fine-tuned slowest from pretrained weights
 
@@ -47,6 +50,11 @@ class ModelDefaults:
     def memory_format(self) -> torch.memory_format:
         """The layout the predictor and the trainer put weights and inputs in."""
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def new_lesion_layers(self) -> tuple[str, ...]:
+        """The lesion layers a new three-head checkpoint of this architecture reads."""
+        return self.lesion_layers or (self.lesion_layer,)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,9 +102,9 @@ def create_model(name: str, num_classes: int = len(ICDR_GRADES), heads: Mapping 
     """Build architecture `name`: freshly initialised, or with its ImageNet weights when `pretrained`
     (drdemo.models.pretrained says where they are found; the classifier is new either way).
 
-    `heads` (a checkpoint config's `heads`: grade_head, dme_classes, lesion_types) wraps it in a
-    MultiHeadNet; None or empty builds the plain single-head classifier. `kwargs` are the builder's
-    options (a checkpoint's `model_options`).
+    `heads` (a checkpoint config's `heads`: grade_head, dme_classes, lesion_types, and lesion_layers where it
+    names them) wraps it in a MultiHeadNet; None or empty builds the plain single-head classifier. `kwargs` are
+    the builder's options (a checkpoint's `model_options`).
     """
     _check_known(name)
     if pretrained:
@@ -109,8 +117,11 @@ def create_model(name: str, num_classes: int = len(ICDR_GRADES), heads: Mapping 
     model = _builders[name](num_classes=num_classes, **kwargs)
     defaults = _defaults[name]
     if heads:
-        channels = lesion_layer_channels(model, defaults.lesion_layer, defaults.lesion_features_channels_last)
-        model = MultiHeadNet(model, classifier=defaults.classifier, lesion_layer=defaults.lesion_layer,
+        layers = tuple(heads.get("lesion_layers") or (defaults.lesion_layer,))
+        for layer in layers:
+            get_submodule(model, layer)  # a clear message for a layer this architecture does not have
+        channels = lesion_layer_channels(model, layers, defaults.lesion_features_channels_last)
+        model = MultiHeadNet(model, classifier=defaults.classifier, lesion_layers=layers,
                              lesion_channels=channels, channels_last_features=defaults.lesion_features_channels_last,
                              num_grades=num_classes, dme_classes=len(heads["dme_classes"]),
                              lesion_types=len(heads["lesion_types"]), grade_head=heads.get("grade_head", "softmax"))

@@ -3,9 +3,10 @@
 `MultiHeadNet` wraps any registry backbone without changing it: the backbone's own classifier
 stays the softmax grade head (so a single-head checkpoint's weights load into it unchanged), the
 pooled features that classifier receives feed the DME head and an ordinal grade head, and the
-output of a mid-level stage (the architecture's `lesion_layer`, about 1/8 of the input) feeds a
-small convolutional decoder with one logit map per lesion type. Both are read with forward hooks
-for the one call, so the backbone stays a plain nn.Module and a CAM's hooks see its layers as before.
+outputs of the lesion layers feed a small convolutional decoder with one logit map per lesion type:
+one mid-level stage (about 1/8 of the input), or several stages fused at the finest one's resolution,
+as a feature pyramid does. Both are read with forward hooks for the one call, so the backbone stays
+a plain nn.Module and a CAM's hooks see its layers as before.
 
 The ordinal head is CORN (Shi et al., 2021): K - 1 conditional logits, P(y > k | y > k - 1), whose
 running products give P(y > k) and, by differences, five class probabilities that are always
@@ -34,7 +35,7 @@ class HeadsOutput:
     softmax_logits: torch.Tensor         # (B, grades)
     ordinal_logits: torch.Tensor         # (B, grades - 1): CORN's conditional logits
     dme_logits: torch.Tensor             # (B, DME classes)
-    lesion_logits: torch.Tensor          # (B, lesion types, h, w) at the lesion layer's resolution
+    lesion_logits: torch.Tensor          # (B, lesion types, h, w) at the (finest) lesion layer's resolution
     features: torch.Tensor               # (B, F) pooled features, the classifier's input
     aux_logits: torch.Tensor | None = None  # InceptionV3's auxiliary head, in training mode
 
@@ -90,23 +91,44 @@ class LesionDecoder(nn.Module):
         return self.block(features)
 
 
+class FusedLesionDecoder(nn.Module):
+    """Several stages' features -> one logit map per lesion type, at the finest stage's resolution: each
+    stage is projected to `hidden` channels (1x1), upsampled bilinearly and summed, as in a feature
+    pyramid, so the early stages' fine detail and the later stages' context meet before the decoder."""
+
+    def __init__(self, in_channels: Sequence[int], lesion_types: int, hidden: int = 64):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(channels, hidden, 1) for channels in in_channels)
+        self.block = LesionDecoder(hidden, lesion_types, hidden).block
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = max((f.shape[-2:] for f in features), key=lambda hw: hw[0] * hw[1])
+        fused = sum(F.interpolate(lateral(f), size=size, mode="bilinear", align_corners=False)
+                    if f.shape[-2:] != size else lateral(f) for lateral, f in zip(self.lateral, features))
+        return self.block(fused)
+
+
 class MultiHeadNet(nn.Module):
     """A backbone with grade (softmax and ordinal), DME and lesion-map heads."""
 
-    def __init__(self, backbone: nn.Module, classifier: str, lesion_layer: str, lesion_channels: int,
-                 channels_last_features: bool, num_grades: int, dme_classes: int, lesion_types: int,
-                 grade_head: str = "softmax"):
+    def __init__(self, backbone: nn.Module, classifier: str, lesion_layers: Sequence[str],
+                 lesion_channels: Sequence[int], channels_last_features: bool, num_grades: int, dme_classes: int,
+                 lesion_types: int, grade_head: str = "softmax"):
         super().__init__()
         if grade_head not in GRADE_HEADS:
             raise ValueError(f"grade_head must be one of {', '.join(GRADE_HEADS)}, got {grade_head!r}")
+        if not lesion_layers or len(lesion_layers) != len(lesion_channels):
+            raise ValueError(f"one channel count per lesion layer: {list(lesion_layers)}, {list(lesion_channels)}")
         self.backbone = backbone
-        self.classifier_path, self.lesion_path = classifier, lesion_layer
+        self.classifier_path, self.lesion_paths = classifier, tuple(lesion_layers)
         self.channels_last_features = channels_last_features
         self.grade_head = grade_head
         num_features = backbone.get_submodule(classifier).in_features
         self.ordinal_head = nn.Linear(num_features, num_grades - 1)
         self.dme_head = nn.Linear(num_features, dme_classes)
-        self.lesion_head = LesionDecoder(lesion_channels, lesion_types)
+        # one layer keeps the plain decoder (the weights of every checkpoint before fused layers)
+        self.lesion_head = (LesionDecoder(lesion_channels[0], lesion_types) if len(lesion_layers) == 1
+                            else FusedLesionDecoder(lesion_channels, lesion_types))
         for head in (self.ordinal_head, self.dme_head):
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
@@ -117,11 +139,12 @@ class MultiHeadNet(nn.Module):
         def keep_input(_module, inputs):
             captured["features"] = inputs[0]
 
-        def keep_output(_module, _inputs, output):
-            captured["lesion"] = output
+        def keep_output(path):
+            return lambda _module, _inputs, output: captured.__setitem__(path, output)
 
-        hooks = [self.backbone.get_submodule(self.classifier_path).register_forward_pre_hook(keep_input),
-                 self.backbone.get_submodule(self.lesion_path).register_forward_hook(keep_output)]
+        hooks = [self.backbone.get_submodule(self.classifier_path).register_forward_pre_hook(keep_input)]
+        hooks += [self.backbone.get_submodule(path).register_forward_hook(keep_output(path))
+                  for path in self.lesion_paths]
         try:
             output = self.backbone(x)
         finally:
@@ -130,13 +153,14 @@ class MultiHeadNet(nn.Module):
         softmax_logits = output.logits if hasattr(output, "logits") else output
         aux = getattr(output, "aux_logits", None)
         features = captured["features"].flatten(1)
-        lesion_features = captured["lesion"]
+        lesion_features = [captured[path] for path in self.lesion_paths]
         if self.channels_last_features:
-            lesion_features = lesion_features.permute(0, 3, 1, 2)
+            lesion_features = [f.permute(0, 3, 1, 2) for f in lesion_features]
+        lesion_logits = self.lesion_head(lesion_features[0] if len(lesion_features) == 1 else lesion_features)
         ordinal_logits = self.ordinal_head(features)
         logits = softmax_logits if self.grade_head == "softmax" else corn_log_probabilities(ordinal_logits)
         return HeadsOutput(logits=logits, softmax_logits=softmax_logits, ordinal_logits=ordinal_logits,
-                           dme_logits=self.dme_head(features), lesion_logits=self.lesion_head(lesion_features),
+                           dme_logits=self.dme_head(features), lesion_logits=lesion_logits,
                            features=features, aux_logits=aux)
 
 
@@ -159,18 +183,19 @@ def pooled_features(model: nn.Module, classifier: str, batch: torch.Tensor) -> t
 _PROBE_SIZE = 128  # large enough for every registered backbone (InceptionV3 needs 75 px)
 
 
-def lesion_layer_channels(backbone: nn.Module, lesion_layer: str, channels_last: bool) -> int:
-    """Channels of `lesion_layer`'s output, found with one small forward pass (no weights change)."""
+def lesion_layer_channels(backbone: nn.Module, lesion_layers: Sequence[str], channels_last: bool) -> list[int]:
+    """Channels of each of `lesion_layers`' outputs, found with one small forward pass (no weights change)."""
     captured: dict[str, torch.Tensor] = {}
-    hook = backbone.get_submodule(lesion_layer).register_forward_hook(
-        lambda _m, _i, output: captured.__setitem__("out", output))
+    hooks = [backbone.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, output, layer=layer: captured.__setitem__(layer, output)) for layer in lesion_layers]
     training = backbone.training
     try:
         backbone.eval()
         with torch.no_grad():
             backbone(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         backbone.train(training)
-    shape: Sequence[int] = captured["out"].shape
-    return int(shape[-1] if channels_last else shape[1])
+    shapes: list[Sequence[int]] = [captured[layer].shape for layer in lesion_layers]
+    return [int(shape[-1] if channels_last else shape[1]) for shape in shapes]

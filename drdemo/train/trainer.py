@@ -70,6 +70,13 @@ CURVES_NAME = "curves.png"
 SPLIT_NAME = "split.json"
 
 
+def new_heads(architecture: str) -> dict:
+    """The `heads` of a new three-head checkpoint of `architecture`: the softmax grade head served until
+    validation chooses, IDRiD's DME risks and lesion types, and the layers its lesion decoder reads."""
+    return {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES),
+            "lesion_layers": list(model_defaults(architecture).new_lesion_layers)}
+
+
 class TrainingError(DrdemoError, ValueError):
     """A run that cannot start or go on; the message says what to change."""
 
@@ -140,8 +147,7 @@ class Trainer:
         self.parts, self.layout = self._load_parts()
         defaults = model_defaults(options.model)
         num_classes = len(TASK_CLASS_NAMES[options.task])
-        heads = ({"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
-                 if recipe.heads else None)
+        heads = new_heads(options.model) if recipe.heads else None
         # ImageNet weights are read before the config: their input statistics and builder options go into it.
         pretrained_model = (create_model(options.model, num_classes=num_classes, heads=heads, pretrained=True)
                             if recipe.pretrained and not options.resume else None)
@@ -291,7 +297,7 @@ class Trainer:
             if options.task != "icdr5":
                 raise TrainingError(f"the three-head recipe grades the five ICDR grades: use --task icdr5, not "
                                     f"{options.task}")
-            heads = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+            heads = new_heads(options.model)
         layer_prefix = BACKBONE_PREFIX if heads else ""
         defaults = model_defaults(options.model)
         return CheckpointConfig.for_architecture(

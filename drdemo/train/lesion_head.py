@@ -1,0 +1,280 @@
+"""Refit a three-head checkpoint's lesion decoder on other backbone layers, every other weight frozen.
+
+A lesion decoder reads one stage of the backbone, or several fused (drdemo.models.heads.FusedLesionDecoder).
+Which stages serve it best can be learned after the grading is settled: the backbone, the grade heads and the
+DME head keep their weights, so every grade, DME risk, threshold, heat map and out-of-distribution score of the
+source checkpoint stays what it was, and only the lesion maps change. The decoder learns from the drawn lesion
+masks of IDRiD's segmentation photos that copy a grading photo of the source's training part (its
+training/split.json), moved with the photo by the source recipe's augmentation; the copies of its validation
+photos score it after every epoch, and the test report's photos are never read.
+
+    python -m drdemo.train.lesion_head --checkpoint FOLDER --layers patch_embed layers.0 layers.1 --out NEW_FOLDER \\
+        [--segmentation "../shared/data/idrid/A. Segmentation"] [--overlap .../segmentation_grading_overlap.csv]
+
+The new folder is the source's, with the new decoder's weights, `lesion_layers` in config.json's heads, one more
+training stage in its provenance, and without the source's records of lesion maps (score them again with
+`python -m drdemo.evaluate heads`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from drdemo.checkpoint import CheckpointConfig, CheckpointError, LoadedModel, save_checkpoint
+from drdemo.checkpoint.io import code_commit, read_config, read_weights
+from drdemo.data import Sample, load_samples
+from drdemo.data.augment import JointAugment
+from drdemo.data.datasets import open_image
+from drdemo.data.lesions import LesionSample, grading_copy_map, lesion_stack, load_lesion_samples
+from drdemo.data.prepared import LesionGradingDataset, prepare_cached
+from drdemo.errors import DrdemoError
+from drdemo.evaluate.heads import lesion_map_scores
+from drdemo.models import create_model
+from drdemo.models.heads import lesion_map_loss
+from drdemo.preprocess import prepare_image, prepare_mask
+from drdemo.train.distill import teacher_targets
+from drdemo.train.recipes import PRESETS, Recipe
+from drdemo.train.trainer import SPLIT_NAME
+
+LESION_HEAD_PREFIX = "lesion_head."
+
+
+class LesionHeadError(DrdemoError, ValueError):
+    """A refit that cannot run: a checkpoint without lesion maps, a layer it lacks, no masked photos."""
+
+
+@dataclass(frozen=True)
+class LesionHeadRecipe:
+    """How the decoder is fitted: AdamW with cosine decay over `epochs` passes through the masked photos."""
+
+    epochs: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+
+
+def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers: Sequence[str]) -> nn.Module:
+    """The source network with a new lesion decoder on `layers`, in eval mode: every other weight loaded from
+    `state` and frozen, the decoder freshly initialised and the only part that trains."""
+    if not config.heads:
+        raise LesionHeadError("a single-head checkpoint has no lesion maps: refit the decoder of a three-head one")
+    heads = dict(config.heads, lesion_layers=list(layers))
+    try:
+        model = create_model(config.architecture, num_classes=config.num_classes, heads=heads,
+                             **config.model_options)
+    except ValueError as exc:
+        raise LesionHeadError(f"--layers: {exc}") from exc
+    kept = {key: value for key, value in state.items() if not key.startswith(LESION_HEAD_PREFIX)}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    wrong = [key for key in missing if not key.startswith(LESION_HEAD_PREFIX)] + list(unexpected)
+    if wrong:
+        raise LesionHeadError(f"the source weights are not this {config.architecture}'s: {', '.join(wrong[:3])}")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(LESION_HEAD_PREFIX))
+    return model.eval()  # the frozen batch-norm statistics must not move, not even in a forward before fitting
+
+
+def masked_copies(segmentation: Path, overlap: Path, grading_ids: Sequence[str]) -> list[LesionSample]:
+    """The segmentation photos that are copies of the grading photos `grading_ids`, in IDRiD's order."""
+    copy_of, wanted = grading_copy_map(overlap, "train"), set(grading_ids)
+    return [sample for sample in load_lesion_samples(segmentation) if copy_of.get(sample.image_id) in wanted]
+
+
+def masked_dataset(samples: Sequence[LesionSample], config: CheckpointConfig, augment=None,
+                   taught: Sequence[Sample] = (), teacher_maps: np.ndarray | None = None) -> LesionGradingDataset:
+    """The photos prepared as the checkpoint's inputs, each with its drawn masks moved through the same crop;
+    then the `taught` photos, whose soft masks are a teacher's lesion maps (`teacher_maps`, one per photo)."""
+    size, crop = config.input_size, config.preprocessing["crop_fov"]
+    interpolation = config.preprocessing["interpolation"]
+    images, masks = [], {}
+    for index, sample in enumerate(samples):
+        photo = open_image(sample.path)
+        images.append(np.asarray(prepare_image(photo, size, interpolation, crop)))
+        masks[index] = np.stack([prepare_mask(layer, photo, size, crop) for layer in lesion_stack(sample)])
+    images = np.stack(images)
+    if taught:
+        images = np.concatenate([images, prepare_cached(list(taught), size, interpolation, crop, progress=False)])
+    normalise_kwargs = dict(mean=config.mean, std=config.std,
+                            local_contrast_sigma=config.preprocessing["local_contrast"],
+                            colour_balance=config.preprocessing["colour_balance"])
+    drawn = [Sample(s.image_id, s.path, 0, s.image_id) for s in samples]
+    maps = {len(drawn) + i: teacher_maps[i] for i in range(len(taught))}
+    return LesionGradingDataset(drawn + list(taught), images, masks, normalise_kwargs, augment, teacher_maps=maps)
+
+
+def source_recipe(config: CheckpointConfig) -> Recipe:
+    """The recipe the source's last training run used (its augmentation moves the masks), else the
+    three-head preset's."""
+    preset = (config.provenance.get("recipe") or {}).get("preset")
+    return PRESETS.get(preset, PRESETS["lesions"])
+
+
+def fit_lesion_head(model: nn.Module, dataset: LesionGradingDataset, recipe: LesionHeadRecipe, seed: int = 0,
+                    after_epoch=None) -> list[float]:
+    """Train `model.lesion_head` alone on `dataset` (the rest stays in eval mode: batch-norm statistics and
+    dropout frozen too); returns each epoch's mean loss. `after_epoch(epoch, loss)` runs after every epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the augmentation draws from the global generator
+    head = model.lesion_head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = max(len(dataset) // recipe.batch_size, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / (recipe.epochs * steps_per_epoch), 1.0))))
+    losses = []
+    for epoch in range(1, recipe.epochs + 1):
+        model.eval()
+        head.train()
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        epoch_losses = []
+        for step in range(steps_per_epoch):
+            items = [dataset[i] for i in order[step * recipe.batch_size:(step + 1) * recipe.batch_size]]
+            images = torch.stack([image for image, _ in items])
+            masks = torch.stack([targets["masks"] for _, targets in items])
+            loss = lesion_map_loss(model(images).lesion_logits, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            epoch_losses.append(float(loss.detach()))
+        losses.append(float(np.mean(epoch_losses)))
+        if after_epoch is not None:
+            after_epoch(epoch, losses[-1])
+    model.eval()
+    return losses
+
+
+def _rounded_ratios(scores: dict) -> dict:
+    return {name: round(value["aupr_over_blank"], 3) for name, value in scores.get("per_type", {}).items()}
+
+
+def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, overlap: Path,
+          recipe: LesionHeadRecipe, seed: int, command: str, teacher: Path | None = None,
+          grading_data: Path | None = None) -> CheckpointConfig:
+    """Write `out`: `source` with a lesion decoder on `layers` fitted as the module says; returns its config.
+    With a `teacher` (a three-head checkpoint), the source's other training photos (in `grading_data`, IDRiD's
+    grading folder; default: the one its split names) learn the teacher's lesion maps as soft masks."""
+    try:
+        config, state = read_config(source), read_weights(source)
+    except CheckpointError as exc:
+        raise LesionHeadError(f"--checkpoint: {exc}") from exc
+    model = refit_model(config, state, layers)
+    split_path = source / "training" / SPLIT_NAME
+    if not split_path.is_file():
+        raise LesionHeadError(f"{split_path} is missing: the refit needs the source's training and validation parts")
+    split = json.loads(split_path.read_text())
+    parts, grading_data = split["parts"], grading_data or Path(split.get("data", ""))
+    train_samples = masked_copies(segmentation, overlap, parts["train"])
+    if not train_samples:
+        raise LesionHeadError(f"no photo in {segmentation} copies a training photo of {source}: check --segmentation "
+                              f"and --overlap")
+    taught, teacher_maps = [], None
+    if teacher is not None:  # the training part's other photos, with the teacher's maps as soft masks
+        copied = {grading_copy_map(overlap, "train")[s.image_id] for s in train_samples}
+        try:
+            grading = {s.image_id: s for s in load_samples(grading_data, "idrid", part="train")}
+        except DrdemoError as exc:
+            raise LesionHeadError(f"--grading-data: {exc}") from exc
+        taught = [grading[i] for i in parts["train"] if i not in copied and i in grading]
+        teacher_maps = teacher_targets(teacher, taught, torch.device("cpu"), lesions=True)["lesions"]
+    dataset = masked_dataset(train_samples, config, JointAugment(source_recipe(config).augmentation),
+                             taught, teacher_maps)
+    new_config = replace(config, heads=dict(config.heads, lesion_layers=list(layers)))
+    loaded = LoadedModel(model=model, config=new_config, source=str(out), folder=out, revision=None, commit=None)
+    history: list[dict] = []
+
+    def validate(epoch: int, loss: float) -> None:
+        scores = lesion_map_scores(loaded, segmentation, overlap, parts["val"])
+        history.append({"epoch": epoch, "loss": round(loss, 4), "val_aupr_over_blank": _rounded_ratios(scores)})
+        print(json.dumps(history[-1]), file=sys.stderr, flush=True)
+
+    print(f"lesion decoder on {', '.join(layers)}: {len(train_samples)} photos with drawn masks"
+          + (f", {len(taught)} with {teacher}'s maps" if taught else "") + f", {recipe.epochs} epochs", file=sys.stderr)
+    started = time.monotonic()
+    fit_lesion_head(model, dataset, recipe, seed, after_epoch=validate)
+    data = (f"IDRiD segmentation photos with drawn lesion masks that copy {len(train_samples)} training photos of "
+            f"{source}'s split (the copies of its validation photos score each epoch)")
+    if taught:
+        data += f"; its {len(taught)} other training photos with the lesion maps of {teacher}"
+    stage = {"trained": True, "data": data,
+             "recipe": {**asdict(recipe), "preset": "lesion_head", "trained": "the lesion decoder only; every other "
+                        "weight, batch-norm statistic and threshold frozen", "lesion_layers": list(layers),
+                        "augmentation": asdict(source_recipe(config).augmentation)},
+             "seed": seed, "command": command, "code_commit": code_commit(), "torch": torch.__version__,
+             "device": "cpu", "processes": 1, "initialised_from": str(source),
+             "initialised_from_provenance": config.provenance, "epochs": recipe.epochs, "best_epoch": recipe.epochs,
+             "training_seconds": round(time.monotonic() - started), "lesion_head_validation": history}
+    if teacher is not None:
+        stage["distillation"] = {"teacher": str(teacher), "lesion_maps": True, "photos": len(taught),
+                                 "teacher_provenance": read_config(teacher).provenance}
+    new_config = replace(new_config, provenance=stage)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("model.safetensors", "README.md"))
+    for record in (out / "eval").glob("*.json"):  # lesion maps of the old decoder no longer describe these weights
+        if "lesion_maps" in json.loads(record.read_text()):
+            record.unlink()
+    save_checkpoint(model, new_config, out)
+    return new_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m drdemo.train.lesion_head", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a three-head checkpoint folder")
+    parser.add_argument("--layers", required=True, nargs="+", help="backbone layers the decoder reads, e.g. "
+                        "patch_embed layers.0 layers.1 (several are fused at the finest one's resolution)")
+    parser.add_argument("--out", required=True, type=Path, help="new checkpoint folder to write")
+    parser.add_argument("--segmentation", type=Path, default=Path("../shared/data/idrid/A. Segmentation"),
+                        help="IDRiD's 'A. Segmentation' folder (default: %(default)s)")
+    parser.add_argument("--overlap", type=Path, default=Path("../shared/data/idrid/segmentation_grading_overlap.csv"),
+                        help="which segmentation photo copies which grading photo (default: %(default)s)")
+    defaults = LesionHeadRecipe()
+    parser.add_argument("--teacher", type=Path, help="a three-head checkpoint whose lesion maps the source's other "
+                        "training photos learn as soft masks")
+    parser.add_argument("--grading-data", type=Path, help="with --teacher: IDRiD's 'B. Disease Grading' folder "
+                        "(default: the one the source's training/split.json names)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        parser.error("--epochs and --batch-size must be at least 1 and --lr positive")
+    if args.out.resolve() == args.checkpoint.resolve():
+        parser.error("--out must be a new folder: the source checkpoint is not overwritten")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        parser.error(f"--out {args.out} is not empty: choose a new folder")
+    for flag, path, kind in (("--segmentation", args.segmentation, "folder"), ("--overlap", args.overlap, "file")):
+        if not (path.is_dir() if kind == "folder" else path.is_file()):
+            parser.error(f"{flag} {path}: no such {kind}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python -m drdemo.train.lesion_head " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    recipe = LesionHeadRecipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    try:
+        refit(args.checkpoint, args.layers, args.out, args.segmentation, args.overlap, recipe, args.seed, command,
+              args.teacher, args.grading_data)
+    except DrdemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}; score its lesion maps: python -m drdemo.evaluate heads --checkpoint {args.out} "
+          f"--part val ...")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
