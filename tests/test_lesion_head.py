@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from test_lesions import make_segmentation
 
-from drdemo.checkpoint import load_model, read_config
+from drdemo.checkpoint import load_model, read_config, record_grading
 from drdemo.checkpoint.io import read_weights
 from drdemo.models.heads import FusedLesionDecoder, LesionDecoder
 from drdemo.train.lesion_head import LesionHeadRecipe, fit_lesion_head, main, masked_dataset, refit_model
@@ -59,7 +59,8 @@ def test_the_cli_writes_a_checkpoint_that_loads_grades_as_before_and_drops_old_l
     segmentation, overlap, split = _idrid_like(tmp_path)
     (source / "training").mkdir(exist_ok=True)
     (source / "training" / "split.json").write_text(json.dumps({"parts": split}))
-    (source / "eval").mkdir(exist_ok=True)
+    record_grading(source, {"qwk": 0.61, "accuracy": 0.57, "n": 103, "confusion_matrix": [[1]]},
+                   "103 photos of IDRiD's test part", "evaluate")
     (source / "eval" / "lesion_aware_test.json").write_text(json.dumps({"qwk": 0.5, "lesion_maps": {"n": 22}}))
     (source / "eval" / "other.json").write_text(json.dumps({"qwk": 0.5}))
     out = tmp_path / "refit"
@@ -76,6 +77,9 @@ def test_the_cli_writes_a_checkpoint_that_loads_grades_as_before_and_drops_old_l
     assert [row["epoch"] for row in stage["lesion_head_validation"]] == [1, 2]
     assert "4 training photos" in stage["data"]     # 01-04; 05 copies the validation photo, 06 nothing
     assert not (out / "eval" / "lesion_aware_test.json").exists() and (out / "eval" / "other.json").exists()
+    kept, before = (json.loads((folder / "eval" / "test.json").read_text()) for folder in (out, source))
+    assert (kept["data"], kept["command"], kept["results"]) == (before["data"], before["command"], before["results"])
+    assert refitted.config.metrics["test_qwk"] == 0.61
     assert np.isfinite(stage["lesion_head_validation"][-1]["loss"])
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from drdemo.checkpoint import CheckpointConfig, CheckpointError, LoadedModel, save_checkpoint
 from drdemo.checkpoint.io import code_commit, read_config, read_weights
+from drdemo.checkpoint.layout import MOVED_KEYS
 from drdemo.data import Sample, load_samples
 from drdemo.data.augment import JointAugment
 from drdemo.data.datasets import open_image
@@ -208,7 +209,9 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
             f"{source}'s split (the copies of its validation photos score each epoch)")
     if taught:
         data += f"; its {len(taught)} other training photos with the lesion maps of {teacher}"
-    stage = {"trained": True, "data": data,
+    # the records of the source's evaluations (grades, thresholds, heat maps) still describe these weights' outputs
+    records = {key: value for key, value in config.provenance.items() if key in MOVED_KEYS}
+    stage = {**records, "trained": True, "data": data,
              "recipe": {**asdict(recipe), "preset": "lesion_head", "trained": "the lesion decoder only; every other "
                         "weight, batch-norm statistic and threshold frozen", "lesion_layers": list(layers),
                         "augmentation": asdict(source_recipe(config).augmentation)},
