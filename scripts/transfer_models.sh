@@ -6,7 +6,8 @@
 #    rates the earlier it sits), colour balance without local contrast, no class weights, three heads.
 # 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
 #    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
-#    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1).
+#    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1); then
+#    its lesion decoder moved from layers.0 alone to patch_embed + layers.0, fitted with the rest frozen.
 # On the CPU each run takes one thread (about 50 min for InceptionV3 beside another run on a 2-core machine); on a
 # CUDA machine they run one after the other with batched data loading. IDRiD's test split is used once, at the end.
 set -euo pipefail
@@ -27,9 +28,13 @@ resume() { [ -f "$1/training/state.pt" ] && echo --resume || true; }
 python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3" --preset imagenet \
   --local-contrast 0 --no-class-weights --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" \
   $(resume "$OUT/inception_v3")
-python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t" --preset distill \
+python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_distilled" --preset distill \
   --teacher "$OUT/inception_v3" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
-  --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t")
+  --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t_distilled")
+# 3. MedMamba-T's lesion decoder refitted on its finest layers (everything else frozen: the grades do not change)
+[ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
+  --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 160 --out "$OUT/medmamba_t" \
+  --segmentation "$S" --overlap "$OVERLAP"
 for name in inception_v3 medmamba_t; do
   ck="$OUT/$name"
   # thresholds on the validation part; its grading record stays the one training wrote for the epoch it kept

@@ -75,7 +75,7 @@ def test_the_cli_writes_a_checkpoint_that_loads_grades_as_before_and_drops_old_l
     stage = refitted.config.provenance
     assert stage["initialised_from"] == str(source) and stage["recipe"]["lesion_layers"] == LAYERS
     assert [row["epoch"] for row in stage["lesion_head_validation"]] == [1, 2]
-    assert "4 training photos" in stage["data"]     # 01-04; 05 copies the validation photo, 06 nothing
+    assert "copy 4 of those training photos" in stage["data"]     # 01-04; 05 copies the validation photo, 06 nothing
     assert not (out / "eval" / "lesion_aware_test.json").exists() and (out / "eval" / "other.json").exists()
     kept, before = (json.loads((folder / "eval" / "test.json").read_text()) for folder in (out, source))
     assert (kept["data"], kept["command"], kept["results"]) == (before["data"], before["command"], before["results"])
@@ -123,4 +123,4 @@ def test_a_teacher_maps_the_training_photos_without_drawn_masks(tmp_path, untrai
     # IDRiD_001 has drawn masks (segmentation copy 01); IDRiD_002 has none, so it learns the teacher's maps;
     # IDRiD_003 is a validation photo and segmentation photo 03 copies no training photo: neither is learned
     assert stage["distillation"]["photos"] == 1 and stage["distillation"]["teacher"] == str(teacher)
-    assert "copy 1 training photos" in stage["data"] and "its 1 other training photos" in stage["data"]
+    assert "copy 1 of those training photos" in stage["data"] and "its 1 other training photos" in stage["data"]

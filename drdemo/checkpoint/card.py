@@ -142,7 +142,7 @@ def _lesion_aware_text(config: CheckpointConfig, evaluations: dict[str, dict]) -
         lesions = test.get("lesion_maps")
         if lesions:
             per_type = "\n".join(f"| {name} | {row['photos_with_lesion']} | {row['aupr']:.4f} | "
-                                 f"{row['blank_aupr']:.4f} | {row['centre_aupr']:.4f} | {row['aupr_over_blank']:.1f}x |"
+                                 f"{row['blank_aupr']:.4f} | {row['centre_aupr']:.4f} | {row['aupr_over_blank']:.2f}x |"
                                  for name, row in lesions["per_type"].items())
             lines.append(f"\nLesion maps on the {lesions['n']} IDRiD segmentation photos that are not copies of "
                          f"grading-training photos (pixel AUPR inside the field of view; a blank map scores the pixel "

@@ -39,10 +39,10 @@ class ModelDefaults:
     # gained nothing (MedMamba-T 1.03x).
     channels_last: bool = False
     classifier: str = "fc"            # the final linear layer; its input is the pooled features
-    # Where a MultiHeadNet's lesion decoder reads: a new checkpoint records `lesion_layers` in its config's
-    # heads; a config that names none (every one before they were named) means `lesion_layer` alone.
-    lesion_layer: str = "layer2"      # about 1/8 of the input
-    lesion_layers: tuple[str, ...] = ()  # what new checkpoints read (several are fused); empty: lesion_layer
+    # Where a new MultiHeadNet's lesion decoder reads (about 1/8 of the input). A checkpoint's config records
+    # its decoder's layers as heads.lesion_layers; one that names none (every one before they were named) means
+    # this layer alone. drdemo.train.lesion_head refits a decoder on other layers.
+    lesion_layer: str = "layer2"
     lesion_features_channels_last: bool = False  # the lesion layer's output is (B, H, W, C)
     early_layers: tuple[str, ...] = ()  # name prefixes of the first layers, fine-tuned slowest from pretrained weights
 
@@ -50,11 +50,6 @@ class ModelDefaults:
     def memory_format(self) -> torch.memory_format:
         """The layout the predictor and the trainer put weights and inputs in."""
         return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    @property
-    def new_lesion_layers(self) -> tuple[str, ...]:
-        """The lesion layers a new three-head checkpoint of this architecture reads."""
-        return self.lesion_layers or (self.lesion_layer,)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -61,7 +61,7 @@ class LesionHeadError(DrdemoError, ValueError):
 class LesionHeadRecipe:
     """How the decoder is fitted: AdamW with cosine decay over `epochs` passes through the masked photos."""
 
-    epochs: int = 40
+    epochs: int = 160  # chosen on the validation copies: 40, 80 and 160 epochs (checkpoints/README.md)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 8
@@ -205,10 +205,13 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
           + (f", {len(taught)} with {teacher}'s maps" if taught else "") + f", {recipe.epochs} epochs", file=sys.stderr)
     started = time.monotonic()
     fit_lesion_head(model, dataset, recipe, seed, after_epoch=validate)
-    data = (f"IDRiD segmentation photos with drawn lesion masks that copy {len(train_samples)} training photos of "
-            f"{source}'s split (the copies of its validation photos score each epoch)")
+    # the source's data first: it taught every weight but the decoder's, and the card names it
+    taught_first = (config.provenance.get("data") or str(source)).rstrip(".")
+    data = (f"{taught_first}; then the lesion decoder alone, on the IDRiD segmentation photos with drawn lesion masks "
+            f"that copy {len(train_samples)} of those training photos (the copies of the validation photos score each "
+            f"epoch)")
     if taught:
-        data += f"; its {len(taught)} other training photos with the lesion maps of {teacher}"
+        data += f" and on its {len(taught)} other training photos with the lesion maps of {teacher}"
     # the records of the source's evaluations (grades, thresholds, heat maps) still describe these weights' outputs
     records = {key: value for key, value in config.provenance.items() if key in MOVED_KEYS}
     stage = {**records, "trained": True, "data": data,

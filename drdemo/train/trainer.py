@@ -74,7 +74,7 @@ def new_heads(architecture: str) -> dict:
     """The `heads` of a new three-head checkpoint of `architecture`: the softmax grade head served until
     validation chooses, IDRiD's DME risks and lesion types, and the layers its lesion decoder reads."""
     return {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES),
-            "lesion_layers": list(model_defaults(architecture).new_lesion_layers)}
+            "lesion_layers": [model_defaults(architecture).lesion_layer]}
 
 
 class TrainingError(DrdemoError, ValueError):
