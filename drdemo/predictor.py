@@ -8,6 +8,7 @@ checkpoint's config.json (`Predictor.config`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,18 @@ class Predictor:
             torch.manual_seed(seed)
             model = create_model(architecture, num_classes=len(ICDR_GRADES))
         return cls(model, CheckpointConfig.for_architecture(architecture, provenance={"trained": False}))
+
+    @functools.cached_property
+    def lesion_cell_px(self) -> float | None:
+        """The side of one lesion-map cell in pixels of the model input (None without a lesion head): what the map
+        can resolve, measured once on a blank input, since it depends on the layers the decoder reads."""
+        if not self.config.heads:
+            return None
+        blank = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
+        with torch.inference_mode():
+            lesion_logits = self.model(blank.contiguous(
+                memory_format=model_defaults(self.config.architecture).memory_format)).lesion_logits
+        return self.input_size / lesion_logits.shape[-1]
 
     def warm_up(self) -> None:
         """One analysis with a CAM on a blank image, so the first user does not pay for kernel

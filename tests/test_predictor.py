@@ -133,3 +133,15 @@ def test_the_grade_named_and_the_map_agree_with_the_referral_at_any_threshold(pr
             assert p.probabilities[p.grade_name] == max(side)
             seen.add(p.referable)
         assert seen == {True, False}
+
+
+def test_the_lesion_maps_cell_size_follows_the_layers_its_decoder_reads(tmp_path, untrained_checkpoint):
+    from drdemo.checkpoint import load_model
+    from drdemo.train.lesion_head import refit_model
+    folder = untrained_checkpoint(tmp_path / "heads", "resnet50", three_heads=True, input_size=64)
+    loaded = load_model(folder, device="cpu")
+    assert Predictor.from_loaded(loaded).lesion_cell_px == 8.0                  # layer2: 1/8 of the input
+    finer = refit_model(loaded.config, loaded.model.state_dict(), ["layer1", "layer2"])
+    assert Predictor(finer, loaded.config).lesion_cell_px == 4.0                # fused at layer1: 1/4
+    single = CheckpointConfig.for_architecture("resnet50", input_size=64)
+    assert Predictor(create_model("resnet50"), single).lesion_cell_px is None

@@ -151,3 +151,13 @@ def test_the_tta_box_names_the_models_that_always_average_eight_views():
     assert views.tta_label([config("medmamba_t", 8), config("inception_v3", 1)]).endswith("; MedMamba-T always does")
     assert views.tta_label([config("medmamba_t", 8), config("inception_v3", 8)]).endswith(
         "; MedMamba-T and InceptionV3 always do")
+
+
+def test_how_to_read_gives_each_lesion_maps_cell_size_and_no_photo_count_it_cannot_know():
+    common = dict(views=1, calibrated_on=None, threshold=0.5, threshold_rule=None, dme_threshold=0.2)
+    text = views.how_to_read([views.ModelReading("MedMamba-T", lesion_cell_px=4.0, **common),
+                              views.ModelReading("InceptionV3", lesion_cell_px=299 / 35, **common)])
+    assert "Its cells are MedMamba-T 4 pixels; InceptionV3 8.54 pixels of the model input" in text
+    unknown = views.how_to_read([views.ModelReading("MedMamba-T", **common)])
+    assert "**Lesion map**" in unknown and "Its cells" not in unknown
+    assert "**Lesion map**" not in views.how_to_read([views.ModelReading("ResNet50", 1, None, 0.5, None)])

@@ -84,7 +84,8 @@ def _threshold_slider(predictor: Predictor, label: str) -> gr.Slider:
 def _how_to_read(predictors: Sequence[Predictor]) -> None:
     """The 'How to read this' section beside a tab's results."""
     with gr.Accordion("How to read this", open=True):
-        gr.Markdown(views.how_to_read([views.reading(p.config) for p in predictors]), elem_classes=["how-to-read"])
+        readings = [views.reading(p.config, p.lesion_cell_px) for p in predictors]
+        gr.Markdown(views.how_to_read(readings), elem_classes=["how-to-read"])
 
 
 def _check_details(elem_id: str) -> gr.Markdown:

@@ -137,14 +137,16 @@ def about(served: Sequence[ServedModel], learned_check: str = "") -> str:
     return "\n\n".join(sections)
 
 
-def reading(config: CheckpointConfig) -> ModelReading:
-    """What 'How to read this' says of one checkpoint: its views, calibration, thresholds and how they were chosen."""
+def reading(config: CheckpointConfig, lesion_cell_px: float | None = None) -> ModelReading:
+    """What 'How to read this' says of one checkpoint: its views, calibration, thresholds and how they were chosen,
+    and (`lesion_cell_px`, the predictor's) how fine its lesion map is."""
     calibration = config.provenance.get("calibration_choice") or {}
     threshold = config.provenance.get("referable_threshold_choice") or {}
     rule = f"{threshold['rule'].removeprefix('the ')} on {threshold['data']}" if threshold else None
     return ModelReading(config.display_name, config.test_time_views,
                         calibration.get("data", "validation photos") if config.calibration else None,
-                        config.referable_threshold, rule, config.dme_threshold if config.heads else None)
+                        config.referable_threshold, rule, config.dme_threshold if config.heads else None,
+                        lesion_cell_px if config.heads else None)
 
 
 def lesion_head_missing(model_name: str) -> str:
@@ -237,6 +239,7 @@ class ModelReading:
     threshold: float
     threshold_rule: str | None         # how the threshold was chosen, e.g. "... sensitivity >= 0.9 on ..."
     dme_threshold: float | None = None  # three-head models: the threshold on P(DME risk 2)
+    lesion_cell_px: float | None = None  # three-head models: one lesion-map cell's side in model-input pixels
 
 
 def how_to_read(models: Sequence[ModelReading]) -> str:
@@ -252,16 +255,18 @@ def how_to_read(models: Sequence[ModelReading]) -> str:
 
     averaged = any(m.views > 1 for m in models)
     heads = [m for m in models if m.dme_threshold is not None]
+    cells = "; ".join(f"{m.name} {m.lesion_cell_px:.3g} pixels" for m in heads if m.lesion_cell_px is not None)
     extra = [] if not heads else [
         "- **Macular oedema risk (DME)**: IDRiD's second label, from the same photo: risk 0 no hard exudates, risk "
         "1 exudates further than one disc diameter from the centre of the macula, risk 2 within one disc diameter "
         "(referable). The photo is *referred* when P(grade 2 or worse) or P(DME risk 2) reaches its threshold ("
         + "; ".join(f"{m.name} {m.dme_threshold:.0%} for DME risk 2" for m in heads) + "), and the verdict says "
         "which reason applies.",
-        "- **Lesion map** (pick it as the heat map): where the model's lesion head, trained on IDRiD's pixel "
-        "masks of 59 training photos, places microaneurysms, haemorrhages, hard and soft exudates, one colour per "
-        "type, strong where its probability reaches 50%, faint from 25%. Its cells are 8 pixels of the model "
-        "input, so small lesions are shown as blocks; an empty map is not proof that the retina is healthy.",
+        "- **Lesion map** (pick it as the heat map): where the model's lesion head, trained on the pixel masks "
+        "IDRiD drew on a few dozen training photos, places microaneurysms, haemorrhages, hard and soft exudates, "
+        "one colour per type, strong where its probability reaches 50%, faint from 25%. "
+        + (f"Its cells are {cells} of the model input, so lesions smaller than a cell are shown as blocks; "
+           if cells else "") + "an empty map is not proof that the retina is healthy.",
     ]
     return "\n".join([
         "- **Probabilities**: how strongly the model matches this one photo to each ICDR grade, learned from its "
