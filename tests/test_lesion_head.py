@@ -124,3 +124,13 @@ def test_a_teacher_maps_the_training_photos_without_drawn_masks(tmp_path, untrai
     # IDRiD_003 is a validation photo and segmentation photo 03 copies no training photo: neither is learned
     assert stage["distillation"]["photos"] == 1 and stage["distillation"]["teacher"] == str(teacher)
     assert "copy 1 of those training photos" in stage["data"] and "its 1 other training photos" in stage["data"]
+
+
+def test_a_refit_of_a_refit_moves_masks_with_the_networks_own_augmentation():
+    from drdemo.checkpoint import CheckpointConfig
+    from drdemo.train.lesion_head import source_recipe
+    from drdemo.train.recipes import PRESETS
+    distilled = {"trained": True, "recipe": {"preset": "distill"}}
+    refitted = {"trained": True, "recipe": {"preset": "lesion_head"}, "initialised_from_provenance": distilled}
+    assert source_recipe(CheckpointConfig.for_architecture("resnet50", provenance=refitted)) is PRESETS["distill"]
+    assert source_recipe(CheckpointConfig.for_architecture("resnet50")) is PRESETS["lesions"]

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from drdemo.checkpoint import CheckpointConfig, CheckpointError, LoadedModel, save_checkpoint
+from drdemo.checkpoint.config import training_stages
 from drdemo.checkpoint.io import code_commit, read_config, read_weights
 from drdemo.checkpoint.layout import MOVED_KEYS
 from drdemo.data import Sample, load_samples
@@ -117,10 +118,13 @@ def masked_dataset(samples: Sequence[LesionSample], config: CheckpointConfig, au
 
 
 def source_recipe(config: CheckpointConfig) -> Recipe:
-    """The recipe the source's last training run used (its augmentation moves the masks), else the
-    three-head preset's."""
-    preset = (config.provenance.get("recipe") or {}).get("preset")
-    return PRESETS.get(preset, PRESETS["lesions"])
+    """The preset of the last run that trained the source's network (its augmentation moves the masks; an
+    earlier refit of the decoder is passed over), else the three-head preset."""
+    for stage in reversed(training_stages(config.provenance)):
+        preset = (stage.get("recipe") or {}).get("preset")
+        if preset in PRESETS:
+            return PRESETS[preset]
+    return PRESETS["lesions"]
 
 
 def fit_lesion_head(model: nn.Module, dataset: LesionGradingDataset, recipe: LesionHeadRecipe, seed: int = 0,
