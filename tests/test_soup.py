@@ -114,3 +114,7 @@ def test_the_served_grade_head_is_a_choice_not_the_network():
     check_ingredients([config(), config(grade_head="ordinal")], ["a", "b"])   # both heads are in both networks
     with pytest.raises(CheckpointError, match="heads"):
         check_ingredients([config(), config(lesion_types=["microaneurysm"])], ["a", "b"])
+    # a checkpoint from before lesion layers were named reads the default one: the same network as one naming it
+    check_ingredients([config(), config(lesion_layers=["layers.0"])], ["a", "b"])
+    with pytest.raises(CheckpointError, match="heads"):
+        check_ingredients([config(), config(lesion_layers=["patch_embed", "layers.0"])], ["a", "b"])

@@ -32,6 +32,7 @@ from drdemo.checkpoint import CheckpointConfig, CheckpointError, build_model, sa
 from drdemo.checkpoint.config import training_stages
 from drdemo.checkpoint.io import code_commit, read_config, read_weights
 from drdemo.errors import DrdemoError
+from drdemo.models import model_defaults
 from drdemo.train.trainer import SPLIT_NAME
 
 # What must be equal in every ingredient's config.json for their weights to be averaged. Of `heads`, the served
@@ -46,6 +47,8 @@ def _contract_value(config: CheckpointConfig, name: str):
     value = getattr(config, name)
     if name in SERVING_CHOICES and isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in SERVING_CHOICES[name]}
+    if name == "heads" and value:  # a config naming no lesion layers reads the architecture's default one
+        value = {"lesion_layers": [model_defaults(config.architecture).lesion_layer], **value}
     return value
 
 
