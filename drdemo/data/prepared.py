@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from drdemo.data.datasets import Sample, open_image
-from drdemo.data.lesions import grading_copy_map, lesion_stack, load_lesion_samples
+from drdemo.data.lesions import LesionSample, grading_copy_map, lesion_stack, load_lesion_samples
 from drdemo.preprocess import normalise, prepare_image, prepare_mask
 from drdemo.tasks import LESION_TYPES
 
@@ -99,6 +99,18 @@ def prepared_masks(samples: Sequence[Sample], segmentation_root: Path | str, ove
 
     stack = _cached((cache_dir or default_cache_dir()) / name, build)
     return {i: stack[row] for row, (i, _) in enumerate(chosen)}
+
+
+def prepare_lesion_photos(samples: Sequence[LesionSample], input_size: int, interpolation: str = "bicubic",
+                          crop_fov: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(n, input_size, input_size, 3) uint8 photos and (n, lesion types, input_size, input_size) bool masks of
+    segmentation photos, each mask moved through its own photo's crop and resize."""
+    images, masks = [], []
+    for sample in samples:
+        photo = open_image(sample.path)
+        images.append(np.asarray(prepare_image(photo, input_size, interpolation, crop_fov)))
+        masks.append(np.stack([prepare_mask(layer, photo, input_size, crop_fov) for layer in lesion_stack(sample)]))
+    return np.stack(images), np.stack(masks)
 
 
 class LesionGradingDataset(Dataset):

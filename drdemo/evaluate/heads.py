@@ -47,14 +47,14 @@ from drdemo.cam.metrics import pointing_tolerance
 from drdemo.checkpoint import CheckpointError, LoadedModel, code_commit, load_model
 from drdemo.checkpoint.io import read_config, write_config
 from drdemo.data import load_photos, load_samples
-from drdemo.data.datasets import Sample, open_image
-from drdemo.data.lesions import grading_copies, grading_copy_map, load_lesion_samples
-from drdemo.data.prepared import LesionGradingDataset, lesion_stack, prepare_cached
+from drdemo.data.datasets import Sample
+from drdemo.data.lesions import LesionSample, grading_copies, grading_copy_map, load_lesion_samples
+from drdemo.data.prepared import LesionGradingDataset, prepare_cached, prepare_lesion_photos
 from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS, loader_outputs
 from drdemo.metrics import combined_referral_metrics, dme_metrics, grading_metrics, joint_accuracy
 from drdemo.models import model_defaults
-from drdemo.preprocess import balance_colour, field_of_view, fundus_mask, normalise, prepare_image, prepare_mask
+from drdemo.preprocess import balance_colour, field_of_view, fundus_mask, normalise
 from drdemo.tasks import REFERABLE_DME_RISK
 
 MIN_SENSITIVITY = 0.9
@@ -142,27 +142,22 @@ def _highest_threshold(truth: np.ndarray, scores: np.ndarray, min_sensitivity: f
     return float(np.floor(min(max(reachable.max(), 0.001), 0.999) * 1000) / 1000)
 
 
-def lesion_map_scores(loaded, segmentation: Path, overlap: Path, validation_ids: Sequence[str] | None = None) -> dict:
-    """Lesion-map AUPR and pointing game on the segmentation photos that are not copies of grading-training photos
-    (the photos the test report gives), or with `validation_ids` on the copies of those validation photos: held out
-    of training too, and free to choose on, which the test report's photos are not."""
-    config = loaded.config
-    if validation_ids is None:
+def lesion_map_photos(segmentation: Path, overlap: Path, copies_of: Sequence[str] | None = None
+                      ) -> list[LesionSample]:
+    """Segmentation photos, in IDRiD's order: those that are not copies of grading-training photos (the photos the
+    test report gives), or with `copies_of` the copies of those grading-training photos (e.g. the validation
+    part's: held out of training too, and free to choose on, which the test report's photos are not)."""
+    if copies_of is None:
         copies = grading_copies(overlap, "train")
-        held_out = [s for s in load_lesion_samples(segmentation) if s.image_id not in copies]
-    else:
-        copy_of, wanted = grading_copy_map(overlap, "train"), set(validation_ids)
-        held_out = [s for s in load_lesion_samples(segmentation) if copy_of.get(s.image_id) in wanted]
-    if not held_out:
-        return {}
-    crop = config.preprocessing["crop_fov"]
-    images, masks = [], []
-    for sample in held_out:
-        photo = open_image(sample.path)
-        images.append(np.asarray(prepare_image(photo, config.input_size, config.preprocessing["interpolation"], crop)))
-        masks.append(np.stack([prepare_mask(layer, photo, config.input_size, crop) for layer in lesion_stack(sample)]))
-    images = np.stack(images)
-    dataset = LesionGradingDataset([Sample(s.image_id, s.path, 0, s.image_id) for s in held_out], images, {},
+        return [s for s in load_lesion_samples(segmentation) if s.image_id not in copies]
+    copy_of, wanted = grading_copy_map(overlap, "train"), set(copies_of)
+    return [s for s in load_lesion_samples(segmentation) if copy_of.get(s.image_id) in wanted]
+
+
+def score_prepared_lesion_maps(loaded, samples: Sequence[LesionSample], images: np.ndarray, masks: np.ndarray) -> dict:
+    """Lesion-map AUPR and pointing game of `loaded` on `samples`, prepared as its inputs (`prepare_lesion_photos`)."""
+    config = loaded.config
+    dataset = LesionGradingDataset([Sample(s.image_id, s.path, 0, s.image_id) for s in samples], images, {},
                                    _normalise_kwargs(config))
     arrays, _ = loader_outputs(loaded.model, DataLoader(dataset, batch_size=8), config.test_time_views,
                                keep_lesions=True, memory_format=model_defaults(config.architecture).memory_format)
@@ -172,8 +167,20 @@ def lesion_map_scores(loaded, segmentation: Path, overlap: Path, validation_ids:
         inside = field_of_view(Image.fromarray(image))
         cases.append((upsample_lesion_maps(probabilities, types, inside), mask, inside))
     result = score_lesion_maps(cases, types, tolerance=pointing_tolerance(config.input_size))
-    result["photos"] = [s.image_id for s in held_out]
+    result["photos"] = [s.image_id for s in samples]
     return result
+
+
+def lesion_map_scores(loaded, segmentation: Path, overlap: Path, validation_ids: Sequence[str] | None = None) -> dict:
+    """`score_prepared_lesion_maps` on the test report's photos, or on the copies of `validation_ids`
+    (`lesion_map_photos`); {} where there are none."""
+    samples = lesion_map_photos(segmentation, overlap, validation_ids)
+    if not samples:
+        return {}
+    preprocessing = loaded.config.preprocessing
+    images, masks = prepare_lesion_photos(samples, loaded.config.input_size, preprocessing["interpolation"],
+                                          preprocessing["crop_fov"])
+    return score_prepared_lesion_maps(loaded, samples, images, masks)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,14 +39,12 @@ from drdemo.checkpoint.io import code_commit, read_config, read_weights
 from drdemo.checkpoint.layout import MOVED_KEYS
 from drdemo.data import Sample, load_samples
 from drdemo.data.augment import JointAugment
-from drdemo.data.datasets import open_image
-from drdemo.data.lesions import LesionSample, grading_copy_map, lesion_stack, load_lesion_samples
-from drdemo.data.prepared import LesionGradingDataset, prepare_cached
+from drdemo.data.lesions import LesionSample, grading_copy_map
+from drdemo.data.prepared import LesionGradingDataset, prepare_cached, prepare_lesion_photos
 from drdemo.errors import DrdemoError
-from drdemo.evaluate.heads import lesion_map_scores
+from drdemo.evaluate.heads import lesion_map_photos, score_prepared_lesion_maps
 from drdemo.models import create_model
 from drdemo.models.heads import lesion_map_loss
-from drdemo.preprocess import prepare_image, prepare_mask
 from drdemo.train.distill import teacher_targets
 from drdemo.train.recipes import PRESETS, Recipe
 from drdemo.train.trainer import SPLIT_NAME
@@ -89,24 +87,13 @@ def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers
     return model.eval()  # the frozen batch-norm statistics must not move, not even in a forward before fitting
 
 
-def masked_copies(segmentation: Path, overlap: Path, grading_ids: Sequence[str]) -> list[LesionSample]:
-    """The segmentation photos that are copies of the grading photos `grading_ids`, in IDRiD's order."""
-    copy_of, wanted = grading_copy_map(overlap, "train"), set(grading_ids)
-    return [sample for sample in load_lesion_samples(segmentation) if copy_of.get(sample.image_id) in wanted]
-
-
 def masked_dataset(samples: Sequence[LesionSample], config: CheckpointConfig, augment=None,
                    taught: Sequence[Sample] = (), teacher_maps: np.ndarray | None = None) -> LesionGradingDataset:
     """The photos prepared as the checkpoint's inputs, each with its drawn masks moved through the same crop;
     then the `taught` photos, whose soft masks are a teacher's lesion maps (`teacher_maps`, one per photo)."""
     size, crop = config.input_size, config.preprocessing["crop_fov"]
     interpolation = config.preprocessing["interpolation"]
-    images, masks = [], {}
-    for index, sample in enumerate(samples):
-        photo = open_image(sample.path)
-        images.append(np.asarray(prepare_image(photo, size, interpolation, crop)))
-        masks[index] = np.stack([prepare_mask(layer, photo, size, crop) for layer in lesion_stack(sample)])
-    images = np.stack(images)
+    images, drawn_masks = prepare_lesion_photos(samples, size, interpolation, crop)
     if taught:
         images = np.concatenate([images, prepare_cached(list(taught), size, interpolation, crop, progress=False)])
     normalise_kwargs = dict(mean=config.mean, std=config.std,
@@ -114,7 +101,8 @@ def masked_dataset(samples: Sequence[LesionSample], config: CheckpointConfig, au
                             colour_balance=config.preprocessing["colour_balance"])
     drawn = [Sample(s.image_id, s.path, 0, s.image_id) for s in samples]
     maps = {len(drawn) + i: teacher_maps[i] for i in range(len(taught))}
-    return LesionGradingDataset(drawn + list(taught), images, masks, normalise_kwargs, augment, teacher_maps=maps)
+    return LesionGradingDataset(drawn + list(taught), images, dict(enumerate(drawn_masks)), normalise_kwargs, augment,
+                                teacher_maps=maps)
 
 
 def source_recipe(config: CheckpointConfig) -> Recipe:
@@ -181,7 +169,7 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
         raise LesionHeadError(f"{split_path} is missing: the refit needs the source's training and validation parts")
     split = json.loads(split_path.read_text())
     parts, grading_data = split["parts"], grading_data or Path(split.get("data", ""))
-    train_samples = masked_copies(segmentation, overlap, parts["train"])
+    train_samples = lesion_map_photos(segmentation, overlap, parts["train"])
     if not train_samples:
         raise LesionHeadError(f"no photo in {segmentation} copies a training photo of {source}: check --segmentation "
                               f"and --overlap")
@@ -199,9 +187,12 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
     new_config = replace(config, heads=dict(config.heads, lesion_layers=list(layers)))
     loaded = LoadedModel(model=model, config=new_config, source=str(out), folder=out, revision=None, commit=None)
     history: list[dict] = []
+    validation = lesion_map_photos(segmentation, overlap, parts["val"])  # prepared once, scored every epoch
+    validation_photos = prepare_lesion_photos(validation, config.input_size, config.preprocessing["interpolation"],
+                                              config.preprocessing["crop_fov"]) if validation else None
 
     def validate(epoch: int, loss: float) -> None:
-        scores = lesion_map_scores(loaded, segmentation, overlap, parts["val"])
+        scores = score_prepared_lesion_maps(loaded, validation, *validation_photos) if validation else {}
         history.append({"epoch": epoch, "loss": round(loss, 4), "val_aupr_over_blank": _rounded_ratios(scores)})
         print(json.dumps(history[-1]), file=sys.stderr, flush=True)
 
