@@ -26,7 +26,8 @@ from drdemo.tasks import (
     REFERABLE_DME_RISK,
     TASK_CLASS_NAMES,
     decided_classes,
-    decided_dme_risks,
+    named_classes,
+    named_dme_risks,
     task_targets,
 )
 
@@ -184,7 +185,7 @@ def dme_metrics(risks: Sequence[int] | np.ndarray, probabilities: np.ndarray, th
         return {}
     risks, probabilities = risks[known].astype(int), probabilities[known]
     most_probable = probabilities.argmax(axis=1)
-    predicted = _named_dme_risks(probabilities, threshold)
+    predicted = named_dme_risks(probabilities, threshold)
     truth = risks == REFERABLE_DME_RISK
     scores = probabilities[:, REFERABLE_DME_RISK]
     result = {"dme_n": int(known.sum()), "dme_accuracy": float(np.mean(predicted == risks)),
@@ -210,16 +211,8 @@ def joint_accuracy(grades: Sequence[int], grade_probabilities: np.ndarray, risks
     where a threshold is None."""
     grades, risks = np.asarray(grades), np.asarray(risks)
     grade_probabilities, dme_probabilities = np.asarray(grade_probabilities), np.asarray(dme_probabilities)
-    named_grades = (grade_probabilities.argmax(axis=1) if referable_threshold is None
-                    else decided_classes(grade_probabilities, "icdr5", referable_threshold))
-    return float(((named_grades == grades) & (_named_dme_risks(dme_probabilities, dme_threshold) == risks)).mean())
-
-
-def _named_dme_risks(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
-    """The DME risks a report scores: the ones named at `threshold` (drdemo.tasks.decided_dme_risks), the most
-    probable ones where no threshold is given."""
-    probabilities = np.asarray(probabilities)
-    return probabilities.argmax(axis=1) if threshold is None else decided_dme_risks(probabilities, threshold)
+    named_grades = named_classes(grade_probabilities, "icdr5", referable_threshold)
+    return float(((named_grades == grades) & (named_dme_risks(dme_probabilities, dme_threshold) == risks)).mean())
 
 
 def combined_referral_metrics(grades: Sequence[int], risks: Sequence[int], p_referable: np.ndarray,

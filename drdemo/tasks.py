@@ -110,9 +110,21 @@ def decided_dme_risks(probabilities: np.ndarray, threshold: float = 0.5) -> np.n
     return np.where(refer, REFERABLE_DME_RISK, probabilities[:, :REFERABLE_DME_RISK].argmax(axis=1))
 
 
-def named_class(probabilities: np.ndarray, task: str | None, referable_threshold: float | None) -> int:
-    """The class one image's probabilities name: `decided_classes` where a task and threshold are known, the
-    most probable class otherwise."""
+def named_classes(probabilities: np.ndarray, task: str | None, referable_threshold: float | None) -> np.ndarray:
+    """The class each row of (n, C) probabilities names: `decided_classes` where a task and threshold are known,
+    the most probable class otherwise."""
     if task is None or referable_threshold is None:
-        return int(np.argmax(probabilities))
-    return int(decided_classes(np.asarray(probabilities)[None], task, referable_threshold)[0])
+        return np.asarray(probabilities).argmax(axis=1)
+    return decided_classes(probabilities, task, referable_threshold)
+
+
+def named_class(probabilities: np.ndarray, task: str | None, referable_threshold: float | None) -> int:
+    """`named_classes` of one image's probabilities."""
+    return int(named_classes(np.asarray(probabilities)[None], task, referable_threshold)[0])
+
+
+def named_dme_risks(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The DME risk each row of (n, 3) probabilities names: `decided_dme_risks` where a threshold is known, the
+    most probable risk otherwise."""
+    probabilities = np.asarray(probabilities)
+    return probabilities.argmax(axis=1) if threshold is None else decided_dme_risks(probabilities, threshold)
