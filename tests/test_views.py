@@ -161,3 +161,11 @@ def test_how_to_read_gives_each_lesion_maps_cell_size_and_no_photo_count_it_cann
     unknown = views.how_to_read([views.ModelReading("MedMamba-T", **common)])
     assert "**Lesion map**" in unknown and "Its cells" not in unknown
     assert "**Lesion map**" not in views.how_to_read([views.ModelReading("ResNet50", 1, None, 0.5, None)])
+
+
+def test_how_to_read_says_how_much_the_lesion_map_weighs_in_the_probabilities():
+    common = dict(views=1, calibrated_on=None, threshold=0.5, threshold_rule=None, dme_threshold=0.2)
+    text = views.how_to_read([views.ModelReading("MedMamba-T", lesion_evidence_weight=0.6, **common),
+                              views.ModelReading("InceptionV3", **common)])
+    assert "MedMamba-T: one view of the photo, 60% of the weight on what its lesion map shows" in text
+    assert "40% on the whole photo's features" in text and "InceptionV3: one view of the photo)" in text

@@ -337,6 +337,14 @@ def _starting_weights(provenance: dict) -> str:
                          f"{distillation.get('labelled_photos')} labelled training photos"
                          + (f" and of photos nobody graded ({unlabelled})" if unlabelled else "")
                          + ", beside the labels.")
+        evidence = stage.get("lesion_evidence")
+        if evidence:
+            lines.append(f"The grade and DME probabilities served weigh the network's own ({1 - evidence['weight']:.0%})"
+                         f" against what its lesion maps show ({evidence['weight']:.0%}): a logistic regression on "
+                         f"each lesion type's amount, cells, spread over the four quadrants and distance from the "
+                         f"centre, fitted on the maps of the {evidence.get('training_photos')} training photos, "
+                         f"its weight chosen by log-loss on the {evidence.get('validation_photos')} validation "
+                         f"photos (drdemo.train.lesion_evidence; no network weight changed).")
     return "".join(f"\n{line}\n" for line in lines)
 
 

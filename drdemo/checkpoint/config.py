@@ -67,8 +67,9 @@ class CheckpointConfig:
     calibration: dict = field(default_factory=dict)
     # A three-head model (drdemo.models.heads): {"grade_head": "softmax" | "ordinal", "dme_classes": [3 names],
     # "lesion_types": [names]} and optionally "lesion_layers": [the backbone layers its lesion decoder reads]
-    # (absent: the architecture's one default layer, as every checkpoint before they were named);
-    # {} is a single-head grade classifier.
+    # (absent: the architecture's one default layer, as every checkpoint before they were named) and
+    # "lesion_evidence_weight": how much the grade and DME risk read from the lesion maps count beside the
+    # network's (drdemo.models.lesion_evidence; absent: the network's alone); {} is a single-head grade classifier.
     heads: dict = field(default_factory=dict)
     # Refer for macular oedema when P(DME risk 2) reaches this (three-head models only).
     dme_threshold: float = 0.5
@@ -217,7 +218,7 @@ def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
         return f"heads must be an object, got {heads!r}"
     if not heads:
         return None
-    expected, optional = {"grade_head", "dme_classes", "lesion_types"}, {"lesion_layers"}
+    expected, optional = {"grade_head", "dme_classes", "lesion_types"}, {"lesion_layers", "lesion_evidence_weight"}
     if not expected <= set(heads) <= expected | optional:
         return (f"heads must have the keys {', '.join(sorted(expected))} (and optionally "
                 f"{', '.join(sorted(optional))}), got {', '.join(sorted(heads))}")
@@ -231,6 +232,9 @@ def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
         names = heads[key]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             return f"heads.{key} must be a non-empty list of names, got {names!r}"
+    weight = heads.get("lesion_evidence_weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1):
+        return f"heads.lesion_evidence_weight must be a number in (0, 1], got {weight!r}"
     if len(heads["dme_classes"]) != len(DME_RISKS):
         return f"heads.dme_classes must name IDRiD's {len(DME_RISKS)} DME risk levels, got {heads['dme_classes']!r}"
     return None

@@ -12,6 +12,10 @@ The ordinal head is CORN (Shi et al., 2021): K - 1 conditional logits, P(y > k |
 running products give P(y > k) and, by differences, five class probabilities that are always
 valid. `grade_head` says which of the two grade heads the served `logits` come from; as
 log-probabilities for the ordinal head, so calibration and the rest of the pipeline treat both alike.
+
+With `lesion_evidence` (drdemo.models.lesion_evidence, fitted after training) the served `logits` and
+`dme_logits` blend the network's log-probabilities with those the lesion maps give; `softmax_logits` and
+`ordinal_logits` stay the network's own, which training's losses read.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from drdemo.models.lesion_evidence import LesionEvidence, blend
 
 GRADE_HEADS = ("softmax", "ordinal")
 BACKBONE_PREFIX = "backbone."  # a MultiHeadNet's backbone layers are named as in the plain model, after this
@@ -113,10 +119,13 @@ class MultiHeadNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, classifier: str, lesion_layers: Sequence[str],
                  lesion_channels: Sequence[int], channels_last_features: bool, num_grades: int, dme_classes: int,
-                 lesion_types: int, grade_head: str = "softmax"):
+                 lesion_types: int, grade_head: str = "softmax", lesion_evidence_weight: float | None = None):
         super().__init__()
         if grade_head not in GRADE_HEADS:
             raise ValueError(f"grade_head must be one of {', '.join(GRADE_HEADS)}, got {grade_head!r}")
+        if lesion_evidence_weight is not None and (isinstance(lesion_evidence_weight, bool) or not isinstance(
+                lesion_evidence_weight, (int, float)) or not 0 < lesion_evidence_weight <= 1):
+            raise ValueError(f"lesion_evidence_weight must be in (0, 1], got {lesion_evidence_weight!r}")
         if not lesion_layers or len(lesion_layers) != len(lesion_channels):
             raise ValueError(f"one channel count per lesion layer: {list(lesion_layers)}, {list(lesion_channels)}")
         self.backbone = backbone
@@ -132,6 +141,9 @@ class MultiHeadNet(nn.Module):
         for head in (self.ordinal_head, self.dme_head):
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
+        self.lesion_evidence_weight = lesion_evidence_weight
+        self.lesion_evidence = (LesionEvidence(lesion_types, num_grades, dme_classes)
+                                if lesion_evidence_weight is not None else None)
 
     def forward(self, x: torch.Tensor) -> HeadsOutput:
         captured: dict[str, torch.Tensor] = {}
@@ -159,8 +171,13 @@ class MultiHeadNet(nn.Module):
         lesion_logits = self.lesion_head(lesion_features[0] if len(lesion_features) == 1 else lesion_features)
         ordinal_logits = self.ordinal_head(features)
         logits = softmax_logits if self.grade_head == "softmax" else corn_log_probabilities(ordinal_logits)
+        dme_logits = self.dme_head(features)
+        if self.lesion_evidence is not None:
+            grade_evidence, dme_evidence = self.lesion_evidence(torch.sigmoid(lesion_logits.float()))
+            logits = blend(logits, grade_evidence, self.lesion_evidence_weight)
+            dme_logits = blend(dme_logits, dme_evidence, self.lesion_evidence_weight)
         return HeadsOutput(logits=logits, softmax_logits=softmax_logits, ordinal_logits=ordinal_logits,
-                           dme_logits=self.dme_head(features), lesion_logits=lesion_logits,
+                           dme_logits=dme_logits, lesion_logits=lesion_logits,
                            features=features, aux_logits=aux)
 
 

@@ -71,6 +71,9 @@ def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers
     `state` and frozen, the decoder freshly initialised and the only part that trains."""
     if not config.heads:
         raise LesionHeadError("a single-head checkpoint has no lesion maps: refit the decoder of a three-head one")
+    if config.heads.get("lesion_evidence_weight") is not None:
+        raise LesionHeadError("this checkpoint's grades read its lesion maps (lesion_evidence_weight), which a new "
+                              "decoder would change: refit the checkpoint it came from, then fit the evidence again")
     heads = dict(config.heads, lesion_layers=list(layers))
     try:
         model = create_model(config.architecture, num_classes=config.num_classes, heads=heads,

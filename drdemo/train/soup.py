@@ -94,6 +94,10 @@ def start_of(config: CheckpointConfig) -> str | None:
 def check_ingredients(configs: Sequence[CheckpointConfig], sources: Sequence[str]) -> None:
     """Raise CheckpointError unless the checkpoints can be averaged: one contract, one pretrained start."""
     first = configs[0]
+    for config, source in zip(configs, sources):
+        if (config.heads or {}).get("lesion_evidence_weight") is not None:
+            raise CheckpointError(f"{source} weighs lesion evidence fitted to its own maps: average the checkpoints "
+                                  f"it came from, then fit the soup's evidence (python -m drdemo.train.lesion_evidence)")
     for config, source in zip(configs[1:], sources[1:]):
         for name in CONTRACT_FIELDS:
             if _contract_value(config, name) != _contract_value(first, name):

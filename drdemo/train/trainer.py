@@ -326,6 +326,8 @@ class Trainer:
         if (source.architecture, source.task) != (self.options.model, self.options.task):
             raise TrainingError(f"--init-from {folder} is a {source.architecture} ({source.task}) checkpoint, not "
                                 f"{self.options.model} ({self.options.task})")
+        # lesion evidence is fitted to the finished network's maps (drdemo.train.lesion_evidence): training moves them
+        state = {key: value for key, value in state.items() if not key.startswith("lesion_evidence.")}
         if self.config.heads and not source.heads:  # a single-head checkpoint: its network is our backbone
             self.model.backbone.load_state_dict(state, strict=True)
         elif bool(self.config.heads) == bool(source.heads):

@@ -146,7 +146,7 @@ def reading(config: CheckpointConfig, lesion_cell_px: float | None = None) -> Mo
     return ModelReading(config.display_name, config.test_time_views,
                         calibration.get("data", "validation photos") if config.calibration else None,
                         config.referable_threshold, rule, config.dme_threshold if config.heads else None,
-                        lesion_cell_px if config.heads else None)
+                        lesion_cell_px if config.heads else None, config.heads.get("lesion_evidence_weight"))
 
 
 def lesion_head_missing(model_name: str) -> str:
@@ -240,6 +240,7 @@ class ModelReading:
     threshold_rule: str | None         # how the threshold was chosen, e.g. "... sensitivity >= 0.9 on ..."
     dme_threshold: float | None = None  # three-head models: the threshold on P(DME risk 2)
     lesion_cell_px: float | None = None  # three-head models: one lesion-map cell's side in model-input pixels
+    lesion_evidence_weight: float | None = None  # how much the lesion map's own reading counts in the probabilities
 
 
 def how_to_read(models: Sequence[ModelReading]) -> str:
@@ -248,7 +249,11 @@ def how_to_read(models: Sequence[ModelReading]) -> str:
         views = (f"the mean over {m.views} flips and rotations of the photo" if m.views > 1
                  else "one view of the photo")
         calibration = f", calibrated on {m.calibrated_on}" if m.calibrated_on else ""
-        return f"{m.name}: {views}{calibration}"
+        evidence = (f", {m.lesion_evidence_weight:.0%} of the weight on what its lesion map shows (how many lesions "
+                    f"of each type, how widely spread over the four quadrants, how near the centre) and "
+                    f"{1 - m.lesion_evidence_weight:.0%} on the whole photo's features" if m.lesion_evidence_weight
+                    else "")
+        return f"{m.name}: {views}{calibration}{evidence}"
 
     def threshold(m: ModelReading) -> str:
         return f"{m.name} {m.threshold:.0%}" + (f" ({m.threshold_rule})" if m.threshold_rule else "")

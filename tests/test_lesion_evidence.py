@@ -1,0 +1,236 @@
+"""drdemo.models.lesion_evidence and drdemo.train.lesion_evidence: the grade and DME risk read from a model's
+own lesion maps, fitted after the network and blended with its probabilities."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from drdemo.checkpoint import load_model, read_config, record_grading
+from drdemo.checkpoint.config import check_heads
+from drdemo.models import create_model
+from drdemo.models.heads import MultiHeadNet
+from drdemo.models.lesion_evidence import STATISTICS_PER_TYPE, LesionEvidence, blend, lesion_statistics
+from drdemo.tasks import DME_RISKS, LESION_TYPES
+from drdemo.train import lesion_evidence as fitting
+
+HEADS = {"grade_head": "softmax", "dme_classes": list(DME_RISKS), "lesion_types": list(LESION_TYPES)}
+
+
+def _reference_statistics(maps: np.ndarray) -> np.ndarray:
+    """The statistics written out in numpy, loop by loop, as the probe that chose them computed them."""
+    rows = []
+    for photo in maps:
+        row = []
+        for p in photo:
+            h = p.shape[0]
+            centre = (h - 1) / 2
+            masses = [0.0] * 4
+            rings = [0.0] * 3
+            for y in range(h):
+                for x in range(h):
+                    masses[(2 if y >= centre else 0) + (1 if x >= centre else 0)] += p[y, x]
+                    r = np.hypot(y - centre, x - centre) / (h / 2)
+                    rings[0 if r < 0.25 else 1 if r < 0.5 else 2] += p[y, x]
+            row += [np.log1p(p.mean() * 1000), np.log1p((p > 0.5).sum()), p.max()]
+            row += sorted(np.log1p(masses)) + list(np.log1p(rings))
+        rows.append(row)
+    return np.asarray(rows)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_the_statistics_match_a_plain_numpy_reference(size):
+    generator = np.random.default_rng(0)
+    maps = generator.random((3, 2, size, size)).astype(np.float32) ** 3
+    maps[1, 0, : size // 2] = 0.9                       # a lesion-heavy top half: quadrant order matters
+    ours = lesion_statistics(torch.from_numpy(maps)).numpy()
+    assert ours.shape == (3, 2 * STATISTICS_PER_TYPE)
+    np.testing.assert_allclose(ours, _reference_statistics(maps), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, T, h, h\)"):
+        lesion_statistics(torch.zeros(1, 2, 4, 5))
+
+
+def test_more_and_wider_spread_lesions_raise_every_count():
+    few, many = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
+    few[0, 0, 2, 2] = 0.9
+    many[0, 0, ::5, ::5] = 0.9
+    few_stats, many_stats = lesion_statistics(few)[0], lesion_statistics(many)[0]
+    assert many_stats[1] > few_stats[1]                 # cells over 0.5
+    assert many_stats[3] > 0 == few_stats[3]            # the least affected quadrant has lesions only when spread
+
+
+def test_blend_is_a_weighted_geometric_mean_of_the_two_distributions():
+    network, evidence = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[-1.0, 0.5, 3.0]])
+    assert torch.allclose(blend(network, evidence, 0.0).softmax(-1), network.softmax(-1))
+    assert torch.allclose(blend(network, evidence, 1.0).softmax(-1), evidence.softmax(-1))
+    expected = network.softmax(-1) ** 0.4 * evidence.softmax(-1) ** 0.6
+    assert torch.allclose(blend(network, evidence, 0.6).softmax(-1), expected / expected.sum())
+
+
+def test_a_model_with_evidence_serves_the_blend_and_keeps_its_own_heads_for_training(one_torch_thread):
+    torch.manual_seed(0)
+    plain = create_model("resnet50", heads=HEADS).eval()
+    weighted = create_model("resnet50", heads={**HEADS, "lesion_evidence_weight": 0.3}).eval()
+    assert plain.lesion_evidence is None and isinstance(weighted.lesion_evidence, LesionEvidence)
+    weighted.load_state_dict({**plain.state_dict(), **{f"lesion_evidence.{k}": v for k, v in
+                                                       weighted.lesion_evidence.state_dict().items()}})
+    with torch.no_grad():
+        torch.nn.init.normal_(weighted.lesion_evidence.grade.weight)
+        photo = torch.randn(2, 3, 64, 64)
+        base, served = plain(photo), weighted(photo)
+        grade_evidence, dme_evidence = weighted.lesion_evidence(torch.sigmoid(base.lesion_logits))
+    assert torch.equal(served.softmax_logits, base.softmax_logits) and torch.equal(served.features, base.features)
+    assert torch.allclose(served.logits, blend(base.logits, grade_evidence, 0.3), atol=1e-6)
+    assert torch.allclose(served.dme_logits, blend(base.dme_logits, dme_evidence, 0.3), atol=1e-6)
+    assert not torch.allclose(served.logits.softmax(-1), base.logits.softmax(-1), atol=1e-3)
+
+
+@pytest.mark.parametrize("weight", [0, 1.5, "0.5", True])
+def test_a_bad_evidence_weight_is_named(weight):
+    assert "lesion_evidence_weight" in check_heads({**HEADS, "lesion_evidence_weight": weight}, 5, "icdr5")
+    with pytest.raises((ValueError, TypeError)):
+        MultiHeadNet(torch.nn.Identity(), "fc", ["x"], [1], False, 5, 3, 4, lesion_evidence_weight=weight)
+    assert check_heads({**HEADS, "lesion_evidence_weight": 0.6}, 5, "icdr5") is None
+
+
+def _labelled_statistics(generator, n, informative=True):
+    """Statistics whose first column shifts with the grade and second with the DME risk (noise otherwise)."""
+    grades, risks = np.arange(n) % 5, np.arange(n) % 3
+    statistics = generator.normal(size=(n, len(LESION_TYPES) * STATISTICS_PER_TYPE))
+    if informative:
+        statistics[:, 0] += 2.0 * grades
+        statistics[:, 1] += 3.0 * risks
+    return statistics, grades, risks
+
+
+def test_the_fitted_module_computes_what_the_fitted_regressions_predict():
+    generator = np.random.default_rng(1)
+    statistics, grades, risks = _labelled_statistics(generator, 60)
+    grade_fit, choice = fitting.fit_regression(statistics, grades, 5)
+    dme_fit, _ = fitting.fit_regression(statistics, risks, 3)
+    assert choice["strength"] in fitting.STRENGTHS and set(choice["cross_validated_log_loss"]) == set(fitting.STRENGTHS)
+    module = fitting.evidence_module(grade_fit, dme_fit, len(LESION_TYPES))
+    x = torch.from_numpy(statistics).float()
+    with torch.no_grad():
+        standardised = (x - module.mean) / module.scale
+        grade, dme = module.grade(standardised), module.dme(standardised)
+    np.testing.assert_allclose(grade.log_softmax(-1).numpy(), grade_fit.predict_log_proba(statistics), atol=1e-4)
+    np.testing.assert_allclose(dme.log_softmax(-1).numpy(), dme_fit.predict_log_proba(statistics), atol=1e-4)
+    with pytest.raises(fitting.LesionEvidenceError, match=r"no example of class \[4\]"):
+        fitting.fit_regression(statistics[grades < 4], grades[grades < 4], 5)
+
+
+def test_the_weight_follows_the_validation_log_loss():
+    generator = np.random.default_rng(2)
+    statistics, grades, risks = _labelled_statistics(generator, 80)
+    module = fitting.evidence_module(fitting.fit_regression(statistics, grades, 5)[0],
+                                     fitting.fit_regression(statistics, risks, 3)[0], len(LESION_TYPES))
+    val_statistics, val_grades, val_risks = _labelled_statistics(generator, 40)
+    noise = {"statistics": val_statistics, "grade": generator.normal(size=(40, 5)).astype(np.float32),
+             "dme": generator.normal(size=(40, 3)).astype(np.float32)}
+    weight, tried = fitting.choose_weight(module, noise, val_grades, val_risks)
+    assert weight >= 0.8 and [t["weight"] for t in tried] == [0.0, *fitting.BLEND_WEIGHTS]
+    perfect = dict(noise, grade=np.eye(5, dtype=np.float32)[val_grades] * 20,
+                   dme=np.eye(3, dtype=np.float32)[val_risks] * 20)
+    with pytest.raises(fitting.LesionEvidenceError, match="network alone is better"):
+        fitting.choose_weight(module, perfect, val_grades, val_risks)
+
+
+def _grading_folder(root, n_train=30):
+    """IDRiD's grading layout: `n_train` training photos, grades and DME risks cycling, two test photos."""
+    from PIL import Image
+
+    labels = root / "2. Groundtruths"
+    labels.mkdir(parents=True)
+    rows = "".join(f"IDRiD_{i:03d},{i % 5},{i % 3},,,,,,,,,\r\n" for i in range(1, n_train + 1))
+    (labels / "a. IDRiD_Disease Grading_Training Labels.csv").write_bytes(
+        ("Image name,Retinopathy grade,Risk of macular edema ,,,,,,,,,\r\n" + rows + "\r\n").encode())
+    (labels / "b. IDRiD_Disease Grading_Testing Labels.csv").write_bytes(
+        b"Image name,Retinopathy grade,Risk of macular edema \r\nIDRiD_001,4,0\r\nIDRiD_002,1,0\r\n")
+    generator = np.random.default_rng(0)
+    for folder, count in (("a. Training Set", n_train), ("b. Testing Set", 2)):
+        (root / "1. Original Images" / folder).mkdir(parents=True)
+        for i in range(1, count + 1):
+            pixels = np.zeros((48, 64, 3), np.uint8)
+            yy, xx = np.mgrid[:48, :64]
+            pixels[(yy - 24) ** 2 + (xx - 32) ** 2 < 22 ** 2] = (150, 70, 30)
+            pixels = np.clip(pixels + generator.integers(0, 30, pixels.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "1. Original Images" / folder / f"IDRiD_{i:03d}.jpg")
+    return root
+
+
+def test_the_cli_writes_a_checkpoint_that_serves_the_blend_and_drops_the_sources_evaluations(
+        tmp_path, untrained_checkpoint, one_torch_thread, monkeypatch):
+    source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
+    data = _grading_folder(tmp_path / "B. Disease Grading")
+    ids = [f"IDRiD_{i:03d}" for i in range(1, 31)]
+    (source / "training").mkdir(exist_ok=True)
+    (source / "training" / "split.json").write_text(json.dumps({"parts": {"train": ids[:20], "val": ids[20:]},
+                                                                "data": str(data)}))
+    record_grading(source, {"qwk": 0.61, "accuracy": 0.57, "n": 103, "confusion_matrix": [[1]]},
+                   "103 photos of IDRiD's test part", "evaluate")
+    real_outputs = fitting.network_outputs
+    seen = []
+
+    def informative(loaded, samples):  # the real network's outputs, with statistics that carry the labels
+        outputs = real_outputs(loaded, samples)
+        seen.append(len(samples))
+        grades, risks = np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples])
+        outputs["statistics"][:, 0] = 2.0 * grades + np.random.default_rng(len(samples)).normal(size=len(samples))
+        outputs["statistics"][:, 1] = 3.0 * risks
+        return outputs
+
+    monkeypatch.setattr(fitting, "network_outputs", informative)
+    out = tmp_path / "with_evidence"
+    assert fitting.main(["--checkpoint", str(source), "--out", str(out)]) == 0
+    assert seen == [20, 10]
+    config = read_config(out)
+    weight = config.heads["lesion_evidence_weight"]
+    assert weight in fitting.BLEND_WEIGHTS and "lesion_evidence_weight" not in read_config(source).heads
+    stage = config.provenance
+    assert stage["initialised_from"] == str(source) and stage["lesion_evidence"]["weight"] == weight
+    assert stage["lesion_evidence"]["training_photos"] == 20 and len(stage["lesion_evidence"]["validation"]) == 11
+    assert (source / "eval" / "test.json").exists() and not list(out.glob("eval/*.json"))
+    assert config.metrics == {} and config.cam_evaluation == {}
+    assert f"against what its lesion maps show ({weight:.0%})" in (out / "README.md").read_text()
+    served, original = load_model(out, device="cpu").model, load_model(source, device="cpu").model
+    photo = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base, blended = original(photo), served(photo)
+        grade_evidence, _ = served.lesion_evidence(torch.sigmoid(base.lesion_logits))
+    assert torch.equal(blended.softmax_logits, base.softmax_logits)
+    assert torch.allclose(blended.logits, blend(base.logits, grade_evidence, weight), atol=1e-5)
+    assert fitting.main(["--checkpoint", str(out), "--out", str(tmp_path / "again")]) == 2   # already weighed
+
+
+def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpoint, capsys):
+    source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
+    assert fitting.main(["--checkpoint", str(source), "--out", str(tmp_path / "out")]) == 2
+    assert "split.json is missing" in capsys.readouterr().err
+    single = untrained_checkpoint(tmp_path / "single", "resnet50", input_size=64)
+    assert fitting.main(["--checkpoint", str(single), "--out", str(tmp_path / "out")]) == 2
+    assert "single-head" in capsys.readouterr().err
+    assert fitting.main(["--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fitting.main(["--checkpoint", str(source), "--out", str(source)])
+    assert "new folder" in capsys.readouterr().err
+
+
+def test_a_new_lesion_decoder_or_a_soup_refuses_a_checkpoint_whose_grades_read_its_maps(tmp_path,
+                                                                                      untrained_checkpoint):
+    from dataclasses import replace
+
+    from drdemo.checkpoint import CheckpointError
+    from drdemo.checkpoint.io import read_weights
+    from drdemo.train.lesion_head import LesionHeadError, refit_model
+    from drdemo.train.soup import check_ingredients
+
+    source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
+    config = read_config(source)
+    weighted = replace(config, heads={**config.heads, "lesion_evidence_weight": 0.6})
+    with pytest.raises(LesionHeadError, match="lesion_evidence_weight"):
+        refit_model(weighted, read_weights(source), ["layer1"])
+    with pytest.raises(CheckpointError, match="fit the soup's evidence"):
+        check_ingredients([config, weighted], ["a", "b"])
