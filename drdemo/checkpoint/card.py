@@ -339,12 +339,13 @@ def _starting_weights(provenance: dict) -> str:
                          + ", beside the labels.")
         evidence = stage.get("lesion_evidence")
         if evidence:
-            lines.append(f"The grade and DME probabilities served weigh the network's own ({1 - evidence['weight']:.0%})"
-                         f" against what its lesion maps show ({evidence['weight']:.0%}): a logistic regression on "
-                         f"each lesion type's amount, cells, spread over the four quadrants and distance from the "
-                         f"centre, fitted on the maps of the {evidence.get('training_photos')} training photos, "
-                         f"its weight chosen by log-loss on the {evidence.get('validation_photos')} validation "
-                         f"photos (drdemo.train.lesion_evidence; no network weight changed).")
+            lines.append(f"The grade and DME probabilities served weigh the network's own "
+                         f"({1 - evidence['weight']:.0%}) against what its lesion maps show "
+                         f"({evidence['weight']:.0%}): a logistic regression on each lesion type's amount, cells, "
+                         f"spread over the four quadrants and distance from the centre, fitted on the maps of the "
+                         f"{evidence.get('training_photos')} training photos, its weight chosen by log-loss on the "
+                         f"{evidence.get('validation_photos')} validation photos (drdemo.train.lesion_evidence; no "
+                         f"network weight changed).")
     return "".join(f"\n{line}\n" for line in lines)
 
 

@@ -115,7 +115,8 @@ def choose_weight(module: LesionEvidence, validation: dict[str, np.ndarray], gra
     tried = []
     for weight in (0.0, *BLEND_WEIGHTS):
         grade, dme = (blend(n, e, weight).softmax(-1).numpy() for n, e in zip(network, evidence))
-        tried.append({"weight": weight, "grade_log_loss": round(log_loss(grades, grade, labels=range(grade.shape[1])), 4),
+        tried.append({"weight": weight,
+                      "grade_log_loss": round(log_loss(grades, grade, labels=range(grade.shape[1])), 4),
                       "dme_log_loss": round(log_loss(risks, dme, labels=range(dme.shape[1])), 4)})
     best = min(tried, key=lambda t: (t["grade_log_loss"] + t["dme_log_loss"], t["weight"]))
     if best["weight"] == 0.0:

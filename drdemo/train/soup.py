@@ -97,7 +97,8 @@ def check_ingredients(configs: Sequence[CheckpointConfig], sources: Sequence[str
     for config, source in zip(configs, sources):
         if (config.heads or {}).get("lesion_evidence_weight") is not None:
             raise CheckpointError(f"{source} weighs lesion evidence fitted to its own maps: average the checkpoints "
-                                  f"it came from, then fit the soup's evidence (python -m drdemo.train.lesion_evidence)")
+                                  f"it came from, then fit the soup's evidence "
+                                  f"(python -m drdemo.train.lesion_evidence)")
     for config, source in zip(configs[1:], sources[1:]):
         for name in CONTRACT_FIELDS:
             if _contract_value(config, name) != _contract_value(first, name):
