@@ -66,6 +66,11 @@ class LesionHeadRecipe:
     batch_size: int = 8
 
 
+def refit_heads(config: CheckpointConfig, layers: Sequence[str]) -> dict:
+    """The source's `heads` with its decoder reading `layers`."""
+    return dict(config.heads, lesion_layers=list(layers))
+
+
 def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers: Sequence[str]) -> nn.Module:
     """The source network with a new lesion decoder on `layers`, in eval mode: every other weight loaded from
     `state` and frozen, the decoder freshly initialised and the only part that trains."""
@@ -74,7 +79,7 @@ def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers
     if config.heads.get("lesion_evidence_weight") is not None:
         raise LesionHeadError("this checkpoint's grades read its lesion maps (lesion_evidence_weight), which a new "
                               "decoder would change: refit the checkpoint it came from, then fit the evidence again")
-    heads = dict(config.heads, lesion_layers=list(layers))
+    heads = refit_heads(config, layers)
     try:
         model = create_model(config.architecture, num_classes=config.num_classes, heads=heads,
                              **config.model_options)
@@ -187,7 +192,7 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
         teacher_maps = teacher_targets(teacher, taught, torch.device("cpu"), lesions=True)["lesions"]
     dataset = masked_dataset(train_samples, config, JointAugment(source_recipe(config).augmentation),
                              taught, teacher_maps)
-    new_config = replace(config, heads=dict(config.heads, lesion_layers=list(layers)))
+    new_config = replace(config, heads=refit_heads(config, layers))
     loaded = LoadedModel(model=model, config=new_config, source=str(out), folder=out, revision=None, commit=None)
     history: list[dict] = []
     validation = lesion_map_photos(segmentation, overlap, parts["val"])  # prepared once, scored every epoch
