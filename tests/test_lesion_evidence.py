@@ -111,10 +111,8 @@ def test_the_fitted_module_computes_what_the_fitted_regressions_predict():
     dme_fit, _ = fitting.fit_regression(statistics, risks, 3)
     assert choice["strength"] in fitting.STRENGTHS and set(choice["cross_validated_log_loss"]) == set(fitting.STRENGTHS)
     module = fitting.evidence_module(grade_fit, dme_fit, len(LESION_TYPES))
-    x = torch.from_numpy(statistics).float()
     with torch.no_grad():
-        standardised = (x - module.mean) / module.scale
-        grade, dme = module.grade(standardised), module.dme(standardised)
+        grade, dme = module.read(torch.from_numpy(statistics).float())
     np.testing.assert_allclose(grade.log_softmax(-1).numpy(), grade_fit.predict_log_proba(statistics), atol=1e-4)
     np.testing.assert_allclose(dme.log_softmax(-1).numpy(), dme_fit.predict_log_proba(statistics), atol=1e-4)
     with pytest.raises(fitting.LesionEvidenceError, match=r"no example of class \[4\]"):
@@ -216,6 +214,12 @@ def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpo
     with pytest.raises(SystemExit):
         fitting.main(["--checkpoint", str(source), "--out", str(source)])
     assert "new folder" in capsys.readouterr().err
+    from dataclasses import replace
+
+    from drdemo.checkpoint.io import write_config
+    write_config(source, replace(read_config(source), calibration={"temperature": 1.5, "logit_bias": [0.0] * 5}))
+    assert fitting.main(["--checkpoint", str(source), "--out", str(tmp_path / "out")]) == 2
+    assert "uncalibrated checkpoint, then calibrate" in capsys.readouterr().err
 
 
 def test_a_new_lesion_decoder_or_a_soup_refuses_a_checkpoint_whose_grades_read_its_maps(tmp_path,

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STATISTICS_PER_TYPE = 10
 STATISTIC_NAMES = ("mean_per_mille", "cells_over_half", "max", "quadrant_least", "quadrant_second",
                    "quadrant_third", "quadrant_most", "centre", "middle_ring", "outer_ring")
+STATISTICS_PER_TYPE = len(STATISTIC_NAMES)
 _RINGS = (0.25, 0.5)  # radii, as fractions of half the map's side, bounding the centre and the middle ring
 
 
@@ -70,10 +70,11 @@ class LesionEvidence(nn.Module):
         self.grade = nn.Linear(features, num_grades)
         self.dme = nn.Linear(features, dme_classes)
 
-    def standardised(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return (lesion_statistics(probabilities) - self.mean) / self.scale
+    def read(self, statistics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T * 10) `lesion_statistics` -> ((B, grades), (B, DME classes)) logits."""
+        x = (statistics - self.mean) / self.scale
+        return self.grade(x), self.dme(x)
 
     def forward(self, probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, h, h) lesion probabilities -> ((B, grades), (B, DME classes)) logits."""
-        x = self.standardised(probabilities)
-        return self.grade(x), self.dme(x)
+        return self.read(lesion_statistics(probabilities))

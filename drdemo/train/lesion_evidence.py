@@ -107,10 +107,8 @@ def choose_weight(module: LesionEvidence, validation: dict[str, np.ndarray], gra
                   risks: np.ndarray) -> tuple[float, list[dict]]:
     """The blend weight with the lowest validation log-loss (grade + DME risk), and every weight's losses
     (weight 0: the network alone). Raises when none beats the network alone."""
-    statistics = torch.from_numpy(validation["statistics"]).float()
     with torch.no_grad():
-        standardised = (statistics - module.mean) / module.scale
-        evidence = module.grade(standardised), module.dme(standardised)
+        evidence = module.read(torch.from_numpy(validation["statistics"]).float())
     network = torch.from_numpy(validation["grade"]), torch.from_numpy(validation["dme"])
     tried = []
     for weight in (0.0, *BLEND_WEIGHTS):
@@ -137,6 +135,9 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str) -> 
         raise LesionEvidenceError("a single-head checkpoint has no lesion maps: fit the evidence of a three-head one")
     if config.heads.get("lesion_evidence_weight") is not None:
         raise LesionEvidenceError(f"{source} already weighs lesion evidence: fit it on the checkpoint it came from")
+    if config.calibration:
+        raise LesionEvidenceError(f"{source} is calibrated for its network's probabilities alone, which the evidence "
+                                  f"changes: fit the evidence on the uncalibrated checkpoint, then calibrate")
     split_path = source / "training" / SPLIT_NAME
     if not split_path.is_file():
         raise LesionEvidenceError(f"{split_path} is missing: the fit needs the source's training and validation parts")
