@@ -167,7 +167,7 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str) -> 
     weight, tried = choose_weight(evidence, outputs["val"], *labels["val"])
     heads = dict(config.heads, lesion_evidence_weight=weight)
     model = create_model(config.architecture, num_classes=config.num_classes, heads=heads, **config.model_options)
-    state = {key: value for key, value in loaded.model.state_dict().items()}
+    state = dict(loaded.model.state_dict())
     state.update({f"lesion_evidence.{key}": value for key, value in evidence.state_dict().items()})
     model.load_state_dict(state, strict=True)
     stage = {
