@@ -38,16 +38,20 @@ python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_dis
 [ -f "$OUT/inception_v3_maps/model.safetensors" ] || python -m drdemo.train.lesion_head \
   --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 160 --out "$OUT/inception_v3_maps" \
   --segmentation "$S" --overlap "$OVERLAP"
-# 4. InceptionV3's lesion evidence, fitted on the training photos' maps, weighed on the validation photos
-[ -f "$OUT/inception_v3/model.safetensors" ] || python -m drdemo.train.lesion_evidence \
-  --checkpoint "$OUT/inception_v3_maps" --out "$OUT/inception_v3" --data "$G"
 [ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
   --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 160 --out "$OUT/medmamba_t" \
   --segmentation "$S" --overlap "$OVERLAP"
+# 4. InceptionV3's lesion evidence, fitted on the training photos' maps, weighed on the validation photos (it drops
+#    the records of the network alone, so its validation record is scored below)
+[ -f "$OUT/inception_v3/model.safetensors" ] || python -m drdemo.train.lesion_evidence \
+  --checkpoint "$OUT/inception_v3_maps" --out "$OUT/inception_v3" --data "$G"
 for name in inception_v3 medmamba_t; do
   ck="$OUT/$name"
-  # thresholds on the validation part; its grading record stays the one training wrote for the epoch it kept
+  # thresholds on the validation part; MedMamba-T's grading record stays the one training wrote for the epoch it
+  # kept, InceptionV3's (whose lesion evidence changed its probabilities) is scored again
   python -m drdemo.evaluate heads --checkpoint "$ck" --data "$G" --part val --choose-thresholds
+  [ "$name" = medmamba_t ] || python -m drdemo.evaluate score --checkpoint "$ck" --data "$G" \
+    --split "$ck/training/split.json" --part val --record --record-as val --out "$OUT/eval/$name/score_val"
   case $name in medmamba_t) layers="backbone.layers.2.blocks.3 backbone.layers.3";;
                 inception_v3) layers="backbone.Mixed_6e backbone.Mixed_7c";; esac
   python -m drdemo.evaluate cams --checkpoint "$ck" --data "$S" --overlap "$OVERLAP" --photos copies --limit 20 \
