@@ -192,10 +192,15 @@ def to_model_input(image: Image.Image, input_size: int, mean: Sequence[float], s
     return normalise(prepared, mean, std, local_contrast_sigma, colour_balance).unsqueeze(0)
 
 
+def normalise_kwargs(config: CheckpointConfig) -> dict:
+    """The keyword arguments of `normalise` that a checkpoint's config.json fixes."""
+    preprocessing = config.preprocessing
+    return dict(mean=config.mean, std=config.std, local_contrast_sigma=preprocessing.get("local_contrast", 0.0),
+                colour_balance=preprocessing.get("colour_balance", False))
+
+
 def preprocess_kwargs(config: CheckpointConfig) -> dict:
     """The keyword arguments of `to_model_input` that a checkpoint's config.json fixes."""
     preprocessing = config.preprocessing
-    return dict(input_size=config.input_size, mean=config.mean, std=config.std,
-                interpolation=preprocessing["interpolation"], crop_fov=preprocessing["crop_fov"],
-                local_contrast_sigma=preprocessing.get("local_contrast", 0.0),
-                colour_balance=preprocessing.get("colour_balance", False))
+    return dict(input_size=config.input_size, interpolation=preprocessing["interpolation"],
+                crop_fov=preprocessing["crop_fov"], **normalise_kwargs(config))

@@ -54,21 +54,15 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS, loader_outputs
 from drdemo.metrics import combined_referral_metrics, dme_metrics, grading_metrics, joint_accuracy
 from drdemo.models import model_defaults
-from drdemo.preprocess import balance_colour, field_of_view, fundus_mask, normalise
+from drdemo.preprocess import balance_colour, field_of_view, fundus_mask, normalise, normalise_kwargs
 from drdemo.tasks import REFERABLE_DME_RISK
 
 MIN_SENSITIVITY = 0.9
 
 
-def _normalise_kwargs(config) -> dict:
-    p = config.preprocessing
-    return dict(mean=config.mean, std=config.std, local_contrast_sigma=p["local_contrast"],
-                colour_balance=p["colour_balance"])
-
-
 def _outputs(loaded, images: np.ndarray, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     config = loaded.config
-    dataset = LesionGradingDataset(samples, images, {}, _normalise_kwargs(config))
+    dataset = LesionGradingDataset(samples, images, {}, normalise_kwargs(config))
     loader = DataLoader(dataset, batch_size=16, shuffle=False)
     arrays, _ = loader_outputs(loaded.model, loader, config.test_time_views, progress="photos",
                                memory_format=model_defaults(config.architecture).memory_format)
@@ -106,7 +100,7 @@ def colour_shift_test(loaded, images: np.ndarray, samples: Sequence[Sample], hea
 
 
 def _model_input_colours(config, images: np.ndarray) -> np.ndarray:
-    kwargs = _normalise_kwargs(config)
+    kwargs = normalise_kwargs(config)
     colours = []
     for image in np.asarray(images):
         tensor = normalise(Image.fromarray(image), **kwargs).numpy()
@@ -158,7 +152,7 @@ def score_prepared_lesion_maps(loaded, samples: Sequence[LesionSample], images: 
     """Lesion-map AUPR and pointing game of `loaded` on `samples`, prepared as its inputs (`prepare_lesion_photos`)."""
     config = loaded.config
     dataset = LesionGradingDataset([Sample(s.image_id, s.path, 0, s.image_id) for s in samples], images, {},
-                                   _normalise_kwargs(config))
+                                   normalise_kwargs(config))
     arrays, _ = loader_outputs(loaded.model, DataLoader(dataset, batch_size=8), config.test_time_views,
                                keep_lesions=True, memory_format=model_defaults(config.architecture).memory_format)
     types = config.heads["lesion_types"]

@@ -27,6 +27,7 @@ from drdemo.data.prepared import LesionGradingDataset, prepare_cached
 from drdemo.errors import DrdemoError
 from drdemo.inference import loader_outputs
 from drdemo.models import model_defaults
+from drdemo.preprocess import normalise_kwargs
 from drdemo.tasks import LESION_TYPES
 
 TEACHER_TARGETS_NAME = "teacher_targets.npz"
@@ -93,9 +94,7 @@ def teacher_targets(teacher: Path, samples: Sequence[Sample], device: torch.devi
     preprocessing = config.preprocessing
     images = prepare_cached(samples, config.input_size, preprocessing["interpolation"], preprocessing["crop_fov"],
                             cache_dir=cache_dir, progress=True)
-    dataset = LesionGradingDataset(samples, images, {}, dict(mean=config.mean, std=config.std,
-                                                             local_contrast_sigma=preprocessing["local_contrast"],
-                                                             colour_balance=preprocessing["colour_balance"]))
+    dataset = LesionGradingDataset(samples, images, {}, normalise_kwargs(config))
     outputs, _ = loader_outputs(loaded.model, DataLoader(dataset, batch_size=batch_size), config.test_time_views,
                                 memory_format=model_defaults(config.architecture).memory_format,
                                 progress="teacher", keep_lesions=lesions)

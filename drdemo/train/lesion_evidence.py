@@ -47,6 +47,8 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import loader_outputs
 from drdemo.models import create_model, model_defaults
 from drdemo.models.lesion_evidence import LesionEvidence, blend, lesion_statistics
+from drdemo.preprocess import normalise_kwargs
+from drdemo.train.lesion_head import require_new_folder
 from drdemo.train.trainer import SPLIT_NAME
 
 STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)    # inverse L2 strengths (sklearn's C) tried by cross-validation
@@ -63,8 +65,7 @@ def network_outputs(loaded: LoadedModel, samples: Sequence[Sample]) -> dict[str,
     config = loaded.config
     p = config.preprocessing
     images = prepare_cached(list(samples), config.input_size, p["interpolation"], p["crop_fov"])
-    dataset = LesionGradingDataset(list(samples), images, {}, dict(
-        mean=config.mean, std=config.std, local_contrast_sigma=p["local_contrast"], colour_balance=p["colour_balance"]))
+    dataset = LesionGradingDataset(list(samples), images, {}, normalise_kwargs(config))
     arrays, _ = loader_outputs(loaded.model, DataLoader(dataset, batch_size=16), 1, keep_lesions=True,
                                progress="photos", memory_format=model_defaults(config.architecture).memory_format)
     return {"grade": arrays["logits"][:, 0], "dme": arrays["dme_logits"][:, 0],
@@ -202,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the cross-validation folds' seed")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
-    if args.out.resolve() == args.checkpoint.resolve():
-        parser.error("--out must be a new folder: the source checkpoint is not overwritten")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        parser.error(f"--out {args.out} is not empty: choose a new folder")
+    require_new_folder(parser, args.checkpoint, args.out)
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be at least 1")

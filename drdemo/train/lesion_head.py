@@ -45,6 +45,7 @@ from drdemo.errors import DrdemoError
 from drdemo.evaluate.heads import lesion_map_photos, score_prepared_lesion_maps
 from drdemo.models import create_model
 from drdemo.models.heads import lesion_map_loss
+from drdemo.preprocess import normalise_kwargs
 from drdemo.train.distill import teacher_targets
 from drdemo.train.recipes import PRESETS, Recipe
 from drdemo.train.trainer import SPLIT_NAME
@@ -104,13 +105,10 @@ def masked_dataset(samples: Sequence[LesionSample], config: CheckpointConfig, au
     images, drawn_masks = prepare_lesion_photos(samples, size, interpolation, crop)
     if taught:
         images = np.concatenate([images, prepare_cached(list(taught), size, interpolation, crop, progress=False)])
-    normalise_kwargs = dict(mean=config.mean, std=config.std,
-                            local_contrast_sigma=config.preprocessing["local_contrast"],
-                            colour_balance=config.preprocessing["colour_balance"])
     drawn = [Sample(s.image_id, s.path, 0, s.image_id) for s in samples]
     maps = {len(drawn) + i: teacher_maps[i] for i in range(len(taught))}
-    return LesionGradingDataset(drawn + list(taught), images, dict(enumerate(drawn_masks)), normalise_kwargs, augment,
-                                teacher_maps=maps)
+    return LesionGradingDataset(drawn + list(taught), images, dict(enumerate(drawn_masks)), normalise_kwargs(config),
+                                augment, teacher_maps=maps)
 
 
 def source_recipe(config: CheckpointConfig) -> Recipe:
@@ -239,6 +237,15 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
     return new_config
 
 
+def require_new_folder(parser: argparse.ArgumentParser, source: Path, out: Path) -> None:
+    """Stop with a usage error unless `out` is a new (or empty) folder other than the `source` checkpoint: a
+    command that derives one checkpoint from another never overwrites either."""
+    if out.resolve() == source.resolve():
+        parser.error("--out must be a new folder: the source checkpoint is not overwritten")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"--out {out} is not empty: choose a new folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drdemo.train.lesion_head", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="a three-head checkpoint folder")
@@ -262,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         parser.error("--epochs and --batch-size must be at least 1 and --lr positive")
-    if args.out.resolve() == args.checkpoint.resolve():
-        parser.error("--out must be a new folder: the source checkpoint is not overwritten")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        parser.error(f"--out {args.out} is not empty: choose a new folder")
+    require_new_folder(parser, args.checkpoint, args.out)
     for flag, path, kind in (("--segmentation", args.segmentation, "folder"), ("--overlap", args.overlap, "file")):
         if not (path.is_dir() if kind == "folder" else path.is_file()):
             parser.error(f"{flag} {path}: no such {kind}")

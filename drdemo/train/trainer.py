@@ -53,6 +53,7 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import loader_logits, loader_outputs, main_logits
 from drdemo.models import create_model, model_defaults
 from drdemo.models.heads import BACKBONE_PREFIX, HeadsOutput, corn_loss, lesion_map_loss
+from drdemo.preprocess import normalise_kwargs
 from drdemo.tasks import DME_RISKS, LESION_TYPES, TASK_CLASS_NAMES
 from drdemo.train.distill import (
     TEACHER_TARGETS_NAME,
@@ -424,9 +425,7 @@ class Trainer:
         if lesion_data is None or overlap is None or not lesion_data.is_dir() or not overlap.is_file():
             raise TrainingError("the three-head recipe needs lesion masks: pass --lesion-data (IDRiD's 'A. "
                                 "Segmentation' folder) and --lesion-overlap (segmentation_grading_overlap.csv)")
-        normalise_kwargs = dict(mean=self.config.mean, std=self.config.std,
-                                local_contrast_sigma=preprocessing["local_contrast"],
-                                colour_balance=preprocessing["colour_balance"])
+        normalising = normalise_kwargs(self.config)
         soft_targets, extra = None, []
         if options.teacher is not None:
             extra = unlabelled_photos(options.unlabelled, overlap)
@@ -459,7 +458,7 @@ class Trainer:
                 if self.recipe.distill_lesions:
                     allowed = teacher_map_indices(samples, options.unlabelled)
                     teacher_maps = {i: soft_targets["lesions"][i] for i in allowed if i not in masks}
-            sets.append(LesionGradingDataset(samples, images, masks, normalise_kwargs, augment,
+            sets.append(LesionGradingDataset(samples, images, masks, normalising, augment,
                                              soft_targets=grade_targets, teacher_maps=teacher_maps))
         if self.dist.is_main:
             taught = len(sets[0].teacher_maps)
