@@ -14,6 +14,7 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import list_models, model_defaults
 from drdemo.models.heads import GRADE_HEADS
+from drdemo.models.lesion_evidence import is_blend_weight
 from drdemo.preprocess import RESAMPLING
 from drdemo.tasks import DME_RISKS, ICDR_GRADES, TASK_CLASS_NAMES
 
@@ -233,7 +234,7 @@ def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
             return f"heads.{key} must be a non-empty list of names, got {names!r}"
     weight = heads.get("lesion_evidence_weight")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1):
+    if weight is not None and not is_blend_weight(weight):
         return f"heads.lesion_evidence_weight must be a number in (0, 1], got {weight!r}"
     if len(heads["dme_classes"]) != len(DME_RISKS):
         return f"heads.dme_classes must name IDRiD's {len(DME_RISKS)} DME risk levels, got {heads['dme_classes']!r}"

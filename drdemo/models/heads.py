@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drdemo.models.lesion_evidence import LesionEvidence, blend
+from drdemo.models.lesion_evidence import LesionEvidence, blend, is_blend_weight
 
 GRADE_HEADS = ("softmax", "ordinal")
 BACKBONE_PREFIX = "backbone."  # a MultiHeadNet's backbone layers are named as in the plain model, after this
@@ -123,8 +123,7 @@ class MultiHeadNet(nn.Module):
         super().__init__()
         if grade_head not in GRADE_HEADS:
             raise ValueError(f"grade_head must be one of {', '.join(GRADE_HEADS)}, got {grade_head!r}")
-        if lesion_evidence_weight is not None and (isinstance(lesion_evidence_weight, bool) or not isinstance(
-                lesion_evidence_weight, (int, float)) or not 0 < lesion_evidence_weight <= 1):
+        if lesion_evidence_weight is not None and not is_blend_weight(lesion_evidence_weight):
             raise ValueError(f"lesion_evidence_weight must be in (0, 1], got {lesion_evidence_weight!r}")
         if not lesion_layers or len(lesion_layers) != len(lesion_channels):
             raise ValueError(f"one channel count per lesion layer: {list(lesion_layers)}, {list(lesion_channels)}")

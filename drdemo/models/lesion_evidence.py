@@ -21,6 +21,11 @@ STATISTICS_PER_TYPE = len(STATISTIC_NAMES)
 _RINGS = (0.25, 0.5)  # radii, as fractions of half the map's side, bounding the centre and the middle ring
 
 
+def is_blend_weight(value: object) -> bool:
+    """Whether `value` can weigh the evidence: a number in (0, 1] (0 would be no evidence at all)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= 1
+
+
 def _regions(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(4, size, size) quadrant masks about the map's centre and (3, size, size) concentric ring masks."""
     coordinates = torch.arange(size, device=device, dtype=torch.float32)
