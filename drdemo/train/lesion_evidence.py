@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from drdemo.checkpoint import CheckpointError, LoadedModel, load_model, save_checkpoint
-from drdemo.checkpoint.io import code_commit, read_config
+from drdemo.checkpoint.io import code_commit
 from drdemo.checkpoint.layout import EVAL_DIR
 from drdemo.data import Sample, load_samples
 from drdemo.data.prepared import LesionGradingDataset, prepare_cached
@@ -128,10 +128,10 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str) -> 
     """Write `out`: `source` with lesion evidence fitted and weighted as the module says; returns the stage
     recorded in its provenance."""
     try:
-        config = read_config(source)
         loaded = load_model(source, device="cpu")
     except CheckpointError as exc:
         raise LesionEvidenceError(f"--checkpoint: {exc}") from exc
+    config = loaded.config
     if not config.heads:
         raise LesionEvidenceError("a single-head checkpoint has no lesion maps: fit the evidence of a three-head one")
     if config.heads.get("lesion_evidence_weight") is not None:
