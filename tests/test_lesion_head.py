@@ -82,6 +82,14 @@ def test_the_cli_writes_a_checkpoint_that_loads_grades_as_before_and_drops_old_l
     assert refitted.config.metrics["test_qwk"] == 0.61
     assert np.isfinite(stage["lesion_head_validation"][-1]["loss"])
 
+    again = tmp_path / "again"     # a refit of the refit: the first decoder is discarded, and so is its stage
+    assert main(["--checkpoint", str(out), "--layers", "layer1", "--out", str(again), "--segmentation",
+                 str(segmentation), "--overlap", str(overlap), "--epochs", "1", "--batch-size", "2"]) == 0
+    stage = read_config(again).provenance
+    assert stage["initialised_from"] == str(out) and stage["recipe"]["lesion_layers"] == ["layer1"]
+    assert stage["initialised_from_provenance"] == original.config.provenance
+    assert stage["data"].count("then the lesion decoder alone") == 1
+
 
 def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpoint, capsys):
     source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)

@@ -206,8 +206,13 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
           + (f", {len(taught)} with {teacher}'s maps" if taught else "") + f", {recipe.epochs} epochs", file=sys.stderr)
     started = time.monotonic()
     fit_lesion_head(model, dataset, recipe, seed, after_epoch=validate)
+    # a source that is itself a refit: its decoder is discarded (this one starts afresh), so its stage is too, and
+    # the new stage follows the stage that taught every other weight
+    base = config.provenance
+    if base.get("recipe", {}).get("preset") == "lesion_head" and "initialised_from_provenance" in base:
+        base = base["initialised_from_provenance"]
     # the source's data first: it taught every weight but the decoder's, and the card names it
-    taught_first = (config.provenance.get("data") or str(source)).rstrip(".")
+    taught_first = (base.get("data") or str(source)).rstrip(".")
     data = (f"{taught_first}; then the lesion decoder alone, on the IDRiD segmentation photos with drawn lesion masks "
             f"that copy {len(train_samples)} of those training photos (the copies of the validation photos score each "
             f"epoch)")
@@ -221,7 +226,7 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
                         "augmentation": asdict(source_recipe(config).augmentation)},
              "seed": seed, "command": command, "code_commit": code_commit(), "torch": torch.__version__,
              "device": "cpu", "processes": 1, "initialised_from": str(source),
-             "initialised_from_provenance": config.provenance, "epochs": recipe.epochs, "best_epoch": recipe.epochs,
+             "initialised_from_provenance": base, "epochs": recipe.epochs, "best_epoch": recipe.epochs,
              "training_seconds": round(time.monotonic() - started), "lesion_head_validation": history}
     if teacher is not None:
         stage["distillation"] = {"teacher": str(teacher), "lesion_maps": True, "photos": len(taught),
