@@ -38,6 +38,11 @@ def test_only_the_new_decoder_trains_and_its_loss_falls_while_the_grades_stay(tm
     assert isinstance(load_model(source, device="cpu").model.lesion_head, LesionDecoder)
     model = refit_model(config, state, LAYERS)
     assert isinstance(model.lesion_head, FusedLesionDecoder)
+    torch.manual_seed(123)   # whatever the global generator holds, the seed alone decides the new decoder
+    again, other = refit_model(config, state, LAYERS), refit_model(config, state, LAYERS, seed=1)
+    decoder = model.lesion_head.state_dict()
+    assert all(torch.equal(v, again.lesion_head.state_dict()[k]) for k, v in decoder.items())
+    assert not all(torch.equal(v, other.lesion_head.state_dict()[k]) for k, v in decoder.items())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         n for n, _ in model.named_parameters() if n.startswith("lesion_head.")}
     segmentation, overlap, _ = _idrid_like(tmp_path)

@@ -72,9 +72,11 @@ def refit_heads(config: CheckpointConfig, layers: Sequence[str]) -> dict:
     return dict(config.heads, lesion_layers=list(layers))
 
 
-def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers: Sequence[str]) -> nn.Module:
+def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers: Sequence[str],
+                seed: int = 0) -> nn.Module:
     """The source network with a new lesion decoder on `layers`, in eval mode: every other weight loaded from
-    `state` and frozen, the decoder freshly initialised and the only part that trains."""
+    `state` and frozen, the decoder freshly initialised from `seed` (so a refit repeats) and the only part that
+    trains."""
     if not config.heads:
         raise LesionHeadError("a single-head checkpoint has no lesion maps: refit the decoder of a three-head one")
     if config.heads.get("lesion_evidence_weight") is not None:
@@ -82,8 +84,10 @@ def refit_model(config: CheckpointConfig, state: dict[str, torch.Tensor], layers
                               "decoder would change: refit the checkpoint it came from, then fit the evidence again")
     heads = refit_heads(config, layers)
     try:
-        model = create_model(config.architecture, num_classes=config.num_classes, heads=heads,
-                             **config.model_options)
+        with torch.random.fork_rng():  # seed the new weights without touching the caller's generator
+            torch.manual_seed(seed)
+            model = create_model(config.architecture, num_classes=config.num_classes, heads=heads,
+                                 **config.model_options)
     except ValueError as exc:
         raise LesionHeadError(f"--layers: {exc}") from exc
     kept = {key: value for key, value in state.items() if not key.startswith(LESION_HEAD_PREFIX)}
@@ -169,7 +173,7 @@ def refit(source: Path, layers: Sequence[str], out: Path, segmentation: Path, ov
         config, state = read_config(source), read_weights(source)
     except CheckpointError as exc:
         raise LesionHeadError(f"--checkpoint: {exc}") from exc
-    model = refit_model(config, state, layers)
+    model = refit_model(config, state, layers, seed)
     split_path = source / "training" / SPLIT_NAME
     if not split_path.is_file():
         raise LesionHeadError(f"{split_path} is missing: the refit needs the source's training and validation parts")
