@@ -39,7 +39,7 @@ python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_dis
   --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 160 --out "$OUT/inception_v3_maps" \
   --segmentation "$S" --overlap "$OVERLAP"
 [ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
-  --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 160 --out "$OUT/medmamba_t" \
+  --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 320 --out "$OUT/medmamba_t" \
   --segmentation "$S" --overlap "$OVERLAP"
 # 4. InceptionV3's lesion evidence, fitted on the training photos' maps, weighed on the validation photos (it drops
 #    the records of the network alone, so its validation record is scored below)
