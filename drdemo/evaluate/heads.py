@@ -200,10 +200,6 @@ def run(args: argparse.Namespace, command: str) -> str:
     """The report, written; its top-level numbers as JSON text."""
     if args.choose_thresholds and args.part != "val":
         raise CheckpointError("--choose-thresholds chooses on the validation part: use --part val")
-    if args.choose_thresholds and args.views is not None and args.views != read_config(args.checkpoint).test_time_views:
-        raise CheckpointError("--choose-thresholds with --views: the thresholds would be chosen on other "
-                              "probabilities than the checkpoint serves; set its views first (evaluate calibrate "
-                              "--views N)")
     result = evaluate(args, command)
     return json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=1)
 
@@ -226,6 +222,10 @@ def evaluate(args: argparse.Namespace, command: str) -> dict:
     config = read_config(folder)
     if not config.heads:
         raise CheckpointError(f"{folder} is a single-head checkpoint; use python -m drdemo.evaluate score")
+    if args.choose_thresholds and args.views is not None and args.views != config.test_time_views:
+        raise CheckpointError("--choose-thresholds with --views: the thresholds would be chosen on other "
+                              "probabilities than the checkpoint serves; set its views first (evaluate calibrate "
+                              "--views N)")
     split = json.loads((folder / "training" / "split.json").read_text())["parts"]
     train_all = {s.image_id: s for s in load_samples(args.data, "idrid", part="train")}
     train = [train_all[i] for i in split["train"]]
