@@ -36,7 +36,7 @@ python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_dis
   --val-fraction 0.2 --save-every-minutes 4 --device "$DEVICE" "${LOADING[@]}" $(resume "$OUT/medmamba_t_distilled")
 # 3. Both lesion decoders refitted on finer layers (everything else frozen: the grades do not change)
 [ -f "$OUT/inception_v3_maps/model.safetensors" ] || python -m drdemo.train.lesion_head \
-  --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 160 --out "$OUT/inception_v3_maps" \
+  --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 320 --out "$OUT/inception_v3_maps" \
   --segmentation "$S" --overlap "$OVERLAP"
 [ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
   --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 320 --out "$OUT/medmamba_t" \
