@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from test_lesions import make_segmentation
 
@@ -105,6 +106,9 @@ def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpo
             "--overlap", str(overlap)]
     assert main([*args, "--layers", "layer9"]) == 2
     assert "layer9" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as no_threads:      # torch's own check would end in a traceback
+        main([*args, "--layers", "layer1", "--threads", "-1"])
+    assert no_threads.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
     single = untrained_checkpoint(tmp_path / "single", "resnet50", input_size=64)
     assert main(["--checkpoint", str(single), *args[2:], "--layers", "layer1"]) == 2
     assert "single-head" in capsys.readouterr().err

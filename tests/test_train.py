@@ -179,6 +179,7 @@ def test_cli_refuses_bad_arguments_and_occupied_folders(tiny_data, tmp_path, cap
     assert train.main(_args(tiny_data, occupied)) == 2
     assert "is not empty" in capsys.readouterr().err
     for flags, message in ((("--lesion-loss-weight", "-1"), "--lesion-loss-weight must be >= 0"),
+                           (("--threads", "0"), "--threads must be at least 1"),
                            (("--distill-lesions",), "lesion maps: pass --teacher")):
         with pytest.raises(SystemExit) as refused:
             train.main(_args(tiny_data, tmp_path / "e", *flags))

@@ -11,7 +11,8 @@ mid-epoch included: each epoch's order is a fixed permutation of (seed, epoch), 
 remaining batches are the ones the interrupted run had not seen.
 
 The package: recipes.py (the recipe and its presets), distributed.py (ranks and the epoch
-sampler), trainer.py (the run), cli.py (the command line); `python -m drdemo.train` runs cli.main.
+sampler), trainer.py (the run), cli.py (the command line; command.py holds what it shares with the other training
+commands); `python -m drdemo.train` runs cli.main.
 """
 
 from drdemo.train.cli import build_parser, main, recipe_from_args

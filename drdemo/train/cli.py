@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from drdemo.errors import DrdemoError
 from drdemo.models import list_models
 from drdemo.tasks import TASK_CLASS_NAMES
+from drdemo.train.command import recorded_command, set_threads
 from drdemo.train.recipes import PRESETS, Recipe
 from drdemo.train.trainer import RunOptions, Trainer
 
@@ -145,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate_args(args, parser)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m drdemo.train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    set_threads(parser, args.threads)
+    command = recorded_command("drdemo.train", argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         command = f"torchrun --nproc_per_node {os.environ['WORLD_SIZE']} -m drdemo.train " + command.split(" ", 3)[3]
     options = RunOptions(model=args.model, data=args.data, out=args.out, task=args.task, preset=args.preset,

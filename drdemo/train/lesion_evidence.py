@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -48,6 +47,7 @@ from drdemo.inference import loader_outputs
 from drdemo.models import create_model, model_defaults
 from drdemo.models.lesion_evidence import LesionEvidence, blend, lesion_statistics
 from drdemo.preprocess import normalise_kwargs
+from drdemo.train.command import recorded_command, set_threads
 from drdemo.train.lesion_head import require_new_folder
 from drdemo.train.trainer import SPLIT_NAME
 
@@ -204,12 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     require_new_folder(parser, args.checkpoint, args.out)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
-    command = "python -m drdemo.train.lesion_evidence " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    set_threads(parser, args.threads)
+    command = recorded_command("drdemo.train.lesion_evidence", argv)
     try:
         stage = fit(args.checkpoint, args.out, args.data, args.seed, command)
     except DrdemoError as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import shutil
 import sys
 import time
@@ -46,6 +45,7 @@ from drdemo.evaluate.heads import lesion_map_photos, score_prepared_lesion_maps
 from drdemo.models import create_model
 from drdemo.models.heads import lesion_map_loss
 from drdemo.preprocess import normalise_kwargs
+from drdemo.train.command import recorded_command, set_threads
 from drdemo.train.distill import teacher_targets
 from drdemo.train.recipes import PRESETS, Recipe
 from drdemo.train.trainer import SPLIT_NAME
@@ -282,10 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path, kind in (("--segmentation", args.segmentation, "folder"), ("--overlap", args.overlap, "file")):
         if not (path.is_dir() if kind == "folder" else path.is_file()):
             parser.error(f"{flag} {path}: no such {kind}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "python -m drdemo.train.lesion_head " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    set_threads(parser, args.threads)
+    command = recorded_command("drdemo.train.lesion_head", argv)
     recipe = LesionHeadRecipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     try:
         refit(args.checkpoint, args.layers, args.out, args.segmentation, args.overlap, recipe, args.seed, command,

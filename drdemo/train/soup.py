@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,6 +32,7 @@ from drdemo.checkpoint.config import training_stages
 from drdemo.checkpoint.io import code_commit, read_config, read_weights
 from drdemo.errors import DrdemoError
 from drdemo.models import model_defaults
+from drdemo.train.command import recorded_command
 from drdemo.train.trainer import SPLIT_NAME
 
 # What must be equal in every ingredient's config.json for their weights to be averaged. Of `heads`, the served
@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         parser.error(f"--out {args.out} is not empty: choose a new folder (a soup's records must not mix with "
                      f"another checkpoint's)")
-    command = "python -m drdemo.train.soup " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = recorded_command("drdemo.train.soup", argv)
     try:
         config = make_soup(args.checkpoints, args.out, args.weights, command)
     except DrdemoError as exc:
