@@ -220,6 +220,7 @@ def test_init_from_starts_at_a_saved_checkpoint(tiny_data, tmp_path, monkeypatch
     card = (second / "README.md").read_text()      # both runs' commands, in order, so the card reproduces it
     first_command, second_command = source.provenance["command"], config.provenance["command"]
     assert "# Training, stage 1 of 2" in card and "# Training, stage 2 of 2" in card
+    assert "Each training stage continues from the weights of the stage listed before it" in card
     assert card.index(first_command + "\n") < card.index(second_command)
     wrong_task = train.main(_args(tiny_data, tmp_path / "third", "--task", "binary", "--init-from", str(first)))
     assert wrong_task == 2

@@ -383,6 +383,11 @@ def _how_it_was_made(provenance: dict) -> str:
     lines = "\n".join(f"# {label}\n{command}" for label, command in steps)
     evaluated_on = f"\nMetrics prefixed test_ were measured on: {provenance['evaluation_data']}\n" if provenance.get(
         "evaluation_data") else ""
+    if sum(bool(stage.get("command")) for stage in stages) > 1:
+        # the recorded paths are the training machine's; a reader re-running the chain needs to know they connect
+        evaluated_on = ("\nEach training stage continues from the weights of the stage listed before it; the paths "
+                        "are the ones recorded where it ran, which a reader's own run replaces with its own.\n"
+                        + evaluated_on)
     if provenance.get("validation_data"):
         choices = (("best_epoch", "the epoch"), ("calibration_choice", "the calibration"),
                    ("referable_threshold_choice", "the referral threshold"))
