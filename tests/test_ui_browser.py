@@ -135,7 +135,7 @@ def _photo(folder: Path) -> Path:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt install chromium); Playwright cannot "
                                               "download its own browser here")
 def test_the_page_a_clinician_sees(app_url, tmp_path):
-    screenshot = Path(os.environ.get("DRDEMO_SCREENSHOT", tmp_path / "screenshot.png"))
+    screenshot = tmp_path / "screenshot.png"   # the README's come from __main__ below: an app without fallbacks
     run = use_in_browser(app_url, _photo(tmp_path), screenshot)
     assert run.grade_button_bottom <= SCREEN["height"]          # Grade is reachable without scrolling
     # the decision first: refer or not, and why, then each probability beside its threshold
