@@ -54,19 +54,22 @@ template <typename V, typename T> inline V splat(T s) {
   return v;
 }
 
-// Cephes-style expf: round-to-nearest range reduction, degree-6 polynomial, exponent by
-// integer shift. ~1 ulp on [-87.3, 88]; inputs are clamped there (exp(-87.3) ~ 1e-38).
+// Cephes-style expf: range reduction by round-to-nearest, degree-6 polynomial, exponent by
+// integer shift. ~1 ulp on [-87.3, 88]; inputs are clamped there (exp(-87.3) ~ 1e-38). The
+// rounding adds 1.5 * 2^23, so the float's low mantissa bits hold n itself: no conversions
+// between float and int vectors, which cost as much as the polynomial.
 inline Vec<float>::V vexp(Vec<float>::V x) {
   typedef Vec<float>::V V;
   typedef Vec<float>::I I;
   const V lo = splat<V>(-87.3365447504f), hi = splat<V>(88.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  V fx = x * 1.44269504088896341f + 0.5f;
-  I ix = __builtin_convertvector(fx, I);
-  V n = __builtin_convertvector(ix, V);
-  n = n > fx ? n - 1.0f : n;  // floor, also for negative inputs
-  ix = __builtin_convertvector(n, I);
+  const V shifter = splat<V>(12582912.0f);  // 1.5 * 2^23
+  const V fx = x * 1.44269504088896341f + shifter;
+  const V n = fx - shifter;
+  I bits_n;
+  std::memcpy(&bits_n, &fx, sizeof(V));
+  const I ix = bits_n - 0x4B400000;  // the bits of 1.5 * 2^23 + n, less those of 1.5 * 2^23
   V r = x - n * 0.693359375f + n * 2.12194440e-4f;
   V z = r * r;
   V p = splat<V>(1.9875691500e-4f);
