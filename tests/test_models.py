@@ -162,3 +162,32 @@ def test_medmamba_learns_on_cpu():
 def test_dims_must_double():
     with pytest.raises(ValueError, match="dims must double"):
         MedMamba(dims=(96, 128, 256, 512))
+
+
+def test_initialise_false_skips_the_random_weights_in_its_own_thread_only():
+    """create_model(initialise=False), what a strict checkpoint load builds: torch.nn.init does nothing inside it,
+    while a model another thread builds meanwhile is initialised as usual, and torch.nn.init is torch's again after."""
+    import threading
+
+    from drdemo.models import _registry
+
+    def seeded_linear() -> torch.Tensor:
+        torch.manual_seed(3)
+        return torch.nn.Linear(8, 8).weight.detach().clone()
+
+    expected = seeded_linear()
+    beside = []
+    with _registry._without_random_init():
+        untouched = torch.full((4,), 7.0)
+        torch.nn.init.zeros_(untouched)
+        worker = threading.Thread(target=lambda: beside.append(seeded_linear()))
+        worker.start()
+        worker.join()
+    assert torch.equal(untouched, torch.full((4,), 7.0))      # skipped here
+    assert torch.equal(beside[0], expected)                    # not in the other thread
+    assert torch.nn.init.zeros_ is _registry._INIT_FUNCTIONS["zeros_"]
+    loaded = create_model("medmamba_t", initialise=False)      # builds, to be loaded next
+    fresh = create_model("medmamba_t")
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="initialise"):
+        create_model("inception_v3", pretrained=True, initialise=False)

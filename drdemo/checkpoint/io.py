@@ -123,7 +123,7 @@ def build_model(config: CheckpointConfig, state: dict[str, torch.Tensor], source
     """The registry model of `config`, with `state` loaded strictly; mismatches explained."""
     try:
         model = create_model(config.architecture, num_classes=config.num_classes, heads=config.heads,
-                             **config.model_options)
+                             initialise=False, **config.model_options)   # every parameter is loaded below
     except TypeError as exc:  # an option the builder does not take
         raise CheckpointError(f"{source}: model_options {config.model_options!r} in {CONFIG_NAME} do not fit "
                               f"{config.architecture}'s builder ({exc})") from exc

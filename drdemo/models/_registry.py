@@ -7,8 +7,11 @@ the source of truth and these defaults are not consulted again.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Mapping
+import functools
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -92,16 +95,63 @@ def model_defaults(name: str) -> ModelDefaults:
     return _defaults[name]
 
 
+# torch.nn.init's public functions (kaiming_uniform_, trunc_normal_, zeros_, ...), as torch ships them.
+_INIT_FUNCTIONS = {name: getattr(nn.init, name) for name in dir(nn.init)
+                   if name.endswith("_") and not name.startswith("_") and callable(getattr(nn.init, name))}
+_skipping = threading.local()
+_patch_lock = threading.Lock()
+_threads_skipping = 0
+
+
+def _skippable(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def init(tensor, *args, **kwargs):
+        return tensor if getattr(_skipping, "active", False) else original(tensor, *args, **kwargs)
+    return init
+
+
+@contextlib.contextmanager
+def _without_random_init() -> Iterator[None]:
+    """torch.nn.init leaves tensors as they are, in this thread only (another thread building a model meanwhile
+    still initialises it): for weights a strict load overwrites next, InceptionV3's random initialisation alone
+    taking ~0.25-0.3 s of the app's start."""
+    global _threads_skipping
+    with _patch_lock:
+        if _threads_skipping == 0:
+            for function_name, original in _INIT_FUNCTIONS.items():
+                setattr(nn.init, function_name, _skippable(original))
+        _threads_skipping += 1
+    _skipping.active = True
+    try:
+        yield
+    finally:
+        _skipping.active = False
+        with _patch_lock:
+            _threads_skipping -= 1
+            if _threads_skipping == 0:
+                for function_name, original in _INIT_FUNCTIONS.items():
+                    setattr(nn.init, function_name, original)
+
+
 def create_model(name: str, num_classes: int = len(ICDR_GRADES), heads: Mapping | None = None,
-                 pretrained: bool = False, **kwargs) -> nn.Module:
+                 pretrained: bool = False, initialise: bool = True, **kwargs) -> nn.Module:
     """Build architecture `name`: freshly initialised, or with its ImageNet weights when `pretrained`
     (drdemo.models.pretrained says where they are found; the classifier is new either way).
 
     `heads` (a checkpoint config's `heads`: grade_head, dme_classes, lesion_types, and lesion_layers where it
     names them) wraps it in a MultiHeadNet; None or empty builds the plain single-head classifier. `kwargs` are
-    the builder's options (a checkpoint's `model_options`).
+    the builder's options (a checkpoint's `model_options`). `initialise=False` skips torch.nn.init's random
+    weights, for a caller that loads every parameter next (a strict `load_state_dict`); until then the
+    parameters hold whatever memory they were given.
     """
     _check_known(name)
+    if pretrained and not initialise:
+        raise ValueError("pretrained=True needs initialise=True: the new classifier is initialised, not loaded")
+    with contextlib.nullcontext() if initialise else _without_random_init():
+        return _create_model(name, num_classes, heads, pretrained, **kwargs)
+
+
+def _create_model(name: str, num_classes: int, heads: Mapping | None, pretrained: bool, **kwargs) -> nn.Module:
     if pretrained:
         if name not in _pretrained:
             raise NoPretrainedWeightsError(
