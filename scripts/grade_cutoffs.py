@@ -81,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/idrid/B. Disease Grading")
     args = parser.parse_args(argv)
-    split = json.loads((args.checkpoint / "training" / "split.json").read_text())["parts"]
+    split_file = args.checkpoint / "training" / "split.json"
+    if not (args.checkpoint / "config.json").is_file() or not split_file.is_file():
+        parser.error(f"{args.checkpoint} is not a trained checkpoint folder (it needs config.json and "
+                     "training/split.json, whose validation photos are graded)")
+    if not args.data.is_dir():
+        parser.error(f"--data {args.data} is not a folder: pass IDRiD's 'B. Disease Grading' folder")
+    split = json.loads(split_file.read_text())["parts"]
     by_id = {s.image_id: s for s in load_samples(args.data, "idrid", part="train")}
     samples = [by_id[i] for i in split["val"]]
     loaded = load_model(args.checkpoint, device="cpu")

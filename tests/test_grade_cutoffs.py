@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "grade_cutoffs.py"
 spec = importlib.util.spec_from_file_location("grade_cutoffs", SCRIPT)
@@ -49,3 +50,9 @@ def test_leave_one_out_grades_each_photo_with_cut_offs_fitted_without_it():
 
     named = grade_cutoffs.leave_one_out(probabilities, grades, fit, grade_cutoffs.expected_cut)
     assert seen == [11] * 12 and named.shape == grades.shape
+
+
+def test_a_folder_that_is_not_a_trained_checkpoint_gets_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        grade_cutoffs.main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "not a trained checkpoint folder" in capsys.readouterr().err
