@@ -26,9 +26,10 @@ from drdemo.checkpoint import load_model  # noqa: E402
 from drdemo.data import load_samples  # noqa: E402
 from drdemo.evaluate.predictions import predict_probabilities  # noqa: E402
 from drdemo.metrics import quadratic_weighted_kappa  # noqa: E402
-from drdemo.tasks import named_classes  # noqa: E402
+from drdemo.tasks import DERIVED_MIN_GRADE, ICDR_GRADES, named_classes, task_probabilities  # noqa: E402
 
-GRADES = 5
+GRADES = len(ICDR_GRADES)
+FIRST_REFERABLE = DERIVED_MIN_GRADE["referable"]   # grades 2-4
 EXPECTED_STEPS = np.linspace(0, 4, 41)          # cut-offs on the expected grade
 SIDE_LOW_STEPS = np.linspace(0, 1, 11)          # on P(1 | not referable)
 SIDE_HIGH_STEPS = np.linspace(0, 2, 21)         # on E[grade - 2 | referable]
@@ -57,10 +58,11 @@ def fit_expected(probabilities: np.ndarray, grades: np.ndarray) -> np.ndarray:
 
 
 def side_cut(probabilities: np.ndarray, threshold: float, cuts: tuple[float, float, float]) -> np.ndarray:
-    referred = probabilities[:, 2:].sum(axis=1) >= threshold
-    mild = probabilities[:, 1] / np.maximum(probabilities[:, :2].sum(axis=1), 1e-9)
-    above = (probabilities[:, 2:] @ np.arange(3)) / np.maximum(probabilities[:, 2:].sum(axis=1), 1e-9)
-    return np.where(referred, 2 + (above >= cuts[1]) + (above >= cuts[2]), (mild >= cuts[0]).astype(int))
+    referable = task_probabilities(probabilities, "icdr5")["referable"]
+    mild = probabilities[:, 1] / np.maximum(1 - referable, 1e-9)
+    above = (probabilities[:, FIRST_REFERABLE:] @ np.arange(GRADES - FIRST_REFERABLE)) / np.maximum(referable, 1e-9)
+    return np.where(referable >= threshold, FIRST_REFERABLE + (above >= cuts[1]) + (above >= cuts[2]),
+                    (mild >= cuts[0]).astype(int))
 
 
 def fit_side(probabilities: np.ndarray, grades: np.ndarray, threshold: float) -> tuple[float, float, float]:
