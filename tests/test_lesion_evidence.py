@@ -9,6 +9,7 @@ import torch
 
 from drdemo.checkpoint import load_model, read_config, record_grading
 from drdemo.checkpoint.config import check_heads
+from drdemo.data import load_samples
 from drdemo.models import create_model
 from drdemo.models.heads import MultiHeadNet
 from drdemo.models.lesion_evidence import STATISTICS_PER_TYPE, LesionEvidence, blend, lesion_statistics
@@ -119,6 +120,17 @@ def test_the_fitted_module_computes_what_the_fitted_regressions_predict():
         fitting.fit_regression(statistics[grades < 4], grades[grades < 4], 5)
 
 
+def test_views_of_one_photo_never_score_each_other_when_the_strength_is_chosen():
+    # Labels without any signal, each photo's statistics repeated as its "views": folds that split a photo's views
+    # reward memorising them (the weakest L2), folds grouped by photo see that nothing generalises (the strongest).
+    generator = np.random.default_rng(3)
+    statistics, grades = generator.normal(size=(60, 40)), np.arange(60) % 5
+    generator.shuffle(grades)
+    views, labels, photos = np.tile(statistics, (4, 1)), np.tile(grades, 4), np.tile(np.arange(60), 4)
+    assert fitting.fit_regression(views, labels, 5)[1]["strength"] == max(fitting.STRENGTHS)
+    assert fitting.fit_regression(views, labels, 5, photos=photos)[1]["strength"] == min(fitting.STRENGTHS)
+
+
 def test_the_weight_follows_the_validation_log_loss():
     generator = np.random.default_rng(2)
     statistics, grades, risks = _labelled_statistics(generator, 80)
@@ -202,6 +214,41 @@ def test_the_cli_writes_a_checkpoint_that_serves_the_blend_and_drops_the_sources
     assert fitting.main(["--checkpoint", str(out), "--out", str(tmp_path / "again")]) == 2   # already weighed
 
 
+def test_augmented_views_are_drawn_reproducibly_fitted_beside_the_photos_and_recorded(
+        tmp_path, untrained_checkpoint, one_torch_thread, monkeypatch):
+    source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
+    data = _grading_folder(tmp_path / "B. Disease Grading")
+    ids = [f"IDRiD_{i:03d}" for i in range(1, 31)]
+    (source / "training").mkdir(exist_ok=True)
+    (source / "training" / "split.json").write_text(json.dumps({"parts": {"train": ids[:20], "val": ids[20:]},
+                                                                "data": str(data)}))
+    loaded = load_model(source, device="cpu")
+    photos = [s for s in load_samples(data, "idrid", part="train") if s.image_id in ids[:20]]
+    served = fitting.network_outputs(loaded, photos)["statistics"]
+    first, again = (fitting.network_outputs(loaded, photos, augmented_seed=1000)["statistics"] for _ in range(2))
+    other = fitting.network_outputs(loaded, photos, augmented_seed=1001)["statistics"]
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, served) and not np.allclose(first, other)
+
+    real_outputs, seen = fitting.network_outputs, []
+
+    def informative(loaded, samples, augmented_seed=None):
+        outputs = real_outputs(loaded, samples, augmented_seed)
+        seen.append((len(samples), augmented_seed))
+        grades, risks = np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples])
+        outputs["statistics"][:, 0] = 2.0 * grades + np.random.default_rng(len(samples)).normal(size=len(samples))
+        outputs["statistics"][:, 1] = 3.0 * risks
+        return outputs
+
+    monkeypatch.setattr(fitting, "network_outputs", informative)
+    out = tmp_path / "with_evidence"
+    assert fitting.main(["--checkpoint", str(source), "--out", str(out), "--augmented-views", "2", "--seed", "5"]) == 0
+    assert seen == [(20, None), (10, None), (20, 1005), (20, 1006)]
+    recipe = read_config(out).provenance["recipe"]
+    assert recipe["augmented_views"] == 2 and "seeded 1005..1006" in recipe["augmentation"]
+    assert "grouped by photo" in recipe["augmentation"]
+
+
 def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpoint, capsys):
     source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
     assert fitting.main(["--checkpoint", str(source), "--out", str(tmp_path / "out")]) == 2
@@ -211,6 +258,9 @@ def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpo
     assert "single-head" in capsys.readouterr().err
     assert fitting.main(["--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fitting.main(["--checkpoint", str(source), "--out", str(tmp_path / "out"), "--augmented-views", "-1"])
+    assert "--augmented-views is a count of views" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fitting.main(["--checkpoint", str(source), "--out", str(source)])
     assert "new folder" in capsys.readouterr().err

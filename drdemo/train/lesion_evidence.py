@@ -6,9 +6,13 @@ its training and validation photos (its training/split.json), fits on the traini
 multinomial logistic regression for the grade and one for the DME risk (their L2 strength chosen by 5-fold
 cross-validation of log-loss on the same photos), and chooses on the validation photos how much they count
 beside the network: the blend weight with the lowest validation log-loss, grade plus DME risk. No weight of
-the network changes; the test split is never read.
+the network changes; the test split is never read. With `--augmented-views K` each training photo also gives K
+views through the networks' training augmentation (colour, exposure, illumination, blur, scale, rotation, a
+clipped field of view), labels copied and cross-validation folds grouped by photo, so the regressions learn how
+much of what the maps show moves when only a photo's appearance does.
 
     python -m drdemo.train.lesion_evidence --checkpoint FOLDER --out NEW_FOLDER [--data "IDRiD/B. Disease Grading"]
+        [--augmented-views K]
 
 The new folder is the source's, with `lesion_evidence_weight` in config.json's heads, the regressions in its
 weights, one more training stage in its provenance, and none of the source's evaluations: its probabilities
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
@@ -41,6 +45,7 @@ from drdemo.checkpoint import CheckpointError, LoadedModel, load_model, save_che
 from drdemo.checkpoint.io import code_commit
 from drdemo.checkpoint.layout import EVAL_DIR
 from drdemo.data import Sample, load_samples
+from drdemo.data.augment import REAL_AUGMENTATION
 from drdemo.data.prepared import LesionGradingDataset, prepare_cached
 from drdemo.errors import DrdemoError
 from drdemo.inference import loader_outputs
@@ -54,38 +59,53 @@ from drdemo.train.trainer import SPLIT_NAME
 STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)    # inverse L2 strengths (sklearn's C) tried by cross-validation
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 FOLDS = 5
+AUGMENTED_SEED = 1000                            # augmented view k of seed s is drawn from torch seed 1000 + s + k
 
 
 class LesionEvidenceError(DrdemoError, ValueError):
     """A fit that cannot run or would not help: no lesion maps, no split, a grade missing, validation worse."""
 
 
-def network_outputs(loaded: LoadedModel, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-    """One view of each photo through `loaded`: its grade and DME logits (n, classes) and lesion maps."""
+def network_outputs(loaded: LoadedModel, samples: Sequence[Sample], augmented_seed: int | None = None
+                    ) -> dict[str, np.ndarray]:
+    """One view of each photo through `loaded`: its grade and DME logits (n, classes) and its lesion maps'
+    statistics; the view as served, or with `augmented_seed` one drawn through REAL_AUGMENTATION from that seed."""
     config = loaded.config
     p = config.preprocessing
     images = prepare_cached(list(samples), config.input_size, p["interpolation"], p["crop_fov"])
-    dataset = LesionGradingDataset(list(samples), images, {}, normalise_kwargs(config))
+    augment = None
+    if augmented_seed is not None:
+        torch.manual_seed(augmented_seed)
+        augment = REAL_AUGMENTATION.build()
+    dataset = LesionGradingDataset(list(samples), images, {}, normalise_kwargs(config), augment=augment)
     arrays, _ = loader_outputs(loaded.model, DataLoader(dataset, batch_size=16), 1, keep_lesions=True,
                                progress="photos", memory_format=model_defaults(config.architecture).memory_format)
     return {"grade": arrays["logits"][:, 0], "dme": arrays["dme_logits"][:, 0],
             "statistics": lesion_statistics(torch.from_numpy(arrays["lesion_probabilities"])).numpy()}
 
 
-def fit_regression(statistics: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0) -> tuple[object, dict]:
+def fit_regression(statistics: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0,
+                   photos: np.ndarray | None = None) -> tuple[object, dict]:
     """A standardised multinomial logistic regression of `labels` on `statistics`, its strength chosen by
-    FOLDS-fold cross-validated log-loss; returns the fitted pipeline and each strength's mean log-loss."""
+    FOLDS-fold cross-validated log-loss; returns the fitted pipeline and each strength's mean log-loss. Rows
+    that are views of one photo share a `photos` id and always fall in the same fold (else a photo's other views
+    would score the strength that fits it best)."""
     missing = sorted(set(range(classes)) - set(labels.tolist()))
     if missing:
         raise LesionEvidenceError(f"the training photos have no example of class {missing}: nothing to fit it on")
-    folds = StratifiedKFold(min(FOLDS, int(np.bincount(labels).min())), shuffle=True, random_state=seed)
+    if photos is None:
+        smallest = int(np.bincount(labels).min())
+        folds = StratifiedKFold(min(FOLDS, smallest), shuffle=True, random_state=seed)
+    else:
+        smallest = min(len(set(photos[labels == label].tolist())) for label in range(classes))
+        folds = StratifiedGroupKFold(min(FOLDS, smallest), shuffle=True, random_state=seed)
     if folds.n_splits < 2:
         raise LesionEvidenceError("a class has a single training photo: too few to cross-validate the fit")
 
     def pipeline(strength: float):
         return make_pipeline(StandardScaler(), LogisticRegression(C=strength, max_iter=5000))
 
-    losses = {strength: float(-cross_val_score(pipeline(strength), statistics, labels, cv=folds,
+    losses = {strength: float(-cross_val_score(pipeline(strength), statistics, labels, cv=folds, groups=photos,
                                                scoring="neg_log_loss").mean()) for strength in STRENGTHS}
     best = min(losses, key=losses.get)
     return pipeline(best).fit(statistics, labels), {"strength": best, "cross_validated_log_loss": losses}
@@ -124,7 +144,7 @@ def choose_weight(module: LesionEvidence, validation: dict[str, np.ndarray], gra
     return best["weight"], tried
 
 
-def fit(source: Path, out: Path, data: Path | None, seed: int, command: str) -> dict:
+def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, augmented_views: int = 0) -> dict:
     """Write `out`: `source` with lesion evidence fitted and weighted as the module says; returns the stage
     recorded in its provenance."""
     try:
@@ -159,10 +179,16 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str) -> 
     outputs = {name: network_outputs(loaded, samples) for name, samples in parts.items()}
     labels = {name: (np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples]))
               for name, samples in parts.items()}
-    grade_fit, grade_choice = fit_regression(outputs["train"]["statistics"], labels["train"][0], config.num_classes,
-                                             seed)
-    dme_fit, dme_choice = fit_regression(outputs["train"]["statistics"], labels["train"][1],
-                                         len(config.heads["dme_classes"]), seed)
+    statistics, grades, risks = outputs["train"]["statistics"], *labels["train"]
+    photos = None
+    if augmented_views:
+        views = [network_outputs(loaded, parts["train"], augmented_seed=AUGMENTED_SEED + seed + view)["statistics"]
+                 for view in range(augmented_views)]
+        statistics = np.concatenate([statistics, *views])
+        grades, risks = (np.tile(labels_, augmented_views + 1) for labels_ in labels["train"])
+        photos = np.tile(np.arange(len(parts["train"])), augmented_views + 1)
+    grade_fit, grade_choice = fit_regression(statistics, grades, config.num_classes, seed, photos)
+    dme_fit, dme_choice = fit_regression(statistics, risks, len(config.heads["dme_classes"]), seed, photos)
     lesion_types = len(config.heads["lesion_types"])
     evidence = evidence_module(grade_fit, dme_fit, lesion_types)
     weight, tried = choose_weight(evidence, outputs["val"], *labels["val"])
@@ -178,7 +204,10 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str) -> 
                 f"{len(parts['val'])} validation photos)",
         "recipe": {"preset": "lesion_evidence", "trained": "two logistic regressions on lesion-map statistics; "
                    "every network weight frozen", "strengths_tried": list(STRENGTHS), "folds": FOLDS,
-                   "blend_weights_tried": list(BLEND_WEIGHTS)},
+                   "blend_weights_tried": list(BLEND_WEIGHTS), "augmented_views": augmented_views,
+                   **({"augmentation": "REAL_AUGMENTATION (drdemo.data.augment), the views seeded "
+                       f"{AUGMENTED_SEED + seed}..{AUGMENTED_SEED + seed + augmented_views - 1}; folds grouped "
+                       "by photo"} if augmented_views else {})},
         "lesion_evidence": {"weight": weight, "grade": grade_choice, "dme": dme_choice,
                             "training_photos": len(parts["train"]), "validation_photos": len(parts["val"]),
                             "validation": tried},
@@ -201,13 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="IDRiD's 'B. Disease Grading' folder (default: the one the "
                         "source's training/split.json names)")
     parser.add_argument("--seed", type=int, default=0, help="the cross-validation folds' seed")
+    parser.add_argument("--augmented-views", type=int, default=0, metavar="K",
+                        help="also fit on K augmented views of each training photo (default 0: the photos as served)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     require_new_folder(parser, args.checkpoint, args.out)
+    if not 0 <= args.augmented_views <= 32:
+        parser.error(f"--augmented-views is a count of views from 0 to 32, got {args.augmented_views}")
     set_threads(parser, args.threads)
     command = recorded_command("drdemo.train.lesion_evidence", argv)
     try:
-        stage = fit(args.checkpoint, args.out, args.data, args.seed, command)
+        stage = fit(args.checkpoint, args.out, args.data, args.seed, command, args.augmented_views)
     except DrdemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
