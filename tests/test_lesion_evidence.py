@@ -170,31 +170,44 @@ def _grading_folder(root, n_train=30):
     return root
 
 
-def test_the_cli_writes_a_checkpoint_that_serves_the_blend_and_drops_the_sources_evaluations(
-        tmp_path, untrained_checkpoint, one_torch_thread, monkeypatch):
+def _split_source(tmp_path, untrained_checkpoint):
+    """An untrained three-head checkpoint whose split.json holds 20 training and 10 validation photos of a small
+    grading folder; returns (checkpoint folder, grading folder, training photo ids)."""
     source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
     data = _grading_folder(tmp_path / "B. Disease Grading")
     ids = [f"IDRiD_{i:03d}" for i in range(1, 31)]
     (source / "training").mkdir(exist_ok=True)
     (source / "training" / "split.json").write_text(json.dumps({"parts": {"train": ids[:20], "val": ids[20:]},
                                                                 "data": str(data)}))
-    record_grading(source, {"qwk": 0.61, "accuracy": 0.57, "n": 103, "confusion_matrix": [[1]]},
-                   "103 photos of IDRiD's test part", "evaluate")
-    real_outputs = fitting.network_outputs
-    seen = []
+    return source, data, ids[:20]
 
-    def informative(loaded, samples):  # the real network's outputs, with statistics that carry the labels
-        outputs = real_outputs(loaded, samples)
-        seen.append(len(samples))
+
+def _informative_outputs(monkeypatch, seen: list):
+    """Make the fit see the real network's outputs with statistics that carry the labels, each call's photo count
+    and augmented seed appended to `seen`."""
+    real_outputs = fitting.network_outputs
+
+    def informative(loaded, samples, augmented_seed=None):
+        outputs = real_outputs(loaded, samples, augmented_seed)
+        seen.append((len(samples), augmented_seed))
         grades, risks = np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples])
         outputs["statistics"][:, 0] = 2.0 * grades + np.random.default_rng(len(samples)).normal(size=len(samples))
         outputs["statistics"][:, 1] = 3.0 * risks
         return outputs
 
     monkeypatch.setattr(fitting, "network_outputs", informative)
+
+
+def test_the_cli_writes_a_checkpoint_that_serves_the_blend_and_drops_the_sources_evaluations(
+        tmp_path, untrained_checkpoint, one_torch_thread, monkeypatch):
+    source, _, _ = _split_source(tmp_path, untrained_checkpoint)
+    record_grading(source, {"qwk": 0.61, "accuracy": 0.57, "n": 103, "confusion_matrix": [[1]]},
+                   "103 photos of IDRiD's test part", "evaluate")
+    seen = []
+    _informative_outputs(monkeypatch, seen)
     out = tmp_path / "with_evidence"
     assert fitting.main(["--checkpoint", str(source), "--out", str(out)]) == 0
-    assert seen == [20, 10]
+    assert seen == [(20, None), (10, None)]
     config = read_config(out)
     weight = config.heads["lesion_evidence_weight"]
     assert weight in fitting.BLEND_WEIGHTS and "lesion_evidence_weight" not in read_config(source).heads
@@ -216,31 +229,17 @@ def test_the_cli_writes_a_checkpoint_that_serves_the_blend_and_drops_the_sources
 
 def test_augmented_views_are_drawn_reproducibly_fitted_beside_the_photos_and_recorded(
         tmp_path, untrained_checkpoint, one_torch_thread, monkeypatch):
-    source = untrained_checkpoint(tmp_path / "source", "resnet50", three_heads=True, input_size=64)
-    data = _grading_folder(tmp_path / "B. Disease Grading")
-    ids = [f"IDRiD_{i:03d}" for i in range(1, 31)]
-    (source / "training").mkdir(exist_ok=True)
-    (source / "training" / "split.json").write_text(json.dumps({"parts": {"train": ids[:20], "val": ids[20:]},
-                                                                "data": str(data)}))
+    source, data, ids = _split_source(tmp_path, untrained_checkpoint)
     loaded = load_model(source, device="cpu")
-    photos = [s for s in load_samples(data, "idrid", part="train") if s.image_id in ids[:20]]
+    photos = [s for s in load_samples(data, "idrid", part="train") if s.image_id in ids]
     served = fitting.network_outputs(loaded, photos)["statistics"]
     first, again = (fitting.network_outputs(loaded, photos, augmented_seed=1000)["statistics"] for _ in range(2))
     other = fitting.network_outputs(loaded, photos, augmented_seed=1001)["statistics"]
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, served) and not np.allclose(first, other)
 
-    real_outputs, seen = fitting.network_outputs, []
-
-    def informative(loaded, samples, augmented_seed=None):
-        outputs = real_outputs(loaded, samples, augmented_seed)
-        seen.append((len(samples), augmented_seed))
-        grades, risks = np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples])
-        outputs["statistics"][:, 0] = 2.0 * grades + np.random.default_rng(len(samples)).normal(size=len(samples))
-        outputs["statistics"][:, 1] = 3.0 * risks
-        return outputs
-
-    monkeypatch.setattr(fitting, "network_outputs", informative)
+    seen = []
+    _informative_outputs(monkeypatch, seen)
     out = tmp_path / "with_evidence"
     assert fitting.main(["--checkpoint", str(source), "--out", str(out), "--augmented-views", "2", "--seed", "5"]) == 0
     assert seen == [(20, None), (10, None), (20, 1005), (20, 1006)]
