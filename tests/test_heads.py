@@ -161,7 +161,8 @@ def test_three_head_configs_are_validated():
         CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, dme_classes=["a", "b"]))
     with pytest.raises(CheckpointError, match="heads.lesion_layers"):
         CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, lesion_layers=[]))
-    with pytest.raises(CheckpointError, match="optionally lesion_evidence_weight, lesion_layers"):
+    with pytest.raises(CheckpointError,
+                       match="optionally lesion_evidence_grade, lesion_evidence_weight, lesion_layers"):
         CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, lesion_layer="layer2"))
     assert CheckpointConfig.for_architecture("resnet50", heads=dict(HEADS, lesion_layers=["layer1"])).heads[
         "lesion_layers"] == ["layer1"]

@@ -12,7 +12,13 @@ from drdemo.checkpoint.config import check_heads
 from drdemo.data import load_samples
 from drdemo.models import create_model
 from drdemo.models.heads import MultiHeadNet
-from drdemo.models.lesion_evidence import STATISTICS_PER_TYPE, LesionEvidence, blend, lesion_statistics
+from drdemo.models.lesion_evidence import (
+    STATISTICS_PER_TYPE,
+    LesionEvidence,
+    ProportionalOdds,
+    blend,
+    lesion_statistics,
+)
 from drdemo.tasks import DME_RISKS, LESION_TYPES
 from drdemo.train import lesion_evidence as fitting
 
@@ -93,6 +99,62 @@ def test_a_bad_evidence_weight_is_named(weight):
     with pytest.raises((ValueError, TypeError)):
         MultiHeadNet(torch.nn.Identity(), "fc", ["x"], [1], False, 5, 3, 4, lesion_evidence_weight=weight)
     assert check_heads({**HEADS, "lesion_evidence_weight": 0.6}, 5, "icdr5") is None
+
+
+def test_proportional_odds_matches_a_plain_numpy_reference_and_orders_the_grades():
+    module = ProportionalOdds(3, 5)
+    with torch.no_grad():
+        module.direction.copy_(torch.tensor([1.0, -0.5, 0.25]))
+        module.thresholds.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))
+    x = torch.tensor([[0.0, 0.0, 0.0], [3.0, -2.0, 1.0], [-4.0, 1.0, 0.0]])
+    scores = x.double().numpy() @ np.array([1.0, -0.5, 0.25])
+    above = 1 / (1 + np.exp(-(scores[:, None] - np.array([-1.0, 0.0, 0.5, 2.0])[None])))
+    expected = np.concatenate([np.ones((3, 1)), above], 1) - np.concatenate([above, np.zeros((3, 1))], 1)
+    with torch.no_grad():
+        log_probabilities = module(x)
+    np.testing.assert_allclose(log_probabilities.exp().numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert log_probabilities.dtype == torch.float32
+    expected_grade = (log_probabilities.exp() * torch.arange(5)).sum(1)
+    assert expected_grade[2] < expected_grade[0] < expected_grade[1]      # the grades follow the direction
+
+
+def test_the_ordinal_fit_recovers_the_direction_and_serves_what_it_fitted():
+    generator = np.random.default_rng(4)
+    statistics = generator.normal(size=(2000, len(LESION_TYPES) * STATISTICS_PER_TYPE))
+    truth = np.zeros(statistics.shape[1])
+    truth[:3] = [1.5, -1.0, 0.5]
+    latent = statistics @ truth + generator.logistic(size=2000)
+    grades = np.digitize(latent, [-2.0, -1.0, 1.0, 2.0])
+    grade_fit, choice = fitting.fit_regression(statistics, grades, 5, regression="proportional_odds")
+    regression = grade_fit[-1]
+    assert isinstance(regression, fitting.ProportionalOddsRegression) and choice["strength"] in fitting.STRENGTHS
+    direction = regression.direction_ * grade_fit[0].scale_ ** -1          # back to the unscaled statistics
+    assert direction @ truth / np.linalg.norm(direction) / np.linalg.norm(truth) > 0.95
+    assert np.all(np.diff(regression.thresholds_) > 0)
+    np.testing.assert_allclose(grade_fit.predict_proba(statistics).sum(1), 1.0, atol=1e-9)
+    dme_fit, _ = fitting.fit_regression(statistics, grades % 3, 3)
+    module = fitting.evidence_module(grade_fit, dme_fit, len(LESION_TYPES))
+    assert isinstance(module.grade, ProportionalOdds)
+    with torch.no_grad():
+        grade, _ = module.read(torch.from_numpy(statistics).float())
+    np.testing.assert_allclose(grade.numpy(), grade_fit.predict_log_proba(statistics), atol=1e-4)
+    with pytest.raises(fitting.LesionEvidenceError, match="must be one of multinomial, proportional_odds"):
+        fitting.fit_regression(statistics, grades, 5, regression="ordinal")
+
+
+def test_a_checkpoint_names_its_grade_regression_and_a_bad_one_is_named(one_torch_thread):
+    ordinal = {**HEADS, "lesion_evidence_weight": 0.5, "lesion_evidence_grade": "proportional_odds"}
+    assert check_heads(ordinal, 5, "icdr5") is None
+    model = create_model("resnet50", heads=ordinal)
+    assert isinstance(model.lesion_evidence.grade, ProportionalOdds)
+    assert isinstance(create_model("resnet50", heads={**HEADS, "lesion_evidence_weight": 0.5}).lesion_evidence.grade,
+                      torch.nn.Linear)                                  # absent: multinomial, as every earlier one
+    assert "must be one of multinomial, proportional_odds" in check_heads({**ordinal, "lesion_evidence_grade": "x"},
+                                                                          5, "icdr5")
+    no_weight = {k: v for k, v in ordinal.items() if k != "lesion_evidence_weight"}
+    assert "needs heads.lesion_evidence_weight" in check_heads(no_weight, 5, "icdr5")
+    with pytest.raises(ValueError, match="grade_regression"):
+        LesionEvidence(4, 5, 3, "ordinal")
 
 
 def _labelled_statistics(generator, n, informative=True):
@@ -246,6 +308,15 @@ def test_augmented_views_are_drawn_reproducibly_fitted_beside_the_photos_and_rec
     recipe = read_config(out).provenance["recipe"]
     assert recipe["augmented_views"] == 2 and "seeded 1005..1006" in recipe["augmentation"]
     assert "grouped by photo" in recipe["augmentation"]
+
+    ordinal = tmp_path / "ordinal"
+    assert fitting.main(["--checkpoint", str(source), "--out", str(ordinal), "--grade-regression",
+                         "proportional_odds"]) == 0
+    config = read_config(ordinal)
+    assert config.heads["lesion_evidence_grade"] == "proportional_odds"
+    assert config.provenance["recipe"]["grade_regression"] == "proportional_odds"
+    assert isinstance(load_model(ordinal, device="cpu").model.lesion_evidence.grade, ProportionalOdds)
+    assert "an ordinal (proportional-odds) logistic regression for the grade" in (ordinal / "README.md").read_text()
 
 
 def test_bad_arguments_get_a_message_not_a_traceback(tmp_path, untrained_checkpoint, capsys):

@@ -339,9 +339,12 @@ def _starting_weights(provenance: dict) -> str:
                          + ", beside the labels.")
         evidence = stage.get("lesion_evidence")
         if evidence:
+            ordinal = (stage.get("recipe") or {}).get("grade_regression") == "proportional_odds"
+            regressions = ("an ordinal (proportional-odds) logistic regression for the grade and a logistic "
+                           "regression for the DME risk" if ordinal else "a logistic regression")
             lines.append(f"The grade and DME probabilities served weigh the network's own "
                          f"({1 - evidence['weight']:.0%}) against what its lesion maps show "
-                         f"({evidence['weight']:.0%}): a logistic regression on each lesion type's amount, cells, "
+                         f"({evidence['weight']:.0%}): {regressions} on each lesion type's amount, cells, "
                          f"spread over the four quadrants and distance from the centre, fitted on the maps of the "
                          f"{evidence.get('training_photos')} training photos, its weight chosen by log-loss on the "
                          f"{evidence.get('validation_photos')} validation photos (drdemo.train.lesion_evidence; no "

@@ -14,7 +14,7 @@ from drdemo.errors import DrdemoError
 from drdemo.inference import VIEW_COUNTS
 from drdemo.models import list_models, model_defaults
 from drdemo.models.heads import GRADE_HEADS
-from drdemo.models.lesion_evidence import is_blend_weight
+from drdemo.models.lesion_evidence import GRADE_REGRESSIONS, is_blend_weight
 from drdemo.preprocess import RESAMPLING
 from drdemo.tasks import DME_RISKS, ICDR_GRADES, TASK_CLASS_NAMES
 
@@ -70,7 +70,8 @@ class CheckpointConfig:
     # "lesion_types": [names]} and optionally "lesion_layers": [the backbone layers its lesion decoder reads]
     # (absent: the architecture's one default layer, as every checkpoint before they were named) and
     # "lesion_evidence_weight": how much the grade and DME risk read from the lesion maps count beside the
-    # network's (drdemo.models.lesion_evidence; absent: the network's alone); {} is a single-head grade classifier.
+    # network's (drdemo.models.lesion_evidence; absent: the network's alone), with "lesion_evidence_grade": the
+    # grade's regression, "multinomial" (absent) or "proportional_odds"; {} is a single-head grade classifier.
     heads: dict = field(default_factory=dict)
     # Refer for macular oedema when P(DME risk 2) reaches this (three-head models only).
     dme_threshold: float = 0.5
@@ -219,7 +220,8 @@ def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
         return f"heads must be an object, got {heads!r}"
     if not heads:
         return None
-    expected, optional = {"grade_head", "dme_classes", "lesion_types"}, {"lesion_layers", "lesion_evidence_weight"}
+    expected = {"grade_head", "dme_classes", "lesion_types"}
+    optional = {"lesion_layers", "lesion_evidence_weight", "lesion_evidence_grade"}
     if not expected <= set(heads) <= expected | optional:
         return (f"heads must have the keys {', '.join(sorted(expected))} (and optionally "
                 f"{', '.join(sorted(optional))}), got {', '.join(sorted(heads))}")
@@ -236,6 +238,12 @@ def check_heads(heads: dict, num_classes: int, task: str) -> str | None:
     weight = heads.get("lesion_evidence_weight")
     if weight is not None and not is_blend_weight(weight):
         return f"heads.lesion_evidence_weight must be a number in (0, 1], got {weight!r}"
+    if "lesion_evidence_grade" in heads:
+        if weight is None:
+            return "heads.lesion_evidence_grade needs heads.lesion_evidence_weight: there is no evidence without it"
+        if heads["lesion_evidence_grade"] not in GRADE_REGRESSIONS:
+            return (f"heads.lesion_evidence_grade must be one of {', '.join(GRADE_REGRESSIONS)}, "
+                    f"got {heads['lesion_evidence_grade']!r}")
     if len(heads["dme_classes"]) != len(DME_RISKS):
         return f"heads.dme_classes must name IDRiD's {len(DME_RISKS)} DME risk levels, got {heads['dme_classes']!r}"
     return None

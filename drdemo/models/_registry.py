@@ -170,7 +170,8 @@ def _create_model(name: str, num_classes: int, heads: Mapping | None, pretrained
                              lesion_channels=channels, channels_last_features=defaults.lesion_features_channels_last,
                              num_grades=num_classes, dme_classes=len(heads["dme_classes"]),
                              lesion_types=len(heads["lesion_types"]), grade_head=heads.get("grade_head", "softmax"),
-                             lesion_evidence_weight=heads.get("lesion_evidence_weight"))
+                             lesion_evidence_weight=heads.get("lesion_evidence_weight"),
+                             lesion_evidence_grade=heads.get("lesion_evidence_grade", "multinomial"))
     model.default_cfg = {"architecture": name, "num_classes": num_classes, **defaults.to_dict(),
                          "model_options": dict(getattr(_unwrap(model), "builder_options", {})),
                          "pretrained": getattr(_unwrap(model), "pretrained", None)}

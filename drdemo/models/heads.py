@@ -119,7 +119,8 @@ class MultiHeadNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, classifier: str, lesion_layers: Sequence[str],
                  lesion_channels: Sequence[int], channels_last_features: bool, num_grades: int, dme_classes: int,
-                 lesion_types: int, grade_head: str = "softmax", lesion_evidence_weight: float | None = None):
+                 lesion_types: int, grade_head: str = "softmax", lesion_evidence_weight: float | None = None,
+                 lesion_evidence_grade: str = "multinomial"):
         super().__init__()
         if grade_head not in GRADE_HEADS:
             raise ValueError(f"grade_head must be one of {', '.join(GRADE_HEADS)}, got {grade_head!r}")
@@ -141,7 +142,7 @@ class MultiHeadNet(nn.Module):
             nn.init.trunc_normal_(head.weight, std=0.02)
             nn.init.zeros_(head.bias)
         self.lesion_evidence_weight = lesion_evidence_weight
-        self.lesion_evidence = (LesionEvidence(lesion_types, num_grades, dme_classes)
+        self.lesion_evidence = (LesionEvidence(lesion_types, num_grades, dme_classes, lesion_evidence_grade)
                                 if lesion_evidence_weight is not None else None)
 
     def forward(self, x: torch.Tensor) -> HeadsOutput:

@@ -6,7 +6,9 @@ near the macula, at the centre of its macula-centred photos). `lesion_statistics
 probability map into ten numbers of that kind; `LesionEvidence` is a multinomial logistic regression on them for
 the grade and another for the DME risk (fitted after the network by drdemo.train.lesion_evidence, on the
 training photos' maps), and `blend` mixes its log-probabilities with the network's, so the served grade weighs
-what the pooled features say against what the lesion maps show.
+what the pooled features say against what the lesion maps show. The grade's regression is multinomial (a weight
+vector per grade) or proportional-odds (`ProportionalOdds`: one direction along which the grades lie in order,
+cut at four thresholds; five times fewer weights).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 STATISTIC_NAMES = ("mean_per_mille", "cells_over_half", "max", "quadrant_least", "quadrant_second",
                    "quadrant_third", "quadrant_most", "centre", "middle_ring", "outer_ring")
 STATISTICS_PER_TYPE = len(STATISTIC_NAMES)
+GRADE_REGRESSIONS = ("multinomial", "proportional_odds")
 _RINGS = (0.25, 0.5)  # radii, as fractions of half the map's side, bounding the centre and the middle ring
 
 
@@ -63,16 +66,46 @@ def blend(network_logits: torch.Tensor, evidence_logits: torch.Tensor, weight: f
             + weight * F.log_softmax(evidence_logits.float(), dim=-1))
 
 
+def proportional_odds_log_probabilities(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(B,) scores along an ordinal regression's direction and its (K - 1,) ordered thresholds -> (B, K) float64
+    log-probabilities: P(grade > k) = sigmoid(score - thresholds[k]), and each grade's probability the difference
+    of two of those (in float64: differences of nearly equal sigmoids lose float32's digits)."""
+    above = torch.sigmoid(scores.double()[:, None] - thresholds.double()[None, :])
+    ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
+    probabilities = torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)
+    return torch.log(probabilities.clamp_min(1e-12))
+
+
+class ProportionalOdds(nn.Module):
+    """An ordinal logistic regression: one direction along which the grades lie in order, cut at K - 1 thresholds
+    (`proportional_odds_log_probabilities`). Its log-probabilities are valid logits."""
+
+    def __init__(self, features: int, num_grades: int):
+        super().__init__()
+        self.direction = nn.Parameter(torch.zeros(features))
+        self.thresholds = nn.Parameter(torch.arange(num_grades - 1, dtype=torch.float32) - (num_grades - 2) / 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, features) standardised statistics -> (B, K) log-probabilities."""
+        scores = x.double() @ self.direction.double()
+        return proportional_odds_log_probabilities(scores, self.thresholds).to(x.dtype)
+
+
 class LesionEvidence(nn.Module):
     """Lesion maps -> grade and DME logits: statistics, standardised with the training photos' mean and scale,
-    then one linear layer per task (the fitted logistic regressions' coefficients)."""
+    then one regression per task (the fitted logistic regressions' coefficients): the DME risk's multinomial,
+    the grade's `grade_regression` (GRADE_REGRESSIONS)."""
 
-    def __init__(self, lesion_types: int, num_grades: int, dme_classes: int):
+    def __init__(self, lesion_types: int, num_grades: int, dme_classes: int, grade_regression: str = "multinomial"):
         super().__init__()
+        if grade_regression not in GRADE_REGRESSIONS:
+            raise ValueError(f"grade_regression must be one of {', '.join(GRADE_REGRESSIONS)}, "
+                             f"got {grade_regression!r}")
         features = lesion_types * STATISTICS_PER_TYPE
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
-        self.grade = nn.Linear(features, num_grades)
+        self.grade = (nn.Linear(features, num_grades) if grade_regression == "multinomial"
+                      else ProportionalOdds(features, num_grades))
         self.dme = nn.Linear(features, dme_classes)
 
     def read(self, statistics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@
 drdemo.models.lesion_evidence turns each photo's lesion maps into a few statistics per lesion type (how much,
 how many cells, how spread over the quadrants, how central). This command runs the source checkpoint once over
 its training and validation photos (its training/split.json), fits on the training photos' statistics one
-multinomial logistic regression for the grade and one for the DME risk (their L2 strength chosen by 5-fold
+multinomial logistic regression for the grade (or, with `--grade-regression proportional_odds`, an ordinal one:
+one direction along which the grades lie in order) and one for the DME risk (their L2 strength chosen by 5-fold
 cross-validation of log-loss on the same photos), and chooses on the validation photos how much they count
 beside the network: the blend weight with the lowest validation log-loss, grade plus DME risk. No weight of
 the network changes; the test split is never read. With `--augmented-views K` each training photo also gives K
@@ -12,7 +13,7 @@ clipped field of view), labels copied and cross-validation folds grouped by phot
 much of what the maps show moves when only a photo's appearance does.
 
     python -m drdemo.train.lesion_evidence --checkpoint FOLDER --out NEW_FOLDER [--data "IDRiD/B. Disease Grading"]
-        [--augmented-views K]
+        [--grade-regression multinomial|proportional_odds] [--augmented-views K]
 
 The new folder is the source's, with `lesion_evidence_weight` in config.json's heads, the regressions in its
 weights, one more training stage in its provenance, and none of the source's evaluations: its probabilities
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
@@ -50,7 +52,13 @@ from drdemo.data.prepared import LesionGradingDataset, prepare_cached
 from drdemo.errors import DrdemoError
 from drdemo.inference import loader_outputs
 from drdemo.models import create_model, model_defaults
-from drdemo.models.lesion_evidence import LesionEvidence, blend, lesion_statistics
+from drdemo.models.lesion_evidence import (
+    GRADE_REGRESSIONS,
+    LesionEvidence,
+    blend,
+    lesion_statistics,
+    proportional_odds_log_probabilities,
+)
 from drdemo.preprocess import normalise_kwargs
 from drdemo.train.command import recorded_command, set_threads
 from drdemo.train.lesion_head import require_new_folder
@@ -84,12 +92,56 @@ def network_outputs(loaded: LoadedModel, samples: Sequence[Sample], augmented_se
             "statistics": lesion_statistics(torch.from_numpy(arrays["lesion_probabilities"])).numpy()}
 
 
+class ProportionalOddsRegression(ClassifierMixin, BaseEstimator):
+    """An ordinal logistic regression for scikit-learn (drdemo.models.lesion_evidence.ProportionalOdds is the
+    model it fits): minimises C x the summed log-loss + |direction|^2 / 2, as LogisticRegression's L2 does, with
+    L-BFGS in float64; the thresholds stay ordered (the first free, each next one a softplus above it)."""
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> ProportionalOddsRegression:
+        self.classes_ = np.arange(int(np.max(y)) + 1)
+        inputs, targets = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.int64))
+        direction = torch.zeros(inputs.shape[1], dtype=torch.float64, requires_grad=True)
+        steps = torch.linspace(-1, 1, len(self.classes_) - 1, dtype=torch.float64).requires_grad_(True)
+        optimiser = torch.optim.LBFGS([direction, steps], max_iter=500, line_search_fn="strong_wolfe",
+                                      tolerance_grad=1e-9)
+
+        def thresholds() -> torch.Tensor:
+            return torch.cumsum(torch.cat([steps[:1], torch.nn.functional.softplus(steps[1:])]), 0)
+
+        def loss() -> torch.Tensor:
+            optimiser.zero_grad()
+            log_probabilities = proportional_odds_log_probabilities(inputs @ direction, thresholds())
+            value = -self.C * log_probabilities.gather(1, targets[:, None]).sum() + 0.5 * (direction @ direction)
+            value.backward()
+            return value
+
+        with torch.enable_grad():
+            optimiser.step(loss)
+        self.direction_, self.thresholds_ = direction.detach().numpy(), thresholds().detach().numpy()
+        return self
+
+    def predict_log_proba(self, x: np.ndarray) -> np.ndarray:
+        scores = torch.from_numpy(np.asarray(x, np.float64) @ self.direction_)
+        return proportional_odds_log_probabilities(scores, torch.from_numpy(self.thresholds_)).numpy()
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.exp(self.predict_log_proba(x))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_log_proba(x).argmax(1)]
+
+
 def fit_regression(statistics: np.ndarray, labels: np.ndarray, classes: int, seed: int = 0,
-                   photos: np.ndarray | None = None) -> tuple[object, dict]:
-    """A standardised multinomial logistic regression of `labels` on `statistics`, its strength chosen by
-    FOLDS-fold cross-validated log-loss; returns the fitted pipeline and each strength's mean log-loss. Rows
-    that are views of one photo share a `photos` id and always fall in the same fold (else a photo's other views
-    would score the strength that fits it best)."""
+                   photos: np.ndarray | None = None, regression: str = "multinomial") -> tuple[object, dict]:
+    """A standardised logistic regression of `labels` on `statistics`, multinomial or proportional-odds
+    (`regression`), its strength chosen by FOLDS-fold cross-validated log-loss; returns the fitted pipeline and
+    each strength's mean log-loss. Rows that are views of one photo share a `photos` id and always fall in the
+    same fold (else a photo's other views would score the strength that fits it best)."""
+    if regression not in GRADE_REGRESSIONS:
+        raise LesionEvidenceError(f"the regression must be one of {', '.join(GRADE_REGRESSIONS)}, got {regression!r}")
     missing = sorted(set(range(classes)) - set(labels.tolist()))
     if missing:
         raise LesionEvidenceError(f"the training photos have no example of class {missing}: nothing to fit it on")
@@ -103,7 +155,9 @@ def fit_regression(statistics: np.ndarray, labels: np.ndarray, classes: int, see
         raise LesionEvidenceError("a class has a single training photo: too few to cross-validate the fit")
 
     def pipeline(strength: float):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=strength, max_iter=5000))
+        estimator = (LogisticRegression(C=strength, max_iter=5000) if regression == "multinomial"
+                     else ProportionalOddsRegression(C=strength))
+        return make_pipeline(StandardScaler(), estimator)
 
     losses = {strength: float(-cross_val_score(pipeline(strength), statistics, labels, cv=folds, groups=photos,
                                                scoring="neg_log_loss").mean()) for strength in STRENGTHS}
@@ -114,11 +168,16 @@ def fit_regression(statistics: np.ndarray, labels: np.ndarray, classes: int, see
 def evidence_module(grade_fit, dme_fit, lesion_types: int) -> LesionEvidence:
     """The two fitted pipelines as a LesionEvidence (both standardise with the same training statistics)."""
     scaler, grade, dme = grade_fit[0], grade_fit[-1], dme_fit[-1]
-    module = LesionEvidence(lesion_types, grade.coef_.shape[0], dme.coef_.shape[0])
+    ordinal = isinstance(grade, ProportionalOddsRegression)
+    module = LesionEvidence(lesion_types, len(grade.classes_), dme.coef_.shape[0],
+                            "proportional_odds" if ordinal else "multinomial")
     with torch.no_grad():
         module.mean.copy_(torch.from_numpy(scaler.mean_))
         module.scale.copy_(torch.from_numpy(scaler.scale_))
-        for layer, fitted in ((module.grade, grade), (module.dme, dme)):
+        if ordinal:
+            module.grade.direction.copy_(torch.from_numpy(grade.direction_))
+            module.grade.thresholds.copy_(torch.from_numpy(grade.thresholds_))
+        for layer, fitted in ((module.grade, grade), (module.dme, dme))[ordinal:]:
             layer.weight.copy_(torch.from_numpy(fitted.coef_))
             layer.bias.copy_(torch.from_numpy(fitted.intercept_))
     return module
@@ -144,7 +203,8 @@ def choose_weight(module: LesionEvidence, validation: dict[str, np.ndarray], gra
     return best["weight"], tried
 
 
-def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, augmented_views: int = 0) -> dict:
+def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, augmented_views: int = 0,
+        grade_regression: str = "multinomial") -> dict:
     """Write `out`: `source` with lesion evidence fitted and weighted as the module says; returns the stage
     recorded in its provenance."""
     try:
@@ -187,12 +247,12 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, aug
         statistics = np.concatenate([statistics, *views])
         grades, risks = (np.tile(labels_, augmented_views + 1) for labels_ in labels["train"])
         photos = np.tile(np.arange(len(parts["train"])), augmented_views + 1)
-    grade_fit, grade_choice = fit_regression(statistics, grades, config.num_classes, seed, photos)
+    grade_fit, grade_choice = fit_regression(statistics, grades, config.num_classes, seed, photos, grade_regression)
     dme_fit, dme_choice = fit_regression(statistics, risks, len(config.heads["dme_classes"]), seed, photos)
     lesion_types = len(config.heads["lesion_types"])
     evidence = evidence_module(grade_fit, dme_fit, lesion_types)
     weight, tried = choose_weight(evidence, outputs["val"], *labels["val"])
-    heads = dict(config.heads, lesion_evidence_weight=weight)
+    heads = dict(config.heads, lesion_evidence_weight=weight, lesion_evidence_grade=grade_regression)
     model = create_model(config.architecture, num_classes=config.num_classes, heads=heads, **config.model_options)
     state = dict(loaded.model.state_dict())
     state.update({f"lesion_evidence.{key}": value for key, value in evidence.state_dict().items()})
@@ -204,7 +264,8 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, aug
                 f"{len(parts['val'])} validation photos)",
         "recipe": {"preset": "lesion_evidence", "trained": "two logistic regressions on lesion-map statistics; "
                    "every network weight frozen", "strengths_tried": list(STRENGTHS), "folds": FOLDS,
-                   "blend_weights_tried": list(BLEND_WEIGHTS), "augmented_views": augmented_views,
+                   "blend_weights_tried": list(BLEND_WEIGHTS), "grade_regression": grade_regression,
+                   "augmented_views": augmented_views,
                    **({"augmentation": "REAL_AUGMENTATION (drdemo.data.augment), the views seeded "
                        f"{AUGMENTED_SEED + seed}..{AUGMENTED_SEED + seed + augmented_views - 1}; folds grouped "
                        "by photo"} if augmented_views else {})},
@@ -230,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="IDRiD's 'B. Disease Grading' folder (default: the one the "
                         "source's training/split.json names)")
     parser.add_argument("--seed", type=int, default=0, help="the cross-validation folds' seed")
+    parser.add_argument("--grade-regression", choices=GRADE_REGRESSIONS, default="multinomial",
+                        help="the grade's regression: a weight vector per grade, or one direction cut at ordered "
+                             "thresholds (default: multinomial)")
     parser.add_argument("--augmented-views", type=int, default=0, metavar="K",
                         help="also fit on K augmented views of each training photo (default 0: the photos as served)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -240,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(parser, args.threads)
     command = recorded_command("drdemo.train.lesion_evidence", argv)
     try:
-        stage = fit(args.checkpoint, args.out, args.data, args.seed, command, args.augmented_views)
+        stage = fit(args.checkpoint, args.out, args.data, args.seed, command, args.augmented_views,
+                    args.grade_regression)
     except DrdemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
