@@ -6,11 +6,13 @@
 #    rates the earlier it sits), colour balance without local contrast, no class weights, three heads; then its
 #    lesion decoder moved from Mixed_5d alone to Conv2d_4a_3x3 + Mixed_5d, fitted with the rest frozen; then its
 #    lesion evidence (the grade and DME risk read from those maps, blended with the network's by a weight chosen on
-#    validation). MedMamba-T's evidence failed the DRIVE guard (checkpoints/README.md), so it has none.
+#    validation).
 # 2. MedMamba-T (no pretrained weights exist) taught by it: the distill preset from the single-head IDRiD weights
 #    (git show 958ccc7:checkpoints/medmamba_t/), the teacher's grade and DME probabilities on the labelled photos
 #    and on photos nobody graded (IDRiD segmentation photos that copy no grading photo, DRIVE, CHASE_DB1); then
-#    its lesion decoder moved from layers.0 alone to patch_embed + layers.0, fitted with the rest frozen.
+#    its lesion decoder moved from layers.0 alone to patch_embed + layers.0, fitted with the rest frozen; then its
+#    lesion evidence with an ordinal (proportional-odds) regression for the grade (its multinomial evidence failed
+#    the DRIVE guard; checkpoints/README.md).
 # On the CPU each run takes one thread (about 50 min for InceptionV3 beside another run on a 2-core machine); on a
 # CUDA machine they run one after the other with batched data loading. IDRiD's test split is used once, at the end.
 set -euo pipefail
@@ -38,19 +40,20 @@ python -m drdemo.train --model medmamba_t --data "$G" --out "$OUT/medmamba_t_dis
 [ -f "$OUT/inception_v3_maps/model.safetensors" ] || python -m drdemo.train.lesion_head \
   --checkpoint "$OUT/inception_v3_trained" --layers Conv2d_4a_3x3 Mixed_5d --epochs 320 --out "$OUT/inception_v3_maps" \
   --segmentation "$S" --overlap "$OVERLAP"
-[ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_head \
-  --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 320 --out "$OUT/medmamba_t" \
+[ -f "$OUT/medmamba_t_maps/model.safetensors" ] || python -m drdemo.train.lesion_head \
+  --checkpoint "$OUT/medmamba_t_distilled" --layers patch_embed layers.0 --epochs 320 --out "$OUT/medmamba_t_maps" \
   --segmentation "$S" --overlap "$OVERLAP"
-# 4. InceptionV3's lesion evidence, fitted on the training photos' maps, weighed on the validation photos (it drops
-#    the records of the network alone, so its validation record is scored below)
+# 4. Both models' lesion evidence, fitted on the training photos' maps, weighed on the validation photos (it drops
+#    the records of the network alone, so the validation record is scored below)
 [ -f "$OUT/inception_v3/model.safetensors" ] || python -m drdemo.train.lesion_evidence \
   --checkpoint "$OUT/inception_v3_maps" --out "$OUT/inception_v3" --data "$G"
+[ -f "$OUT/medmamba_t/model.safetensors" ] || python -m drdemo.train.lesion_evidence \
+  --checkpoint "$OUT/medmamba_t_maps" --out "$OUT/medmamba_t" --data "$G" --grade-regression proportional_odds
 for name in inception_v3 medmamba_t; do
   ck="$OUT/$name"
-  # thresholds on the validation part; MedMamba-T's grading record stays the one training wrote for the epoch it
-  # kept, InceptionV3's (whose lesion evidence changed its probabilities) is scored again
+  # thresholds on the validation part, then the grading record of the probabilities the evidence changed
   python -m drdemo.evaluate heads --checkpoint "$ck" --data "$G" --part val --choose-thresholds
-  [ "$name" = medmamba_t ] || python -m drdemo.evaluate score --checkpoint "$ck" --data "$G" \
+  python -m drdemo.evaluate score --checkpoint "$ck" --data "$G" \
     --split "$ck/training/split.json" --part val --record --record-as val --out "$OUT/eval/$name/score_val"
   case $name in medmamba_t) layers="backbone.layers.2.blocks.3 backbone.layers.3";;
                 inception_v3) layers="backbone.Mixed_6e backbone.Mixed_7c";; esac
