@@ -353,3 +353,13 @@ def test_class_weights_of_the_grades_and_of_the_dme_risk_are_separate_choices(tm
     assert not grades_only.class_weights and grades_only.dme_class_weights   # the served InceptionV3's recipe
     neither = recipe_from_args(build_parser().parse_args([*args, "--no-class-weights", "--no-dme-class-weights"]))
     assert not neither.class_weights and not neither.dme_class_weights
+
+
+def test_colour_balance_follows_the_preset_unless_named(tmp_path):
+    from drdemo.train.cli import build_parser, recipe_from_args
+    args = _args(tmp_path, tmp_path / "out", "--preset", "imagenet")
+    assert recipe_from_args(build_parser().parse_args(args)).colour_balance
+    assert not recipe_from_args(build_parser().parse_args([*args, "--no-colour-balance"])).colour_balance
+    plain = _args(tmp_path, tmp_path / "out", "--preset", "real")
+    assert not recipe_from_args(build_parser().parse_args(plain)).colour_balance
+    assert recipe_from_args(build_parser().parse_args([*plain, "--colour-balance"])).colour_balance

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: off; the real preset's 0.0167 is Ben Graham's)")
     parser.add_argument("--part", choices=("train", "test"), help="official part of a data set that has one "
                         "(IDRiD; default train)")
+    parser.add_argument("--colour-balance", action=argparse.BooleanOptionalAction,
+                        help="balance each photo's mean colour inside the field of view before the network sees it "
+                             "(default: the preset's; the lesions, imagenet and distill presets do)")
     parser.add_argument("--ema", type=float, help="decay of an exponential moving average of the weights, which "
                         "is validated and saved instead of the raw weights (0.98: about the last 50 steps)")
     parser.add_argument("--cpu-bf16", action="store_true", help="bfloat16 autocast on CPU (fast on CPUs with "
@@ -91,7 +94,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         ("label_smoothing", args.label_smoothing), ("local_contrast", args.local_contrast),
         ("ema_decay", args.ema), ("pretrained", args.pretrained), ("freeze_epochs", args.freeze_epochs),
         ("backbone_lr_ratio", args.backbone_lr_ratio), ("distill_weight", args.distill_weight),
-        ("distill_lesions", args.distill_lesions), ("lesion_loss_weight", args.lesion_loss_weight))
+        ("distill_lesions", args.distill_lesions), ("lesion_loss_weight", args.lesion_loss_weight),
+        ("colour_balance", args.colour_balance))
         if value is not None}
     if args.no_class_weights:
         overrides["class_weights"] = False
