@@ -101,8 +101,8 @@ class ProportionalOddsRegression(ClassifierMixin, BaseEstimator):
         self.C = C
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> ProportionalOddsRegression:
-        self.classes_ = np.arange(int(np.max(y)) + 1)
-        inputs, targets = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(y, np.int64))
+        self.classes_, indices = np.unique(y, return_inverse=True)   # ordered: the k-th class is the k-th grade
+        inputs, targets = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(indices.astype(np.int64))
         direction = torch.zeros(inputs.shape[1], dtype=torch.float64, requires_grad=True)
         steps = torch.linspace(-1, 1, len(self.classes_) - 1, dtype=torch.float64).requires_grad_(True)
         optimiser = torch.optim.LBFGS([direction, steps], max_iter=500, line_search_fn="strong_wolfe",
@@ -177,7 +177,8 @@ def evidence_module(grade_fit, dme_fit, lesion_types: int) -> LesionEvidence:
         if ordinal:
             module.grade.direction.copy_(torch.from_numpy(grade.direction_))
             module.grade.thresholds.copy_(torch.from_numpy(grade.thresholds_))
-        for layer, fitted in ((module.grade, grade), (module.dme, dme))[ordinal:]:
+        linear = [(module.dme, dme)] if ordinal else [(module.grade, grade), (module.dme, dme)]
+        for layer, fitted in linear:
             layer.weight.copy_(torch.from_numpy(fitted.coef_))
             layer.bias.copy_(torch.from_numpy(fitted.intercept_))
     return module
