@@ -289,7 +289,7 @@ def test_the_cli_writes_a_checkpoint_that_serves_the_blend_and_drops_the_sources
     assert fitting.main(["--checkpoint", str(out), "--out", str(tmp_path / "again")]) == 2   # already weighed
 
 
-def test_augmented_views_are_drawn_reproducibly_fitted_beside_the_photos_and_recorded(
+def test_the_cli_fits_reproducible_augmented_views_or_an_ordinal_grade_and_records_which(
         tmp_path, untrained_checkpoint, one_torch_thread, monkeypatch):
     source, data, ids = _split_source(tmp_path, untrained_checkpoint)
     loaded = load_model(source, device="cpu")
@@ -304,9 +304,9 @@ def test_augmented_views_are_drawn_reproducibly_fitted_beside_the_photos_and_rec
     _informative_outputs(monkeypatch, seen)
     out = tmp_path / "with_evidence"
     assert fitting.main(["--checkpoint", str(source), "--out", str(out), "--augmented-views", "2", "--seed", "5"]) == 0
-    assert seen == [(20, None), (10, None), (20, 1005), (20, 1006)]
+    assert seen == [(20, None), (10, None), (20, 6000), (20, 6001)]
     recipe = read_config(out).provenance["recipe"]
-    assert recipe["augmented_views"] == 2 and "seeded 1005..1006" in recipe["augmentation"]
+    assert recipe["augmented_views"] == 2 and "seeded 6000..6001" in recipe["augmentation"]
     assert "grouped by photo" in recipe["augmentation"]
 
     ordinal = tmp_path / "ordinal"

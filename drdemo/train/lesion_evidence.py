@@ -67,7 +67,7 @@ from drdemo.train.trainer import SPLIT_NAME
 STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)    # inverse L2 strengths (sklearn's C) tried by cross-validation
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 FOLDS = 5
-AUGMENTED_SEED = 1000                            # augmented view k of seed s is drawn from torch seed 1000 + s + k
+AUGMENTED_SEED = 1000   # view k of --seed s is drawn from torch seed 1000 (s + 1) + k: other seeds, other views
 
 
 class LesionEvidenceError(DrdemoError, ValueError):
@@ -241,9 +241,9 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, aug
     labels = {name: (np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples]))
               for name, samples in parts.items()}
     statistics, grades, risks = outputs["train"]["statistics"], *labels["train"]
-    photos = None
+    photos, first_view = None, AUGMENTED_SEED * (seed + 1)
     if augmented_views:
-        views = [network_outputs(loaded, parts["train"], augmented_seed=AUGMENTED_SEED + seed + view)["statistics"]
+        views = [network_outputs(loaded, parts["train"], augmented_seed=first_view + view)["statistics"]
                  for view in range(augmented_views)]
         statistics = np.concatenate([statistics, *views])
         grades, risks = (np.tile(labels_, augmented_views + 1) for labels_ in labels["train"])
@@ -268,7 +268,7 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, aug
                    "blend_weights_tried": list(BLEND_WEIGHTS), "grade_regression": grade_regression,
                    "augmented_views": augmented_views,
                    **({"augmentation": "REAL_AUGMENTATION (drdemo.data.augment), the views seeded "
-                       f"{AUGMENTED_SEED + seed}..{AUGMENTED_SEED + seed + augmented_views - 1}; folds grouped "
+                       f"{first_view}..{first_view + augmented_views - 1}; folds grouped "
                        "by photo"} if augmented_views else {})},
         "lesion_evidence": {"weight": weight, "grade": grade_choice, "dme": dme_choice,
                             "training_photos": len(parts["train"]), "validation_photos": len(parts["val"]),
