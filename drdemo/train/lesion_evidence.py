@@ -241,15 +241,16 @@ def fit(source: Path, out: Path, data: Path | None, seed: int, command: str, aug
     labels = {name: (np.asarray([s.grade for s in samples]), np.asarray([s.dme for s in samples]))
               for name, samples in parts.items()}
     statistics, grades, risks = outputs["train"]["statistics"], *labels["train"]
-    photos, first_view = None, AUGMENTED_SEED * (seed + 1)
+    row_photos, first_view = None, AUGMENTED_SEED * (seed + 1)   # which training photo each row is a view of
     if augmented_views:
         views = [network_outputs(loaded, parts["train"], augmented_seed=first_view + view)["statistics"]
                  for view in range(augmented_views)]
         statistics = np.concatenate([statistics, *views])
         grades, risks = (np.tile(labels_, augmented_views + 1) for labels_ in labels["train"])
-        photos = np.tile(np.arange(len(parts["train"])), augmented_views + 1)
-    grade_fit, grade_choice = fit_regression(statistics, grades, config.num_classes, seed, photos, grade_regression)
-    dme_fit, dme_choice = fit_regression(statistics, risks, len(config.heads["dme_classes"]), seed, photos)
+        row_photos = np.tile(np.arange(len(parts["train"])), augmented_views + 1)
+    grade_fit, grade_choice = fit_regression(statistics, grades, config.num_classes, seed, row_photos,
+                                             grade_regression)
+    dme_fit, dme_choice = fit_regression(statistics, risks, len(config.heads["dme_classes"]), seed, row_photos)
     lesion_types = len(config.heads["lesion_types"])
     evidence = evidence_module(grade_fit, dme_fit, lesion_types)
     weight, tried = choose_weight(evidence, outputs["val"], *labels["val"])
